@@ -1,0 +1,29 @@
+{
+  "targets": [
+    {
+      "target_name": "phaul_fast",
+      "sources": [
+        "native/addon.cc",
+        "native/criu_ops.cc",
+        "native/criu_rpc.cc",
+        "native/probe.cc",
+        "native/page_server.cc",
+        "native/dirty_tracker.cc",
+        "native/syscall_inject.cc",
+        "native/page_reader.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<!@(pkg-config --cflags-only-I criu | sed 's/-I//g')"
+      ],
+      "libraries": [
+        "<!@(pkg-config --libs criu)",
+        "-lprotobuf-c",
+        "-Wl,-rpath,<!@(pkg-config --variable=libdir criu)"
+      ],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fexceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"]
+    }
+  ]
+}

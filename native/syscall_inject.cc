@@ -1,0 +1,1 @@
+// syscall injection into a stopped tracee (ptrace); filled in with the dirty tracker.

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Brings a fresh Debian 12 machine to a working phaul-fast checkout, idempotently:
+# Debian packages, a CRIU that passes `criu check`, the sysctls the engine needs,
+# npm dependencies, the native addon, the TypeScript build and the test workloads.
+# When everything is already in place it only checks, in a few seconds.
+#
+#   bash scripts/setup.sh [--quiet] [--force-criu]
+#
+# CRIU: Debian 12's criu 3.17 fails on kernels >= 6.13 (vDSO layout, see
+# docs/SETUP.md). We build CRIU 4.1.1 from trixie's source package into .criu/
+# (git-ignored) unless a system CRIU >= 4.1 with libcriu already passes.
+# Why 4.1.1: it is what Debian's stable suite (trixie) ships, so its source stays
+# in the archive for the life of that release; sid's version moves on and its
+# files disappear. The pinned sha256 below makes the build reproducible.
+set -euo pipefail
+
+QUIET=0
+FORCE_CRIU=0
+for a in "$@"; do
+  case "$a" in
+    --quiet) QUIET=1 ;;
+    --force-criu) FORCE_CRIU=1 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+say() { [ "$QUIET" = 1 ] || echo "setup: $*"; }
+loud() { echo "setup: $*"; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+CRIU_VERSION=4.1.1
+CRIU_SUITE=trixie
+CRIU_ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+PREFIX="$ROOT/.criu"
+CACHE="$ROOT/.cache"
+
+[ "$(uname -s)" = Linux ] || die "phaul-fast needs Linux"
+[ "$(id -u)" = 0 ] || die "run as root: CRIU, ptrace of other processes and apt need it"
+
+# ---------------------------------------------------------------- Debian packages
+PKGS=(
+  # CRIU build and runtime
+  libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
+  libnl-3-dev libnet1-dev libcap-dev libnftables-dev libbsd-dev libgnutls28-dev
+  uuid-dev pkgconf python3-protobuf xz-utils dpkg-dev
+  # two-host tests, network lock, addon build
+  iproute2 nftables g++ make python3 util-linux procps
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  loud "installing Debian packages: ${missing[*]}"
+  apt-get update -qq >/dev/null || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+fi
+
+# ---------------------------------------------------------------- CRIU
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
+
+criu_ok() { # $1 = criu binary
+  local v
+  v=$("$1" --version 2>/dev/null | awk '/^Version:/{print $2}') || return 1
+  [ -n "$v" ] && version_ge "$v" 4.1 && "$1" check >/dev/null 2>&1
+}
+
+# The apt source URI is taken from the machine's own configuration, never written here.
+debian_uri() {
+  local f u
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    u=$(awk 'tolower($1)=="uris:"{print $2; exit}' "$f")
+    case "$u" in */debian|*/debian/) echo "${u%/}"; return 0 ;; esac
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    u=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' "$f")
+    case "$u" in */debian|*/debian/) echo "${u%/}"; return 0 ;; esac
+  done
+  return 1
+}
+
+fetch_criu_source() {
+  local tarball="$CACHE/criu_${CRIU_VERSION}.orig.tar.xz"
+  if [ -f "$tarball" ] && echo "$CRIU_ORIG_SHA256  $tarball" | sha256sum -c --quiet 2>/dev/null; then
+    echo "$tarball"; return 0
+  fi
+  local uri tmp
+  uri=$(debian_uri) || die "no Debian archive found in /etc/apt/sources.list*; cannot fetch CRIU's source"
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/parts" "$tmp/lists/partial" "$CACHE"
+  cat > "$tmp/parts/criu-src.sources" <<EOF
+Types: deb-src
+URIs: $uri
+Suites: $CRIU_SUITE
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  local A=(-o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/parts"
+           -o "Dir::State::Lists=$tmp/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
+           -o APT::Sandbox::User=root)
+  apt-get "${A[@]}" update -qq >/dev/null 2>&1 || die "apt-get update for the $CRIU_SUITE source index failed"
+  # The .debian.tar.xz of a suite that moved on can 404; only the upstream tarball is needed.
+  (cd "$tmp" && apt-get "${A[@]}" source --download-only "criu=${CRIU_VERSION}-1" >/dev/null 2>&1) || true
+  [ -f "$tmp/criu_${CRIU_VERSION}.orig.tar.xz" ] || die "could not download criu_${CRIU_VERSION}.orig.tar.xz from Debian $CRIU_SUITE"
+  echo "$CRIU_ORIG_SHA256  $tmp/criu_${CRIU_VERSION}.orig.tar.xz" | sha256sum -c --quiet \
+    || die "criu_${CRIU_VERSION}.orig.tar.xz has an unexpected sha256"
+  mv "$tmp/criu_${CRIU_VERSION}.orig.tar.xz" "$tarball"
+  rm -rf "$tmp"
+  echo "$tarball"
+}
+
+build_criu() {
+  local tarball src
+  tarball=$(fetch_criu_source)
+  src=$(mktemp -d)
+  loud "building CRIU $CRIU_VERSION into $PREFIX (about 30 s)"
+  tar -C "$src" -xf "$tarball"
+  (cd "$src/criu-$CRIU_VERSION" \
+    && make -j"$(nproc)" criu lib >"$src/build.log" 2>&1 \
+    && make install-criu install-lib PREFIX="$PREFIX" LIBDIR="$PREFIX/lib" SKIP_PIP_INSTALL=1 >>"$src/build.log" 2>&1) \
+    || { tail -20 "$src/build.log" >&2; die "CRIU build failed (log above)"; }
+  rm -rf "$src"
+}
+
+CRIU_BIN=""
+if [ "$FORCE_CRIU" = 0 ] && [ -x "$PREFIX/sbin/criu" ] && [ -f "$PREFIX/lib/pkgconfig/criu.pc" ] && criu_ok "$PREFIX/sbin/criu"; then
+  CRIU_BIN="$PREFIX/sbin/criu"
+elif [ "$FORCE_CRIU" = 0 ] && command -v criu >/dev/null && pkg-config --exists criu 2>/dev/null && criu_ok "$(command -v criu)"; then
+  CRIU_BIN=$(command -v criu)
+else
+  build_criu
+  criu_ok "$PREFIX/sbin/criu" || die "the CRIU just built fails 'criu check': run '$PREFIX/sbin/criu check' to see why"
+  CRIU_BIN="$PREFIX/sbin/criu"
+fi
+say "criu: $CRIU_BIN ($("$CRIU_BIN" --version | awk '/^Version:/{print $2}'))"
+
+# ---------------------------------------------------------------- sysctls
+# Lazy dumps splice pages into pipes; CRIU's lazy path fails below 4 MiB.
+want_pipe=$((4 * 1024 * 1024))
+cur_pipe=$(sysctl -n fs.pipe-max-size)
+if [ "$cur_pipe" -lt "$want_pipe" ]; then
+  sysctl -q -w fs.pipe-max-size=$want_pipe
+  loud "raised fs.pipe-max-size from $cur_pipe to $want_pipe (lazy pages need >= 4 MiB pipes)"
+fi
+
+# ---------------------------------------------------------------- npm, addon, TypeScript
+newer() { # is any file under $2.. newer than $1 (or $1 missing)?
+  local stamp=$1; shift
+  [ -e "$stamp" ] || return 0
+  [ -n "$(find "$@" -newer "$stamp" -type f -print -quit 2>/dev/null)" ]
+}
+
+if newer node_modules/.package-lock.json package-lock.json package.json; then
+  loud "installing npm dependencies"
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed"
+fi
+
+export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+ADDON=build/Release/phaul_fast.node
+if newer "$ADDON" native binding.gyp "$PREFIX/lib/pkgconfig/criu.pc"; then
+  loud "building the native addon"
+  npx --no-install node-gyp rebuild >build-native.log 2>&1 || { tail -30 build-native.log >&2; die "addon build failed (build-native.log)"; }
+  rm -f build-native.log
+fi
+
+if newer dist/.stamp src test bench tsconfig.json; then
+  loud "compiling TypeScript"
+  npx --no-install tsc -p tsconfig.json || die "TypeScript build failed"
+  touch dist/.stamp
+fi
+
+# Test and benchmark workloads: small C programs, so CRIU has nothing exotic to dump.
+mkdir -p build/workloads
+for c in test/workloads/*.c; do
+  [ -f "$c" ] || continue
+  out="build/workloads/$(basename "$c" .c)"
+  if newer "$out" "$c"; then
+    gcc -O2 -Wall -o "$out" "$c" -lpthread || die "could not compile $c"
+  fi
+done
+
+# Where the engine finds CRIU (overridable with PHAUL_FAST_CRIU).
+printf '{ "criu": "%s" }\n' "$CRIU_BIN" > build/config.json
+say "ready"

@@ -1,0 +1,5 @@
+import { PhaulError } from '../../errors';
+
+export async function run(argv: string[]): Promise<number> {
+  throw new PhaulError('unavailable', 'serve is not implemented yet');
+}

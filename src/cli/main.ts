@@ -1,0 +1,59 @@
+// The phaul-fast command line: one module per subcommand under commands/.
+// Every error ends as one line on stderr and a distinct exit code (src/errors.ts).
+import { asPhaulError, ExitCode } from '../errors';
+import { VERSION } from '../version';
+import * as check from './commands/check';
+import * as serve from './commands/serve';
+import * as migrate from './commands/migrate';
+import * as bench from './commands/bench';
+
+type Command = { about: string; mod: { run(argv: string[]): Promise<number> } };
+
+const commands: Record<string, Command> = {
+  check: { about: 'probe this machine: CRIU, kernel features, which migration modes work', mod: check },
+  serve: { about: 'run the destination agent that receives migrations', mod: serve },
+  migrate: { about: 'move a process tree to a destination agent', mod: migrate },
+  bench: { about: 'measure downtime against CRIU\'s own migration paths', mod: bench },
+};
+
+function usage(): string {
+  const rows = Object.entries(commands).map(([n, c]) => `  ${n.padEnd(10)} ${c.about}`).join('\n');
+  return `phaul-fast ${VERSION}: live migration of Linux processes on CRIU
+
+usage: phaul-fast <command> [options]      (phaul-fast <command> --help for its options)
+
+commands:
+${rows}
+
+  --version  print the version
+`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    process.stdout.write(usage());
+    return cmd === undefined ? ExitCode.usage : ExitCode.ok;
+  }
+  if (cmd === '--version' || cmd === '-V') {
+    process.stdout.write(`${VERSION}\n`);
+    return ExitCode.ok;
+  }
+  const c = commands[cmd];
+  if (!c) {
+    process.stderr.write(`phaul-fast: unknown command '${cmd}' (try phaul-fast --help)\n`);
+    return ExitCode.usage;
+  }
+  try {
+    return await c.mod.run(rest);
+  } catch (err) {
+    const e = asPhaulError(err);
+    process.stderr.write(`phaul-fast ${cmd}: ${e.message}\n`);
+    if (process.env.PHAUL_FAST_DEBUG) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    return e.exitCode;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
+}

@@ -1,0 +1,3 @@
+// The engine's version, from package.json, so there is one source of truth.
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+export const VERSION: string = require('../../package.json').version;
