@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/criu_ops.cc",
         "native/criu_rpc.cc",
+        "native/splice_relay.cc",
         "native/probe.cc",
         "native/page_server.cc",
         "native/dirty_tracker.cc",

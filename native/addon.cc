@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   phaul::InitCriuOps(env, exports);
   phaul::InitCriuRpc(env, exports);
   phaul::InitProbe(env, exports);
+  phaul::InitSpliceRelay(env, exports);
   phaul::InitPageServer(env, exports);
   phaul::InitDirtyTracker(env, exports);
   phaul::InitPageReader(env, exports);

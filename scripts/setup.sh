@@ -186,5 +186,6 @@ for c in test/workloads/*.c; do
 done
 
 # Where the engine finds CRIU (overridable with PHAUL_FAST_CRIU).
-printf '{ "criu": "%s" }\n' "$CRIU_BIN" > build/config.json
+mkdir -p "$PREFIX"
+printf '{ "criu": "%s" }\n' "$CRIU_BIN" > "$PREFIX/config.json"
 say "ready"

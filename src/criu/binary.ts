@@ -1,5 +1,5 @@
 // Where the CRIU binary is: $PHAUL_FAST_CRIU, else what `npm run setup` chose
-// (build/config.json), else `criu` on PATH.
+// (.criu/config.json), else the project-local build, else `criu` on PATH.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
@@ -10,9 +10,11 @@ export function criuBinary(): string {
   const env = process.env.PHAUL_FAST_CRIU;
   if (env) return env;
   try {
-    const cfg = JSON.parse(fs.readFileSync(path.join(PROJECT_ROOT, 'build', 'config.json'), 'utf8'));
+    const cfg = JSON.parse(fs.readFileSync(path.join(PROJECT_ROOT, '.criu', 'config.json'), 'utf8'));
     if (typeof cfg.criu === 'string' && fs.existsSync(cfg.criu)) return cfg.criu;
-  } catch { /* fall through to PATH */ }
+  } catch { /* fall through */ }
+  const local = path.join(PROJECT_ROOT, '.criu', 'sbin', 'criu');
+  if (fs.existsSync(local)) return local;
   for (const dir of (process.env.PATH ?? '').split(':')) {
     for (const name of ['criu']) {
       const p = path.join(dir || '.', name);

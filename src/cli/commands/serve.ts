@@ -1,5 +1,54 @@
+// `phaul-fast serve`: the destination agent, in the foreground, logging to stderr.
+import * as fs from 'node:fs';
+import { formatHelp, parseArgs } from '../args';
 import { PhaulError } from '../../errors';
+import { readToken } from '../../protocol/auth';
+import { DestinationAgent } from '../../agent/destination';
+import { parseHostPort } from '../hostport';
+
+const spec = {
+  listen: { type: 'string', help: 'address and port to listen on, e.g. 0.0.0.0:7400 or [::1]:7400' },
+  dir: { type: 'string', help: 'directory for the images of migrations in progress' },
+  'token-file': { type: 'string', help: 'file holding the shared secret (at least 16 characters)' },
+  'tls-cert': { type: 'string', help: 'serve TLS with this PEM certificate (for untrusted networks)' },
+  'tls-key': { type: 'string', help: 'the PEM private key of --tls-cert' },
+  'keep-images': { type: 'boolean', help: 'keep each migration\'s images after it ends (debugging)' },
+  json: { type: 'boolean', help: 'print one JSON line per event on stdout' },
+  help: { type: 'boolean', help: 'this text' },
+} as const;
 
 export async function run(argv: string[]): Promise<number> {
-  throw new PhaulError('unavailable', 'serve is not implemented yet');
+  const { flags } = parseArgs(argv, spec);
+  if (flags.help) {
+    process.stdout.write(formatHelp('phaul-fast serve --listen ADDR:PORT --dir DIR --token-file FILE [options]',
+      'Runs the destination agent: it receives migrations from `phaul-fast migrate`, restores them with CRIU\n' +
+      'and resumes each only when its source commits. Runs until interrupted; logs go to stderr.', spec));
+    return 0;
+  }
+  for (const k of ['listen', 'dir', 'token-file'] as const)
+    if (typeof flags[k] !== 'string') throw new PhaulError('usage', `--${k} is required (see --help)`);
+  const { host, port } = parseHostPort(flags.listen as string, '--listen');
+  const token = readToken(flags['token-file'] as string);
+  let tlsOpts: { cert: Buffer; key: Buffer } | undefined;
+  if (flags['tls-cert'] || flags['tls-key']) {
+    if (!flags['tls-cert'] || !flags['tls-key']) throw new PhaulError('usage', '--tls-cert and --tls-key go together');
+    const read = (f: string) => { try { return fs.readFileSync(f); } catch { throw new PhaulError('usage', `cannot read ${f}`); } };
+    tlsOpts = { cert: read(flags['tls-cert'] as string), key: read(flags['tls-key'] as string) };
+  }
+  const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'] });
+  const json = !!flags.json;
+  agent.on('log', (line: string) => process.stderr.write(`phaul-fast serve: ${line}\n`));
+  agent.on('migrated', (e) => { if (json) process.stdout.write(JSON.stringify({ event: 'migrated', ...e }) + '\n'); });
+  // Last line of defence: one bad migration must never take the agent down.
+  process.on('unhandledRejection', (e) => process.stderr.write(`phaul-fast serve: internal error: ${(e as Error)?.message ?? e}\n`));
+  const addr = await agent.listen();
+  process.stderr.write(`phaul-fast serve: listening on ${addr.host}:${addr.port}${tlsOpts ? ' (TLS)' : ''}\n`);
+  if (json) process.stdout.write(JSON.stringify({ event: 'listening', ...addr }) + '\n');
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  await agent.close();
+  return 0;
 }

@@ -1,0 +1,60 @@
+// What each side tells the other at handshake, and the rules for whether two
+// sides can migrate to each other. Checked before anything is touched.
+import * as os from 'node:os';
+import { criuVersion } from '../criu/rpc';
+import { VERSION } from '../version';
+
+export interface Capabilities {
+  phaulVersion: string;
+  criu: { major: number; minor: number; sublevel: number };
+  kernel: string;
+  arch: string;
+  modes: string[];
+}
+
+let cached: Promise<Capabilities> | undefined;
+
+export function localCapabilities(): Promise<Capabilities> {
+  cached ??= criuVersion().then((criu) => ({
+    phaulVersion: VERSION,
+    criu,
+    kernel: os.release(),
+    arch: process.arch,
+    modes: ['stop-copy'],
+  }));
+  return cached;
+}
+
+/** CRIU 4.2 changed the page-server header and pagemap images: the two sides
+ *  of a migration must be on the same side of that line. */
+export function criuFamily(v: { major: number; minor: number }): 'pre-4.2' | '4.2+' {
+  return v.major > 4 || (v.major === 4 && v.minor >= 2) ? '4.2+' : 'pre-4.2';
+}
+
+/** Page-server header size spoken by the dumping CRIU. */
+export function pageServerHeaderSize(v: { major: number; minor: number }): 24 | 32 {
+  return criuFamily(v) === '4.2+' ? 32 : 24;
+}
+
+/** Why `a` (source) cannot migrate to `b` (destination) in `mode`, or undefined if it can. */
+export function incompatibility(a: Capabilities, b: Capabilities, mode: string): string | undefined {
+  if (a.arch !== b.arch) return `architectures differ (source ${a.arch}, destination ${b.arch})`;
+  if (criuFamily(a.criu) !== criuFamily(b.criu)) {
+    const fmt = (v: Capabilities['criu']) => `${v.major}.${v.minor}.${v.sublevel}`;
+    return `CRIU ${fmt(a.criu)} and ${fmt(b.criu)} cannot exchange pages or images (4.2 changed both)`;
+  }
+  if (!a.modes.includes(mode)) return `mode ${mode} is not available on the source`;
+  if (!b.modes.includes(mode)) return `mode ${mode} is not available on the destination`;
+  return undefined;
+}
+
+export function parseCapabilities(m: Record<string, unknown>): Capabilities | undefined {
+  const c = m.caps as Capabilities | undefined;
+  if (!c || typeof c !== 'object') return undefined;
+  const v = c.criu;
+  const ok =
+    typeof c.phaulVersion === 'string' && typeof c.kernel === 'string' && typeof c.arch === 'string' &&
+    Array.isArray(c.modes) && c.modes.every((x) => typeof x === 'string') && c.modes.length < 16 &&
+    v && [v.major, v.minor, v.sublevel].every((n) => Number.isInteger(n) && n >= 0 && n < 1000);
+  return ok ? c : undefined;
+}

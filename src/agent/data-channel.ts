@@ -1,0 +1,118 @@
+// The data connection of a migration, after authentication: on the source it
+// becomes the socket CRIU's page-server client writes into; on the destination
+// it feeds the native page server. Over plain TCP both ends leave Node and are
+// moved with splice (no user-space copy); over TLS, Node pumps the bytes
+// between the TLS socket and a local socketpair, since CRIU and the page server
+// only speak to a plain descriptor.
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { native } from '../native';
+import { PhaulError } from '../errors';
+import { FrameConn } from '../protocol/frames';
+
+export interface PageStats {
+  entries: number;
+  pages: number;
+  bytes: number;
+  images: string[];
+}
+
+export interface DataChannel {
+  /** Destination: serve CRIU's page-server protocol into `dir`. */
+  servePages(dir: string, headerSize: 24 | 32): Promise<PageStats>;
+  abort(): void;
+}
+
+export interface SourceDataChannel {
+  /** The descriptor to hand to CRIU as its page-server socket. */
+  criuFd: number;
+  /** Resolves when CRIU has finished and all its bytes have left. */
+  done: Promise<{ sent: number }>;
+  abort(): void;
+}
+
+function rawFd(sock: net.Socket): number {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new PhaulError('failed', 'data connection has no descriptor');
+  return fd;
+}
+
+/** Pumps a TLS socket to and from one end of a new socketpair; returns the other end. */
+function tlsBridge(sock: tls.TLSSocket): number {
+  const [mine, theirs] = native.streamSocketPair() as [number, number];
+  const local = new net.Socket({ fd: mine, readable: true, writable: true });
+  sock.pipe(local);
+  local.pipe(sock);
+  const end = () => { local.destroy(); sock.destroy(); };
+  sock.on('close', end);
+  local.on('close', end);
+  local.on('error', end);
+  sock.resume();
+  return theirs;
+}
+
+export function openDataChannelServer(conn: FrameConn): DataChannel {
+  const sock = conn.socket as net.Socket;
+  conn.detach();
+  let fd: number;
+  if (sock instanceof tls.TLSSocket) {
+    fd = tlsBridge(sock);
+  } else {
+    fd = native.dupStreamFd(rawFd(sock));
+    sock.destroy();
+  }
+  let handle: { done: Promise<PageStats>; abort(reason?: string): void } | undefined;
+  let aborted = false;
+  return {
+    servePages(dir, headerSize) {
+      if (aborted) return Promise.reject(new PhaulError('failed', 'data channel aborted'));
+      handle = native.servePages(fd, dir, { headerSize });
+      return handle!.done.catch((e: Error) => {
+        throw new PhaulError('protocol', e.message.startsWith('page server') ? e.message : `page server: ${e.message}`);
+      });
+    },
+    abort() {
+      if (aborted) return;
+      aborted = true;
+      if (handle) handle.abort('migration aborted');
+      else native.closeFd(fd);
+    },
+  };
+}
+
+export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
+  const sock = conn.socket as net.Socket;
+  conn.detach();
+  if (sock instanceof tls.TLSSocket) {
+    const criuFd = tlsBridge(sock);
+    const done = new Promise<{ sent: number }>((resolve) => {
+      let sent = 0;
+      sock.on('drain', () => undefined);
+      const origWrite = sock.write.bind(sock);
+      (sock as unknown as { write: typeof origWrite }).write = ((chunk: Buffer, ...rest: never[]) => {
+        sent += chunk.length;
+        return origWrite(chunk, ...rest);
+      }) as typeof origWrite;
+      sock.on('close', () => resolve({ sent }));
+    });
+    return { criuFd, done, abort: () => sock.destroy() };
+  }
+  const fd = native.dupFd(rawFd(sock));
+  sock.destroy();
+  const relay = native.startRelay(fd) as { criuFd: number; abortFd: number; done: Promise<{ sent: number }> };
+  let aborted = false;
+  // The wake-up pipe is closed by abortRelay, or here once the relay ended by itself.
+  relay.done.catch(() => undefined).finally(() => {
+    if (!aborted) native.closeFd(relay.abortFd);
+    aborted = true;
+  });
+  return {
+    criuFd: relay.criuFd,
+    done: relay.done,
+    abort() {
+      if (aborted) return;
+      aborted = true;
+      native.abortRelay(relay.abortFd);
+    },
+  };
+}

@@ -1,0 +1,239 @@
+// The destination agent (`phaul-fast serve`): accepts authenticated migrations,
+// receives pages through the native page server and the other images over the
+// control channel, restores with CRIU and resumes the workload only when the
+// source commits. Many migrations can run at once, each in its own session.
+//
+// Two-phase switchover (docs/PROTOCOL.md): restore leaves the tree stopped;
+// `commit` resumes it. If the source goes away before committing, the stopped
+// copy never ran and is killed, while the source resumes its original.
+import { EventEmitter } from 'node:events';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as tls from 'node:tls';
+import { asPhaulError, PhaulError } from '../errors';
+import { authenticateServer } from '../protocol/auth';
+import { bin, FrameConn, Message, str } from '../protocol/frames';
+import { runCriuOrThrow } from '../criu/rpc';
+import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
+import { isAlive, signalAll, treePids, waitGone } from './process-tree';
+import { DataChannel, openDataChannelServer } from './data-channel';
+
+export interface DestinationOptions {
+  host: string;
+  port: number;
+  /** Where sessions keep their images while a migration runs. */
+  dir: string;
+  token: Buffer;
+  tls?: { cert: Buffer; key: Buffer };
+  keepImages?: boolean;
+  /** Upper bound for one CRIU restore (it can spin forever on bad images). */
+  restoreTimeoutMs?: number;
+}
+
+const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const MAX_IMAGES = 100_000;
+const MAX_IMAGE_BYTES = 4 * 1024 ** 3;
+const CRIU_FLAGS = ['tcpEstablished', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
+
+type State = 'handshake' | 'receiving' | 'restoring' | 'restored-stopped' | 'running' | 'aborted';
+
+class DestSession {
+  readonly id = crypto.randomBytes(12).toString('hex');
+  state: State = 'handshake';
+  dir = '';
+  data?: DataChannel;
+  private dataArrived!: (d: DataChannel) => void;
+  readonly dataPromise = new Promise<DataChannel>((r) => { this.dataArrived = r; });
+  restoredPid = 0;
+
+  constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
+
+  attachData(d: DataChannel): void {
+    if (this.data) throw new PhaulError('protocol', 'a second data connection for one session');
+    this.data = d;
+    this.dataArrived(d);
+  }
+
+  async run(): Promise<void> {
+    const { conn, agent } = this;
+    const log = (s: string) => agent.emit('log', `[${this.id.slice(0, 8)}] ${s}`);
+    try {
+      const hello = await conn.expect('caps');
+      const theirs = parseCapabilities(hello);
+      if (!theirs) throw new PhaulError('protocol', 'malformed capabilities');
+      const mode = str(hello, 'mode', 32);
+      const ours = await localCapabilities();
+      const why = incompatibility(theirs, ours, mode);
+      if (why) {
+        conn.send({ t: 'error', code: 'incompatible', message: why });
+        throw new PhaulError('incompatible', why);
+      }
+      conn.send({ t: 'caps', caps: ours });
+      log(`migration from ${theirs.kernel}/${theirs.arch}, CRIU ${theirs.criu.major}.${theirs.criu.minor}, mode ${mode}`);
+
+      const prep = await conn.expect('prepare');
+      const criuFlags: Record<string, boolean> = {};
+      const requested = (prep.criu ?? {}) as Record<string, unknown>;
+      for (const k of CRIU_FLAGS) if (requested[k] === true) criuFlags[k] = true;
+      this.dir = path.join(agent.opts.dir, this.id);
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      conn.send({ t: 'prepared' });
+      this.state = 'receiving';
+
+      const data = await withTimeout(this.dataPromise, 30_000, 'the source did not open its data connection');
+      const pages = data.servePages(this.dir, pageServerHeaderSize(theirs.criu));
+      pages.catch(() => undefined); // awaited below; an abort before then must not go unhandled
+
+      let count = 0;
+      let total = 0;
+      for (;;) {
+        const m: Message = await conn.next(10 * 60_000);
+        if (m.t === 'image') {
+          const name = str(m, 'name', 128);
+          if (!IMAGE_NAME.test(name)) throw new PhaulError('protocol', `bad image name '${name.slice(0, 40)}'`);
+          const body = bin(m, 'data');
+          const append = m.append === true;
+          if (!append && ++count > MAX_IMAGES) throw new PhaulError('protocol', 'too many images');
+          total += body.length;
+          if (total > MAX_IMAGE_BYTES) throw new PhaulError('protocol', 'images exceed the size limit');
+          // 'wx' refuses to overwrite what the page server (or an earlier image) wrote.
+          fs.writeFileSync(path.join(this.dir, name), body, { flag: append ? 'a' : 'wx' });
+          continue;
+        }
+        if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
+        if (m.t !== 'restore') throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
+        break;
+      }
+
+      const stats = await withTimeout(pages, 60_000, 'pages did not finish arriving');
+      log(`received ${count} images and ${stats.pages} pages`);
+      this.state = 'restoring';
+      const t0 = Date.now();
+      const res = await runCriuOrThrow(
+        {
+          type: 'restore',
+          imagesDir: this.dir,
+          logFile: 'restore.log',
+          opts: { leaveStopped: true, networkLock: criuFlags.tcpEstablished ? 'nftables' : undefined, ...criuFlags },
+        },
+        {
+          timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
+          onNotify: (script, pid) => {
+            if (pid && !this.restoredPid) this.restoredPid = pid;
+            return true;
+          },
+        },
+      );
+      this.restoredPid = res.restorePid ?? this.restoredPid;
+      this.state = 'restored-stopped';
+      conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
+      log(`restored as pid ${this.restoredPid} (stopped) in ${Date.now() - t0} ms`);
+
+      const decision = await conn.next(60_000);
+      if (decision.t === 'commit') {
+        signalAll(treePids(this.restoredPid), 'SIGCONT');
+        this.state = 'running';
+        conn.send({ t: 'running', pid: this.restoredPid });
+        log(`running as pid ${this.restoredPid}`);
+        agent.emit('migrated', { session: this.id, pid: this.restoredPid });
+        await conn.next(5_000).catch(() => undefined); // let the source close first
+      } else if (decision.t === 'abort') {
+        throw new PhaulError('failed', 'source aborted the migration');
+      } else {
+        throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
+      }
+    } catch (err) {
+      const e = asPhaulError(err);
+      if (this.state !== 'running') {
+        log(`migration failed: ${e.message}`);
+        await this.rollback();
+        try {
+          if (!conn.closed) conn.send({ t: 'error', code: e.code, message: e.message });
+        } catch { /* connection already gone */ }
+      }
+    } finally {
+      this.data?.abort();
+      if (this.dir && !agent.opts.keepImages) fs.rmSync(this.dir, { recursive: true, force: true });
+      conn.close();
+      agent.sessions.delete(this.id);
+    }
+  }
+
+  /** The restored copy, if any, never ran: kill it so only the source's original lives. */
+  private async rollback(): Promise<void> {
+    this.state = 'aborted';
+    this.data?.abort();
+    if (this.restoredPid > 0 && isAlive(this.restoredPid)) {
+      const pids = treePids(this.restoredPid);
+      signalAll(pids, 'SIGKILL');
+      await waitGone(this.restoredPid, 5000);
+    }
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout;
+  return Promise.race([
+    p,
+    new Promise<never>((_, rej) => { t = setTimeout(() => rej(new PhaulError('network', `${what} within ${ms / 1000} s`)), ms); }),
+  ]).finally(() => clearTimeout(t));
+}
+
+export class DestinationAgent extends EventEmitter {
+  readonly sessions = new Map<string, DestSession>();
+  private server?: net.Server;
+
+  constructor(readonly opts: DestinationOptions) {
+    super();
+  }
+
+  async listen(): Promise<{ host: string; port: number }> {
+    fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
+    await localCapabilities(); // fail now, not mid-migration, if CRIU is unusable
+    const onConn = (sock: net.Socket) => { this.accept(sock).catch(() => undefined); };
+    this.server = this.opts.tls
+      ? tls.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }, onConn)
+      : net.createServer(onConn);
+    const srv = this.server;
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', (e: NodeJS.ErrnoException) =>
+        reject(new PhaulError('network', `cannot listen on ${this.opts.host}:${this.opts.port}: ${e.code ?? e.message}`)));
+      srv.listen(this.opts.port, this.opts.host, () => resolve());
+    });
+    const a = srv.address() as net.AddressInfo;
+    return { host: a.address, port: a.port };
+  }
+
+  private async accept(sock: net.Socket): Promise<void> {
+    sock.setNoDelay(true);
+    const peer = `${sock.remoteAddress}:${sock.remotePort}`;
+    const conn = new FrameConn(sock, `source ${peer}`);
+    try {
+      const { role, session } = await authenticateServer(conn, this.opts.token);
+      if (role === 'control') {
+        const s = new DestSession(this, conn);
+        this.sessions.set(s.id, s);
+        conn.send({ t: 'welcome', session: s.id });
+        await s.run();
+        return;
+      }
+      const s = this.sessions.get(session);
+      if (!s || s.state !== 'receiving' || s.data) {
+        conn.send({ t: 'error', code: 'protocol', message: 'no session is waiting for this data connection' });
+        throw new PhaulError('protocol', `data connection for unknown session from ${peer}`);
+      }
+      conn.send({ t: 'welcome', session });
+      s.attachData(openDataChannelServer(conn));
+    } catch (err) {
+      this.emit('log', `connection from ${peer}: ${asPhaulError(err).message}`);
+      conn.close();
+    }
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+}
+

@@ -1,0 +1,75 @@
+// Process-tree helpers over /proc: which pids make up a tree, signalling all of
+// them, and waiting until a process is really gone (a zombie counts as gone:
+// PID 1 on some machines reaps late).
+import * as fs from 'node:fs';
+
+/** Every pid of the tree rooted at `root` (root first), following all threads' children. */
+export function treePids(root: number): number[] {
+  const out: number[] = [];
+  const seen = new Set<number>();
+  const queue = [root];
+  while (queue.length) {
+    const pid = queue.shift()!;
+    if (seen.has(pid)) continue;
+    seen.add(pid);
+    let tasks: string[];
+    try {
+      tasks = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue; // gone
+    }
+    out.push(pid);
+    for (const tid of tasks) {
+      try {
+        for (const c of fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ')) {
+          const n = Number(c);
+          if (n > 0) queue.push(n);
+        }
+      } catch { /* thread exited */ }
+    }
+  }
+  return out;
+}
+
+/** The state letter from /proc/PID/stat (R, S, T, Z, ...), or undefined if gone. */
+export function procState(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Alive means it exists and is not a zombie. */
+export function isAlive(pid: number): boolean {
+  const s = procState(pid);
+  return s !== undefined && s !== 'Z' && s !== 'X';
+}
+
+export function signalAll(pids: number[], sig: NodeJS.Signals): void {
+  for (const p of pids) {
+    try {
+      process.kill(p, sig);
+    } catch { /* already gone */ }
+  }
+}
+
+export async function waitGone(pid: number, timeoutMs = 5000): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (!isAlive(pid)) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return !isAlive(pid);
+}
+
+/** The process's start time (clock ticks since boot): with the pid, it names one process for good. */
+export function startTime(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,162 @@
+// Runs one CRIU request over CRIU's own RPC ("criu swrk"), with the notify hooks
+// surfaced as an async callback. Holding a hook open is how the engine keeps
+// CRIU at a decision point (after post-dump: kill the source, or resume it).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { native } from '../native';
+import { PhaulError } from '../errors';
+import { criuBinary } from './binary';
+
+export interface CriuOpts {
+  pid?: number;
+  leaveRunning?: boolean;
+  leaveStopped?: boolean;
+  extUnixSk?: boolean;
+  tcpEstablished?: boolean;
+  tcpClose?: boolean;
+  shellJob?: boolean;
+  fileLocks?: boolean;
+  lazyPages?: boolean;
+  manageCgroups?: boolean;
+  rstSibling?: boolean;
+  orphanPtsMaster?: boolean;
+  evasiveDevices?: boolean;
+  linkRemap?: boolean;
+  logLevel?: number;
+  statusFd?: number;
+  timeout?: number;
+  root?: string;
+  parentImg?: string;
+  freezeCgroup?: string;
+  networkLock?: 'iptables' | 'nftables' | 'skip';
+  notifyScripts?: boolean;
+  /** Page-server socket CRIU writes pages into (must be in inheritFds). */
+  psFd?: number;
+  psAddress?: string;
+  psPort?: number;
+  external?: string[];
+}
+
+export interface CriuRequest {
+  type: 'dump' | 'restore' | 'check' | 'version';
+  imagesDir?: string;
+  /** CRIU's log file name, written inside imagesDir. */
+  logFile?: string;
+  opts?: CriuOpts;
+}
+
+export interface CriuResult {
+  success: boolean;
+  restorePid?: number;
+  crErrno?: number;
+  crErrmsg?: string;
+  version?: { major: number; minor: number; sublevel: number };
+}
+
+/** Called for each CRIU notification ("pre-dump", "post-dump", "post-restore", ...).
+ *  Resolve true to let CRIU go on, false (or throw) to make the action fail. */
+export type NotifyHandler = (script: string, pid?: number) => boolean | Promise<boolean>;
+
+interface RawMessage {
+  eof: boolean;
+  type?: string;
+  success?: boolean;
+  script?: string;
+  pid?: number;
+  restorePid?: number;
+  crErrno?: number;
+  crErrmsg?: string;
+  version?: { major: number; minor: number; sublevel: number };
+}
+
+export interface RunOptions {
+  inheritFds?: number[];
+  onNotify?: NotifyHandler;
+  criu?: string;
+  /** Kill CRIU after this long (a restore from inconsistent images can spin forever). */
+  timeoutMs?: number;
+}
+
+/** The last lines of a CRIU log that say what went wrong. */
+export function criuLogTail(file: string, lines = 2): string {
+  try {
+    const text = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
+    // Root without CAP_SYS_RESOURCE always logs this harmless one; skip it.
+    const errs = text.filter((l) => /^Error/.test(l) && !/RLIMIT_NOFILE|Dumping FAILED|Restoring FAILED/.test(l));
+    return (errs.length ? errs : text).slice(-lines).map((l) => l.replace(/^Error \([^)]*\): /, '')).join('; ').trim();
+  } catch {
+    return '';
+  }
+}
+
+export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<CriuResult> {
+  const bin = ro.criu ?? criuBinary();
+  let dirFd = -1;
+  const opts: Record<string, unknown> = { ...(req.opts ?? {}) };
+  if (req.imagesDir) {
+    dirFd = native.openDir(req.imagesDir);
+    opts.imagesDirFd = dirFd;
+  }
+  if (req.logFile) opts.logFile = req.logFile;
+  const session = new native.CriuSwrk(bin, ro.inheritFds ?? []);
+  let hookError: unknown;
+  let timedOut = false;
+  const timer = ro.timeoutMs
+    ? setTimeout(() => { timedOut = true; session.kill(9); }, ro.timeoutMs)
+    : undefined;
+  try {
+    session.request({ type: req.type, opts: req.type === 'version' || req.type === 'check' ? undefined : opts });
+    for (;;) {
+      const m: RawMessage = await session.next();
+      if (m.eof) {
+        if (timedOut) throw new PhaulError('criu', `criu ${req.type} did not finish within ${Math.round(ro.timeoutMs! / 1000)} s and was killed${logHint(req)}`);
+        throw new PhaulError('criu', `criu ${req.type} ended without an answer${logHint(req)}`);
+      }
+      if (m.type === 'notify') {
+        let ok = true;
+        try {
+          ok = ro.onNotify ? await ro.onNotify(m.script ?? '', m.pid) : true;
+        } catch (e) {
+          hookError = e;
+          ok = false;
+        }
+        session.notifyReply(ok);
+        continue;
+      }
+      if (hookError) throw hookError;
+      const res: CriuResult = { success: !!m.success };
+      if (m.restorePid) res.restorePid = m.restorePid;
+      if (m.crErrno !== undefined) res.crErrno = m.crErrno;
+      if (m.crErrmsg) res.crErrmsg = m.crErrmsg;
+      if (m.version) res.version = m.version;
+      return res;
+    }
+  } finally {
+    if (timer) clearTimeout(timer);
+    session.close();
+    await session.wait().catch(() => undefined);
+    if (dirFd >= 0) native.closeFd(dirFd);
+  }
+}
+
+function logHint(req: CriuRequest): string {
+  if (!req.imagesDir || !req.logFile) return '';
+  const tail = criuLogTail(path.join(req.imagesDir, req.logFile));
+  return tail ? `: ${tail}` : '';
+}
+
+/** Like runCriu, but a failed action is thrown as a PhaulError with CRIU's reason. */
+export async function runCriuOrThrow(req: CriuRequest, ro: RunOptions = {}): Promise<CriuResult> {
+  const res = await runCriu(req, ro);
+  if (!res.success) {
+    const why = logHint(req).replace(/^: /, '') || res.crErrmsg?.trim() || `errno ${res.crErrno ?? '?'}`;
+    throw new PhaulError('criu', `criu ${req.type} failed: ${why}`);
+  }
+  return res;
+}
+
+export async function criuVersion(criu?: string): Promise<{ major: number; minor: number; sublevel: number }> {
+  const r = await runCriu({ type: 'version' }, { criu });
+  if (!r.success || !r.version) throw new PhaulError('criu', 'criu did not report its version');
+  return r.version;
+}
