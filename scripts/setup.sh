@@ -6,12 +6,14 @@
 #
 #   bash scripts/setup.sh [--quiet] [--force-criu]
 #
-# CRIU: Debian 12's criu 3.17 fails on kernels >= 6.13 (vDSO layout, see
-# docs/SETUP.md). We build CRIU 4.1.1 from trixie's source package into .criu/
-# (git-ignored) unless a system CRIU >= 4.1 with libcriu already passes.
-# Why 4.1.1: it is what Debian's stable suite (trixie) ships, so its source stays
-# in the archive for the life of that release; sid's version moves on and its
-# files disappear. The pinned sha256 below makes the build reproducible.
+# CRIU: Debian 12's criu 3.17 fails on kernels >= 6.13 (vDSO layout). We build
+# CRIU 4.2.1 from Debian's source package (forky/sid) into .criu/ (git-ignored)
+# unless a system CRIU >= 4.2 with libcriu already passes `criu check`.
+# Why 4.2.1 and not trixie's 4.1.1: 4.1.1 passes `criu check` here but cannot
+# dump any TCP socket on this kernel (getsockopt(SO_PASSSEC) is refused for
+# inet sockets since Linux 6.14; 4.2 only asks unix sockets). The pinned sha256
+# makes the build reproducible; see docs/SETUP.md for what to do when the
+# archive moves on.
 set -euo pipefail
 
 QUIET=0
@@ -31,9 +33,10 @@ say() { [ "$QUIET" = 1 ] || echo "setup: $*"; }
 loud() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
 
-CRIU_VERSION=4.1.1
-CRIU_SUITE=trixie
-CRIU_ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+CRIU_VERSION=4.2.1
+CRIU_MIN=4.2
+CRIU_SUITES="forky sid"
+CRIU_ORIG_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
 PREFIX="$ROOT/.criu"
 CACHE="$ROOT/.cache"
 
@@ -63,10 +66,10 @@ fi
 # ---------------------------------------------------------------- CRIU
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
 
-criu_ok() { # $1 = criu binary
+criu_ok() { # $1 = criu binary, $2 = exact version wanted (optional)
   local v
   v=$("$1" --version 2>/dev/null | awk '/^Version:/{print $2}') || return 1
-  [ -n "$v" ] && version_ge "$v" 4.1 && "$1" check >/dev/null 2>&1
+  [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" && { [ -z "${2:-}" ] || [ "$v" = "$2" ]; } && "$1" check >/dev/null 2>&1
 }
 
 # The apt source URI is taken from the machine's own configuration, never written here.
@@ -97,17 +100,17 @@ fetch_criu_source() {
   cat > "$tmp/parts/criu-src.sources" <<EOF
 Types: deb-src
 URIs: $uri
-Suites: $CRIU_SUITE
+Suites: $CRIU_SUITES
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
   local A=(-o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/parts"
            -o "Dir::State::Lists=$tmp/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
            -o APT::Sandbox::User=root)
-  apt-get "${A[@]}" update -qq >/dev/null 2>&1 || die "apt-get update for the $CRIU_SUITE source index failed"
+  apt-get "${A[@]}" update -qq >/dev/null 2>&1 || die "apt-get update for the source index ($CRIU_SUITES) failed"
   # The .debian.tar.xz of a suite that moved on can 404; only the upstream tarball is needed.
   (cd "$tmp" && apt-get "${A[@]}" source --download-only "criu=${CRIU_VERSION}-1" >/dev/null 2>&1) || true
-  [ -f "$tmp/criu_${CRIU_VERSION}.orig.tar.xz" ] || die "could not download criu_${CRIU_VERSION}.orig.tar.xz from Debian $CRIU_SUITE"
+  [ -f "$tmp/criu_${CRIU_VERSION}.orig.tar.xz" ] || die "could not download criu_${CRIU_VERSION}.orig.tar.xz from Debian ($CRIU_SUITES)"
   echo "$CRIU_ORIG_SHA256  $tmp/criu_${CRIU_VERSION}.orig.tar.xz" | sha256sum -c --quiet \
     || die "criu_${CRIU_VERSION}.orig.tar.xz has an unexpected sha256"
   mv "$tmp/criu_${CRIU_VERSION}.orig.tar.xz" "$tarball"
@@ -129,13 +132,14 @@ build_criu() {
 }
 
 CRIU_BIN=""
-if [ "$FORCE_CRIU" = 0 ] && [ -x "$PREFIX/sbin/criu" ] && [ -f "$PREFIX/lib/pkgconfig/criu.pc" ] && criu_ok "$PREFIX/sbin/criu"; then
+if [ "$FORCE_CRIU" = 0 ] && [ -x "$PREFIX/sbin/criu" ] && [ -f "$PREFIX/lib/pkgconfig/criu.pc" ] && criu_ok "$PREFIX/sbin/criu" "$CRIU_VERSION"; then
   CRIU_BIN="$PREFIX/sbin/criu"
 elif [ "$FORCE_CRIU" = 0 ] && command -v criu >/dev/null && pkg-config --exists criu 2>/dev/null && criu_ok "$(command -v criu)"; then
   CRIU_BIN=$(command -v criu)
 else
+  rm -rf "$PREFIX"
   build_criu
-  criu_ok "$PREFIX/sbin/criu" || die "the CRIU just built fails 'criu check': run '$PREFIX/sbin/criu check' to see why"
+  criu_ok "$PREFIX/sbin/criu" "$CRIU_VERSION" || die "the CRIU just built fails 'criu check': run '$PREFIX/sbin/criu check' to see why"
   CRIU_BIN="$PREFIX/sbin/criu"
 fi
 say "criu: $CRIU_BIN ($("$CRIU_BIN" --version | awk '/^Version:/{print $2}'))"
@@ -165,7 +169,7 @@ export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PAT
 ADDON=build/Release/phaul_fast.node
 if newer "$ADDON" native binding.gyp "$PREFIX/lib/pkgconfig/criu.pc"; then
   loud "building the native addon"
-  npx --no-install node-gyp rebuild >build-native.log 2>&1 || { tail -30 build-native.log >&2; die "addon build failed (build-native.log)"; }
+  flock /tmp/phaul-build.lock npx --no-install node-gyp rebuild >build-native.log 2>&1 || { tail -30 build-native.log >&2; die "addon build failed (build-native.log)"; }
   rm -f build-native.log
 fi
 
