@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const char* path = argv[1];
+  setsid();  // a session of its own, inside the namespace CRIU dumps
   int port = argc > 2 ? atoi(argv[2]) : 7777;
   lo_up();
   int ls = socket(AF_INET, SOCK_STREAM, 0);
@@ -80,6 +82,15 @@ int main(int argc, char** argv) {
   if (bind(ls, (struct sockaddr*)&a, sizeof(a)) || listen(ls, 1)) {
     perror("tcpwork: listen");
     return 1;
+  }
+  // Listening: let go of the launcher's stdio (a pipe to a process outside
+  // the tree, which CRIU would refuse to dump).
+  int nul = open("/dev/null", O_RDWR);
+  if (nul >= 0) {
+    dup2(nul, 0);
+    dup2(nul, 1);
+    dup2(nul, 2);
+    if (nul > 2) close(nul);
   }
   pid_t server = fork();
   if (server == 0) {

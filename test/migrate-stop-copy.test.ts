@@ -1,0 +1,245 @@
+// Stop-copy migration end to end, with real CRIU, real processes and two
+// network namespaces acting as two hosts. Each test proves one promise: the
+// workload arrives whole, or it keeps running untouched at the source.
+import { after, before, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createTwoHosts, runIn, TwoHosts } from '../src/testing/hosts';
+import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
+import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
+import { PROJECT_ROOT } from '../src/criu/binary';
+import { netnsOf, netnsOfPath, runCli, ServeAgent, startServe, tempDir, writeToken } from './helpers/agents';
+
+const root = process.getuid?.() === 0;
+const skip = root ? false : 'needs root (CRIU, network namespaces)';
+
+let hosts: TwoHosts;
+let dir: string;
+let token: string;
+let serve: ServeAgent;
+
+before(async () => {
+  if (!root) return;
+  hosts = await createTwoHosts({ prefix: 'pfmig' });
+  dir = tempDir('stopcopy');
+  token = writeToken(dir);
+  serve = await startServe(hosts.b, token, path.join(dir, 'dest'));
+});
+
+after(async () => {
+  if (!root) return;
+  await serve?.stop();
+  await hosts?.destroy();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function migrateArgs(pid: number, extra: string[] = [], tok = token, port = serve.port): string[] {
+  return ['migrate', '--pid', String(pid), '--to', `${hosts.b.addr}:${port}`, '--token-file', tok, '--json', ...extra];
+}
+
+async function expectUntouched(w: MemWorkload): Promise<void> {
+  assert.ok(isAlive(w.pid), 'the original is alive');
+  assert.notEqual(procState(w.pid), 'T', 'the original is not left stopped');
+  const r = await w.report();
+  assert.equal(r.ok, true, 'the original verifies all its memory');
+  assert.equal(r.badPages, 0);
+}
+
+test('a 1 GiB workload moves to the other host and verifies all of its memory', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: hosts.a.netnsPath! });
+  let restored = 0;
+  try {
+    const before = await w.report();
+    assert.ok(before.ok);
+    const r = await runCli(hosts.a, migrateArgs(w.pid));
+    assert.equal(r.code, 0, r.stderr);
+    const rep = r.json!;
+    assert.equal(rep.ok, true);
+    assert.equal(rep.mode, 'stop-copy');
+    restored = rep.restoredPid;
+    w.adopt(restored);
+    assert.ok(rep.downtimeMs > 0 && rep.downtimeMs <= rep.totalMs, JSON.stringify(rep));
+    assert.ok(rep.bytesSent >= 1024 * 1024 * 1024, `bytesSent ${rep.bytesSent}`);
+    for (const k of ['connect', 'dump', 'restore', 'commit']) assert.ok(k in rep.phases, `phase ${k}`);
+
+    assert.ok(await waitGone(w.pid, 5000), 'the original is gone: it never runs twice');
+    assert.ok(isAlive(restored), 'the restored copy runs');
+    assert.equal(netnsOf(restored), netnsOfPath(hosts.b.netnsPath!), 'and it runs on host b');
+    const after = await w.report(restored);
+    assert.equal(after.ok, true, `memory verified after restore: ${JSON.stringify(after)}`);
+    assert.equal(after.pages, 1024 * 256);
+    assert.equal(after.badPages, 0);
+    assert.ok(after.iterations > before.iterations, 'it kept running from where it was');
+  } finally {
+    await w.stop(restored);
+  }
+});
+
+test('a process tree with an established TCP connection in its own network namespace survives', { skip }, async () => {
+  const report = path.join(dir, 'tcp.json');
+  // unshare -n inside the pid namespace's launcher: a network namespace of its own.
+  const ns = startInPidNamespace(['unshare', '-n', path.join(PROJECT_ROOT, 'build', 'workloads', 'tcpwork'), report],
+    { netns: hosts.a.netnsPath! });
+  const readReport = () => { try { return JSON.parse(fs.readFileSync(report, 'utf8')); } catch { return null; } };
+  let pid = -1;
+  let restored = 0;
+  try {
+    const end = Date.now() + 10_000;
+    while ((pid = ns.initPid()) < 0 || !readReport()) {
+      assert.ok(Date.now() < end, `tcpwork did not start: ${ns.stderr()}`);
+      await sleep(20);
+    }
+    // The real test: unshare -n gives the tree a network namespace of its own.
+    assert.notEqual(netnsOf(pid), netnsOfPath(hosts.a.netnsPath!), 'workload has its own netns');
+    await sleep(200);
+    const r = await runCli(hosts.a, migrateArgs(pid, ['--tcp-established']));
+    assert.equal(r.code, 0, r.stderr);
+    restored = r.json!.restoredPid;
+    assert.ok(await waitGone(pid, 5000));
+    await sleep(300);
+    const before = await askTcp(restored, report);
+    await sleep(300);
+    const after = await askTcp(restored, report);
+    assert.equal(after.ok, true, JSON.stringify(after));
+    assert.equal(after.serverAlive, true, 'the child process came along');
+    assert.ok(after.exchanged > before.exchanged, 'the connection keeps carrying data');
+  } finally {
+    for (const p of [pid, restored, ns.child.pid ?? -1]) if (p > 0 && isAlive(p)) process.kill(p, 'SIGKILL');
+  }
+});
+
+async function askTcp(pid: number, report: string): Promise<any> {
+  const old = fs.statSync(report).mtimeMs;
+  process.kill(pid, 'SIGUSR1');
+  const end = Date.now() + 5000;
+  while (Date.now() < end) {
+    if (fs.statSync(report).mtimeMs !== old) return JSON.parse(fs.readFileSync(report, 'utf8'));
+    await sleep(10);
+  }
+  throw new Error('tcpwork did not report');
+}
+
+test('a destination killed mid-transfer leaves the workload running at the source', { skip }, async () => {
+  const side = await startServe(hosts.b, token, path.join(dir, 'dest-killed'));
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: hosts.a.netnsPath! });
+  try {
+    const run = runCli(hosts.a, migrateArgs(w.pid, [], token, side.port));
+    // Kill the destination once pages are flowing: some pages file has grown.
+    const end = Date.now() + 60_000;
+    let seen = 0;
+    while (Date.now() < end && seen < 64 << 20) {
+      seen = pagesBytes(side.dir);
+      await sleep(2);
+    }
+    assert.ok(seen >= 64 << 20, 'pages were flowing when the destination died');
+    await side.stop('SIGKILL');
+    const r = await run;
+    assert.notEqual(r.code, 0);
+    assert.equal(r.json?.ok, false);
+    assert.equal(r.json?.rolledBack, true, r.stderr);
+    assert.match(r.json?.error?.message ?? '', /./);
+    await expectUntouched(w);
+  } finally {
+    await side.stop('SIGKILL');
+    await w.stop();
+  }
+});
+
+function pagesBytes(d: string): number {
+  let total = 0;
+  try {
+    for (const s of fs.readdirSync(d)) {
+      for (const f of fs.readdirSync(path.join(d, s))) {
+        if (f.startsWith('pages-')) total += fs.statSync(path.join(d, s, f)).size;
+      }
+    }
+  } catch { /* session dir not there yet, or removed */ }
+  return total;
+}
+
+test('a wrong token is refused and the workload is untouched', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 32, netns: hosts.a.netnsPath! });
+  try {
+    const bad = writeToken(dir, 'not-the-right-token-at-all');
+    const r = await runCli(hosts.a, migrateArgs(w.pid, [], bad));
+    assert.equal(r.code, 4, r.stderr);
+    assert.equal(r.json?.error?.code, 'auth');
+    assert.equal(r.json?.rolledBack, true);
+    assert.equal(r.stderr.trim().split('\n').length, 1, 'one line, no stack trace');
+    await expectUntouched(w);
+    assert.deepEqual(fs.readdirSync(serve.dir), [], 'the destination created nothing');
+  } finally {
+    await w.stop();
+  }
+});
+
+test('bad input gets one line and a distinct exit code, and the workload is untouched', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 16, netns: hosts.a.netnsPath! });
+  try {
+    const cases: [string[], number, RegExp][] = [
+      [migrateArgs(w.pid, ['--mode', 'warp']), 2, /--mode/],
+      [['migrate', '--pid', 'abc', '--to', 'x:1', '--token-file', token], 2, /--pid/],
+      [['migrate', '--pid', String(w.pid), '--to', 'nohostport', '--token-file', token], 2, /--to/],
+      [['migrate', '--pid', String(w.pid), '--to', `${hosts.b.addr}:1`, '--token-file', token], 6, /cannot reach/],
+      [['migrate', '--pid', '4000000', '--to', `${hosts.b.addr}:1`, '--token-file', token], 9, /no running process/],
+      [['migrate', '--pid', String(w.pid), '--to', `${hosts.b.addr}:1`, '--token-file', '/nonexistent'], 2, /token file/],
+      [['migrate', '--bogus'], 2, /unknown option/],
+    ];
+    for (const [args, code, re] of cases) {
+      const r = await runCli(hosts.a, args);
+      assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, re);
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+      assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    }
+    await expectUntouched(w);
+  } finally {
+    await w.stop();
+  }
+});
+
+test('garbage from the network does not take the agent down', { skip }, async () => {
+  // The agent listens on host b; probes connect from host a, like a real peer.
+  const probe = async (hex: string) => {
+    const code = `const s=require('net').connect(${serve.port},'${hosts.b.addr}');s.on('error',()=>{});` +
+      `s.on('connect',()=>{s.write(Buffer.from('${hex}','hex'));setTimeout(()=>s.destroy(),300)});`;
+    await runIn(hosts.a, [process.execPath, '-e', code], { timeoutMs: 10_000 });
+  };
+  await probe('ffffffff'); // a 4 GiB frame length
+  await probe('0000000a' + '00'.repeat(10)); // a frame that is not a message
+  await probe('00000003' + '93' + '0102'); // truncated msgpack
+  await probe(Buffer.from('GET / HTTP/1.1\r\n\r\n').toString('hex'));
+  assert.equal(serve.proc.exitCode, null, 'the agent is still running');
+  // ... and still migrates.
+  const w = await startMemWorkload({ mib: 16, netns: hosts.a.netnsPath! });
+  let restored = 0;
+  try {
+    const r = await runCli(hosts.a, migrateArgs(w.pid));
+    assert.equal(r.code, 0, r.stderr);
+    restored = r.json!.restoredPid;
+    assert.equal((await w.report(restored)).ok, true);
+  } finally {
+    await w.stop(restored);
+  }
+});
+
+test('one agent serves several migrations at once', { skip }, async () => {
+  const ws = await Promise.all([1, 2, 3].map(() => startMemWorkload({ mib: 64, writeMBps: 10, netns: hosts.a.netnsPath! })));
+  const restored: number[] = [];
+  try {
+    const rs = await Promise.all(ws.map((w) => runCli(hosts.a, migrateArgs(w.pid))));
+    for (const [i, r] of rs.entries()) {
+      assert.equal(r.code, 0, r.stderr);
+      restored[i] = r.json!.restoredPid;
+      ws[i].adopt(restored[i]);
+    }
+    assert.equal(new Set(restored).size, 3);
+    for (const [i, w] of ws.entries()) {
+      assert.ok(await waitGone(w.pid, 5000));
+      assert.equal((await w.report(restored[i])).ok, true);
+    }
+  } finally {
+    await Promise.all(ws.map((w, i) => w.stop(restored[i] ?? -1)));
+  }
+});
