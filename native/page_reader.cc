@@ -1,5 +1,262 @@
+// process_vm_readv page reader (design.md section 4: the simplest path, needs
+// nothing injected into the target) and its N-API binding. Reads run on the
+// libuv pool: the event loop never waits for them.
+#include "page_reader.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include <algorithm>
+#include <memory>
+
 #include "modules.h"
 
 namespace phaul {
-void InitPageReader(Napi::Env env, Napi::Object exports) {}
+namespace pages {
+
+static const uint64_t kPage = 4096;
+
+static int64_t Now() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+bool PageIsZero(const uint8_t* p) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
+  // 8 words at a time: one branch per cache line.
+  for (size_t i = 0; i < kPage / 8; i += 8) {
+    if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7]) return false;
+  }
+  return true;
+}
+
+static void AddMissing(std::vector<uint64_t>* m, uint64_t s, uint64_t e) {
+  size_t n = m->size();
+  if (n >= 2 && (*m)[n - 1] == s) {
+    (*m)[n - 1] = e;
+    return;
+  }
+  m->push_back(s);
+  m->push_back(e);
+}
+
+bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t buflen, bool zero_map, ReadResult* out) {
+  int64_t t0 = Now();
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t s = pairs[2 * i], e = pairs[2 * i + 1];
+    if (e < s || (s | e) & (kPage - 1)) {
+      out->reason = "failed";
+      out->message = "readPages: ranges must be page-aligned [start, end) pairs";
+      out->err = EINVAL;
+      return false;
+    }
+    total += e - s;
+  }
+  if (total > buflen) {
+    out->reason = "failed";
+    out->message = "readPages: buffer too small for the ranges";
+    out->err = EINVAL;
+    return false;
+  }
+
+  // Cursor: range i, offset off into it; pos = where it lands in buf.
+  size_t i = 0;
+  uint64_t off = 0, pos = 0;
+  std::vector<struct iovec> remote(IOV_MAX);
+  while (i < n) {
+    if (pairs[2 * i] + off >= pairs[2 * i + 1]) {
+      i++;
+      off = 0;
+      continue;
+    }
+    // One call: up to IOV_MAX remote ranges into one contiguous local span.
+    size_t cnt = 0;
+    uint64_t want = 0;
+    for (size_t j = i; j < n && cnt < remote.size(); j++) {
+      uint64_t s = pairs[2 * j] + (j == i ? off : 0), e = pairs[2 * j + 1];
+      if (s >= e) continue;
+      remote[cnt].iov_base = reinterpret_cast<void*>(s);
+      remote[cnt].iov_len = e - s;
+      want += e - s;
+      cnt++;
+    }
+    struct iovec local = {buf + pos, want};
+    ssize_t got = process_vm_readv(pid, &local, 1, remote.data(), cnt, 0);
+    out->calls++;
+    if (got < 0) {
+      int e = errno;
+      if (e == EINTR) continue;
+      if (e == ESRCH) {
+        out->reason = "process-gone";
+        out->message = "readPages: process " + std::to_string(pid) + " is gone";
+        out->err = e;
+        return false;
+      }
+      if (e != EFAULT && e != ENOMEM && e != EIO) {
+        out->reason = "failed";
+        out->message = std::string("process_vm_readv: ") + strerror(e);
+        out->err = e;
+        return false;
+      }
+      got = 0;
+    }
+    uint64_t done = uint64_t(got) & ~(kPage - 1);
+    // Advance the cursor by `done` bytes.
+    uint64_t adv = done;
+    pos += done;
+    while (adv > 0) {
+      uint64_t left = pairs[2 * i + 1] - (pairs[2 * i] + off);
+      if (adv < left) {
+        off += adv;
+        adv = 0;
+      } else {
+        adv -= left;
+        i++;
+        off = 0;
+      }
+    }
+    if (done == want) continue;
+    // The page under the cursor failed (the kernel stops at the first page it
+    // cannot pin). Skip to a readable range start if needed, then record it.
+    while (i < n && pairs[2 * i] + off >= pairs[2 * i + 1]) i++, off = 0;
+    if (i >= n) break;
+    uint64_t a = pairs[2 * i] + off;
+    struct iovec l1 = {buf + pos, kPage}, r1 = {reinterpret_cast<void*>(a), kPage};
+    ssize_t g1 = process_vm_readv(pid, &l1, 1, &r1, 1, 0);
+    out->calls++;
+    if (g1 != ssize_t(kPage)) {
+      if (g1 < 0 && errno == ESRCH) {
+        out->reason = "process-gone";
+        out->message = "readPages: process " + std::to_string(pid) + " is gone";
+        out->err = ESRCH;
+        return false;
+      }
+      memset(buf + pos, 0, kPage);
+      AddMissing(&out->missing, a, a + kPage);
+    }
+    pos += kPage;
+    off += kPage;
+  }
+  out->bytes = pos;
+
+  if (zero_map) {
+    uint64_t pages = pos / kPage;
+    out->zero_map.assign((pages + 7) / 8, 0);
+    for (uint64_t p = 0; p < pages; p++) {
+      if (PageIsZero(buf + p * kPage)) {
+        out->zero_map[p >> 3] |= uint8_t(1u << (p & 7));
+        out->zero_pages++;
+      }
+    }
+  }
+  out->ns = Now() - t0;
+  return true;
+}
+
+}  // namespace pages
+
+// ======================================================================== N-API
+namespace {
+
+class ReadWorker : public Napi::AsyncWorker {
+ public:
+  ReadWorker(Napi::Env env, pid_t pid, std::vector<uint64_t> pairs, Napi::Uint8Array buf, size_t offset, bool zero_map)
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        pid_(pid),
+        pairs_(std::move(pairs)),
+        data_(buf.Data() + offset),
+        len_(buf.ByteLength() - offset),
+        zero_map_(zero_map) {
+    // The buffer must outlive the read: hold it until we settle.
+    buf_ = Napi::Persistent(buf.As<Napi::Object>());
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { ok_ = pages::ReadRanges(pid_, pairs_.data(), pairs_.size() / 2, data_, len_, zero_map_, &r_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    buf_.Reset();
+    if (!ok_) {
+      Napi::Error e = Napi::Error::New(env, r_.message);
+      e.Set("reason", Napi::String::New(env, r_.reason));
+      e.Set("errno", Napi::Number::New(env, r_.err));
+      deferred_.Reject(e.Value());
+      return;
+    }
+    auto o = Napi::Object::New(env);
+    o.Set("bytes", Napi::Number::New(env, double(r_.bytes)));
+    auto ab = Napi::ArrayBuffer::New(env, r_.missing.size() * 8);
+    if (!r_.missing.empty()) memcpy(ab.Data(), r_.missing.data(), r_.missing.size() * 8);
+    o.Set("missing", Napi::TypedArrayOf<uint64_t>::New(env, r_.missing.size(), ab, 0, napi_biguint64_array));
+    if (zero_map_) {
+      auto zb = Napi::Uint8Array::New(env, r_.zero_map.size());
+      if (!r_.zero_map.empty()) memcpy(zb.Data(), r_.zero_map.data(), r_.zero_map.size());
+      o.Set("zeroMap", zb);
+      o.Set("zeroPages", Napi::Number::New(env, double(r_.zero_pages)));
+    } else {
+      o.Set("zeroMap", env.Null());
+      o.Set("zeroPages", Napi::Number::New(env, 0));
+    }
+    o.Set("calls", Napi::Number::New(env, r_.calls));
+    o.Set("ns", Napi::Number::New(env, double(r_.ns)));
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& e) override {
+    buf_.Reset();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  pid_t pid_;
+  std::vector<uint64_t> pairs_;
+  uint8_t* data_;
+  size_t len_;
+  bool zero_map_;
+  Napi::ObjectReference buf_;
+  pages::ReadResult r_;
+  bool ok_ = false;
+};
+
+// readPages(pid, ranges: BigUint64Array of [start,end) pairs, buf: Uint8Array,
+//           opts?: { offset?: number, zeroMap?: boolean })
+//   -> Promise<{ bytes, missing: BigUint64Array, zeroMap: Uint8Array|null, zeroPages, calls, ns }>
+Napi::Value ReadPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray())
+    throw Napi::TypeError::New(env, "readPages(pid: number, ranges: BigUint64Array, buf: Uint8Array, opts?)");
+  auto ta = info[1].As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != napi_biguint64_array) throw Napi::TypeError::New(env, "ranges must be a BigUint64Array");
+  auto ranges = info[1].As<Napi::TypedArrayOf<uint64_t>>();
+  if (ranges.ElementLength() % 2) throw Napi::TypeError::New(env, "ranges must hold [start, end) pairs");
+  if (info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, "buf must be a Uint8Array or Buffer");
+  auto buf = info[2].As<Napi::Uint8Array>();
+  size_t offset = 0;
+  bool zero_map = false;
+  if (info.Length() > 3 && info[3].IsObject()) {
+    auto o = info[3].As<Napi::Object>();
+    if (o.Has("offset") && o.Get("offset").IsNumber()) offset = size_t(o.Get("offset").As<Napi::Number>().Int64Value());
+    if (o.Has("zeroMap")) zero_map = o.Get("zeroMap").ToBoolean().Value();
+  }
+  if (offset > buf.ByteLength()) throw Napi::RangeError::New(env, "offset beyond the buffer");
+  std::vector<uint64_t> pairs(ranges.Data(), ranges.Data() + ranges.ElementLength());
+  auto* w = new ReadWorker(env, info[0].As<Napi::Number>().Int32Value(), std::move(pairs), buf, offset, zero_map);
+  auto p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+void InitPageReader(Napi::Env env, Napi::Object exports) {
+  exports.Set("readPages", Napi::Function::New(env, ReadPages, "readPages"));
+}
+
 }  // namespace phaul

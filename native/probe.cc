@@ -1,5 +1,301 @@
+// Kernel feature probes (see probe.h). All work on a few pages mmap'ed here and
+// unmapped before returning; nothing outside this process is touched. They are
+// synchronous: each takes well under a millisecond.
+#include "probe.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <vector>
+
 #include "modules.h"
+#include "uapi_probe.h"
 
 namespace phaul {
-void InitProbe(Napi::Env env, Napi::Object exports) {}
+namespace probe {
+namespace {
+
+const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+
+std::string Errno(const char* what, int err) {
+  return std::string(what) + ": " + strerror(err) + " (errno " + std::to_string(err) + ")";
+}
+
+// A private anonymous mapping that unmaps itself.
+struct Pages {
+  char* base = nullptr;
+  size_t len = 0;
+  explicit Pages(size_t n) : len(n * kPage) {
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    base = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+  }
+  ~Pages() {
+    if (base) munmap(base, len);
+  }
+  // volatile so the compiler cannot drop or merge the writes the probes count on.
+  void Touch(size_t i) { *reinterpret_cast<volatile char*>(base + i * kPage) = 1; }
+  uint64_t Addr(size_t i) const { return reinterpret_cast<uint64_t>(base + i * kPage); }
+};
+
+struct Fd {
+  int fd;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// Runs PAGEMAP_SCAN over [start, end) and returns the page indexes (relative to
+// start) of every region reported, or -errno.
+long Scan(int pagemap, uint64_t start, uint64_t end, uint64_t flags, uint64_t category, std::vector<size_t>* pages) {
+  std::vector<page_region> vec((end - start) / kPage);
+  pm_scan_arg arg;
+  memset(&arg, 0, sizeof(arg));
+  arg.size = sizeof(arg);
+  arg.flags = flags;
+  arg.start = start;
+  arg.end = end;
+  arg.vec = reinterpret_cast<uint64_t>(vec.data());
+  arg.vec_len = vec.size();
+  arg.category_mask = category;
+  arg.return_mask = category;
+  long n = ioctl(pagemap, PAGEMAP_SCAN, &arg);
+  if (n < 0) return -errno;
+  for (long r = 0; r < n; r++)
+    for (uint64_t a = vec[r].start; a < vec[r].end; a += kPage) pages->push_back((a - start) / kPage);
+  return n;
+}
+
+std::string List(const std::vector<size_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); i++) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// Reads the 64-bit pagemap entry of one virtual address.
+bool PagemapEntry(int pagemap, uint64_t addr, uint64_t* out) {
+  return pread(pagemap, out, sizeof(*out), static_cast<off_t>(addr / kPage * sizeof(*out))) == sizeof(*out);
+}
+
+}  // namespace
+
+int OpenUffd() {
+  int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (fd < 0 && errno == EPERM)
+    fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  return fd;
+}
+
+UffdResult Userfaultfd() {
+  UffdResult r;
+  // UFFDIO_API may be called once per descriptor: one descriptor asks for no
+  // feature (the kernel answers with all it supports), a second one asks for
+  // the features the dirty tracker needs, which fails with EINVAL if absent.
+  Fd q(OpenUffd());
+  if (q.fd < 0) {
+    r.detail = Errno("userfaultfd()", errno);
+    return r;
+  }
+  uffdio_api api;
+  memset(&api, 0, sizeof(api));
+  api.api = UFFD_API;
+  if (ioctl(q.fd, UFFDIO_API, &api) < 0) {
+    r.detail = Errno("UFFDIO_API", errno);
+    return r;
+  }
+  r.available = true;
+  r.features = api.features;
+
+  Fd w(OpenUffd());
+  memset(&api, 0, sizeof(api));
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+  if (w.fd >= 0 && ioctl(w.fd, UFFDIO_API, &api) == 0) {
+    r.wpAsync = (api.features & UFFD_FEATURE_WP_ASYNC) != 0;
+    r.wpUnpopulated = (api.features & UFFD_FEATURE_WP_UNPOPULATED) != 0;
+  }
+  char hex[32];
+  snprintf(hex, sizeof(hex), "0x%llx", static_cast<unsigned long long>(r.features));
+  r.detail = std::string("UFFDIO_API features ") + hex + "; WP_ASYNC " + (r.wpAsync ? "accepted" : "refused") +
+             ", WP_UNPOPULATED " + (r.wpUnpopulated ? "accepted" : "refused");
+  return r;
+}
+
+Result PagemapScan() {
+  Result r;
+  Fd pm(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  if (pm.fd < 0) {
+    r.detail = Errno("open /proc/self/pagemap", errno);
+    return r;
+  }
+  Pages p(4);
+  if (!p.base) {
+    r.detail = Errno("mmap", errno);
+    return r;
+  }
+  p.Touch(0);
+  p.Touch(2);
+  std::vector<size_t> got;
+  long n = Scan(pm.fd, p.Addr(0), p.Addr(4), 0, PAGE_IS_PRESENT, &got);
+  if (n < 0) {
+    // ENOTTY: the kernel's pagemap has no ioctl at all (before 6.7).
+    r.detail = Errno("ioctl(PAGEMAP_SCAN)", static_cast<int>(-n));
+    return r;
+  }
+  r.ok = got == std::vector<size_t>{0, 2};
+  r.detail = "present pages of a 4-page mapping with pages 0,2 touched: " + List(got);
+  return r;
+}
+
+Result WpTracking() {
+  Result r;
+  Fd uffd(OpenUffd());
+  if (uffd.fd < 0) {
+    r.detail = Errno("userfaultfd()", errno);
+    return r;
+  }
+  uffdio_api api;
+  memset(&api, 0, sizeof(api));
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+  if (ioctl(uffd.fd, UFFDIO_API, &api) < 0) {
+    r.detail = Errno("UFFDIO_API(WP_ASYNC|WP_UNPOPULATED)", errno);
+    return r;
+  }
+  Fd pm(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  if (pm.fd < 0) {
+    r.detail = Errno("open /proc/self/pagemap", errno);
+    return r;
+  }
+  const size_t n = 8;
+  Pages p(n);
+  if (!p.base) {
+    r.detail = Errno("mmap", errno);
+    return r;
+  }
+  for (size_t i = 0; i < n; i++) p.Touch(i);
+  uffdio_register reg;
+  memset(&reg, 0, sizeof(reg));
+  reg.range.start = p.Addr(0);
+  reg.range.len = p.len;
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(uffd.fd, UFFDIO_REGISTER, &reg) < 0) {
+    r.detail = Errno("UFFDIO_REGISTER(MODE_WP)", errno);
+    return r;
+  }
+  // Same flags as the dirty tracker (design.md section 3): report written pages
+  // and write-protect them again in the same walk. With async WP a write to a
+  // protected page is resolved by the kernel, so no fault reader is needed.
+  const uint64_t flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
+  std::vector<size_t> first, dirty, clean;
+  long e = Scan(pm.fd, p.Addr(0), p.Addr(n), flags, PAGE_IS_WRITTEN, &first);
+  if (e >= 0) {
+    p.Touch(3);
+    p.Touch(5);
+    e = Scan(pm.fd, p.Addr(0), p.Addr(n), flags, PAGE_IS_WRITTEN, &dirty);
+  }
+  if (e >= 0) e = Scan(pm.fd, p.Addr(0), p.Addr(n), flags, PAGE_IS_WRITTEN, &clean);
+  if (e < 0) {
+    r.detail = Errno("ioctl(PAGEMAP_SCAN, WP_MATCHING|CHECK_WPASYNC)", static_cast<int>(-e));
+    return r;
+  }
+  // Unregistering (or closing the uffd) drops every protection; done before the
+  // mapping goes away so nothing of the probe outlives it.
+  ioctl(uffd.fd, UFFDIO_UNREGISTER, &reg.range);
+  r.ok = first.size() == n && dirty == std::vector<size_t>{3, 5} && clean.empty();
+  r.detail = "first scan " + std::to_string(first.size()) + "/" + std::to_string(n) + " written, after writing pages 3,5: " +
+             List(dirty) + ", then: " + List(clean);
+  return r;
+}
+
+Result SoftDirty() {
+  Result r;
+  Fd pm(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  Fd cr(open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC));
+  if (pm.fd < 0 || cr.fd < 0) {
+    r.detail = Errno(pm.fd < 0 ? "open /proc/self/pagemap" : "open /proc/self/clear_refs", errno);
+    return r;
+  }
+  Pages p(1);
+  if (!p.base) {
+    r.detail = Errno("mmap", errno);
+    return r;
+  }
+  p.Touch(0);
+  // "4" clears the soft-dirty bits of this whole process (harmless: nothing in
+  // here relies on them). Without CONFIG_MEM_SOFT_DIRTY the write is accepted
+  // but bit 55 is never set, so only the bit after a fresh write is evidence.
+  if (write(cr.fd, "4", 1) != 1) {
+    r.detail = Errno("write 4 > /proc/self/clear_refs", errno);
+    return r;
+  }
+  uint64_t cleared = 0, written = 0;
+  if (!PagemapEntry(pm.fd, p.Addr(0), &cleared)) {
+    r.detail = Errno("read /proc/self/pagemap", errno);
+    return r;
+  }
+  p.Touch(0);
+  if (!PagemapEntry(pm.fd, p.Addr(0), &written)) {
+    r.detail = Errno("read /proc/self/pagemap", errno);
+    return r;
+  }
+  const uint64_t bit55 = 1ULL << 55;
+  bool afterClear = cleared & bit55, afterWrite = written & bit55;
+  r.ok = !afterClear && afterWrite;
+  if (r.ok)
+    r.detail = "pagemap bit 55 cleared by clear_refs and set again by a write";
+  else if (!afterWrite)
+    r.detail = "pagemap bit 55 stays clear after a write (kernel built without CONFIG_MEM_SOFT_DIRTY)";
+  else
+    r.detail = "pagemap bit 55 not cleared by clear_refs=4";
+  return r;
+}
+
+}  // namespace probe
+
+namespace {
+
+Napi::Object ResultObject(Napi::Env env, const probe::Result& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("ok", r.ok);
+  o.Set("detail", r.detail);
+  return o;
+}
+
+// probeKernel() -> { userfaultfd, uffdWpAsync, pagemapScan, wpTracking, softDirty }
+// each { ok: boolean, detail: string }; userfaultfd adds features (hex string),
+// wpUnpopulated. Synchronous: the probes are sub-millisecond.
+Napi::Value ProbeKernel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  probe::UffdResult u = probe::Userfaultfd();
+  Napi::Object out = Napi::Object::New(env);
+
+  Napi::Object uffd = Napi::Object::New(env);
+  uffd.Set("ok", u.available);
+  uffd.Set("detail", u.detail);
+  char hex[32];
+  snprintf(hex, sizeof(hex), "0x%llx", static_cast<unsigned long long>(u.features));
+  uffd.Set("features", std::string(hex));
+  uffd.Set("wpUnpopulated", u.wpUnpopulated);
+  out.Set("userfaultfd", uffd);
+
+  probe::Result wpAsync{u.wpAsync, u.detail};
+  out.Set("uffdWpAsync", ResultObject(env, wpAsync));
+  out.Set("pagemapScan", ResultObject(env, probe::PagemapScan()));
+  out.Set("wpTracking", ResultObject(env, probe::WpTracking()));
+  out.Set("softDirty", ResultObject(env, probe::SoftDirty()));
+  return out;
+}
+
+}  // namespace
+
+void InitProbe(Napi::Env env, Napi::Object exports) {
+  exports.Set("probeKernel", Napi::Function::New(env, ProbeKernel, "probeKernel"));
+}
+
 }  // namespace phaul

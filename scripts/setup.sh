@@ -50,7 +50,7 @@ PKGS=(
   libnl-3-dev libnet1-dev libcap-dev libnftables-dev libbsd-dev libgnutls28-dev
   uuid-dev pkgconf python3-protobuf xz-utils dpkg-dev
   # two-host tests, network lock, addon build
-  iproute2 nftables g++ make python3 util-linux procps
+  iproute2 nftables g++ make python3 util-linux procps openssl
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createTwoHosts, runIn, TwoHosts } from '../src/testing/hosts';
 import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
-import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
+import { isAlive, procState, runCmd, sleep, waitGone } from '../src/testing/proc';
 import { PROJECT_ROOT } from '../src/criu/binary';
 import { netnsOf, netnsOfPath, runCli, ServeAgent, startServe, tempDir, writeToken } from './helpers/agents';
 
@@ -241,5 +241,30 @@ test('one agent serves several migrations at once', { skip }, async () => {
     }
   } finally {
     await Promise.all(ws.map((w, i) => w.stop(restored[i] ?? -1)));
+  }
+});
+
+test('over TLS, with the destination\'s certificate pinned', { skip }, async () => {
+  const key = path.join(dir, 'tls-key.pem');
+  const cert = path.join(dir, 'tls-cert.pem');
+  const gen = await runCmd(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert,
+    '-days', '1', '-subj', '/CN=phaul-test', '-addext', `subjectAltName=IP:${hosts.b.addr}`], { timeoutMs: 30_000 });
+  assert.equal(gen.code, 0, gen.stderr);
+  const tlsServe = await startServe(hosts.b, token, path.join(dir, 'dest-tls'), ['--tls-cert', cert, '--tls-key', key]);
+  const w = await startMemWorkload({ mib: 64, writeMBps: 10, netns: hosts.a.netnsPath! });
+  let restored = 0;
+  try {
+    // Without the CA the certificate is refused, before anything is touched.
+    const refused = await runCli(hosts.a, migrateArgs(w.pid, ['--tls'], token, tlsServe.port));
+    assert.equal(refused.code, 6, refused.stderr);
+    await expectUntouched(w);
+    const r = await runCli(hosts.a, migrateArgs(w.pid, ['--tls', '--tls-ca', cert], token, tlsServe.port));
+    assert.equal(r.code, 0, r.stderr);
+    restored = r.json!.restoredPid;
+    assert.ok(await waitGone(w.pid, 5000));
+    assert.equal((await w.report(restored)).ok, true);
+  } finally {
+    await tlsServe.stop();
+    await w.stop(restored);
   }
 });

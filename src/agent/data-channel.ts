@@ -53,7 +53,7 @@ function tlsBridge(sock: tls.TLSSocket): number {
 
 export function openDataChannelServer(conn: FrameConn): DataChannel {
   const sock = conn.socket as net.Socket;
-  conn.detach();
+  conn.detach(!(sock instanceof tls.TLSSocket));
   let fd: number;
   if (sock instanceof tls.TLSSocket) {
     fd = tlsBridge(sock);
@@ -82,7 +82,7 @@ export function openDataChannelServer(conn: FrameConn): DataChannel {
 
 export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
   const sock = conn.socket as net.Socket;
-  conn.detach();
+  conn.detach(!(sock instanceof tls.TLSSocket));
   if (sock instanceof tls.TLSSocket) {
     const criuFd = tlsBridge(sock);
     const done = new Promise<{ sent: number }>((resolve) => {

@@ -114,13 +114,17 @@ export class FrameConn {
     throw new PhaulError('protocol', `${this.peer} sent '${m.t}' where '${t}' was expected`);
   }
 
-  /** Stops reading so the raw descriptor can be handed over; fails if any
-   *  bytes beyond the last frame were already read. */
-  detach(): void {
+  /** Stops reading so the raw descriptor can be handed over (`raw`), or so the
+   *  stream can be piped elsewhere (TLS: bytes read meanwhile stay in the
+   *  stream's buffer and flow on). Fails if the peer sent bytes past its last
+   *  frame, which our protocol never does. */
+  detach(raw: boolean): void {
     this.detached = true;
-    const h = (this.socket as unknown as { _handle?: { readStop?: () => void } })._handle;
-    h?.readStop?.();
     this.socket.pause();
+    if (raw) {
+      const h = (this.socket as unknown as { _handle?: { readStop?: () => void } })._handle;
+      h?.readStop?.();
+    }
     if (this.buf.length || this.queue.length) throw new PhaulError('protocol', `${this.peer} sent data before it was asked to`);
   }
 

@@ -1,0 +1,34 @@
+// Kernel feature probes. Each one exercises the feature on this process's own
+// memory instead of trusting a kernel version or a header, so a backported or
+// disabled feature is reported as it really is.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace phaul {
+namespace probe {
+
+struct Result {
+  bool ok = false;
+  std::string detail;  // one line: what was seen, or which call failed and why
+};
+
+struct UffdResult {
+  bool available = false;      // userfaultfd() works at all (lazy pages need it)
+  bool wpAsync = false;        // UFFDIO_API accepted UFFD_FEATURE_WP_ASYNC
+  bool wpUnpopulated = false;  // ... and UFFD_FEATURE_WP_UNPOPULATED
+  uint64_t features = 0;       // every feature the kernel reports as supported
+  std::string detail;
+};
+
+// userfaultfd(2) with O_CLOEXEC|O_NONBLOCK, retried with UFFD_USER_MODE_ONLY
+// when vm.unprivileged_userfaultfd=0 refuses an unprivileged caller. -1 + errno.
+int OpenUffd();
+
+UffdResult Userfaultfd();
+Result PagemapScan();  // a real PAGEMAP_SCAN over a small mapping of our own
+Result WpTracking();   // uffd-wp async + PAGEMAP_SCAN finding exactly the written pages
+Result SoftDirty();    // clear_refs=4 then a write must set pagemap bit 55
+
+}  // namespace probe
+}  // namespace phaul

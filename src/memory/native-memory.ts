@@ -1,0 +1,72 @@
+// Types of the native memory exports (native/dirty_tracker.cc, page_reader.cc).
+// Only src/memory talks to these; everything else uses the classes here.
+import { native } from '../native';
+
+export interface NativeScan {
+  ranges: BigUint64Array;
+  newVmas: BigUint64Array;
+  vanished: BigUint64Array;
+  shared: BigUint64Array;
+  untracked: BigUint64Array;
+  pages: number;
+  zeroPages: number;
+  trackedBytes: number;
+  mapsNs: number;
+  scanNs: number;
+  totalNs: number;
+  ioctls: number;
+  retries: number;
+  first: boolean;
+}
+
+export interface NativeStart {
+  injectNs: number;
+  startNs: number;
+  features: number;
+  userModeOnly: boolean;
+  tid: number;
+  vmas: number;
+}
+
+export interface NativeStats {
+  pid: number;
+  active: boolean;
+  rounds: number;
+  pagesReported: number;
+  lastScanNs: number;
+  injectNs: number;
+  startNs: number;
+  registrations: number;
+  epermRetries: number;
+  features: number;
+  userModeOnly: boolean;
+}
+
+export interface NativeDirtyTracker {
+  start(): Promise<NativeStart>;
+  scan(): Promise<NativeScan>;
+  present(start: bigint, end: bigint): BigUint64Array;
+  vmas(): { ranges: BigUint64Array; names: string[] };
+  stats(): NativeStats;
+  close(): void;
+}
+
+export interface NativeRead {
+  bytes: number;
+  missing: BigUint64Array;
+  zeroMap: Uint8Array | null;
+  zeroPages: number;
+  calls: number;
+  ns: number;
+}
+
+export interface NativeMemory {
+  DirtyTracker: new (pid: number) => NativeDirtyTracker;
+  injectSyscall(pid: number, nr: number, args?: number[]): { ret: number; ns: number };
+  dirtyTrackingSupport(): { ok: boolean; features: number; reason: string };
+  sameMm(pid1: number, pid2: number): boolean;
+  readPages(pid: number, ranges: BigUint64Array, buf: Uint8Array, opts?: { offset?: number; zeroMap?: boolean }): Promise<NativeRead>;
+  dirtyConstants: Record<string, number>;
+}
+
+export const mem: NativeMemory = native as NativeMemory;

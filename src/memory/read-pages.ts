@@ -1,0 +1,51 @@
+// readPages: copies pages of another process into a buffer with
+// process_vm_readv on the libuv pool (the event loop never blocks).
+import { fromNative } from './errors';
+import { mem } from './native-memory';
+import { pairBytes, PAGE_SIZE } from './ranges';
+
+export interface ReadPagesOptions {
+  /** Where to put the pages (back to back, in range order); allocated when absent. */
+  buffer?: Uint8Array;
+  /** Byte offset into `buffer`. */
+  offset?: number;
+  /** Also return a bitmap of all-zero pages (send those as flags, not data). */
+  zeroMap?: boolean;
+}
+
+export interface ReadPagesResult {
+  buffer: Uint8Array;
+  /** Bytes laid into the buffer from `offset` (the total length of the ranges). */
+  bytes: number;
+  /** [start, end) pairs that could not be read (unmapped since the scan, or
+   *  PROT_NONE); their place in the buffer is zero-filled. */
+  missing: BigUint64Array;
+  /** Bit i (LSB first) set = page i of the buffer (from offset) is all zeros. */
+  zeroMap: Uint8Array | null;
+  zeroPages: number;
+  calls: number;
+  ms: number;
+}
+
+/**
+ * Reads `ranges` ([start, end) pairs, page-aligned) of process `pid`.
+ * Do not touch `buffer` until the promise settles.
+ */
+export async function readPages(pid: number, ranges: BigUint64Array, opts: ReadPagesOptions = {}): Promise<ReadPagesResult> {
+  const bytes = pairBytes(ranges);
+  const offset = opts.offset ?? 0;
+  const buffer = opts.buffer ?? Buffer.allocUnsafe(bytes);
+  try {
+    const r = await mem.readPages(pid, ranges, buffer, { offset, zeroMap: !!opts.zeroMap });
+    return { buffer, bytes: r.bytes, missing: r.missing, zeroMap: r.zeroMap, zeroPages: r.zeroPages, calls: r.calls, ms: r.ns / 1e6 };
+  } catch (e) {
+    throw fromNative(e, pid);
+  }
+}
+
+/** Is page i set in a zeroMap? */
+export function isZeroPage(zeroMap: Uint8Array, i: number): boolean {
+  return (zeroMap[i >> 3] & (1 << (i & 7))) !== 0;
+}
+
+export { PAGE_SIZE };

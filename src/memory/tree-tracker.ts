@@ -1,0 +1,169 @@
+// TreeTracker: dirty tracking of a whole process tree. The uffd is per address
+// space and fork children are not covered by their parent's, so every process
+// gets its own DirtyTracker, and children that appear between rounds are
+// picked up (their first set is a full copy, which they need anyway).
+import * as fs from 'node:fs';
+
+import { DirtyTracker, type DirtySet } from './dirty-tracker';
+import { DirtyTrackingError } from './errors';
+import { mem } from './native-memory';
+
+export interface TreeScan {
+  /** One dirty set per tracked process. */
+  sets: Map<number, DirtySet>;
+  /** Processes tracked from this round on (their set is a full copy). */
+  added: number[];
+  /** Processes gone since the previous round. */
+  exited: number[];
+  /** Processes that share the address space of a tracked one (vfork, CLONE_VM):
+   *  pid -> the pid whose set covers it. */
+  aliases: Map<number, number>;
+}
+
+/** Direct children of every thread of `pid` (empty when it is gone). */
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      for (const c of fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ')) {
+        const n = Number(c);
+        if (n > 0) out.push(n);
+      }
+    } catch {
+      // thread exited meanwhile
+    }
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  return fs.existsSync(`/proc/${pid}`);
+}
+
+export class TreeTracker {
+  readonly root: number;
+  private trackers = new Map<number, DirtyTracker>();
+  private aliases = new Map<number, number>();
+  private closed = false;
+
+  constructor(root: number) {
+    this.root = root;
+  }
+
+  /** Starts a tracker for every process of the tree. A process that cannot be
+   *  tracked (e.g. it uses userfaultfd itself) fails the whole tree: the
+   *  caller falls back for the tree (err.fallback). */
+  async start(): Promise<number[]> {
+    if (!alive(this.root)) throw new DirtyTrackingError('process-gone', this.root, `process ${this.root} not found`);
+    return this.discover();
+  }
+
+  /** One round: picks up new processes, then scans every tracked one. */
+  async scan(): Promise<TreeScan> {
+    if (this.closed) throw new DirtyTrackingError('failed', this.root, 'TreeTracker is closed');
+    const added = await this.discover();
+    const sets = new Map<number, DirtySet>();
+    const exited: number[] = [];
+    const pids = [...this.trackers.keys()];
+    const results = await Promise.allSettled(pids.map((p) => this.trackers.get(p)!.scan()));
+    for (let i = 0; i < pids.length; i++) {
+      const pid = pids[i];
+      const r = results[i];
+      if (r.status === 'fulfilled') {
+        sets.set(pid, r.value);
+        continue;
+      }
+      const err = r.reason;
+      if (!(err instanceof DirtyTrackingError) || err.reason !== 'process-gone') {
+        this.close();
+        throw err;
+      }
+      this.trackers.get(pid)!.close();
+      this.trackers.delete(pid);
+      if (alive(pid)) {
+        // execve replaced its address space: track the new one from scratch.
+        const t = await this.startOne(pid);
+        if (t) {
+          sets.set(pid, await t.scan());
+          added.push(pid);
+          continue;
+        }
+      }
+      exited.push(pid);
+    }
+    for (const [a, owner] of this.aliases) if (!alive(a) || !this.trackers.has(owner)) this.aliases.delete(a);
+    return { sets, added, exited, aliases: new Map(this.aliases) };
+  }
+
+  pids(): number[] {
+    return [...this.trackers.keys()];
+  }
+
+  tracker(pid: number): DirtyTracker | undefined {
+    return this.trackers.get(pid);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const t of this.trackers.values()) t.close();
+    this.trackers.clear();
+  }
+
+  // Every process below the root and below each tracked process (orphans
+  // reparented away from the tree stay tracked, and so do their children).
+  private tree(): number[] {
+    const seen = new Set<number>();
+    const todo = [this.root, ...this.trackers.keys()];
+    while (todo.length) {
+      const p = todo.pop()!;
+      if (seen.has(p) || !alive(p)) continue;
+      seen.add(p);
+      todo.push(...childrenOf(p));
+    }
+    return [...seen].sort((a, b) => a - b);
+  }
+
+  private async discover(): Promise<number[]> {
+    const added: number[] = [];
+    for (const pid of this.tree()) {
+      if (this.trackers.has(pid) || this.aliases.has(pid)) continue;
+      const owner = this.sharesMmWith(pid);
+      if (owner !== undefined) {
+        this.aliases.set(pid, owner);
+        continue;
+      }
+      if (await this.startOne(pid)) added.push(pid);
+    }
+    return added;
+  }
+
+  private sharesMmWith(pid: number): number | undefined {
+    for (const p of this.trackers.keys()) {
+      try {
+        if (mem.sameMm(pid, p)) return p;
+      } catch {
+        // one of them is gone
+      }
+    }
+    return undefined;
+  }
+
+  private async startOne(pid: number): Promise<DirtyTracker | null> {
+    const t = new DirtyTracker(pid);
+    try {
+      await t.start();
+    } catch (e) {
+      t.close();
+      if (e instanceof DirtyTrackingError && e.reason === 'process-gone') return null;
+      throw e;
+    }
+    this.trackers.set(pid, t);
+    return t;
+  }
+}
