@@ -1,0 +1,197 @@
+// Proves the test/bench helpers themselves: the memory workload detects what
+// it must (corruption, stalls), survives a CRIU dump/restore with report/stop
+// on the restored pid, and the two-host network works, shapes and cleans up.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { testCriu } from '../src/testing/criu';
+import { startMemWorkload } from '../src/testing/workload';
+import { createLoopbackHost, createTwoHosts, type Host, type TwoHosts } from '../src/testing/hosts';
+import { runCmd, signal, sleep, isAlive } from '../src/testing/proc';
+
+test('memwork verifies all pages while writing with several threads', async () => {
+  const w = await startMemWorkload({ mib: 64, writeMBps: 200, threads: 2 });
+  try {
+    assert.ok(isAlive(w.pid));
+    await sleep(300);
+    const r = await w.report();
+    assert.equal(r.ok, true);
+    assert.equal(r.pages, 64 * 256);
+    assert.equal(r.badPages, 0);
+    assert.equal(r.firstBad, -1);
+    assert.ok(r.iterations > 50, `iterations ${r.iterations}`);
+    assert.ok(r.maxGapMs < 100, `maxGapMs ${r.maxGapMs}`);
+    assert.equal(r.seq, 2);
+  } finally {
+    await w.stop();
+  }
+  assert.ok(!isAlive(w.pid) && !isAlive(w.launcherPid));
+});
+
+test('memwork detects a corrupted page', async () => {
+  const w = await startMemWorkload({ mib: 16 }); // idle: nothing rewrites the page
+  try {
+    const addr = Number(BigInt(w.lastReport()!.addr));
+    const fd = fs.openSync(`/proc/${w.pid}/mem`, 'r+');
+    fs.writeSync(fd, Buffer.from([0xde, 0xad]), 0, 2, addr + 7 * 4096 + 1000);
+    fs.closeSync(fd);
+    const r = await w.report();
+    assert.equal(r.ok, false);
+    assert.equal(r.badPages, 1);
+    assert.equal(r.firstBad, 7);
+  } finally {
+    await w.stop();
+  }
+});
+
+test('memwork reports a stall as maxGapMs and resets it on request', async () => {
+  const w = await startMemWorkload({ mib: 16, writeMBps: 50 });
+  try {
+    await w.resetGap();
+    signal(w.pid, 'SIGSTOP');
+    await sleep(300);
+    signal(w.pid, 'SIGCONT');
+    await sleep(50);
+    const r = await w.report();
+    assert.ok(r.ok);
+    assert.ok(r.maxGapMs >= 280 && r.maxGapMs < 1000, `maxGapMs ${r.maxGapMs}`);
+    await w.resetGap();
+    await sleep(50);
+    const r2 = await w.report();
+    assert.ok(r2.maxGapMs < 100, `after reset maxGapMs ${r2.maxGapMs}`);
+  } finally {
+    await w.stop();
+  }
+});
+
+test('memwork rejects bad arguments with one line', async () => {
+  const r = await runCmd([path.join(__dirname, '..', '..', 'build', 'workloads', 'memwork'), '--mib', 'x', '--report', '/dev/null']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /^memwork: --mib needs a whole number/);
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+});
+
+test('a restored memwork is driven by its explicit pid', async () => {
+  const criu = testCriu();
+  const img = fs.mkdtempSync(path.join(os.tmpdir(), 'phaul-testing-img-'));
+  const w = await startMemWorkload({ mib: 32, writeMBps: 100 });
+  let restored = -1;
+  try {
+    await w.resetGap();
+    const d = await runCmd([criu, 'dump', '-t', String(w.pid), '-D', img, '-o', 'dump.log'], { timeoutMs: 30_000 });
+    assert.equal(d.code, 0, fs.readFileSync(path.join(img, 'dump.log'), 'utf8').slice(-2000));
+    const pidfile = path.join(img, 'restored.pid');
+    const rs = await runCmd([criu, 'restore', '-D', img, '-d', '--pidfile', pidfile, '-o', 'restore.log'], { timeoutMs: 30_000 });
+    assert.equal(rs.code, 0, fs.readFileSync(path.join(img, 'restore.log'), 'utf8').slice(-2000));
+    restored = Number(fs.readFileSync(pidfile, 'utf8'));
+    w.adopt(restored);
+    const r = await w.report(restored);
+    assert.ok(r.ok);
+    assert.ok(r.maxGapMs > 5, `a dump+restore is a stall: ${r.maxGapMs}`);
+  } finally {
+    await w.stop();
+    fs.rmSync(img, { recursive: true, force: true });
+  }
+  assert.ok(restored > 0 && !isAlive(restored));
+});
+
+const connectScript = (addr: string, port: number) =>
+  `const c=require('net').connect({port:${port},host:'${addr}',timeout:1500},()=>c.write('ping'));
+   c.on('data',d=>{console.log(String(d));c.end()});c.on('timeout',()=>process.exit(3));c.on('error',e=>{console.error(e.message);process.exit(4)})`;
+
+// A one-shot TCP echo server on `to`, a client on `from`: returns what came back.
+async function echo(h: TwoHosts, from: Host, to: Host): Promise<string> {
+  const port = 21000 + (process.pid % 20000);
+  const server = `const s=require('net').createServer(c=>c.on('data',d=>{c.end(d[0]===112?'pong':'?');s.close()}))
+    .listen(${port},'${to.addr}',()=>console.log('up'))`;
+  const srv = h.spawn(to, [process.execPath, '-e', server], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const closed = new Promise((r) => srv.on('close', r));
+  let out = '';
+  srv.stdout!.on('data', (d) => { out += d; });
+  while (!out.includes('up')) await sleep(10);
+  const c = await h.run(from, [process.execPath, '-e', connectScript(to.addr, port)], { timeoutMs: 10_000 });
+  await closed;
+  return c.stdout.trim();
+}
+
+test('two hosts reach each other and are gone after destroy()', async () => {
+  const h = await createTwoHosts({ prefix: 'pftt' });
+  try {
+    assert.ok(fs.existsSync(h.a.netnsPath!) && fs.existsSync(h.b.netnsPath!));
+    // A workload started in a host lives in that host's network namespace.
+    const w = await startMemWorkload({ mib: 4, netns: h.a.netnsPath! });
+    try {
+      assert.equal(fs.readlinkSync(`/proc/${w.pid}/ns/net`), `net:[${fs.statSync(h.a.netnsPath!).ino}]`);
+    } finally {
+      await w.stop();
+    }
+    // No ping binary on this machine: a TCP echo both ways proves the same.
+    assert.equal(await echo(h, h.a, h.b), 'pong');
+    assert.equal(await echo(h, h.b, h.a), 'pong');
+    // The machine's own namespace cannot reach the pair.
+    const out = await runCmd([process.execPath, '-e', connectScript(h.b.addr, 1)], { timeoutMs: 5_000 });
+    assert.notEqual(out.code, 0);
+  } finally {
+    await h.destroy();
+  }
+  assert.ok(!fs.existsSync(h.a.netnsPath!) && !fs.existsSync(h.b.netnsPath!));
+  const links = await runCmd(['ip', '-o', 'link']);
+  assert.ok(!links.stdout.includes(h.a.name));
+  await h.destroy(); // twice is fine
+});
+
+// Sends `mib` MiB from a to b over TCP; returns Mbit/s as the receiver saw it.
+async function transfer(h: TwoHosts, mib: number): Promise<number> {
+  const port = 20000 + (process.pid % 20000);
+  const server = `const n=require('net');let b=0,t0=0;const s=n.createServer(c=>{c.on('data',d=>{if(!t0)t0=performance.now();b+=d.length});
+    c.on('end',()=>{console.log(JSON.stringify({b,ms:performance.now()-t0}));s.close()})}).listen(${port},'${h.b.addr}',()=>console.log('up'))`;
+  const client = `const c=require('net').connect(${port},'${h.b.addr}',()=>{const buf=Buffer.alloc(1<<20);let i=0;
+    const go=()=>{while(i<${mib}){i++;if(!c.write(buf))return c.once('drain',go)}c.end()};go()})`;
+  const srv = h.spawn(h.b, [process.execPath, '-e', server], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const closed = new Promise((r) => srv.on('close', r));
+  let out = '';
+  srv.stdout!.on('data', (d) => { out += d; });
+  while (!out.includes('up')) await sleep(10);
+  const c = await h.run(h.a, [process.execPath, '-e', client], { timeoutMs: 30_000 });
+  assert.equal(c.code, 0, c.stderr);
+  await closed;
+  const res = JSON.parse(out.trim().split('\n').pop()!);
+  assert.equal(res.b, mib << 20);
+  return (res.b * 8) / (res.ms / 1000) / 1e6;
+}
+
+test('a tbf-shaped link limits throughput', async (t) => {
+  const h = await createTwoHosts({ prefix: 'pftt' });
+  try {
+    const b0 = await h.linkBytes();
+    const fast = await transfer(h, 64);
+    const moved = (await h.linkBytes()) - b0;
+    assert.ok(moved > 64 * 2 ** 20 && moved < 70 * 2 ** 20, `link counted ${moved} bytes for 64 MiB`);
+    await h.shape(100);
+    const slow = await transfer(h, 12);
+    await h.shape(null);
+    const again = await transfer(h, 64);
+    t.diagnostic(`unshaped ${fast.toFixed(0)} Mbit/s, tbf 100 Mbit/s: ${slow.toFixed(0)}, unshaped again ${again.toFixed(0)}`);
+    assert.ok(slow > 50 && slow < 130, `shaped to 100 Mbit/s: ${slow.toFixed(0)} Mbit/s`);
+    assert.ok(fast > 500 && again > 500, `unshaped: ${fast.toFixed(0)} / ${again.toFixed(0)} Mbit/s`);
+  } finally {
+    await h.destroy();
+  }
+});
+
+test('a loopback host is one namespace at 127.0.0.1 with its own byte counter', async () => {
+  const h = await createLoopbackHost({ prefix: 'pftt' });
+  try {
+    assert.equal(h.a, h.b);
+    assert.equal(h.a.addr, '127.0.0.1');
+    const b0 = await h.linkBytes();
+    assert.equal(await echo(h, h.a, h.b), 'pong');
+    assert.ok((await h.linkBytes()) > b0);
+    await assert.rejects(h.shape(100));
+  } finally {
+    await h.destroy();
+  }
+  assert.ok(!fs.existsSync(h.a.netnsPath!));
+});
