@@ -2,9 +2,14 @@
 //
 // Speaks the wire protocol of CRIU's page-xfer.c (4.1 with 24-byte headers,
 // 4.2 with 32-byte headers) on an already connected and authenticated stream
-// socket and writes pagemap-*.img / pages-*.img exactly as `criu page-server`
-// would, so that `criu restore` takes them as they are. Written from the
-// documented format (docs: design.md section 5), not from CRIU's code.
+// socket and writes pagemap-*.img / pages-*.img as `criu page-server` would
+// (byte for byte with 4.1; with 4.2 the one difference is that pagemap field 2
+// holds nr_pages where 4.2 writes 0, so 4.1 readers work too), ready for
+// `criu restore`. Written from the documented format (design.md section 5).
+// What a 4.1.1/4.2.1 `criu dump --page-server` sends, observed: OPEN2 per
+// pagemap (shmem ones first), ADD_F with PE_PRESENT or PE_PRESENT|PE_LAZY,
+// then FORCE_CLOSE (--ps-socket) or CLOSE (--address/--port). PARENT comes
+// only from pre-dump, ADD/HOLE/OPEN only from old CRIUs, GET only in lazy mode.
 //
 // JS surface (wrapped by src/transport/page-server.ts):
 //   servePages(fd, dir, { headerSize, maxEntryPages?, maxBytes?, idleTimeoutMs? })
@@ -197,14 +202,10 @@ class Session {
 
  private:
   void Setup() {
-    // We own the fd now: blocking mode (it may come from libuv, which set
-    // O_NONBLOCK on the shared file description) and close-on-exec, so it does
-    // not leak into criu or any other child.
-    int fl = fcntl(sk_, F_GETFL);
-    if (fl < 0 || fcntl(sk_, F_SETFL, fl & ~O_NONBLOCK) < 0) ThrowErrno("fcntl socket");
-    fcntl(sk_, F_SETFD, FD_CLOEXEC);
     // Replies (OPEN2, PARENT, CLOSE) must leave at once; fails harmlessly on
-    // AF_UNIX. CRIU's own dump stalls ~200 ms on a corked close: not here.
+    // AF_UNIX. (The ~200 ms close stall of a dump over TCP is the dumping
+    // criu's own TCP_CORK, on the sending side, which no receiver can undo:
+    // give criu a socketpair (--ps-socket) and relay it, as data-channel does.)
     int one = 1;
     isTcp_ = setsockopt(sk_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
     if (o_.idleTimeoutMs) {
@@ -528,6 +529,13 @@ Napi::Value ServePages(const Napi::CallbackInfo& info) {
     close(fd);  // we own it from here on, even on bad options
     throw;
   }
+
+  // We own the fd now. Close-on-exec before returning to JS, so it cannot
+  // leak into a child spawned next (criu, say); blocking, since it may come
+  // from libuv, which set O_NONBLOCK on the shared file description.
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 
   auto st = std::make_shared<SockState>();
   st->fd = fd;
