@@ -1,0 +1,343 @@
+// Receiving page batches (page-batch.ts) from a data connection.
+//
+//   const dec = new BatchDecoder();
+//   for (const b of dec.push(chunk)) ...;   // 0..n complete batches per chunk
+//   dec.end();                              // throws if the stream stopped inside a batch
+//
+//   const h = attachBatchStream(socket, (b) => store.write(b), (err) => ...);
+//   await h.done;                           // peer ended at a batch boundary, all onBatch settled
+//
+// Chunks are kept as a list and copied once, when a batch's payload is
+// complete (and not at all when it sits inside one chunk): the receiver's one
+// copy. Every size is checked from the 32-byte header before bytes are
+// buffered for it. After an error the decoder is dead: the caller closes the
+// connection (there is no way to find the next batch in a corrupt stream).
+import type { Readable } from 'node:stream';
+import { PhaulError, asPhaulError } from '../errors';
+import {
+  HEADER_SIZE, RANGE_SIZE, parseHeader, parseRanges, unpackPayload, unpackPayloadAsync,
+  type BatchHeader, type PageBatch, type PageRange,
+} from './page-batch';
+
+const EMPTY = Buffer.alloc(0);
+
+/** A batch cut from the stream, checked except for its (maybe compressed) payload. */
+export interface Frame {
+  header: BatchHeader;
+  ranges: PageRange[];
+  payload: Buffer;
+  /** Bytes on the wire. */
+  wireBytes: number;
+}
+
+/** Bytes received but not yet consumed, as the chunks they came in. */
+class ChunkQueue {
+  private chunks: Buffer[] = [];
+  private off = 0; // consumed bytes of chunks[0]
+  length = 0;
+
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.chunks.push(b);
+    this.length += b.length;
+  }
+
+  /** The next n bytes (n <= length): a view when they lie in one chunk, else one copy. */
+  take(n: number): Buffer {
+    if (n === 0) return EMPTY;
+    this.length -= n;
+    const first = this.chunks[0];
+    if (first.length - this.off >= n) {
+      const out = first.subarray(this.off, this.off + n);
+      this.off += n;
+      if (this.off === first.length) { this.chunks.shift(); this.off = 0; }
+      return out;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let done = 0;
+    while (done < n) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length - this.off, n - done);
+      c.copy(out, done, this.off, this.off + k);
+      done += k;
+      this.off += k;
+      if (this.off === c.length) { this.chunks.shift(); this.off = 0; }
+    }
+    return out;
+  }
+}
+
+/** Cuts a byte stream into checked frames; decompression is left to the caller. */
+export class FrameSplitter {
+  private readonly q = new ChunkQueue();
+  private header?: BatchHeader;
+  private ranges?: PageRange[];
+  private dead?: PhaulError;
+  /** Complete batches seen so far. */
+  count = 0;
+
+  /** Bytes received and not yet part of a returned frame. */
+  get buffered(): number {
+    return this.q.length;
+  }
+
+  /** Whether the stream stands at a batch boundary (a clean place to end). */
+  get idle(): boolean {
+    return this.q.length === 0 && !this.header;
+  }
+
+  /** What error messages call the batch being parsed. */
+  private what(): string {
+    return `page batch #${this.count + 1}`;
+  }
+
+  /**
+   * Adds a chunk (ownership passes to the splitter: don't modify it later)
+   * and returns the frames it completes. Throws PhaulError('protocol') on
+   * bad data; from then on every call throws that same error.
+   */
+  push(chunk: Uint8Array): Frame[] {
+    if (this.dead) throw this.dead;
+    try {
+      this.q.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+      const out: Frame[] = [];
+      for (;;) {
+        if (!this.header) {
+          if (this.q.length < HEADER_SIZE) break;
+          this.header = parseHeader(this.q.take(HEADER_SIZE), this.what());
+        }
+        const h = this.header;
+        if (!this.ranges) {
+          if (this.q.length < h.nranges * RANGE_SIZE) break;
+          // Checked before the payload is waited for: a bad table fails early.
+          this.ranges = parseRanges(h, this.q.take(h.nranges * RANGE_SIZE), this.what());
+        }
+        if (this.q.length < h.payloadLen) break;
+        out.push({ header: h, ranges: this.ranges, payload: this.q.take(h.payloadLen), wireBytes: HEADER_SIZE + h.nranges * RANGE_SIZE + h.payloadLen });
+        this.header = undefined;
+        this.ranges = undefined;
+        this.count++;
+      }
+      return out;
+    } catch (e) {
+      throw (this.dead = asPhaulError(e, 'protocol'));
+    }
+  }
+
+  /** The peer finished sending: throws PhaulError('network') if it stopped inside a batch. */
+  end(): void {
+    if (this.dead) throw this.dead;
+    if (!this.idle) {
+      const h = this.header;
+      const need = h ? h.nranges * RANGE_SIZE + h.payloadLen - (this.ranges ? h.nranges * RANGE_SIZE : 0) : HEADER_SIZE;
+      this.dead = new PhaulError('network', `data connection ended inside ${this.what()} (${this.q.length} of ${need} bytes${h ? ' after the header' : ''})`);
+      throw this.dead;
+    }
+  }
+
+  /** Marks the stream dead with err (e.g. a failure in a later stage), so that later calls throw it. */
+  kill(err: PhaulError): void {
+    this.dead ??= err;
+  }
+}
+
+function toBatch(f: Frame, data: Buffer): PageBatch {
+  const h = f.header;
+  return { pid: h.pid, round: h.round, ranges: f.ranges, data: h.rawLen ? data : EMPTY };
+}
+
+/** Synchronous decoder: push socket chunks, get complete PageBatches (lz4 decompressed on this thread). */
+export class BatchDecoder {
+  private readonly s = new FrameSplitter();
+
+  get buffered(): number {
+    return this.s.buffered;
+  }
+
+  get count(): number {
+    return this.s.count;
+  }
+
+  push(chunk: Uint8Array): PageBatch[] {
+    const frames = this.s.push(chunk);
+    const out: PageBatch[] = new Array(frames.length);
+    for (let i = 0; i < frames.length; i++) {
+      const f = frames[i];
+      try {
+        out[i] = toBatch(f, unpackPayload(f.header, f.payload, `page batch #${this.s.count - frames.length + i + 1}`));
+      } catch (e) {
+        const err = asPhaulError(e, 'protocol');
+        this.s.kill(err);
+        throw err;
+      }
+    }
+    return out;
+  }
+
+  end(): void {
+    this.s.end();
+  }
+}
+
+export interface AttachOptions {
+  /** Pause the socket while this many batches are decoding or in onBatch (default 4). */
+  window?: number;
+  /** ... or while their data adds up to this many bytes (default 64 MiB). */
+  windowBytes?: number;
+}
+
+export interface BatchStreamStats {
+  batches: number;
+  /** Bytes received on the wire. */
+  wireBytes: number;
+  /** Page data delivered (after decompression). */
+  rawBytes: number;
+}
+
+export interface BatchStreamHandle {
+  /**
+   * Resolves when the peer ended the stream at a batch boundary and every
+   * onBatch has resolved; rejects (once) with the first error. Also reported
+   * to onError when given; either way the caller closes the socket.
+   */
+  readonly done: Promise<BatchStreamStats>;
+  readonly stats: BatchStreamStats;
+}
+
+/**
+ * Feeds a data connection into onBatch, in arrival order. lz4 payloads are
+ * decompressed on libuv's thread pool, so parallel connections use several
+ * cores and the event loop stays free; onBatch calls may overlap (up to the
+ * window), each gets the batch after all earlier ones were handed over.
+ * Backpressure: while `window` batches (or `windowBytes` of data) are
+ * decoding or awaiting onBatch, the socket is paused, so TCP flow control
+ * slows the sender instead of us buffering.
+ *
+ * The first failure (bad data, a truncated stream, a socket error or close,
+ * onBatch rejecting) stops delivery, pauses the socket and is reported once:
+ * to onError and as done's rejection. Call on a socket whose data nobody has
+ * read (it resumes a socket that was paused, e.g. by FrameConn.detach); no
+ * setEncoding.
+ */
+export function attachBatchStream(
+  socket: Readable,
+  onBatch: (b: PageBatch) => Promise<void>,
+  onError?: (err: PhaulError) => void,
+  opts: AttachOptions = {},
+): BatchStreamHandle {
+  const window = Math.max(1, opts.window ?? 4);
+  const windowBytes = Math.max(1, opts.windowBytes ?? 64 * 1024 * 1024);
+  const splitter = new FrameSplitter();
+  const stats: BatchStreamStats = { batches: 0, wireBytes: 0, rawBytes: 0 };
+  // Batches cut from the stream, in order, until handed to onBatch.
+  const queue: Array<{ frame: Frame; data?: Buffer }> = [];
+  let pending = 0;        // batches between arrival and onBatch settling
+  let pendingBytes = 0;
+  let paused = false;
+  let ended = false;
+  let failed = false;
+  let settled = false;    // done resolved or rejected
+  let resolve!: (s: BatchStreamStats) => void;
+  let reject!: (e: PhaulError) => void;
+  const done = new Promise<BatchStreamStats>((res, rej) => { resolve = res; reject = rej; });
+  // A caller that only uses onError must not get an unhandled rejection.
+  if (onError) done.catch(() => {});
+
+  const flow = () => {
+    if (failed) return;
+    const full = pending >= window || pendingBytes >= windowBytes;
+    if (full && !paused) { paused = true; socket.pause(); }
+    else if (!full && paused) { paused = false; socket.resume(); }
+  };
+
+  const finishIfDone = () => {
+    if (!settled && ended && pending === 0) { settled = true; cleanup(); resolve(stats); }
+  };
+
+  const fail = (e: unknown) => {
+    if (settled) return;
+    settled = failed = true;
+    const err = asPhaulError(e, 'protocol');
+    splitter.kill(err);
+    cleanup();
+    socket.pause();
+    queue.length = 0;
+    reject(err);
+    onError?.(err);
+  };
+
+  const settle = (bytes: number) => {
+    pending--;
+    pendingBytes -= bytes;
+    stats.batches++;
+    stats.rawBytes += bytes;
+    flow();
+    finishIfDone();
+  };
+
+  // Hands decoded batches to onBatch strictly in arrival order.
+  const deliver = () => {
+    while (!failed && queue.length && queue[0].data) {
+      const { frame, data } = queue.shift()!;
+      const bytes = frame.header.rawLen;
+      let p: Promise<void>;
+      try {
+        p = Promise.resolve(onBatch(toBatch(frame, data!)));
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      // onBatch failing is a local failure (store, disk) unless it says otherwise.
+      p.then(() => { if (!failed) settle(bytes); }, (e) => fail(asPhaulError(e, 'failed')));
+    }
+  };
+
+  const onData = (chunk: Buffer) => {
+    if (failed) return;
+    let frames: Frame[];
+    try {
+      frames = splitter.push(chunk);
+    } catch (e) {
+      return fail(e);
+    }
+    for (let i = 0; i < frames.length; i++) {
+      const frame = frames[i];
+      const entry: { frame: Frame; data?: Buffer } = { frame };
+      queue.push(entry);
+      pending++;
+      pendingBytes += frame.header.rawLen;
+      stats.wireBytes += frame.wireBytes;
+      const what = `page batch #${splitter.count - frames.length + i + 1}`;
+      if (!frame.header.lz4) entry.data = frame.payload;
+      else unpackPayloadAsync(frame.header, frame.payload, what).then((d) => { entry.data = d; deliver(); }, fail);
+    }
+    deliver();
+    flow();
+  };
+
+  const onEnd = () => {
+    try {
+      splitter.end();
+    } catch (e) {
+      return fail(e);
+    }
+    ended = true;
+    finishIfDone();
+  };
+  const onSocketError = (e: Error) => fail(new PhaulError('network', `data connection failed: ${e.message}`));
+  const onClose = () => { if (!ended) fail(new PhaulError('network', 'data connection closed before the end of the stream')); };
+
+  // The error listener stays: a socket error after we are done must not become
+  // an uncaught exception (fail ignores it then).
+  function cleanup() {
+    socket.off('data', onData);
+    socket.off('end', onEnd);
+    socket.off('close', onClose);
+  }
+
+  socket.on('data', onData);
+  socket.on('end', onEnd);
+  socket.on('error', onSocketError);
+  socket.on('close', onClose);
+  socket.resume();
+  return { done, stats };
+}

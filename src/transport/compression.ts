@@ -1,0 +1,113 @@
+// Whether pre-copy batches are lz4-compressed (design.md section 4).
+//
+// Why "compress only when the link is slower than the compressor": batches are
+// pipelined (the socket sends batch k while we compress k+1), so with
+// compression the sender moves min(lz4Bps, linkBps / ratio) bytes of memory per
+// second against linkBps without. Compressing wins exactly when lz4Bps > linkBps
+// (for any ratio < 1) and loses when the compressor is the slower stage. With
+// lz4-napi at ~0.7 GB/s per core: 1 GbE (0.125 GB/s) gains up to 1/ratio, a
+// 10 GbE link or loopback (>= 1.25 GB/s) would be slowed down to 0.7 GB/s.
+// The destination decompresses faster (1.2-1.5 GB/s), so it is not the limit.
+//
+// We ask for HEADROOM x margin, not just "faster": near the crossover the gain
+// is small while compression costs a whole core that the workload (still
+// running during pre-copy) and the page reader also want, and both numbers
+// are noisy. Batches that don't shrink by 10% go raw anyway (encodeBatch).
+//
+// Note for TLS data connections: compressed batch sizes reveal how
+// compressible memory is; a peer that can both plant data in the workload and
+// watch the wire could learn something from that (CRIME-style). 'none'
+// avoids it.
+import * as crypto from 'node:crypto';
+import * as lz4 from 'lz4-napi';
+import { PhaulError } from '../errors';
+
+export type CompressionMode = 'auto' | 'lz4' | 'none';
+
+export interface Measured {
+  /** Throughput of the data connections together, bytes/s. */
+  linkBps?: number;
+  /**
+   * What the sender can compress, bytes/s, in total: one core's measureLz4()
+   * with encodeBatch (lz4 on the event loop); up to that times the number of
+   * connections (bounded by cores and UV_THREADPOOL_SIZE) with encodeBatchAsync.
+   */
+  lz4Bps?: number;
+}
+
+/** auto compresses when linkBps * HEADROOM <= lz4Bps. */
+export const HEADROOM = 1.25;
+
+const ok = (v: number | undefined): v is number => typeof v === 'number' && Number.isFinite(v) && v > 0;
+
+/**
+ * lz4 or not, for a whole migration. 'auto' without both measurements says
+ * no: sending raw is never slower than the link, compressing can be.
+ */
+export function chooseCompression(mode: CompressionMode, measured: Measured): boolean {
+  switch (mode) {
+    case 'none': return false;
+    case 'lz4': return true;
+    case 'auto': return ok(measured.linkBps) && ok(measured.lz4Bps) && measured.linkBps * HEADROOM <= measured.lz4Bps;
+    default: throw new PhaulError('usage', `unknown compression mode '${String(mode)}' (auto, lz4 or none)`);
+  }
+}
+
+const PAGE = 4096;
+
+/**
+ * A stand-in for process memory when no real pages are at hand, 8 MiB:
+ * a third each of pointer-rich heap-like pages (compress well), text-like
+ * pages (compress moderately) and random pages (compressed or encrypted data,
+ * don't compress). lz4's speed depends on the content, so real pages, when
+ * available, are the better sample.
+ */
+export function syntheticPages(bytes = 8 * 1024 * 1024): Buffer {
+  const buf = Buffer.alloc(bytes - (bytes % PAGE));
+  const rnd = crypto.randomBytes(buf.length);
+  const words = ['the ', 'migration ', 'page ', 'round ', 'dirty ', 'socket ', 'of ', 'and ', '{"id":', ',"v":', '\n'];
+  for (let p = 0, i = 0; p < buf.length; p += PAGE, i++) {
+    const kind = i % 3;
+    if (kind === 0) {
+      // 8-byte slots: pointers into one region, small integers, zeros.
+      for (let o = 0; o < PAGE; o += 8) {
+        const r = rnd[p + o];
+        if (r < 96) buf.writeUInt32LE(0x5600_0000 + (rnd.readUInt16LE(p + o + 2) << 4), p + o), buf.writeUInt16LE(0x7f, p + o + 4);
+        else if (r < 192) buf.writeUInt32LE(rnd[p + o + 1], p + o);
+      }
+    } else if (kind === 1) {
+      let o = 0;
+      while (o < PAGE) o += buf.write(words[rnd[p + o] % words.length], p + o, Math.min(PAGE - o, 16), 'latin1');
+    } else {
+      rnd.copy(buf, p, p, p + PAGE);
+    }
+  }
+  return buf;
+}
+
+let cached: number | undefined;
+
+/**
+ * lz4 compress throughput of one core on `sample`, bytes/s (default: 8 MiB of
+ * syntheticPages, measured once per process and cached). Takes ~30-100 ms:
+ * call once at start-up, not per round.
+ */
+export function measureLz4(sample?: Uint8Array): number {
+  if (!sample && cached !== undefined) return cached;
+  const buf = sample ? Buffer.from(sample.buffer, sample.byteOffset, sample.byteLength) : syntheticPages();
+  if (buf.length === 0) throw new PhaulError('failed', 'measureLz4: empty sample');
+  lz4.compressSync(buf); // warm-up: first call pays for loading and allocator set-up
+  let bytes = 0;
+  const t0 = process.hrtime.bigint();
+  let ns = 0n;
+  // At least 3 runs and 30 ms, so timer resolution and one hiccup don't decide.
+  for (let runs = 0; runs < 3 || ns < 30_000_000n; runs++) {
+    lz4.compressSync(buf);
+    bytes += buf.length;
+    ns = process.hrtime.bigint() - t0;
+    if (ns > 1_000_000_000n) break;
+  }
+  const bps = bytes / (Number(ns) / 1e9);
+  if (!sample) cached = bps;
+  return bps;
+}
