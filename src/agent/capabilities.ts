@@ -2,6 +2,7 @@
 // sides can migrate to each other. Checked before anything is touched.
 import * as os from 'node:os';
 import { criuVersion } from '../criu/rpc';
+import { DirtyTracker } from '../memory/dirty-tracker';
 import { VERSION } from '../version';
 
 export interface Capabilities {
@@ -20,7 +21,8 @@ export function localCapabilities(): Promise<Capabilities> {
     criu,
     kernel: os.release(),
     arch: process.arch,
-    modes: ['stop-copy'],
+    // Pre-copy needs our dirty tracker (uffd-wp async + PAGEMAP_SCAN), probed for real.
+    modes: DirtyTracker.support().ok ? ['stop-copy', 'precopy'] : ['stop-copy'],
   }));
   return cached;
 }

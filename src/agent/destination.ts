@@ -14,7 +14,10 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateServer } from '../protocol/auth';
-import { bin, FrameConn, Message, str } from '../protocol/frames';
+import { bin, FrameConn, int, Message, str } from '../protocol/frames';
+import { composeImages } from '../store/compose';
+import { defaultStoreRoot, PageStore } from '../store/page-store';
+import { attachBatchStream } from '../transport/batch-stream';
 import { runCriuOrThrow } from '../criu/rpc';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
@@ -30,6 +33,10 @@ export interface DestinationOptions {
   keepImages?: boolean;
   /** Upper bound for one CRIU restore (it can spin forever on bad images). */
   restoreTimeoutMs?: number;
+  /** Where pre-copy page stores live (default: /dev/shm when it has room). */
+  storeDir?: string;
+  /** Cap on one pre-copy store's size. */
+  maxStoreBytes?: number;
 }
 
 const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -42,23 +49,70 @@ type State = 'handshake' | 'receiving' | 'restoring' | 'restored-stopped' | 'run
 class DestSession {
   readonly id = crypto.randomBytes(12).toString('hex');
   state: State = 'handshake';
+  mode = '';
   dir = '';
+  /** Stop-copy: the one page-server connection. */
   data?: DataChannel;
   private dataArrived!: (d: DataChannel) => void;
   readonly dataPromise = new Promise<DataChannel>((r) => { this.dataArrived = r; });
+  /** Pre-copy: the page store and its batch streams. */
+  store?: PageStore;
+  expectedStreams = 0;
+  private readonly streams: net.Socket[] = [];
+  private readonly received = new Map<number, number>();
+  private streamError?: PhaulError;
+  private progress?: () => void;
   restoredPid = 0;
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
 
-  attachData(d: DataChannel): void {
-    if (this.data) throw new PhaulError('protocol', 'a second data connection for one session');
-    this.data = d;
-    this.dataArrived(d);
+  /** Is this session waiting for (another) data connection? */
+  wantsData(): boolean {
+    if (this.state !== 'receiving') return false;
+    return this.mode === 'precopy' ? this.streams.length < this.expectedStreams : !this.data;
+  }
+
+  attachData(conn: FrameConn): void {
+    if (!this.wantsData()) throw new PhaulError('protocol', 'unexpected data connection');
+    if (this.mode !== 'precopy') {
+      this.data = openDataChannelServer(conn);
+      this.dataArrived(this.data);
+      return;
+    }
+    // Pre-copy: page batches, decoded as they come and written to the store.
+    conn.detach(false);
+    const sock = conn.socket as net.Socket;
+    this.streams.push(sock);
+    const store = this.store!;
+    const h = attachBatchStream(sock, async (b) => {
+      await store.write(b);
+      this.received.set(b.round, (this.received.get(b.round) ?? 0) + 1);
+      this.progress?.();
+    }, (e) => {
+      this.streamError ??= asPhaulError(e, 'protocol');
+      this.progress?.();
+    });
+    h.done.catch(() => undefined); // reported through onError
+  }
+
+  /** Resolves once `count` batches of `round` are in the store. */
+  private async roundComplete(round: number, count: number, timeoutMs: number): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while ((this.received.get(round) ?? 0) < count) {
+      if (this.streamError) throw this.streamError;
+      if (this.conn.closed) throw new PhaulError('network', 'source went away');
+      if ((this.received.get(round) ?? 0) > count) throw new PhaulError('protocol', `more batches than announced in round ${round}`);
+      if (Date.now() > end) throw new PhaulError('network', `round ${round} did not complete within ${timeoutMs / 1000} s`);
+      await new Promise<void>((r) => { this.progress = r; setTimeout(r, 200); });
+    }
+  }
+
+  private log(s: string): void {
+    this.agent.emit('log', `[${this.id.slice(0, 8)}] ${s}`);
   }
 
   async run(): Promise<void> {
     const { conn, agent } = this;
-    const log = (s: string) => agent.emit('log', `[${this.id.slice(0, 8)}] ${s}`);
     try {
       const hello = await conn.expect('caps');
       const theirs = parseCapabilities(hello);
@@ -71,83 +125,39 @@ class DestSession {
         throw new PhaulError('incompatible', why);
       }
       conn.send({ t: 'caps', caps: ours });
-      log(`migration from ${theirs.kernel}/${theirs.arch}, CRIU ${theirs.criu.major}.${theirs.criu.minor}, mode ${mode}`);
+      this.log(`migration from ${theirs.kernel}/${theirs.arch}, CRIU ${theirs.criu.major}.${theirs.criu.minor}, mode ${mode}`);
 
       const prep = await conn.expect('prepare');
+      this.mode = str(prep, 'mode', 32);
+      if (!ours.modes.includes(this.mode)) throw new PhaulError('incompatible', `mode ${this.mode} is not available here`);
       const criuFlags: Record<string, boolean> = {};
       const requested = (prep.criu ?? {}) as Record<string, unknown>;
       for (const k of CRIU_FLAGS) if (requested[k] === true) criuFlags[k] = true;
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      conn.send({ t: 'prepared' });
-      this.state = 'receiving';
 
-      const data = await withTimeout(this.dataPromise, 30_000, 'the source did not open its data connection');
-      const pages = data.servePages(this.dir, pageServerHeaderSize(theirs.criu));
-      pages.catch(() => undefined); // awaited below; an abort before then must not go unhandled
-
-      let count = 0;
-      let total = 0;
-      for (;;) {
-        const m: Message = await conn.next(10 * 60_000);
-        if (m.t === 'image') {
-          const name = str(m, 'name', 128);
-          if (!IMAGE_NAME.test(name)) throw new PhaulError('protocol', `bad image name '${name.slice(0, 40)}'`);
-          const body = bin(m, 'data');
-          const append = m.append === true;
-          if (!append && ++count > MAX_IMAGES) throw new PhaulError('protocol', 'too many images');
-          total += body.length;
-          if (total > MAX_IMAGE_BYTES) throw new PhaulError('protocol', 'images exceed the size limit');
-          // 'wx' refuses to overwrite what the page server (or an earlier image) wrote.
-          fs.writeFileSync(path.join(this.dir, name), body, { flag: append ? 'a' : 'wx' });
-          continue;
-        }
-        if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
-        if (m.t !== 'restore') throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
-        break;
-      }
-
-      const stats = await withTimeout(pages, 60_000, 'pages did not finish arriving');
-      log(`received ${count} images and ${stats.pages} pages`);
-      this.state = 'restoring';
-      const t0 = Date.now();
-      const res = await runCriuOrThrow(
-        {
-          type: 'restore',
-          imagesDir: this.dir,
-          logFile: 'restore.log',
-          opts: { leaveStopped: true, networkLock: criuFlags.tcpEstablished ? 'nftables' : undefined, ...criuFlags },
-        },
-        {
-          timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
-          onNotify: (script, pid) => {
-            if (pid && !this.restoredPid) this.restoredPid = pid;
-            return true;
-          },
-        },
-      );
-      this.restoredPid = res.restorePid ?? this.restoredPid;
-      this.state = 'restored-stopped';
-      conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
-      log(`restored as pid ${this.restoredPid} (stopped) in ${Date.now() - t0} ms`);
-
-      const decision = await conn.next(60_000);
-      if (decision.t === 'commit') {
-        signalAll(treePids(this.restoredPid), 'SIGCONT');
-        this.state = 'running';
-        conn.send({ t: 'running', pid: this.restoredPid });
-        log(`running as pid ${this.restoredPid}`);
-        agent.emit('migrated', { session: this.id, pid: this.restoredPid });
-        await conn.next(5_000).catch(() => undefined); // let the source close first
-      } else if (decision.t === 'abort') {
-        throw new PhaulError('failed', 'source aborted the migration');
+      if (this.mode === 'precopy') {
+        this.expectedStreams = int(prep, 'streams', 1, 16);
+        this.store = new PageStore(fs.mkdtempSync(path.join(agent.opts.storeDir ?? defaultStoreRoot(), 'phaul-fast-store-')),
+          { maxBytes: agent.opts.maxStoreBytes });
+        conn.send({ t: 'prepared' });
+        this.state = 'receiving';
+        await this.receivePrecopy();
       } else {
-        throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
+        conn.send({ t: 'prepared' });
+        this.state = 'receiving';
+        const data = await withTimeout(this.dataPromise, 30_000, 'the source did not open its data connection');
+        const pages = data.servePages(this.dir, pageServerHeaderSize(theirs.criu));
+        pages.catch(() => undefined); // awaited below; an abort before then must not go unhandled
+        const count = await this.receiveImages('restore');
+        const stats = await withTimeout(pages, 60_000, 'pages did not finish arriving');
+        this.log(`received ${count} images and ${stats.pages} pages`);
       }
+      await this.restoreAndCommit(criuFlags);
     } catch (err) {
       const e = asPhaulError(err);
       if (this.state !== 'running') {
-        log(`migration failed: ${e.message}`);
+        this.log(`migration failed: ${e.message}`);
         await this.rollback();
         try {
           if (!conn.closed) conn.send({ t: 'error', code: e.code, message: e.message });
@@ -155,9 +165,114 @@ class DestSession {
       }
     } finally {
       this.data?.abort();
+      for (const s of this.streams) s.destroy();
+      await this.store?.destroy().catch(() => undefined);
       if (this.dir && !agent.opts.keepImages) fs.rmSync(this.dir, { recursive: true, force: true });
       conn.close();
       agent.sessions.delete(this.id);
+    }
+  }
+
+  /** Pre-copy: layouts and round ends on the control channel, pages on the streams,
+   *  then CRIU's lazy images and the switchover: compose images from the store. */
+  private async receivePrecopy(): Promise<void> {
+    const store = this.store!;
+    for (;;) {
+      const m = await this.conn.next(10 * 60_000);
+      if (m.t === 'layout') {
+        const ranges = m.ranges;
+        if (!Array.isArray(ranges) || ranges.length > 1 << 20) throw new PhaulError('protocol', 'bad layout');
+        store.setLayout(int(m, 'pid', 1, 1 << 22), ranges as { vaddr: number; nrPages: number }[]);
+      } else if (m.t === 'round') {
+        const round = int(m, 'round', 0, 1 << 20);
+        await this.roundComplete(round, int(m, 'batches', 0, 1 << 30), 10 * 60_000);
+        this.conn.send({ t: 'round-ack', round });
+      } else if (m.t === 'image') {
+        this.writeImage(m);
+      } else if (m.t === 'switchover') {
+        const ids = (m.imageIds ?? {}) as Record<string, unknown>;
+        const imageIds: Record<number, number> = {};
+        for (const [k, v] of Object.entries(ids)) {
+          if (!/^\d{1,7}$/.test(k) || typeof v !== 'number' || !Number.isInteger(v)) throw new PhaulError('protocol', 'bad image ids');
+          imageIds[Number(k)] = v;
+        }
+        await store.finalizeParent();
+        const st = await composeImages({ criuDir: this.dir, store, imageIds });
+        this.log(`composed images in ${st.ms.toFixed(1)} ms (${st.storePages} pages by reference, ${st.presentPages} present)`);
+        return;
+      } else if (m.t === 'abort') {
+        throw new PhaulError('failed', 'source aborted the migration');
+      } else {
+        throw new PhaulError('protocol', `unexpected '${m.t}' during pre-copy`);
+      }
+    }
+  }
+
+  private imageCount = 0;
+  private imageBytes = 0;
+
+  private writeImage(m: Message): void {
+    const name = str(m, 'name', 128);
+    if (!IMAGE_NAME.test(name)) throw new PhaulError('protocol', `bad image name '${name.slice(0, 40)}'`);
+    const body = bin(m, 'data');
+    const append = m.append === true;
+    if (!append && ++this.imageCount > MAX_IMAGES) throw new PhaulError('protocol', 'too many images');
+    this.imageBytes += body.length;
+    if (this.imageBytes > MAX_IMAGE_BYTES) throw new PhaulError('protocol', 'images exceed the size limit');
+    // 'wx' refuses to overwrite what the page server (or an earlier image) wrote.
+    fs.writeFileSync(path.join(this.dir, name), body, { flag: append ? 'a' : 'wx' });
+  }
+
+  /** Stop-copy: images until `end`. */
+  private async receiveImages(end: string): Promise<number> {
+    for (;;) {
+      const m: Message = await this.conn.next(10 * 60_000);
+      if (m.t === 'image') { this.writeImage(m); continue; }
+      if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
+      if (m.t !== end) throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
+      return this.imageCount;
+    }
+  }
+
+  /** Restore stopped, report, and resume only on the source's commit. */
+  private async restoreAndCommit(criuFlags: Record<string, boolean>): Promise<void> {
+    const { conn, agent } = this;
+    this.state = 'restoring';
+    const t0 = Date.now();
+    const res = await runCriuOrThrow(
+      {
+        type: 'restore',
+        imagesDir: this.dir,
+        logFile: 'restore.log',
+        opts: { leaveStopped: true, networkLock: criuFlags.tcpEstablished ? 'nftables' : undefined, ...criuFlags },
+      },
+      {
+        timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
+        onNotify: (script, pid) => {
+          if (pid && !this.restoredPid) this.restoredPid = pid;
+          return true;
+        },
+      },
+    );
+    this.restoredPid = res.restorePid ?? this.restoredPid;
+    this.state = 'restored-stopped';
+    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
+    this.log(`restored as pid ${this.restoredPid} (stopped) in ${Date.now() - t0} ms`);
+    // The store is not needed any more: free its memory before resuming.
+    await this.store?.destroy().catch(() => undefined);
+
+    const decision = await conn.next(60_000);
+    if (decision.t === 'commit') {
+      signalAll(treePids(this.restoredPid), 'SIGCONT');
+      this.state = 'running';
+      conn.send({ t: 'running', pid: this.restoredPid });
+      this.log(`running as pid ${this.restoredPid}`);
+      agent.emit('migrated', { session: this.id, pid: this.restoredPid });
+      await conn.next(5_000).catch(() => undefined); // let the source close first
+    } else if (decision.t === 'abort') {
+      throw new PhaulError('failed', 'source aborted the migration');
+    } else {
+      throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
     }
   }
 
@@ -220,12 +335,12 @@ export class DestinationAgent extends EventEmitter {
         return;
       }
       const s = this.sessions.get(session);
-      if (!s || s.state !== 'receiving' || s.data) {
+      if (!s || !s.wantsData()) {
         conn.send({ t: 'error', code: 'protocol', message: 'no session is waiting for this data connection' });
         throw new PhaulError('protocol', `data connection for unknown session from ${peer}`);
       }
       conn.send({ t: 'welcome', session });
-      s.attachData(openDataChannelServer(conn));
+      s.attachData(conn);
     } catch (err) {
       this.emit('log', `connection from ${peer}: ${asPhaulError(err).message}`);
       conn.close();

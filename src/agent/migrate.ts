@@ -19,10 +19,35 @@ import { FrameConn, int, Message } from '../protocol/frames';
 import { runCriu, criuLogTail } from '../criu/rpc';
 import { incompatibility, localCapabilities, parseCapabilities } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
+import type { Socket } from 'node:net';
+import { LazyDump } from '../criu/lazy-dump';
+import { TreeTracker } from '../memory/tree-tracker';
+import { DirtyTrackingError } from '../memory/errors';
+import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
+import { WorkloadThrottle } from './throttle';
 import { isAlive, procState, signalAll, treePids, waitGone } from './process-tree';
 
-export type Mode = 'stop-copy';
-export const MODES: readonly Mode[] = ['stop-copy'];
+export type Mode = 'stop-copy' | 'precopy';
+export const MODES: readonly Mode[] = ['stop-copy', 'precopy'];
+
+interface RunState {
+  conn?: FrameConn;
+  data?: SourceDataChannel;
+  dump?: LazyDump;
+  streams?: Socket[];
+  throttle?: WorkloadThrottle;
+  originalHeldByUs: boolean;
+  commitSent: boolean;
+}
+
+/** What each mode leaves behind at the point where the destination holds a stopped copy. */
+interface Switched {
+  freezeAt: number;
+  restoredPid: number;
+  original: number[];
+  bytesSent: number;
+  rounds?: RoundRecord[];
+}
 
 export interface MigrateOptions {
   pid: number;
@@ -42,6 +67,8 @@ export interface MigrateOptions {
   keepImages?: boolean;
   connectTimeoutMs?: number;
   restoreTimeoutMs?: number;
+  /** Pre-copy tuning (mode 'precopy'). */
+  precopy?: PrecopyOptions;
 }
 
 export interface MigrationReport {
@@ -53,6 +80,10 @@ export interface MigrationReport {
   bytesSent: number;
   restoredPid: number;
   phases: Record<string, number>;
+  /** Pre-copy rounds, in order. */
+  rounds?: RoundRecord[];
+  /** Set when the requested mode could not be used and another was. */
+  fallback?: string;
 }
 
 export interface FailureReport {
@@ -76,7 +107,7 @@ export interface PhaseEvent {
   ms: number;
 }
 
-/** One migration. Emits 'phase' ({ phase, ms }) as it goes and 'log' (string). */
+/** One migration. Emits 'phase' ({ phase, ms }), 'round' (RoundEvent, pre-copy) and 'log' (string). */
 export class Migration extends EventEmitter {
   private readonly t0 = Date.now();
   private last = this.t0;
@@ -95,121 +126,86 @@ export class Migration extends EventEmitter {
 
   async run(): Promise<MigrationReport> {
     const o = this.opts;
-    const mode = o.mode ?? 'stop-copy';
+    let mode: Mode = o.mode ?? 'stop-copy';
     if (!MODES.includes(mode)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), true);
     if (!Number.isInteger(o.pid) || o.pid <= 1 || o.pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${o.pid}`), true);
     if (!isAlive(o.pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${o.pid}`), true);
 
-    let conn: FrameConn | undefined;
-    let data: SourceDataChannel | undefined;
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
-    // Where the original stands: CRIU resumes it on any failure up to and
-    // including the post-dump hook; after that it is ours to resume or kill.
-    let originalHeldByUs = false;
-    let commitSent = false;
+    const st: RunState = { originalHeldByUs: false, commitSent: false };
+    let tracker: TreeTracker | undefined;
+    let fallback: string | undefined;
     try {
       const ours = await localCapabilities();
-      conn = await this.connect();
-      const session = await authenticateClient(conn, o.token, 'control');
+      st.conn = await this.connect();
+      const session = await authenticateClient(st.conn, o.token, 'control');
       this.phase('connect');
 
-      conn.send({ t: 'caps', caps: ours, mode });
-      const theirs = parseCapabilities(await conn.expect('caps'));
+      st.conn.send({ t: 'caps', caps: ours, mode });
+      const theirs = parseCapabilities(await st.conn.expect('caps'));
       if (!theirs) throw new PhaulError('protocol', 'destination sent malformed capabilities');
       const why = incompatibility(ours, theirs, mode);
       if (why) throw new PhaulError('incompatible', why);
-      const criuFlags = {
-        tcpEstablished: !!o.tcpEstablished, extUnixSk: !!o.extUnixSk, shellJob: !!o.shellJob,
-        fileLocks: !!o.fileLocks, linkRemap: !!o.linkRemap,
-      };
-      conn.send({ t: 'prepare', mode, criu: criuFlags });
-      await conn.expect('prepared');
 
-      const dconn = await this.connect();
-      await authenticateClient(dconn, o.token, 'data', session);
-      data = openDataChannelClient(dconn);
-      this.phase('handshake');
-
-      let freezeAt = 0;
-      let restoredPid = 0;
-      let imageBytes = 0;
-      const control = conn;
-      const res = await runCriu(
-        {
-          type: 'dump',
-          imagesDir: workDir,
-          logFile: 'dump.log',
-          opts: {
-            pid: o.pid,
-            psFd: data.criuFd,
-            notifyScripts: true,
-            leaveStopped: true,
-            networkLock: o.tcpEstablished ? 'nftables' : undefined,
-            ...criuFlags,
-          },
-        },
-        {
-          inheritFds: [data.criuFd],
-          onNotify: async (script) => {
-            if (script === 'pre-dump') {
-              freezeAt = Date.now();
-              this.phase('criu-start');
-            } else if (script === 'post-dump') {
-              this.phase('dump');
-              imageBytes = this.sendImages(control, workDir);
-              control.send({ t: 'restore' });
-              this.phase('images');
-              const r = await control.expect('restored', o.restoreTimeoutMs ?? 180_000);
-              restoredPid = int(r, 'pid', 1, 1 << 22);
-              this.phase('restore');
-            }
-            return true;
-          },
-        },
-      );
-      if (!res.success) {
-        const tail = criuLogTail(path.join(workDir, 'dump.log'));
-        throw new PhaulError('criu', `criu dump failed: ${tail || res.crErrmsg?.trim() || 'unknown error'}`);
+      if (mode === 'precopy') {
+        // Tracking starts before anything is promised to the destination: a
+        // target we cannot track (e.g. it uses userfaultfd itself) falls back.
+        tracker = new TreeTracker(o.pid);
+        try {
+          await tracker.start();
+        } catch (e) {
+          if (!(e instanceof DirtyTrackingError) || !e.fallback) throw e;
+          fallback = `precopy unavailable for this workload (${e.message}); used stop-copy`;
+          this.emit('log', fallback);
+          tracker.close();
+          tracker = undefined;
+          mode = 'stop-copy';
+        }
       }
-      originalHeldByUs = true;
-      const original = treePids(o.pid);
-      const relayed = await data.done.catch(() => ({ sent: 0 }));
-
+      const result = mode === 'precopy'
+        ? await this.precopy(st, session, workDir, tracker!)
+        : await this.stopCopy(st, session, workDir);
+      const conn = st.conn;
       try {
         conn.send({ t: 'commit' });
-        commitSent = true;
+        st.commitSent = true;
       } catch (e) {
         throw asPhaulError(e, 'network');
       }
       await conn.expect('running', 30_000);
       const runningAt = Date.now();
       this.phase('commit');
-      signalAll(original, 'SIGKILL');
-      originalHeldByUs = false;
+      signalAll(result.original, 'SIGKILL');
+      st.originalHeldByUs = false;
       await waitGone(o.pid, 5000);
       conn.close();
-      return {
+      const report: MigrationReport = {
         ok: true,
         mode,
-        downtimeMs: runningAt - freezeAt,
+        downtimeMs: runningAt - result.freezeAt,
         totalMs: runningAt - this.t0,
-        bytesSent: relayed.sent + imageBytes,
-        restoredPid,
+        bytesSent: result.bytesSent,
+        restoredPid: result.restoredPid,
         phases: this.phases,
       };
+      if (result.rounds) report.rounds = result.rounds;
+      if (fallback) report.fallback = fallback;
+      return report;
     } catch (err) {
       const e = asPhaulError(err);
-      data?.abort();
+      st.data?.abort();
+      await st.dump?.rollback();
+      const conn = st.conn;
       if (conn && !conn.closed) {
         try { conn.send({ t: 'abort', message: e.message }); } catch { /* gone */ }
         conn.close();
       }
-      if (originalHeldByUs && !commitSent) {
+      if (st.originalHeldByUs && !st.commitSent) {
         // CRIU finished and left the original stopped; the destination never got the commit.
         signalAll(treePids(o.pid), 'SIGCONT');
-        originalHeldByUs = false;
+        st.originalHeldByUs = false;
       }
-      if (originalHeldByUs) {
+      if (st.originalHeldByUs) {
         const msg = `${e.message}; the destination did not confirm after the commit, so the original is left stopped ` +
           `(pid ${o.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
         throw new MigrationError(new PhaulError('lost', msg), false);
@@ -217,8 +213,135 @@ export class Migration extends EventEmitter {
       const resumed = isAlive(o.pid) && procState(o.pid) !== 'T';
       throw new MigrationError(e, resumed);
     } finally {
-      if (!o.keepImages) fs.rmSync(workDir, { recursive: true, force: true });
+      tracker?.close();
+      st.throttle?.release();
+      for (const sock of st.streams ?? []) sock.destroy();
+      if (!this.opts.keepImages) fs.rmSync(workDir, { recursive: true, force: true });
     }
+  }
+
+  private criuFlags() {
+    const o = this.opts;
+    return {
+      tcpEstablished: !!o.tcpEstablished, extUnixSk: !!o.extUnixSk, shellJob: !!o.shellJob,
+      fileLocks: !!o.fileLocks, linkRemap: !!o.linkRemap,
+    };
+  }
+
+  /** CRIU dumps straight into the destination's page server; we hold CRIU in its post-dump hook. */
+  private async stopCopy(st: RunState, session: string, workDir: string): Promise<Switched> {
+    const o = this.opts;
+    const conn = st.conn!;
+    const criuFlags = this.criuFlags();
+    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags });
+    await conn.expect('prepared');
+    const dconn = await this.connect();
+    await authenticateClient(dconn, o.token, 'data', session);
+    const data = openDataChannelClient(dconn);
+    st.data = data;
+    this.phase('handshake');
+
+    let freezeAt = 0;
+    let restoredPid = 0;
+    let imageBytes = 0;
+    const res = await runCriu(
+      {
+        type: 'dump',
+        imagesDir: workDir,
+        logFile: 'dump.log',
+        opts: {
+          pid: o.pid,
+          psFd: data.criuFd,
+          notifyScripts: true,
+          leaveStopped: true,
+          networkLock: o.tcpEstablished ? 'nftables' : undefined,
+          ...criuFlags,
+        },
+      },
+      {
+        inheritFds: [data.criuFd],
+        onNotify: async (script) => {
+          if (script === 'pre-dump') {
+            freezeAt = Date.now();
+            this.phase('criu-start');
+          } else if (script === 'post-dump') {
+            this.phase('dump');
+            imageBytes = this.sendImages(conn, workDir);
+            conn.send({ t: 'restore' });
+            this.phase('images');
+            const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
+            restoredPid = int(r, 'pid', 1, 1 << 22);
+            this.phase('restore');
+          }
+          return true;
+        },
+      },
+    );
+    if (!res.success) {
+      const tail = criuLogTail(path.join(workDir, 'dump.log'));
+      throw new PhaulError('criu', `criu dump failed: ${tail || res.crErrmsg?.trim() || 'unknown error'}`);
+    }
+    st.originalHeldByUs = true;
+    const original = treePids(o.pid);
+    const relayed = await data.done.catch(() => ({ sent: 0 }));
+    return { freezeAt, restoredPid, original, bytesSent: relayed.sent + imageBytes };
+  }
+
+  /** Rounds while the workload runs, then CRIU's lazy dump and the last dirty pages. */
+  private async precopy(st: RunState, session: string, workDir: string, tracker: TreeTracker): Promise<Switched> {
+    const o = this.opts;
+    const pc = o.precopy ?? {};
+    const conn = st.conn!;
+    const nStreams = Math.max(1, Math.min(16, pc.streams ?? 2));
+    conn.send({ t: 'prepare', mode: 'precopy', criu: this.criuFlags(), streams: nStreams });
+    await conn.expect('prepared');
+    st.streams = [];
+    for (let i = 0; i < nStreams; i++) {
+      const d = await this.connect();
+      await authenticateClient(d, o.token, 'data', session);
+      d.detach(false);
+      st.streams.push(d.socket as Socket);
+    }
+    this.phase('handshake');
+
+    // Created now so a cgroup quota can be sized from the CPU used during the rounds.
+    st.throttle = pc.autoConverge ? new WorkloadThrottle(o.pid) : undefined;
+    const sender = new PrecopySender(conn, st.streams, pc);
+    const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
+    const rounds = await run.rounds(o.pid, (pct) => {
+      st.throttle ??= new WorkloadThrottle(o.pid);
+      st.throttle.set(pct);
+    });
+    this.phase('precopy');
+    st.throttle?.release(); // a tree stopped or capped at dump time would be restored that way
+
+    // Switchover: CRIU freezes the tree and writes everything but lazy memory.
+    const freezeAt = Date.now();
+    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, ...this.criuFlags() });
+    await st.dump.ready;
+    this.phase('freeze-dump');
+    const finalPages = await run.finalRound();
+    this.phase('final-round');
+    const imageIds: Record<string, number> = {};
+    const original = treePids(o.pid);
+    for (const p of original) imageIds[String(nsPid(p))] = p;
+    const imageBytes = this.sendImages(conn, workDir);
+    conn.send({ t: 'switchover', imageIds });
+    this.phase('images');
+    const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
+    const restoredPid = int(r, 'pid', 1, 1 << 22);
+    this.phase('restore');
+    // The copy exists (stopped). Let CRIU finish; the original stays stopped.
+    const dump = st.dump;
+    st.dump = undefined;
+    st.originalHeldByUs = true;
+    await dump.commit().catch(async (e) => {
+      // CRIU failed at its very end: it resumes the tree itself.
+      st.originalHeldByUs = false;
+      throw e;
+    });
+    this.emit('log', `final round: ${finalPages} pages`);
+    return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
   }
 
   /** Sends every image CRIU wrote locally (pages went to the page server). */

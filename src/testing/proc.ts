@@ -116,7 +116,8 @@ export function startCmd(argv: string[], opts: SpawnOptions & { timeoutMs?: numb
   // Only while it runs: once reaped, its group id may belong to someone else.
   const kill = () => { if (closed) return; killed = true; if (child.pid) signal(-child.pid, 'SIGKILL'); };
   const timer = opts.timeoutMs ? setTimeout(kill, opts.timeoutMs) : undefined;
-  child.on('exit', () => { closed = true; });
+  running.add(kill);
+  child.on('exit', () => { closed = true; running.delete(kill); });
   const done = new Promise<RunResult>((resolve, reject) => {
     child.on('error', (e) => { clearTimeout(timer); reject(e); });
     child.on('close', (code, sig) => {
@@ -126,6 +127,12 @@ export function startCmd(argv: string[], opts: SpawnOptions & { timeoutMs?: numb
     });
   });
   return { pid: child.pid ?? -1, status: opts.statusFd ? (child.stdio[4] as NodeJS.ReadableStream) : null, done, kill };
+}
+
+const running = new Set<() => void>();
+/** SIGKILLs every command startCmd/runCmd started that still runs (for an interrupted benchmark). */
+export function killStartedCommands(): void {
+  for (const k of [...running]) k();
 }
 
 /** Runs argv to completion (see startCmd); on timeout the result's code is null. */

@@ -186,9 +186,12 @@ export interface PidNamespaceProcess {
  * that makes a mount namespace CRIU then fails to dump. The spawned process is
  * `unshare` (nsenter --net only switches namespace and execs); the init is its
  * child. Its stderr is collected until it closes it, for start-up errors.
+ * The init runs under `setsid` too: CRIU refuses a tree whose session leader
+ * is outside its pid namespace ("A session leader of N(1) is outside of its
+ * pid namespace"); as the init is not a group leader, setsid execs in place.
  */
 export function startInPidNamespace(argv: string[], opts: { netns?: string; stderr?: 'pipe' | 'ignore' } = {}): PidNamespaceProcess {
-  const full = [...(opts.netns ? ['nsenter', `--net=${opts.netns}`] : []), 'unshare', '-pf', '--fork', ...argv];
+  const full = [...(opts.netns ? ['nsenter', `--net=${opts.netns}`] : []), 'unshare', '-pf', '--fork', 'setsid', ...argv];
   // detached: node calls setsid() for the child, which is what `setsid` does.
   // stderr 'ignore' for programs that never close it: CRIU would have to dump a pipe to us.
   const child = spawn(full[0], full.slice(1), { detached: true, stdio: ['ignore', 'ignore', opts.stderr ?? 'pipe'] });

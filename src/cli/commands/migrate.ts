@@ -5,6 +5,8 @@ import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
 import { Migration, MigrationError, MODES, Mode, PhaseEvent } from '../../agent/migrate';
 import { parseHostPort } from '../hostport';
+import { ProgressDisplay } from '../progress';
+import type { RoundEvent } from '../../agent/precopy';
 
 const spec = {
   pid: { type: 'string', help: 'root of the process tree to move (may be the init of its own pid namespace)' },
@@ -19,6 +21,12 @@ const spec = {
   'shell-job': { type: 'boolean', help: 'the tree is a shell job (its session leader is outside it)' },
   'file-locks': { type: 'boolean', help: 'move file locks' },
   'work-dir': { type: 'string', help: 'where the source keeps CRIU\'s non-memory images (default: temp dir)' },
+  'downtime-limit': { type: 'string', help: 'precopy: switch over when the expected pause fits in MS', default: '300' },
+  'max-rounds': { type: 'string', help: 'precopy: switch over after N rounds at the latest', default: '30' },
+  'max-bandwidth': { type: 'string', help: 'precopy: cap on the page stream, BYTES_PER_S' },
+  streams: { type: 'string', help: 'precopy: parallel data connections', default: '2' },
+  compress: { type: 'string', help: 'precopy: lz4 per batch: auto (when the link is slower than lz4), lz4, none', default: 'auto' },
+  'auto-converge': { type: 'boolean', help: 'precopy: throttle the workload\'s CPU in steps when it dirties memory faster than the link' },
   json: { type: 'boolean', help: 'print the report as one JSON object on the last line of stdout' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
@@ -50,17 +58,30 @@ export async function run(argv: string[]): Promise<number> {
       }
       tls = { ca, servername: flags['tls-servername'] as string | undefined };
     }
+    const compress = flags.compress as string;
+    if (!['auto', 'lz4', 'none'].includes(compress)) throw new PhaulError('usage', `--compress must be auto, lz4 or none, got '${compress}'`);
+    const precopy = {
+      downtimeLimitMs: intFlag(flags['downtime-limit'], 'downtime-limit', 1, 3_600_000),
+      maxRounds: intFlag(flags['max-rounds'], 'max-rounds', 1, 10_000),
+      maxBandwidthBps: intFlag(flags['max-bandwidth'], 'max-bandwidth', 1024),
+      streams: intFlag(flags.streams, 'streams', 1, 16),
+      compress: compress as 'auto' | 'lz4' | 'none',
+      autoConverge: !!flags['auto-converge'],
+    };
     const m = new Migration({
-      pid, to, token, mode: mode as Mode, tls,
+      pid, to, token, mode: mode as Mode, tls, precopy,
       tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,
     });
     const tty = process.stderr.isTTY && !json;
+    const progress = new ProgressDisplay(process.stderr);
     m.on('phase', (e: PhaseEvent) => {
-      if (tty || !json) process.stderr.write(`phaul-fast migrate: ${e.phase} ${e.ms} ms\n`);
+      if (!tty) process.stderr.write(`phaul-fast migrate: ${e.phase} ${e.ms} ms\n`);
     });
-    const report = await m.run();
+    m.on('round', (e: RoundEvent) => progress.round(e));
+    m.on('log', (line: string) => progress.note(`phaul-fast migrate: ${line}`));
+    const report = await m.run().finally(() => progress.end());
     if (json) process.stdout.write(JSON.stringify(report) + '\n');
     else process.stdout.write(`migrated pid ${pid} -> ${to.host}:${to.port} as pid ${report.restoredPid}: ` +
       `downtime ${report.downtimeMs} ms, total ${report.totalMs} ms, ${(report.bytesSent / 1048576).toFixed(1)} MiB sent\n`);

@@ -1,0 +1,333 @@
+// The source side of pre-copy: copy memory while the workload runs, round
+// after round, until the policy says the rest fits in the downtime limit; then
+// switch over with CRIU's lazy dump, so the pause holds only the last dirty
+// pages, CRIU's small images and a restore (design.md 5b).
+//
+// Round r: scan every process of the tree (uffd-wp + PAGEMAP_SCAN), announce
+// mappings the destination's store has not seen, read the dirty pages
+// (process_vm_readv) and stream them over N data connections; then a `round`
+// message on the control channel, acknowledged once the store holds them all.
+import * as fs from 'node:fs';
+import type { Socket } from 'node:net';
+import { PhaulError, asPhaulError } from '../errors';
+import { FrameConn, int } from '../protocol/frames';
+import { TreeTracker } from '../memory/tree-tracker';
+import { readPages } from '../memory/read-pages';
+import { DirtySet } from '../memory/dirty-tracker';
+import { batches, PAGE_SIZE, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
+import { encodeBatch } from '../transport/page-batch';
+import { chooseCompression, measureLz4 } from '../transport/compression';
+import { SwitchoverPolicy } from '../policy/switchover';
+
+export interface PrecopyOptions {
+  downtimeLimitMs?: number;
+  maxRounds?: number;
+  maxBandwidthBps?: number;
+  streams?: number;
+  compress?: 'auto' | 'lz4' | 'none';
+  autoConverge?: boolean;
+}
+
+export interface RoundEvent {
+  round: number;
+  pages: number;
+  bytes: number;
+  ms: number;
+  dirtyRateBps: number;
+  bandwidthBps: number;
+  pendingBytes: number;
+  expectedDowntimeMs: number;
+  throttlePct: number;
+  action: string;
+}
+
+export interface RoundRecord {
+  pages: number;
+  bytes: number;
+  ms: number;
+  dirtyRate: number;
+}
+
+const BATCH_BYTES = 4 * 1024 * 1024;
+
+/** Namespace pid (last NSpid) of a host pid: how CRIU names the process in its images. */
+export function nsPid(pid: number): number {
+  const m = /^NSpid:\s+(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  const ids = (m?.[1] ?? String(pid)).trim().split(/\s+/);
+  return Number(ids[ids.length - 1]);
+}
+
+/** Sorted, merged [start, end) intervals of what the store already knows per pid. */
+class KnownRanges {
+  private readonly byPid = new Map<number, Array<[bigint, bigint]>>();
+
+  /** The parts of `want` not yet announced; records them as announced. The
+   *  store treats a second layout over the same pages as a new level that hides
+   *  the old one, so nothing may be announced twice. */
+  add(pid: number, want: Array<[bigint, bigint]>): Array<[bigint, bigint]> {
+    const have = this.byPid.get(pid) ?? [];
+    const fresh: Array<[bigint, bigint]> = [];
+    for (const [s, e] of merge(want)) {
+      let cur = s;
+      for (const [hs, he] of have) {
+        if (he <= cur || hs >= e) continue;
+        if (hs > cur) fresh.push([cur, hs]);
+        cur = he > cur ? he : cur;
+        if (cur >= e) break;
+      }
+      if (cur < e) fresh.push([cur, e]);
+    }
+    this.byPid.set(pid, merge([...have, ...fresh]));
+    return fresh;
+  }
+}
+
+/** Sorted, overlapping or touching intervals merged. */
+function merge(xs: Array<[bigint, bigint]>): Array<[bigint, bigint]> {
+  const all = [...xs].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const out: Array<[bigint, bigint]> = [];
+  for (const r of all) {
+    const last = out[out.length - 1];
+    if (last && r[0] <= last[1]) { if (r[1] > last[1]) last[1] = r[1]; } else out.push([r[0], r[1]]);
+  }
+  return out;
+}
+
+/** The RANGE_ZERO parts of `ranges` that lie in private anonymous tracked VMAs
+ *  (in a file mapping, "not present" means file content, not zeros). */
+export function anonZeroPairs(ranges: BigUint64Array, vmas: BigUint64Array): bigint[] {
+  const out: bigint[] = [];
+  const anon = BigInt(VMA_TRACKED);
+  const notAnon = BigInt(VMA_FILE | VMA_SHARED);
+  for (let i = 0; i + 2 < ranges.length; i += 3) {
+    if (!(Number(ranges[i + 2]) & RANGE_ZERO)) continue;
+    for (let j = 0; j + 2 < vmas.length; j += 3) {
+      if (!(vmas[j + 2] & anon) || vmas[j + 2] & notAnon) continue;
+      const s = ranges[i] > vmas[j] ? ranges[i] : vmas[j];
+      const e = ranges[i + 1] < vmas[j + 1] ? ranges[i + 1] : vmas[j + 1];
+      if (s < e) out.push(s, e);
+    }
+  }
+  return out;
+}
+
+export class PrecopySender {
+  private readonly known = new KnownRanges();
+  private readonly streams: Socket[];
+  private next = 0;
+  private compress = false;
+  bytesSent = 0;
+  readonly rounds: RoundRecord[] = [];
+
+  constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
+    this.streams = streams;
+  }
+
+  async chooseCompression(linkBps?: number): Promise<void> {
+    const mode = this.opts.compress ?? 'auto';
+    const lz4Bps = mode === 'auto' ? measureLz4() : undefined;
+    this.compress = chooseCompression(mode, { linkBps, lz4Bps });
+  }
+
+  /** Announces the tracked mappings of `set` the store has not seen (whole VMAs: the store's files are sparse). */
+  private announce(pid: number, data: BigUint64Array, vmas: BigUint64Array): void {
+    const want: Array<[bigint, bigint]> = [];
+    for (let i = 0; i < vmas.length; i += 3) {
+      if (!(vmas[i + 2] & BigInt(VMA_TRACKED))) continue;
+      const s = vmas[i], e = vmas[i + 1];
+      // Only mappings that hold data this round; others are announced when they do.
+      for (let j = 0; j < data.length; j += 2) if (data[j] < e && data[j + 1] > s) { want.push([s, e]); break; }
+    }
+    // Data outside any tracked VMA (e.g. untracked, re-sent at switchover) is announced as is.
+    for (let j = 0; j < data.length; j += 2) {
+      const s = data[j], e = data[j + 1];
+      const inside = want.some(([ws, we]) => s >= ws && e <= we);
+      if (!inside) want.push([s, e]);
+    }
+    const fresh = this.known.add(pid, want);
+    if (fresh.length) {
+      this.control.send({
+        t: 'layout', pid,
+        ranges: fresh.map(([s, e]) => ({ vaddr: Number(s), nrPages: Number((e - s) / BigInt(PAGE_SIZE)) })),
+      });
+    }
+  }
+
+  private async write(buffers: Buffer[]): Promise<void> {
+    const s = this.streams[this.next++ % this.streams.length];
+    let ok = true;
+    for (const b of buffers) {
+      ok = s.write(b) && ok;
+      this.bytesSent += b.length;
+    }
+    if (!ok) {
+      await new Promise<void>((resolve, reject) => {
+        const onErr = (e: Error) => reject(asPhaulError(e, 'network'));
+        s.once('error', onErr);
+        s.once('drain', () => { s.off('error', onErr); resolve(); });
+      });
+    }
+  }
+
+  /** Sends the pages of one scan of one process; returns [pages, batches]. */
+  async sendSet(pid: number, round: number, set: DirtySet, vmas: BigUint64Array, extra?: BigUint64Array): Promise<[number, number]> {
+    let pairs = selectPairs(set.ranges, RANGE_PRESENT | RANGE_SWAPPED);
+    if (extra && extra.length) pairs = BigUint64Array.from([...pairs, ...extra]);
+    const zeros = anonZeroPairs(set.ranges, vmas);
+    this.announce(pid, BigUint64Array.from([...pairs, ...zeros]), vmas);
+    let pages = 0;
+    let count = 0;
+    // Known-zero anonymous pages: unpopulated (or MADV_DONTNEED'd) under
+    // write-protection. Their uffd-wp markers look like swap entries in
+    // /proc/PID/pagemap, so CRIU lists them as pages to restore: the store must
+    // hold them, as zeros, which cost a range entry and no data.
+    for (let i = 0; i < zeros.length; ) {
+      const ranges: { vaddr: number; nrPages: number; zero: boolean }[] = [];
+      for (; i < zeros.length && ranges.length < 60_000; i += 2) {
+        for (let s = zeros[i]; s < zeros[i + 1]; ) {
+          const n = Math.min(Number((zeros[i + 1] - s) / BigInt(PAGE_SIZE)), 1 << 30);
+          ranges.push({ vaddr: Number(s), nrPages: n, zero: true });
+          s += BigInt(n * PAGE_SIZE);
+        }
+      }
+      await this.write(encodeBatch({ pid, round, ranges, data: Buffer.alloc(0) }, { compress: false }));
+      count++;
+    }
+    for (const b of batches(pairs, BATCH_BYTES)) {
+      const res = await readPages(pid, b, { zeroMap: true });
+      const buf = Buffer.from(res.buffer.buffer, res.buffer.byteOffset, res.buffer.byteLength);
+      const ranges: { vaddr: number; nrPages: number; zero?: boolean }[] = [];
+      const chunks: Buffer[] = [];
+      let page = 0;
+      for (let i = 0; i < b.length; i += 2) {
+        const n = Number((b[i + 1] - b[i]) / BigInt(PAGE_SIZE));
+        for (let k = 0; k < n; ) {
+          const zero = res.zeroMap ? (res.zeroMap[(page + k) >> 3] >> ((page + k) & 7)) & 1 : 0;
+          let run = 1;
+          while (k + run < n) {
+            const z = res.zeroMap ? (res.zeroMap[(page + k + run) >> 3] >> ((page + k + run) & 7)) & 1 : 0;
+            if (z !== zero) break;
+            run++;
+          }
+          ranges.push({ vaddr: Number(b[i]) + k * PAGE_SIZE, nrPages: run, zero: !!zero || undefined });
+          if (!zero) chunks.push(buf.subarray((page + k) * PAGE_SIZE, (page + k + run) * PAGE_SIZE));
+          k += run;
+        }
+        page += n;
+      }
+      pages += page;
+      const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+      await this.write(encodeBatch({ pid, round, ranges, data }, { compress: this.compress }));
+      count++;
+    }
+    return [pages, count];
+  }
+
+  /** Ends a round: waits until the destination's store holds every batch of it. */
+  async endRound(round: number, batchCount: number, final = false): Promise<void> {
+    this.control.send({ t: 'round', round, batches: batchCount, final });
+    const ack = await this.control.expect('round-ack', 120_000);
+    if (int(ack, 'round', 0, 1 << 30) !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
+  }
+}
+
+/** The round loop: scans, sends, asks the policy, throttles, until switchover. */
+export class PrecopyRun {
+  readonly records: RoundRecord[] = [];
+  private round = 0;
+  private lastScanAt = 0;
+  private readonly policy: SwitchoverPolicy;
+
+  constructor(
+    private readonly sender: PrecopySender,
+    private readonly tracker: TreeTracker,
+    private readonly opts: PrecopyOptions,
+    private readonly onRound: (e: RoundEvent) => void,
+    private readonly log: (m: string) => void,
+  ) {
+    this.policy = new SwitchoverPolicy({
+      downtimeLimitMs: opts.downtimeLimitMs ?? 300,
+      maxRounds: opts.maxRounds ?? 30,
+      maxBandwidthBps: opts.maxBandwidthBps,
+      autoConverge: !!opts.autoConverge,
+    });
+  }
+
+  /** One scan of the tree, every dirty page sent and acknowledged. */
+  private async sendRound(final: boolean): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sinceLastMs: number }> {
+    const t = Date.now();
+    const sinceLastMs = this.lastScanAt ? t - this.lastScanAt : 0;
+    this.lastScanAt = t;
+    const scan = await this.tracker.scan();
+    const scanMs = Date.now() - t;
+    const before = this.sender.bytesSent;
+    let pages = 0;
+    let count = 0;
+    for (const [pid, set] of scan.sets) {
+      const tr = this.tracker.tracker(pid);
+      if (!tr) continue;
+      // At switchover, also what tracking cannot see: shared mappings (other
+      // writers) and untracked ones (e.g. PROT_NONE turned accessible).
+      let extra: BigUint64Array | undefined;
+      if (final) {
+        const more: bigint[] = [];
+        for (const list of [set.shared, set.untracked]) {
+          for (let i = 0; i < list.length; i += 2) {
+            const present = selectPairs(tr.present(list[i], list[i + 1]), RANGE_PRESENT | RANGE_SWAPPED);
+            more.push(...present);
+          }
+        }
+        if (more.length) extra = BigUint64Array.from(more);
+      }
+      const [n, c] = await this.sender.sendSet(pid, this.round, set, tr.vmas().ranges, extra);
+      pages += n;
+      count += c;
+    }
+    await this.sender.endRound(this.round, count, final);
+    return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sinceLastMs };
+  }
+
+  async rounds(pid: number, throttle: (pct: number) => Promise<void> | void): Promise<RoundRecord[]> {
+    let memBytes = 0;
+    for (;;) {
+      // Decide BEFORE scanning: a scan re-arms write-protection, so every page
+      // it reports must be sent; deciding afterwards would strand them.
+      if (this.round > 0) {
+        const d = this.policy.decide({ fixedCostMs: switchoverCostMs(memBytes), sinceLastScanMs: Date.now() - this.lastScanAt });
+        const last = this.records[this.records.length - 1];
+        this.onRound({
+          round: this.round - 1, pages: last.pages, bytes: last.bytes, ms: last.ms, dirtyRateBps: d.dirtyRateBps,
+          bandwidthBps: d.bandwidthBps, pendingBytes: d.pendingBytes, expectedDowntimeMs: d.expectedDowntimeMs,
+          throttlePct: d.throttlePct ?? 0, action: d.action,
+        });
+        if (d.action === 'switchover') {
+          this.log(`switchover after round ${this.round - 1}: ${d.reason}`);
+          return this.records;
+        }
+        if (d.action === 'throttle' && d.throttlePct) await throttle(d.throttlePct);
+      }
+      const r = await this.sendRound(false);
+      if (this.round === 0) {
+        memBytes = r.pages * PAGE_SIZE;
+        await this.sender.chooseCompression(r.bytes / Math.max(r.ms / 1000, 1e-3));
+      }
+      const dirtyRate = this.round > 0 && r.sinceLastMs > 0 ? (r.pages * PAGE_SIZE) / (r.sinceLastMs / 1000) : 0;
+      this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate });
+      this.policy.record({ round: this.round, pages: r.pages, bytes: r.bytes, ms: r.ms, scanMs: r.scanMs, dirtyPagesFound: r.pages, sinceLastScanMs: r.sinceLastMs });
+      this.round++;
+    }
+  }
+
+  /** With the tree frozen: the last dirty pages, plus shared and untracked memory. */
+  async finalRound(): Promise<number> {
+    const r = await this.sendRound(true);
+    this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
+    return r.pages;
+  }
+}
+
+/** Fixed part of the pause besides the last pages: CRIU's lazy dump (~60-130 ms
+ *  measured) and the restore, which is O(memory) here (~0.7 ms/MiB measured). */
+export function switchoverCostMs(memBytes: number): number {
+  return 120 + 0.7 * (memBytes / (1024 * 1024));
+}
