@@ -82,6 +82,9 @@ test('a restored memwork is driven by its explicit pid', async () => {
     await w.resetGap();
     const d = await runCmd([criu, 'dump', '-t', String(w.pid), '-D', img, '-o', 'dump.log'], { timeoutMs: 30_000 });
     assert.equal(d.code, 0, fs.readFileSync(path.join(img, 'dump.log'), 'utf8').slice(-2000));
+    // CRIU restores into a new time namespace whose monotonic clock continues
+    // from the dump: memwork must still see this wait as part of its pause.
+    await sleep(500);
     const pidfile = path.join(img, 'restored.pid');
     const rs = await runCmd([criu, 'restore', '-D', img, '-d', '--pidfile', pidfile, '-o', 'restore.log'], { timeoutMs: 30_000 });
     assert.equal(rs.code, 0, fs.readFileSync(path.join(img, 'restore.log'), 'utf8').slice(-2000));
@@ -89,7 +92,7 @@ test('a restored memwork is driven by its explicit pid', async () => {
     w.adopt(restored);
     const r = await w.report(restored);
     assert.ok(r.ok);
-    assert.ok(r.maxGapMs > 5, `a dump+restore is a stall: ${r.maxGapMs}`);
+    assert.ok(r.maxGapMs >= 500, `dump, 500 ms, restore must show as a stall of >= 500 ms: ${r.maxGapMs}`);
   } finally {
     await w.stop();
     fs.rmSync(img, { recursive: true, force: true });
@@ -194,4 +197,47 @@ test('a loopback host is one namespace at 127.0.0.1 with its own byte counter', 
     await h.destroy();
   }
   assert.ok(!fs.existsSync(h.a.netnsPath!));
+});
+
+// The benchmark's pure parts: matrix, statistics, report.
+import { buildMatrix, estimateSeconds, STRATEGIES } from '../bench/matrix';
+import { median, summarize } from '../bench/stats';
+import { markdown, svgChart } from '../bench/report';
+import type { Row } from '../bench/runner';
+
+test('bench: the quick matrix covers every strategy, a 1 GiB size and fits 3 minutes', () => {
+  const cells = buildMatrix({ quick: true });
+  for (const s of STRATEGIES) assert.ok(cells.some((c) => c.strategy === s), s);
+  assert.ok(cells.some((c) => c.workload.memMiB >= 1024));
+  assert.ok(cells.some((c) => c.workload.kind === 'memcached'));
+  assert.ok(estimateSeconds(cells) < 180, `quick estimate ${estimateSeconds(cells)} s`);
+  const full = buildMatrix({});
+  assert.deepEqual([...new Set(full.map((c) => c.link))], ['loopback', '10gbit', '1gbit']);
+  assert.ok(!full.some((c) => c.link === 'loopback' && c.workload.kind === 'memcached'));
+});
+
+test('bench: median and spread', () => {
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 2, 3]), 2.5);
+  assert.deepEqual(summarize([5, NaN, 1, 3]), { median: 3, min: 1, max: 5 });
+  assert.equal(summarize([]), null);
+});
+
+test('bench: markdown table and SVG chart', () => {
+  const machine = { cpu: 'cpu', cores: 2, memGiB: 24, kernel: '6.18', os: 'Debian', criu: '4.1.1', node: 'v20', phaulFast: '0.1.0', date: '2026-01-01T00:00:00Z' };
+  const row = (strategy: Row['strategy'], memMiB: number, pauseMs: number): Row => ({
+    strategy, workload: 'memwork', memMiB, writeMBps: 50, link: 'loopback', status: 'ok', pauseMs, downtimeMs: pauseMs,
+    totalMs: pauseMs * 2, bytes: memMiB * 2 ** 20, rounds: 1, sourceFreeMs: pauseMs, cpuS: 0.5, runs: 2,
+    spread: { pauseMs: { min: pauseMs * 0.9, max: pauseMs * 1.1 } }, samples: [],
+  });
+  const rows = [row('criu:page-server', 256, 600), row('criu:page-server', 1024, 1800), row('criu:lazy', 256, 150),
+    { ...row('phaul-fast:hybrid', 256, 0), status: 'unavailable' as const, pauseMs: null, note: 'not offered' }];
+  const md = markdown(rows, machine, 'phaul-fast bench --quick', 100);
+  assert.match(md, /\| memwork \| 1024 \| 50 \| loopback \| criu:page-server \| 1800 \(1620–1980\) \|/);
+  assert.match(md, /unavailable: not offered/);
+  const svg = svgChart(rows, machine);
+  assert.match(svg, /^<svg /);
+  assert.match(svg, /<polyline[^>]+stroke="#d62728"/); // page-server: a line over two sizes
+  assert.ok(!svg.includes('phaul-fast:hybrid'));
+  assert.match(svg, /<\/svg>\n$/);
 });

@@ -1,0 +1,94 @@
+// The benchmark matrix: workloads x strategies x links, and a rough duration
+// model so the full run can say up front how long it will take.
+
+export const STRATEGIES = [
+  'phaul-fast:stop-copy',
+  'phaul-fast:precopy',
+  'phaul-fast:hybrid',
+  'phaul-fast:postcopy',
+  'criu:page-server',
+  'criu:lazy',
+] as const;
+export type StrategyName = (typeof STRATEGIES)[number];
+
+/** Link name -> tbf rate in Mbit/s (null: loopback, unshaped). */
+export const LINKS = { loopback: null, '10gbit': 10_000, '1gbit': 1_000 } as const;
+export type LinkName = keyof typeof LINKS;
+
+export interface WorkloadSpec {
+  kind: 'memwork' | 'memcached';
+  /** memwork: buffer size; memcached: data loaded. */
+  memMiB: number;
+  /** memwork: rewrite rate; memcached: the client's set rate. MB = 10^6 bytes. */
+  writeMBps: number;
+}
+
+export interface Cell {
+  strategy: StrategyName;
+  workload: WorkloadSpec;
+  link: LinkName;
+  runs: number;
+}
+
+export interface MatrixOptions {
+  quick?: boolean;
+  runs?: number;
+  strategies?: StrategyName[];
+  links?: LinkName[];
+}
+
+const mw = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memwork', memMiB, writeMBps });
+const mc = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memcached', memMiB, writeMBps });
+
+// --quick must finish in under 3 minutes on the 2-core reference machine with
+// every strategy available, and still include a size of 1 GiB or more.
+const QUICK: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> = [
+  { link: 'loopback', workloads: [mw(256, 50), mw(1024, 50)], runs: 2 },
+  { link: '10gbit', workloads: [mc(256, 20)], runs: 2 },
+  { link: '1gbit', workloads: [mw(128, 50)], runs: 2 },
+];
+
+// The full matrix: pause against memory size on every link, a write-rate
+// sweep at 1 GiB, and memcached. See docs/BENCH.md for its duration.
+// memcached never runs on loopback: there both "hosts" are one namespace, and
+// a strategy that restores while the frozen source still exists (CRIU lazy,
+// phaul-fast's commit-after-restore) cannot bind the listening port twice.
+const FULL: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> = (['loopback', '10gbit', '1gbit'] as LinkName[]).map((link) => ({
+  link,
+  workloads: [mw(64, 50), mw(256, 50), mw(1024, 50), mw(4096, 50), mw(1024, 0), mw(1024, 400), ...(link === 'loopback' ? [] : [mc(512, 20)])],
+  runs: 3,
+}));
+
+export function buildMatrix(o: MatrixOptions = {}): Cell[] {
+  const cells: Cell[] = [];
+  const strategies = o.strategies ?? [...STRATEGIES];
+  for (const g of o.quick ? QUICK : FULL) {
+    if (o.links && !o.links.includes(g.link)) continue;
+    for (const workload of g.workloads)
+      for (const strategy of strategies) cells.push({ strategy, workload, link: g.link, runs: o.runs ?? g.runs });
+  }
+  // Cells stay grouped by link: the runner builds each link once.
+  return cells;
+}
+
+/**
+ * Seconds one run takes, roughly: fill (~1.7 s/GiB here) or memcached load,
+ * moving the memory over the link (at best ~1.4 GB/s locally), restore
+ * (~0.6 s/GiB), verification and clean-up.
+ */
+export function estimateRunSeconds(c: Cell): number {
+  const gib = c.workload.memMiB / 1024;
+  const rate = LINKS[c.link];
+  const wireGBps = rate === null ? 1.4 : Math.min(1.4, rate / 8000);
+  const setup = c.workload.kind === 'memcached' ? 1.5 + gib * 6 : 0.4 + gib * 1.7;
+  return setup + 0.8 + (gib * 1.07) / wireGBps + gib * 0.6 + 0.3;
+}
+
+export function estimateSeconds(cells: Cell[]): number {
+  return cells.reduce((s, c) => s + c.runs * estimateRunSeconds(c), 0);
+}
+
+export function cellLabel(c: Cell): string {
+  const w = c.workload;
+  return `${w.kind} ${w.memMiB} MiB @${w.writeMBps} MB/s, ${c.link}, ${c.strategy}`;
+}

@@ -1,0 +1,68 @@
+// Helpers the CRIU peers share: a freeze watcher, image copies, log tails.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { procState } from '../../src/testing/proc';
+
+/**
+ * Notes when pid stops running: CRIU seizes the tree with ptrace, so its state
+ * turns 't' (or 'T'), or the process is gone. Polled every millisecond:
+ * CRIU's CLI tells no freeze time of its own (stats-dump is not written for
+ * lazy dumps), and this puts CRIU and phaul-fast on one clock.
+ */
+export function watchFreeze(pid: number): { stop(): number | null } {
+  let at: number | null = null;
+  const check = () => {
+    if (at !== null) return;
+    const st = procState(pid);
+    if (st === null || st === 't' || st === 'T' || st === 'Z') at = performance.now();
+  };
+  const timer = setInterval(check, 1);
+  timer.unref(); // never what keeps the process alive
+  return {
+    stop() {
+      check();
+      clearInterval(timer);
+      return at;
+    },
+  };
+}
+
+/** Copies every file of src (but logs) into dst; returns the bytes copied. */
+export function copyImages(src: string, dst: string): number {
+  let bytes = 0;
+  for (const f of fs.readdirSync(src)) {
+    if (f.endsWith('.log')) continue;
+    const from = path.join(src, f);
+    const st = fs.lstatSync(from);
+    if (!st.isFile()) continue;
+    fs.copyFileSync(from, path.join(dst, f));
+    bytes += st.size;
+  }
+  return bytes;
+}
+
+/** The last lines of a CRIU log, for one-line error messages. */
+export function logTail(file: string, lines = 3): string {
+  try {
+    const t = fs.readFileSync(file, 'utf8').trim().split('\n');
+    const errs = t.filter((l) => /Error|error/.test(l) && !/RLIMIT_NOFILE/.test(l));
+    return (errs.length ? errs : t).slice(-lines).join(' | ');
+  } catch {
+    return '(no log)';
+  }
+}
+
+export function readPid(file: string): number {
+  const n = Number(fs.readFileSync(file, 'utf8').trim());
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`bad pid file ${file}`);
+  return n;
+}
+
+/** Resolves with the first chunk of a status stream, or rejects when done settles first / on timeout. */
+export function waitStatus(status: NodeJS.ReadableStream, done: Promise<unknown>, what: string, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what}: not ready within ${timeoutMs} ms`)), timeoutMs);
+    status.once('data', () => { clearTimeout(t); resolve(); });
+    done.then(() => { clearTimeout(t); reject(new Error(`${what} exited before it was ready`)); }, reject);
+  });
+}

@@ -1,0 +1,66 @@
+// criu:page-server — CRIU's own stop-and-copy, exactly as design.md section 7:
+//   D: criu page-server -D dst --address A --port P
+//   S: criu dump -t PID -D src --page-server --address A --port P
+//   copy src/* to dst;  D: criu restore -D dst -d
+// The page server starts before the clock, as a waiting destination agent
+// would (phaul-fast's serve is also running before its migrations start).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { inHost } from '../../src/testing/hosts';
+import { runCmd, startCmd } from '../../src/testing/proc';
+import { copyImages, logTail, readPid, waitStatus, watchFreeze } from './common';
+import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
+
+export class CriuPageServer implements Peer {
+  readonly name = 'criu:page-server';
+
+  async open(): Promise<void> {}
+
+  async migrate(pid: number, ctx: PeerContext, hooks: RunHooks): Promise<RunFigures> {
+    const src = path.join(ctx.runDir, 'src');
+    const dst = path.join(ctx.runDir, 'dst');
+    fs.mkdirSync(src, { recursive: true });
+    fs.mkdirSync(dst, { recursive: true });
+    const big = 60_000 + ctx.memMiB * 100; // generous: 1 Gbit/s moves a MiB in ~8 ms
+
+    const ps = startCmd(inHost(ctx.dst, [ctx.criu, 'page-server', '-D', dst, '--address', ctx.dst.addr,
+      '--port', String(ctx.port), '-o', 'page-server.log', '--status-fd', '4']), { statusFd: true, timeoutMs: big });
+    try {
+      await waitStatus(ps.status!, ps.done, 'criu page-server', 10_000);
+
+      const t0 = performance.now();
+      const freeze = watchFreeze(pid);
+      const dump = await runCmd(inHost(ctx.src, [ctx.criu, 'dump', '-t', String(pid), '-D', src, '--page-server',
+        '--address', ctx.dst.addr, '--port', String(ctx.port), '-o', 'dump.log']), { timeoutMs: big })
+        .finally(() => freeze.stop());
+      const frozenAt = freeze.stop() ?? t0;
+      if (dump.code !== 0) throw new Error(`criu dump: ${logTail(path.join(src, 'dump.log'))}`);
+      const psr = await ps.done;
+      if (psr.code !== 0) throw new Error(`criu page-server: ${logTail(path.join(dst, 'page-server.log'))}`);
+      const copied = copyImages(src, dst);
+      const tFree = performance.now();
+
+      const pidfile = path.join(dst, 'restored.pid');
+      const rs = await runCmd(inHost(ctx.dst, [ctx.criu, 'restore', '-D', dst, '-d', '--pidfile', pidfile, '-o', 'restore.log']),
+        { timeoutMs: big });
+      if (rs.code !== 0) throw new Error(`criu restore${rs.code === null ? ' timed out' : ''}: ${logTail(path.join(dst, 'restore.log'))}`);
+      const tRun = performance.now();
+      const restoredPid = readPid(pidfile);
+      hooks.onRunning(restoredPid);
+      return {
+        restoredPid,
+        downtimeMs: tRun - frozenAt,
+        totalMs: tRun - t0,
+        sourceFreeMs: tFree - t0,
+        offLinkBytes: copied,
+        rounds: 1,
+        // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
+        cpuS: dump.cpuS + psr.cpuS + rs.cpuS,
+      };
+    } finally {
+      ps.kill();
+    }
+  }
+
+  async close(): Promise<void> {}
+}

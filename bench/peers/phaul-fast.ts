@@ -1,0 +1,129 @@
+// phaul-fast:<mode> — through the CLI, as a user would run it:
+//   D: phaul-fast serve --listen ADDR:PORT --dir DIR --token-file FILE   (once per cell)
+//   S: phaul-fast migrate --pid PID --to ADDR:PORT --token-file FILE --mode MODE --json
+// The last stdout line of migrate is its report { ok, mode, downtimeMs,
+// totalMs, bytesSent, restoredPid, phases, ... }. A mode the CLI does not
+// offer, or rejects, makes the strategy unavailable rather than failed.
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { PROJECT_ROOT } from '../../src/criu/binary';
+import { inHost, spawnIn } from '../../src/testing/hosts';
+import { cpuSeconds, runCmd, signal, waitGone } from '../../src/testing/proc';
+import { type PeerContext, type Peer, type RunFigures, type RunHooks, Unavailable } from './types';
+
+// PHAUL_FAST_BENCH_CLI: another build's bin/phaul-fast.js, to measure it with this harness.
+const CLI = [process.execPath, process.env.PHAUL_FAST_BENCH_CLI || path.join(PROJECT_ROOT, 'bin', 'phaul-fast.js')];
+const EXIT_USAGE = 2;
+const EXIT_UNAVAILABLE = 3;
+
+let offered: Promise<string[]> | null = null;
+/** The modes `phaul-fast migrate --help` lists ("how to move memory: a, b"). */
+export function offeredModes(): Promise<string[]> {
+  offered ??= runCmd([...CLI, 'migrate', '--help'], { timeoutMs: 20_000 }).then((r) => {
+    const m = /how to move memory: ([^(\n]+)/.exec(r.stdout);
+    return r.code === 0 && m ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
+  });
+  return offered;
+}
+
+/** Both engines use the same CRIU binary, or the comparison means nothing. */
+const engineEnv = (ctx: PeerContext) => ({ ...process.env, PHAUL_FAST_CRIU: ctx.criu });
+
+interface MigrateReport {
+  ok: boolean;
+  mode?: string;
+  downtimeMs?: number;
+  totalMs?: number;
+  bytesSent?: number;
+  restoredPid?: number;
+  phases?: Record<string, number>;
+  rounds?: number;
+  sourceReleasedMs?: number;
+  error?: string;
+  message?: string;
+}
+
+export class PhaulFastPeer implements Peer {
+  readonly name: string;
+  private serve: ChildProcess | null = null;
+  private serveLog = '';
+  private tokenFile = '';
+  /** serve's port: the one of the cell's context, not of each run's. */
+  private port = 0;
+
+  constructor(readonly mode: string) {
+    this.name = `phaul-fast:${mode}`;
+  }
+
+  async open(ctx: PeerContext): Promise<void> {
+    const modes = await offeredModes();
+    if (!modes.includes(this.mode)) throw new Unavailable(`phaul-fast migrate offers ${modes.join(', ') || 'no modes'}`);
+    const dir = path.join(ctx.runDir, 'serve');
+    fs.mkdirSync(dir, { recursive: true });
+    this.tokenFile = path.join(ctx.runDir, 'token');
+    this.port = ctx.port;
+    fs.writeFileSync(this.tokenFile, crypto.randomBytes(24).toString('hex') + '\n', { mode: 0o600 });
+    const serve = spawnIn(ctx.dst, [...CLI, 'serve', '--listen', `${ctx.dst.addr}:${ctx.port}`, '--dir', dir,
+      '--token-file', this.tokenFile], { stdio: ['ignore', 'ignore', 'pipe'], env: engineEnv(ctx) });
+    this.serve = serve;
+    serve.stderr!.on('data', (d) => { this.serveLog = (this.serveLog + d).slice(-4000); });
+    // Ready when it says it listens (serve logs to stderr).
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`phaul-fast serve: not listening after 20 s: ${this.lastLog()}`)), 20_000);
+      const onData = () => { if (/listening on/.test(this.serveLog)) { clearTimeout(t); serve.stderr!.off('data', onData); resolve(); } };
+      serve.stderr!.on('data', onData);
+      serve.once('exit', (code) => {
+        clearTimeout(t);
+        const why = `phaul-fast serve exited ${code}: ${this.lastLog()}`;
+        reject(code === EXIT_UNAVAILABLE || code === EXIT_USAGE ? new Unavailable(why) : new Error(why));
+      });
+    });
+  }
+
+  private lastLog(): string {
+    return this.serveLog.trim().split('\n').slice(-2).join(' | ');
+  }
+
+  async migrate(pid: number, ctx: PeerContext, hooks: RunHooks): Promise<RunFigures> {
+    const servePid = this.serve?.pid ?? -1;
+    const serveCpu0 = cpuSeconds(servePid);
+    const t0 = performance.now();
+    const r = await runCmd(inHost(ctx.src, [...CLI, 'migrate', '--pid', String(pid), '--to', `${ctx.dst.addr}:${this.port}`,
+      '--token-file', this.tokenFile, '--mode', this.mode, '--json']), { timeoutMs: 120_000 + ctx.memMiB * 100, env: engineEnv(ctx) });
+    const wall = performance.now() - t0;
+    const serveCpu = cpuSeconds(servePid) - serveCpu0;
+    const last = r.stdout.trim().split('\n').pop() ?? '';
+    let rep: MigrateReport | null = null;
+    try { rep = JSON.parse(last) as MigrateReport; } catch { /* no report: handled below */ }
+    const why = (r.stderr.trim().split('\n').pop() ?? '').replace(/^phaul-fast migrate: /, '') || rep?.message || rep?.error || `exit ${r.code}`;
+    if (!rep?.ok) {
+      if (r.code === EXIT_USAGE || r.code === EXIT_UNAVAILABLE || /not available/.test(why)) throw new Unavailable(why);
+      throw new Error(`phaul-fast migrate${r.code === null ? ' timed out' : ` exit ${r.code}`}: ${why}`);
+    }
+    const restoredPid = Number(rep.restoredPid);
+    if (!Number.isInteger(restoredPid) || restoredPid <= 0) throw new Error(`phaul-fast migrate: report without restoredPid: ${last.slice(0, 200)}`);
+    hooks.onRunning(restoredPid);
+    const totalMs = Number(rep.totalMs ?? wall);
+    return {
+      restoredPid,
+      downtimeMs: Number(rep.downtimeMs),
+      totalMs,
+      sourceFreeMs: Number(rep.sourceReleasedMs ?? totalMs),
+      offLinkBytes: 0,
+      engineBytes: rep.bytesSent,
+      rounds: Number(rep.rounds ?? Object.keys(rep.phases ?? {}).filter((k) => /round/i.test(k)).length) || 1,
+      cpuS: r.cpuS + serveCpu,
+    };
+  }
+
+  async close(): Promise<void> {
+    const s = this.serve;
+    this.serve = null;
+    if (!s?.pid || s.exitCode !== null) return;
+    signal(s.pid, 'SIGTERM');
+    if (!(await waitGone(s.pid, 5_000))) signal(s.pid, 'SIGKILL');
+    await waitGone(s.pid, 5_000);
+  }
+}

@@ -1,0 +1,51 @@
+// What every migration strategy of the benchmark provides. One file per peer.
+import type { Host, TwoHosts } from '../../src/testing/hosts';
+
+export interface PeerContext {
+  link: TwoHosts;
+  /** Where the workload runs and the source agent goes. */
+  src: Host;
+  /** Where the workload must end up. */
+  dst: Host;
+  /** A fresh directory on tmpfs for this run (removed by the runner). */
+  runDir: string;
+  /** A port no earlier run of this cell used (avoids TIME_WAIT clashes). */
+  port: number;
+  criu: string;
+  memMiB: number;
+  log(msg: string): void;
+}
+
+export interface RunHooks {
+  /** Called as soon as the workload runs on the destination (before any post-copy ends). */
+  onRunning(restoredPid: number): void;
+}
+
+export interface RunFigures {
+  /** The restored root as the destination host sees it. */
+  restoredPid: number;
+  /** The engine's own downtime: frozen at the source until running at the destination. */
+  downtimeMs: number;
+  /** Start of the migration until the destination has everything. */
+  totalMs: number;
+  /** Start until the source is no longer needed (for post-copy: the last page sent). */
+  sourceFreeMs: number;
+  /** Bytes the strategy moved outside the link (CRIU images copied as files), added to the link's count. */
+  offLinkBytes: number;
+  /** Bytes the engine says it sent, when it says. */
+  engineBytes?: number;
+  rounds: number;
+  /** user+sys CPU seconds of the agents (not of the workload). */
+  cpuS: number;
+}
+
+export interface Peer {
+  readonly name: string;
+  /** Once per cell: start long-lived agents. Throws Unavailable when the strategy cannot run here. */
+  open(ctx: PeerContext): Promise<void>;
+  migrate(pid: number, ctx: PeerContext, hooks: RunHooks): Promise<RunFigures>;
+  close(): Promise<void>;
+}
+
+/** The strategy does not exist here (a mode the CLI rejects): reported, never counted as a failure. */
+export class Unavailable extends Error {}
