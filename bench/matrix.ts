@@ -35,6 +35,9 @@ export interface MatrixOptions {
   runs?: number;
   strategies?: StrategyName[];
   links?: LinkName[];
+  /** Keep only workloads of these sizes / write rates. */
+  memMiB?: number[];
+  writeMBps?: number[];
 }
 
 const mw = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memwork', memMiB, writeMBps });
@@ -55,7 +58,9 @@ const QUICK: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> 
 // phaul-fast's commit-after-restore) cannot bind the listening port twice.
 const FULL: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> = (['loopback', '10gbit', '1gbit'] as LinkName[]).map((link) => ({
   link,
-  workloads: [mw(64, 50), mw(256, 50), mw(1024, 50), mw(4096, 50), mw(1024, 0), mw(1024, 400), ...(link === 'loopback' ? [] : [mc(512, 20)])],
+  // Sizes at 20 MB/s, and the 1 and 4 GiB workloads idle and writing 200 MB/s.
+  workloads: [mw(64, 20), mw(256, 20), mw(1024, 20), mw(4096, 20), mw(1024, 0), mw(1024, 200), mw(4096, 0), mw(4096, 200),
+    ...(link === 'loopback' ? [] : [mc(512, 20)])],
   runs: 3,
 }));
 
@@ -64,8 +69,11 @@ export function buildMatrix(o: MatrixOptions = {}): Cell[] {
   const strategies = o.strategies ?? [...STRATEGIES];
   for (const g of o.quick ? QUICK : FULL) {
     if (o.links && !o.links.includes(g.link)) continue;
-    for (const workload of g.workloads)
+    for (const workload of g.workloads) {
+      if (o.memMiB && !o.memMiB.includes(workload.memMiB)) continue;
+      if (o.writeMBps && !o.writeMBps.includes(workload.writeMBps)) continue;
       for (const strategy of strategies) cells.push({ strategy, workload, link: g.link, runs: o.runs ?? g.runs });
+    }
   }
   // Cells stay grouped by link: the runner builds each link once.
   return cells;

@@ -145,6 +145,36 @@ test('the source agent killed mid-round leaves the workload running, untracked a
   }
 });
 
+test('the source agent killed while CRIU holds the frozen tree: the original resumes, no copy runs', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 256, writeMBps: 20, netns: hosts.a.netnsPath! });
+  try {
+    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid)]);
+    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => { err += d; });
+    const exited = new Promise((r) => child.on('exit', r));
+    // The phase line comes when CRIU's images are written and the tree is frozen.
+    const t0 = Date.now();
+    while (!/freeze-dump/.test(err) && Date.now() - t0 < 60_000) await sleep(1);
+    assert.match(err, /freeze-dump/, 'reached the switchover');
+    child.kill('SIGKILL');
+    await exited;
+    const end = Date.now() + 10_000;
+    while (procState(w.pid) !== 'S' && procState(w.pid) !== 'R' && Date.now() < end) await sleep(20);
+    assert.ok(isAlive(w.pid), 'the original is alive');
+    assert.notEqual(procState(w.pid), 'T', 'and not left stopped');
+    const r = await w.report();
+    assert.equal(r.ok, true, JSON.stringify(r));
+    await sleep(500);
+    const copies = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== w.pid).filter((p) => {
+      try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(w.reportPath); } catch { return false; }
+    });
+    assert.deepEqual(copies.filter((p) => procState(Number(p)) !== 'Z' && Number(p) !== w.launcherPid), [], 'no restored copy runs anywhere');
+  } finally {
+    await w.stop();
+  }
+});
+
 test('a workload that uses userfaultfd itself is not tracked: precopy falls back to stop-copy and says so', { skip }, async () => {
   const bin = path.join(PROJECT_ROOT, 'build', 'workloads', 'uffdwork');
   const ns = startInPidNamespace([bin], { netns: hosts.a.netnsPath! });

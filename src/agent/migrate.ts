@@ -17,7 +17,7 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import { FrameConn, int, Message } from '../protocol/frames';
 import { runCriu, criuLogTail } from '../criu/rpc';
-import { incompatibility, localCapabilities, parseCapabilities } from './capabilities';
+import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
 import { LazyDump } from '../criu/lazy-dump';
@@ -317,7 +317,8 @@ export class Migration extends EventEmitter {
 
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
     const freezeAt = Date.now();
-    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, ...this.criuFlags() });
+    const ours = await localCapabilities();
+    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
     await st.dump.ready;
     this.phase('freeze-dump');
     const finalPages = await run.finalRound();

@@ -153,7 +153,22 @@ export class PrecopySender {
     }
   }
 
+  private capStart = 0;
+  private capBytes = 0;
+
+  /** Holds the stream to --max-bandwidth: sleep until the bytes sent fit the rate. */
+  private async pace(bytes: number): Promise<void> {
+    const cap = this.opts.maxBandwidthBps;
+    if (!cap) return;
+    const now = Date.now();
+    if (!this.capStart) this.capStart = now;
+    this.capBytes += bytes;
+    const due = this.capStart + (this.capBytes / cap) * 1000;
+    if (due > now) await new Promise((r) => setTimeout(r, due - now));
+  }
+
   private async write(buffers: Buffer[]): Promise<void> {
+    await this.pace(buffers.reduce((n, b) => n + b.length, 0));
     const s = this.streams[this.next++ % this.streams.length];
     let ok = true;
     for (const b of buffers) {

@@ -2,9 +2,13 @@
 // the tree and writes every image except the pages of lazy VMAs, then waits
 // for a lazy-pages client that never comes, holding the tree frozen. That wait
 // is our decision point:
-//   commit   = close the page-server socket: CRIU exits 0 and, with
+//   commit   = send the page-server CLOSE command: CRIU exits 0 and, with
 //              --leave-stopped, leaves the tree stopped for us to kill;
 //   rollback = SIGALRM: CRIU exits 1 and the tree resumes, untouched.
+// In lazy mode CRIU also takes EOF on its socket as "done": if our agent died
+// and the kernel closed our end, CRIU would commit a migration nobody
+// finished. So CRIU holds our end too (no EOF can come), and it runs with
+// SIGALRM as its parent-death signal: our death is a rollback.
 // The CLI is used (not RPC) because only the CLI takes a page-server socket in
 // lazy mode (--ps-socket); a TCP --port would let anyone who connects end the
 // dump "successfully".
@@ -25,7 +29,11 @@ export interface LazyDumpOptions {
   fileLocks?: boolean;
   linkRemap?: boolean;
   criu?: string;
+  /** Page-server header size of this CRIU (24 before 4.2, 32 since). */
+  headerSize: 24 | 32;
 }
+
+const PS_IOV_CLOSE = 0x1023;
 
 export class LazyDump {
   private readonly child: ChildProcess;
@@ -47,7 +55,8 @@ export class LazyDump {
     if (opts.shellJob) args.push('--shell-job');
     if (opts.fileLocks) args.push('--file-locks');
     if (opts.linkRemap) args.push('--link-remap');
-    this.child = spawn(opts.criu ?? criuBinary(), args, { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe'] });
+    this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine] });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
@@ -74,7 +83,10 @@ export class LazyDump {
 
   /** Lets CRIU finish: the tree stays stopped (ours to kill once the destination runs it). */
   async commit(): Promise<void> {
-    this.closeSocket();
+    const head = Buffer.alloc(this.opts.headerSize);
+    head.writeUInt32LE(PS_IOV_CLOSE, 0); // native endian; x86_64 and aarch64 are little-endian
+    if (this.sock < 0) throw new PhaulError('criu', 'criu dump already ended');
+    fs.writeSync(this.sock, head);
     const code = await this.exited;
     if (code !== 0) throw new PhaulError('criu', `criu dump ended with ${code} at commit: ${this.logTail()}`);
   }

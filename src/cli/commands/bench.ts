@@ -19,9 +19,16 @@ const spec = {
   runs: { type: 'string', help: 'runs per cell (default: 2 quick, 3 full)' },
   strategies: { type: 'string', help: `comma-separated subset of: ${STRATEGIES.join(', ')}` },
   links: { type: 'string', help: `comma-separated subset of: ${Object.keys(LINKS).join(', ')}` },
+  mem: { type: 'string', help: 'only workloads of these sizes, comma-separated MiB (e.g. 1024,4096)' },
+  write: { type: 'string', help: 'only workloads writing at these rates, comma-separated MB/s (e.g. 0,20,200)' },
   list: { type: 'boolean', help: 'print the matrix and its expected duration, run nothing' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
+
+function numbers(v: string | boolean | undefined, flag: string): number[] | undefined {
+  if (typeof v !== 'string') return undefined;
+  return v.split(',').map((x) => intFlag(x.trim(), flag, 0, 1 << 20)!);
+}
 
 function subset<T extends string>(v: string | boolean | undefined, all: readonly T[], flag: string): T[] | undefined {
   if (typeof v !== 'string') return undefined;
@@ -46,7 +53,10 @@ export async function run(argv: string[]): Promise<number> {
     runs: intFlag(flags.runs, 'runs', 1, 50),
     strategies: subset(flags.strategies, STRATEGIES, 'strategies') as StrategyName[] | undefined,
     links: subset(flags.links, Object.keys(LINKS) as LinkName[], 'links'),
+    memMiB: numbers(flags.mem, 'mem'),
+    writeMBps: numbers(flags.write, 'write'),
   });
+  if (cells.length === 0) throw new PhaulError('usage', 'no cell of the matrix matches those filters (see --list)');
   const est = estimateSeconds(cells);
   if (flags.list) {
     for (const c of cells) process.stdout.write(`${cellLabel(c)} x${c.runs}\n`);
