@@ -39,7 +39,7 @@ interface MigrateReport {
   bytesSent?: number;
   restoredPid?: number;
   phases?: Record<string, number>;
-  rounds?: number;
+  rounds?: Array<{ pages: number; bytes: number; ms: number; dirtyRate: number }>;
   sourceReleasedMs?: number;
   error?: string;
   message?: string;
@@ -113,7 +113,8 @@ export class PhaulFastPeer implements Peer {
       sourceFreeMs: Number(rep.sourceReleasedMs ?? totalMs),
       offLinkBytes: 0,
       engineBytes: rep.bytesSent,
-      rounds: Number(rep.rounds ?? Object.keys(rep.phases ?? {}).filter((k) => /round/i.test(k)).length) || 1,
+      // Pre-copy reports each round (the last is the final one, frozen); stop-copy is one pass.
+      rounds: Array.isArray(rep.rounds) ? rep.rounds.length : 1,
       cpuS: r.cpuS + serveCpu,
     };
   }
