@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "modules.h"
-#include "uapi_probe.h"
+#include "uapi_compat.h"  // the kernel UAPI bits Debian 12 headers lack (shared with the tracker)
 
 namespace phaul {
 namespace probe {

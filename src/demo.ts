@@ -1,7 +1,8 @@
 // `npm run demo`: one real migration on this machine, narrated. Two network
 // namespaces act as two hosts joined by a veth pair; a destination agent runs
 // on host b; a self-verifying 256 MiB workload that keeps writing runs on host
-// a; phaul-fast moves it, and the workload checks every page on arrival.
+// a; phaul-fast moves it with pre-copy (memory moves while it runs), and the
+// workload checks every page on arrival.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -67,9 +68,9 @@ async function main(): Promise<number> {
     await new Promise((r) => setTimeout(r, 500));
     await w.resetGap();
 
-    say(`\n[host a] $ phaul-fast migrate --pid ${w.pid} --to ${hosts.b.addr}:${port} --token-file ${tokenFile} --json`);
+    say(`\n[host a] $ phaul-fast migrate --pid ${w.pid} --to ${hosts.b.addr}:${port} --token-file ${tokenFile} --mode precopy --json`);
     const m = await run(inHost(hosts.a, [process.execPath, CLI, 'migrate', '--pid', String(w.pid),
-      '--to', `${hosts.b.addr}:${port}`, '--token-file', tokenFile, '--json']));
+      '--to', `${hosts.b.addr}:${port}`, '--token-file', tokenFile, '--mode', 'precopy', '--json']));
     process.stdout.write(m.err);
     const report = JSON.parse(m.out.trim().split('\n').pop() || '{}');
     say(JSON.stringify(report, null, 2));

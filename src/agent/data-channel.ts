@@ -9,6 +9,7 @@ import * as tls from 'node:tls';
 import { native } from '../native';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
+import { PageServer } from '../transport/page-server';
 
 export interface PageStats {
   entries: number;
@@ -61,15 +62,14 @@ export function openDataChannelServer(conn: FrameConn): DataChannel {
     fd = native.dupStreamFd(rawFd(sock));
     sock.destroy();
   }
-  let handle: { done: Promise<PageStats>; abort(reason?: string): void } | undefined;
+  let handle: PageServer | undefined;
   let aborted = false;
   return {
     servePages(dir, headerSize) {
       if (aborted) return Promise.reject(new PhaulError('failed', 'data channel aborted'));
-      handle = native.servePages(fd, dir, { headerSize });
-      return handle!.done.catch((e: Error) => {
-        throw new PhaulError('protocol', e.message.startsWith('page server') ? e.message : `page server: ${e.message}`);
-      });
+      // The wrapper keeps the failure's kind: protocol, network, or disk (failed).
+      handle = PageServer.start(fd, dir, { headerSize, idleTimeoutMs: 120_000 });
+      return handle.done;
     },
     abort() {
       if (aborted) return;

@@ -58,7 +58,7 @@ export function nsPid(pid: number): number {
 }
 
 /** Sorted, merged [start, end) intervals of what the store already knows per pid. */
-class KnownRanges {
+export class KnownRanges {
   private readonly byPid = new Map<number, Array<[bigint, bigint]>>();
 
   /** The parts of `want` not yet announced; records them as announced. The

@@ -3,19 +3,10 @@
 // log, one plain line per round, since \r rewrites become noise there.
 // MB/s are 10^6 bytes/s (link speeds); pending memory is in MiB (memory sizes).
 
-/** What the orchestrator emits per round. */
-export interface RoundEvent {
-  round: number;
-  pages: number;
-  bytes: number;
-  ms: number;
-  dirtyRateBps: number;
-  bandwidthBps: number;
-  pendingBytes: number;
-  expectedDowntimeMs: number;
-  throttlePct: number;
-  action: string;
-}
+import type { RoundEvent } from '../agent/precopy';
+
+/** What the orchestrator emits per round (defined with it, in src/agent/precopy.ts). */
+export type { RoundEvent };
 
 export interface ProgressSummary {
   /** The pause actually measured, when known. */

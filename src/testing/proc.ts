@@ -2,24 +2,17 @@
 // Everything acts on explicit pids: we never signal processes by name.
 import * as fs from 'node:fs';
 import { spawn, type SpawnOptions } from 'node:child_process';
+import { isAlive, procState as engineProcState } from '../agent/process-tree';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** The state letter of /proc/PID/stat ('R', 'S', 'Z', ...) or null when gone. */
 export function procState(pid: number): string | null {
-  try {
-    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3);
-  } catch {
-    return null;
-  }
+  return engineProcState(pid) ?? null;
 }
 
 /** Alive = exists and is not a zombie (a restored tree's parent may reap late). */
-export function isAlive(pid: number): boolean {
-  const st = procState(pid);
-  return st !== null && st !== 'Z' && st !== 'X';
-}
+export { isAlive };
 
 export function procComm(pid: number): string | null {
   try {
