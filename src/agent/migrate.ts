@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
-import { FrameConn, int, Message } from '../protocol/frames';
+import { FrameConn, int } from '../protocol/frames';
 import { runCriu, criuLogTail } from '../criu/rpc';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
@@ -397,4 +397,3 @@ export async function migrate(opts: MigrateOptions): Promise<MigrationReport> {
   return new Migration(opts).run();
 }
 
-export type { Message };

@@ -4,7 +4,7 @@
 // end the connection with a protocol error.
 import type { Duplex } from 'node:stream';
 import { Packr, Unpackr } from 'msgpackr';
-import { PhaulError } from '../errors';
+import { ErrorCode, ExitCode, PhaulError } from '../errors';
 
 export const MAX_FRAME = 64 * 1024 * 1024;
 
@@ -108,8 +108,11 @@ export class FrameConn {
     const m = await this.next(timeoutMs);
     if (m.t === t) return m;
     if (m.t === 'error') {
-      const code = typeof m.code === 'string' ? m.code : 'failed';
-      throw new PhaulError(code as never, `${this.peer}: ${String(m.message ?? 'unspecified error')}`);
+      // The peer's code is only kept when it is one of ours: an unknown one must
+      // not turn into an undefined exit code.
+      const code = typeof m.code === 'string' && Object.hasOwn(ExitCode, m.code) ? (m.code as ErrorCode) : 'failed';
+      const message = typeof m.message === 'string' ? m.message.slice(0, 1000).replace(/\s+/g, ' ') : 'unspecified error';
+      throw new PhaulError(code, `${this.peer}: ${message}`);
     }
     throw new PhaulError('protocol', `${this.peer} sent '${m.t}' where '${t}' was expected`);
   }

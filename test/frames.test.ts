@@ -1,0 +1,62 @@
+// The control channel's framing and its refusal of bad peer data.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { Packr } from 'msgpackr';
+import { encodeFrame, FrameConn, MAX_FRAME } from '../src/protocol/frames';
+import { ExitCode, PhaulError } from '../src/errors';
+
+function conn() {
+  const wire = new PassThrough();
+  return { wire, c: new FrameConn(wire, 'peer') };
+}
+
+test('a message round-trips, several per chunk and split across chunks', async () => {
+  const { wire, c } = conn();
+  const a = encodeFrame({ t: 'one', n: 1 });
+  const b = encodeFrame({ t: 'two', data: Buffer.from([1, 2, 3]) });
+  const both = Buffer.concat([a, b]);
+  wire.write(both.subarray(0, 3));
+  wire.write(both.subarray(3, a.length + 5));
+  wire.write(both.subarray(a.length + 5));
+  assert.deepEqual(await c.next(1000), { t: 'one', n: 1 });
+  const m = await c.expect('two', 1000);
+  assert.deepEqual([...(m.data as Uint8Array)], [1, 2, 3]);
+});
+
+test('an error from the peer keeps a known code and never an unknown one', async () => {
+  const { wire, c } = conn();
+  wire.write(encodeFrame({ t: 'error', code: 'auth', message: 'no' }));
+  await assert.rejects(c.expect('welcome', 1000), (e: unknown) => e instanceof PhaulError && e.code === 'auth' && e.exitCode === ExitCode.auth);
+  wire.write(encodeFrame({ t: 'error', code: 'constructor', message: 'x\n  at evil' }));
+  await assert.rejects(c.expect('welcome', 1000), (e: unknown) =>
+    e instanceof PhaulError && e.code === 'failed' && e.exitCode === ExitCode.failed && !e.message.includes('\n'));
+});
+
+test('an oversized frame, a non-message and a wrong type are protocol errors', async () => {
+  {
+    const { wire, c } = conn();
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(MAX_FRAME + 1);
+    wire.write(head);
+    await assert.rejects(c.next(1000), (e: unknown) => e instanceof PhaulError && e.code === 'protocol');
+  }
+  {
+    const { wire, c } = conn();
+    const body = new Packr().pack([1, 2, 3]);
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(body.length);
+    wire.write(Buffer.concat([head, body]));
+    await assert.rejects(c.next(1000), (e: unknown) => e instanceof PhaulError && e.code === 'protocol');
+  }
+  {
+    const { wire, c } = conn();
+    wire.write(encodeFrame({ t: 'surprise' }));
+    await assert.rejects(c.expect('caps', 1000), (e: unknown) => e instanceof PhaulError && e.code === 'protocol');
+  }
+});
+
+test('a silent peer times out as a network error', async () => {
+  const { c } = conn();
+  await assert.rejects(c.next(50), (e: unknown) => e instanceof PhaulError && e.code === 'network');
+});
