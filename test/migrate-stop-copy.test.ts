@@ -224,6 +224,28 @@ test('garbage from the network does not take the agent down', { skip }, async ()
   }
 });
 
+test('after authentication too, bad requests are refused one by one and the agent goes on', { skip }, async () => {
+  const evil = path.join(PROJECT_ROOT, 'dist', 'test', 'helpers', 'evil-client.js');
+  const expected: Record<string, RegExp> = {
+    'path-traversal': /bad image name/,
+    'image-overwrite': /EEXIST|exists/,
+    'too-many-streams': /streams/,
+    'bad-layout': /layout|user space|outside/,
+    'unknown-mode': /mode/,
+  };
+  for (const [scenario, re] of Object.entries(expected)) {
+    const r = await runIn(hosts.a, [process.execPath, evil, hosts.b.addr, String(serve.port), token, scenario], { timeoutMs: 30_000 });
+    const verdict = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
+    assert.equal(verdict.t, 'error', `${scenario}: ${r.stdout} ${r.stderr}`);
+    assert.match(String(verdict.message), re, scenario);
+    assert.equal(serve.proc.exitCode, null, `the agent survived ${scenario}`);
+  }
+  assert.ok(!fs.existsSync(path.join(serve.dir, '..', '..', 'etc', 'phaul-evil')) && !fs.existsSync('/etc/phaul-evil'));
+  // Sessions cleaned up after themselves.
+  await sleep(200);
+  assert.deepEqual(fs.readdirSync(serve.dir), []);
+});
+
 test('one agent serves several migrations at once', { skip }, async () => {
   const ws = await Promise.all([1, 2, 3].map(() => startMemWorkload({ mib: 64, writeMBps: 10, netns: hosts.a.netnsPath! })));
   const restored: number[] = [];
