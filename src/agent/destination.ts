@@ -138,7 +138,9 @@ class DestSession {
 
       if (this.mode === 'precopy') {
         this.expectedStreams = int(prep, 'streams', 1, 16);
-        this.store = new PageStore(fs.mkdtempSync(path.join(agent.opts.storeDir ?? defaultStoreRoot(), 'phaul-fast-store-')),
+        // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
+        const memBytes = typeof prep.memBytes === 'number' && prep.memBytes > 0 ? Math.min(prep.memBytes, 2 ** 50) : 0;
+        this.store = new PageStore(fs.mkdtempSync(path.join(agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes), 'phaul-fast-store-')),
           { maxBytes: agent.opts.maxStoreBytes });
         conn.send({ t: 'prepared' });
         this.state = 'receiving';

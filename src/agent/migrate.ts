@@ -25,7 +25,7 @@ import { TreeTracker } from '../memory/tree-tracker';
 import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
 import { WorkloadThrottle } from './throttle';
-import { isAlive, procState, signalAll, treePids, waitGone } from './process-tree';
+import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 
 export type Mode = 'stop-copy' | 'precopy';
 export const MODES: readonly Mode[] = ['stop-copy', 'precopy'];
@@ -299,7 +299,7 @@ export class Migration extends EventEmitter {
     const pc = o.precopy ?? {};
     const conn = st.conn!;
     const nStreams = Math.max(1, Math.min(16, pc.streams ?? 2));
-    conn.send({ t: 'prepare', mode: 'precopy', criu: this.criuFlags(), streams: nStreams });
+    conn.send({ t: 'prepare', mode: 'precopy', criu: this.criuFlags(), streams: nStreams, memBytes: treeMemoryBytes(o.pid) });
     await conn.expect('prepared');
     st.streams = [];
     for (let i = 0; i < nStreams; i++) {

@@ -73,3 +73,16 @@ export function startTime(pid: number): number | undefined {
     return undefined;
   }
 }
+
+/** Anonymous and shared memory the tree holds (RssAnon + RssShmem), in bytes:
+ *  about what a restore writes and a page store must hold. */
+export function treeMemoryBytes(root: number): number {
+  let kb = 0;
+  for (const pid of treePids(root)) {
+    try {
+      const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+      for (const m of st.matchAll(/^Rss(?:Anon|Shmem):\s+(\d+) kB/gm)) kb += Number(m[1]);
+    } catch { /* exited */ }
+  }
+  return kb * 1024;
+}
