@@ -122,7 +122,8 @@ test('the source agent killed mid-round leaves the workload running, untracked a
   const w = await startMemWorkload({ mib: 512, writeMBps: 50, netns: hosts.a.netnsPath! });
   try {
     // A bandwidth cap keeps the rounds going long enough to kill the agent in one.
-    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid, ['--max-bandwidth', String(100 << 20)])]);
+    // --work-dir inside the test's directory: a SIGKILLed agent cannot remove its own.
+    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid, ['--max-bandwidth', String(100 << 20), '--work-dir', dir])]);
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d) => { err += d; });
@@ -148,7 +149,7 @@ test('the source agent killed mid-round leaves the workload running, untracked a
 test('the source agent killed while CRIU holds the frozen tree: the original resumes, no copy runs', { skip }, async () => {
   const w = await startMemWorkload({ mib: 256, writeMBps: 20, netns: hosts.a.netnsPath! });
   try {
-    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid)]);
+    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid, ['--work-dir', dir])]);
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d) => { err += d; });
