@@ -91,6 +91,12 @@ class DestSession {
     }, (e) => {
       this.streamError ??= asPhaulError(e, 'protocol');
       this.progress?.();
+      // Fail the session now, not at the next control message: the source may
+      // be blocked writing to this (now paused) stream.
+      try {
+        this.conn.send({ t: 'error', code: this.streamError.code, message: this.streamError.message });
+      } catch { /* already gone */ }
+      this.conn.close();
     });
     h.done.catch(() => undefined); // reported through onError
   }
@@ -185,6 +191,7 @@ class DestSession {
         const ranges = m.ranges;
         if (!Array.isArray(ranges) || ranges.length > 1 << 20) throw new PhaulError('protocol', 'bad layout');
         store.setLayout(int(m, 'pid', 1, 1 << 22), ranges as { vaddr: number; nrPages: number }[]);
+        this.conn.send({ t: 'layout-ack' });
       } else if (m.t === 'round') {
         const round = int(m, 'round', 0, 1 << 20);
         await this.roundComplete(round, int(m, 'batches', 0, 1 << 30), 10 * 60_000);

@@ -130,7 +130,7 @@ export class PrecopySender {
   }
 
   /** Announces the tracked mappings of `set` the store has not seen (whole VMAs: the store's files are sparse). */
-  private announce(pid: number, data: BigUint64Array, vmas: BigUint64Array): void {
+  private async announce(pid: number, data: BigUint64Array, vmas: BigUint64Array): Promise<void> {
     const want: Array<[bigint, bigint]> = [];
     for (let i = 0; i < vmas.length; i += 3) {
       if (!(vmas[i + 2] & BigInt(VMA_TRACKED))) continue;
@@ -150,6 +150,10 @@ export class PrecopySender {
         t: 'layout', pid,
         ranges: fresh.map(([s, e]) => ({ vaddr: Number(s), nrPages: Number((e - s) / BigInt(PAGE_SIZE)) })),
       });
+      // The layout travels on the control connection, the pages on the data
+      // streams: without this acknowledgement a batch could reach the store
+      // before the layout it needs (new process after a fork, new mapping).
+      await this.control.expect('layout-ack', 60_000);
     }
   }
 
@@ -176,10 +180,27 @@ export class PrecopySender {
       this.bytesSent += b.length;
     }
     if (!ok) {
+      // Waits for the stream to drain; gives up when it errs or closes, or when
+      // the control connection is gone (the destination failed the session and
+      // stopped reading: nothing would ever drain).
       await new Promise<void>((resolve, reject) => {
-        const onErr = (e: Error) => reject(asPhaulError(e, 'network'));
-        s.once('error', onErr);
-        s.once('drain', () => { s.off('error', onErr); resolve(); });
+        const done = (e?: Error) => {
+          clearInterval(watch);
+          s.off('error', onErr);
+          s.off('close', onClose);
+          s.off('drain', onDrain);
+          if (e) reject(asPhaulError(e, 'network'));
+          else resolve();
+        };
+        const onErr = (e: Error) => done(e);
+        const onClose = () => done(new PhaulError('network', 'a data connection to the destination closed'));
+        const onDrain = () => done();
+        const watch = setInterval(() => {
+          if (this.control.closed) done(new PhaulError('network', 'the destination ended the session'));
+        }, 200);
+        s.on('error', onErr);
+        s.on('close', onClose);
+        s.on('drain', onDrain);
       });
     }
   }
@@ -189,7 +210,7 @@ export class PrecopySender {
     let pairs = selectPairs(set.ranges, RANGE_PRESENT | RANGE_SWAPPED);
     if (extra && extra.length) pairs = BigUint64Array.from([...pairs, ...extra]);
     const zeros = anonZeroPairs(set.ranges, vmas);
-    this.announce(pid, BigUint64Array.from([...pairs, ...zeros]), vmas);
+    await this.announce(pid, BigUint64Array.from([...pairs, ...zeros]), vmas);
     let pages = 0;
     let count = 0;
     // Known-zero anonymous pages: unpopulated (or MADV_DONTNEED'd) under

@@ -44,7 +44,8 @@ export function formatHelp(usage: string, about: string, spec: Record<string, Fl
     const def = s.default !== undefined ? ` (default ${s.default})` : '';
     return `${left.padEnd(30)} ${s.help}${def}`;
   });
-  return `usage: ${usage}\n\n${about}\n\noptions:\n${rows.join('\n')}\n  --help                         this text\n`;
+  const help = spec.help ? '' : '  --help                         this text\n';
+  return `usage: ${usage}\n\n${about}\n\noptions:\n${rows.join('\n')}\n${help}`;
 }
 
 /** Parses a positive integer flag; a usage error names the flag otherwise. */

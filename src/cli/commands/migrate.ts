@@ -37,7 +37,7 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(formatHelp('phaul-fast migrate --pid PID --to HOST:PORT --token-file FILE [options]',
       'Moves the process tree rooted at PID to the agent at HOST:PORT (`phaul-fast serve`). The original stays\n' +
       'frozen until the destination runs the workload, and is resumed if anything fails before that.\n' +
-      'Exit codes: 0 moved, 1 failed and rolled back, 2 usage, 4 auth, 5 incompatible, 6 network,\n' +
+      'Exit codes: 0 moved, 1 failed and rolled back, 2 usage, 3 unavailable, 4 auth, 5 incompatible, 6 network,\n' +
       '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message).', spec));
     return 0;
   }
