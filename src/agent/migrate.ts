@@ -69,6 +69,8 @@ export interface MigrateOptions {
   keepImages?: boolean;
   connectTimeoutMs?: number;
   restoreTimeoutMs?: number;
+  /** Pre-copy: how long CRIU may take to freeze the tree and write its images. */
+  dumpTimeoutMs?: number;
   /** Pre-copy tuning (mode 'precopy'). */
   precopy?: PrecopyOptions;
 }
@@ -325,7 +327,9 @@ export class Migration extends EventEmitter {
     const freezeAt = Date.now();
     const ours = await localCapabilities();
     st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
-    await st.dump.ready;
+    // A CRIU that never gets its images written must not hold the tree frozen
+    // forever: past the deadline the catch below rolls it back (SIGALRM).
+    await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu lazy dump did not finish its images');
     this.phase('freeze-dump');
     const finalPages = await run.finalRound();
     this.phase('final-round');
@@ -391,6 +395,14 @@ export class Migration extends EventEmitter {
       });
     });
   }
+}
+
+function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new PhaulError('criu', `${what} within ${Math.round(ms / 1000)} s`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(t));
 }
 
 export async function migrate(opts: MigrateOptions): Promise<MigrationReport> {
