@@ -19,7 +19,7 @@ import { native } from '../src/native';
 import { composeImages } from '../src/store/compose';
 import { PageStore, defaultStoreRoot, type PageRange } from '../src/store/page-store';
 import { PE_LAZY, PE_PARENT, PE_PRESENT, readPagemapImage, writePagemapImage } from '../src/store/pagemap-image';
-import { testCriu } from '../src/testing/criu';
+import { criuBinary } from '../src/criu/binary';
 import { isAlive, killPids, procState, runCmd, signal, sleep } from '../src/testing/proc';
 import { startMemWorkload } from '../src/testing/workload';
 
@@ -294,7 +294,7 @@ test('composer refuses images it cannot trust, before changing anything', async 
   }
 });
 
-const criu = (() => { try { return testCriu(); } catch { return ''; } })();
+const criu = (() => { try { return criuBinary(); } catch { return ''; } })();
 const skip = process.getuid?.() !== 0 ? 'needs root' : !criu ? 'no CRIU binary: run npm run setup' : false;
 
 test('chain composition: a 256 MiB workload that kept writing restores intact from a two-level store', { skip, timeout: 180_000 }, async () => {

@@ -20,8 +20,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { PageServer, streamSocketPair, type PageServerStats } from '../src/transport/page-server';
 import { PhaulError } from '../src/errors';
-import { PROJECT_ROOT } from '../src/criu/binary';
-import { testCriu } from '../src/testing/criu';
+import { criuBinary, PROJECT_ROOT } from '../src/criu/binary';
 import { startInPidNamespace } from '../src/testing/workload';
 import { killPids, runCmd, signal, sleep } from '../src/testing/proc';
 
@@ -43,7 +42,7 @@ before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'phaul-ps-test-'));
   fdsAtStart = openFds();
   if (!root) return;
-  criu = testCriu();
+  criu = criuBinary();
   const v = await runCmd([criu, '--version'], { timeoutMs: 10_000 });
   const m = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(v.stdout);
   assert.ok(m, `criu --version: ${v.stdout}`);

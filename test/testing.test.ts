@@ -6,7 +6,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { testCriu } from '../src/testing/criu';
+import { criuBinary } from '../src/criu/binary';
 import { startMemWorkload } from '../src/testing/workload';
 import { createLoopbackHost, createTwoHosts, type Host, type TwoHosts } from '../src/testing/hosts';
 import { runCmd, signal, sleep, isAlive } from '../src/testing/proc';
@@ -74,7 +74,7 @@ test('memwork rejects bad arguments with one line', async () => {
 });
 
 test('a restored memwork is driven by its explicit pid', async () => {
-  const criu = testCriu();
+  const criu = criuBinary();
   const img = fs.mkdtempSync(path.join(os.tmpdir(), 'phaul-testing-img-'));
   const w = await startMemWorkload({ mib: 32, writeMBps: 100 });
   let restored = -1;

@@ -18,6 +18,7 @@ import { bin, FrameConn, int, Message, str } from '../protocol/frames';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
+import { withDeadline } from '../util/deadline';
 import { runCriuOrThrow } from '../criu/rpc';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
@@ -154,11 +155,11 @@ class DestSession {
       } else {
         conn.send({ t: 'prepared' });
         this.state = 'receiving';
-        const data = await withTimeout(this.dataPromise, 30_000, 'the source did not open its data connection');
+        const data = await withDeadline(this.dataPromise, 30_000, 'network', 'the source did not open its data connection');
         const pages = data.servePages(this.dir, pageServerHeaderSize(theirs.criu));
         pages.catch(() => undefined); // awaited below; an abort before then must not go unhandled
         const count = await this.receiveImages('restore');
-        const stats = await withTimeout(pages, 60_000, 'pages did not finish arriving');
+        const stats = await withDeadline(pages, 60_000, 'network', 'pages did not finish arriving');
         this.log(`received ${count} images and ${stats.pages} pages`);
       }
       await this.restoreAndCommit(criuFlags);
@@ -295,14 +296,6 @@ class DestSession {
       await waitGone(this.restoredPid, 5000);
     }
   }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p,
-    new Promise<never>((_, rej) => { t = setTimeout(() => rej(new PhaulError('network', `${what} within ${ms / 1000} s`)), ms); }),
-  ]).finally(() => clearTimeout(t));
 }
 
 export class DestinationAgent extends EventEmitter {

@@ -25,6 +25,7 @@ import { TreeTracker } from '../memory/tree-tracker';
 import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
 import { WorkloadThrottle } from './throttle';
+import { withDeadline } from '../util/deadline';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 
 export type Mode = 'stop-copy' | 'precopy';
@@ -329,7 +330,7 @@ export class Migration extends EventEmitter {
     st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
     // A CRIU that never gets its images written must not hold the tree frozen
     // forever: past the deadline the catch below rolls it back (SIGALRM).
-    await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu lazy dump did not finish its images');
+    await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
     this.phase('freeze-dump');
     const finalPages = await run.finalRound();
     this.phase('final-round');
@@ -395,14 +396,6 @@ export class Migration extends EventEmitter {
       });
     });
   }
-}
-
-function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    t = setTimeout(() => reject(new PhaulError('criu', `${what} within ${Math.round(ms / 1000)} s`)), ms);
-  });
-  return Promise.race([p, late]).finally(() => clearTimeout(t));
 }
 
 export async function migrate(opts: MigrateOptions): Promise<MigrationReport> {

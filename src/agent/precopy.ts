@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import { PhaulError, asPhaulError } from '../errors';
 import { FrameConn, int } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
-import { readPages } from '../memory/read-pages';
+import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
 import { batches, PAGE_SIZE, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
 import { encodeBatch } from '../transport/page-batch';
@@ -238,14 +238,14 @@ export class PrecopySender {
       for (let i = 0; i < b.length; i += 2) {
         const n = Number((b[i + 1] - b[i]) / BigInt(PAGE_SIZE));
         for (let k = 0; k < n; ) {
-          const zero = res.zeroMap ? (res.zeroMap[(page + k) >> 3] >> ((page + k) & 7)) & 1 : 0;
+          const zero = !!res.zeroMap && isZeroPage(res.zeroMap, page + k);
           let run = 1;
           while (k + run < n) {
-            const z = res.zeroMap ? (res.zeroMap[(page + k + run) >> 3] >> ((page + k + run) & 7)) & 1 : 0;
+            const z = !!res.zeroMap && isZeroPage(res.zeroMap, page + k + run);
             if (z !== zero) break;
             run++;
           }
-          ranges.push({ vaddr: Number(b[i]) + k * PAGE_SIZE, nrPages: run, zero: !!zero || undefined });
+          ranges.push({ vaddr: Number(b[i]) + k * PAGE_SIZE, nrPages: run, zero: zero || undefined });
           if (!zero) chunks.push(buf.subarray((page + k) * PAGE_SIZE, (page + k + run) * PAGE_SIZE));
           k += run;
         }

@@ -2,6 +2,7 @@
 // them, and waiting until a process is really gone (a zombie counts as gone:
 // PID 1 on some machines reaps late).
 import * as fs from 'node:fs';
+import { childrenOf } from '../memory/tree-tracker';
 
 /** Every pid of the tree rooted at `root` (root first), following all threads' children. */
 export function treePids(root: number): number[] {
@@ -12,21 +13,9 @@ export function treePids(root: number): number[] {
     const pid = queue.shift()!;
     if (seen.has(pid)) continue;
     seen.add(pid);
-    let tasks: string[];
-    try {
-      tasks = fs.readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue; // gone
-    }
+    if (!fs.existsSync(`/proc/${pid}/task`)) continue; // gone
     out.push(pid);
-    for (const tid of tasks) {
-      try {
-        for (const c of fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ')) {
-          const n = Number(c);
-          if (n > 0) queue.push(n);
-        }
-      } catch { /* thread exited */ }
-    }
+    queue.push(...childrenOf(pid));
   }
   return out;
 }

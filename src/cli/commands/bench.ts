@@ -5,8 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { PhaulError } from '../../errors';
-import { PROJECT_ROOT } from '../../criu/binary';
-import { testCriu } from '../../testing/criu';
+import { criuBinary, PROJECT_ROOT } from '../../criu/binary';
 import { buildMatrix, cellLabel, estimateSeconds, LINKS, STRATEGIES, type LinkName, type StrategyName } from '../../../bench/matrix';
 import { abortCleanup, runMatrix } from '../../../bench/runner';
 import { describeMachine } from '../../../bench/machine';
@@ -64,7 +63,7 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (process.getuid?.() !== 0) throw new PhaulError('unavailable', 'bench needs root (CRIU, network namespaces)');
-  const criu = testCriu();
+  const criu = criuBinary();
   const outDir = path.resolve(PROJECT_ROOT, flags.out as string);
   const progress = (m: string) => process.stderr.write(`bench: ${m}\n`);
   progress(`${cells.length} cells, about ${Math.ceil(est / 60)} min if every strategy is available; results in ${outDir}`);
