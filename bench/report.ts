@@ -8,6 +8,9 @@ export function machineLine(m: Machine): string {
   return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}`;
 }
 
+/** The strategy every other is compared with: CRIU's own stop-and-copy over its page server. */
+export const BASELINE = 'criu:page-server';
+
 const fmt = (x: number | null, scale = 1, digits = 0) => (x === null ? '' : (x / scale).toFixed(digits));
 
 function cell(r: Row, k: keyof Row['spread'] & keyof Row, scale = 1, digits = 0): string {
@@ -18,8 +21,15 @@ function cell(r: Row, k: keyof Row['spread'] & keyof Row, scale = 1, digits = 0)
   return `${fmt(v, scale, digits)} (${fmt(s.min, scale, digits)}–${fmt(s.max, scale, digits)})`;
 }
 
+function ratio(r: Row): string {
+  const q = r.pauseRatio;
+  if (!q) return r.strategy === BASELINE && r.status === 'ok' ? '1x' : '–';
+  const f = (x: number) => x.toFixed(2);
+  return q.min === q.max || r.runs < 2 ? `${f(q.median)}x` : `${f(q.median)}x (${f(q.min)}–${f(q.max)})`;
+}
+
 export function markdown(rows: Row[], m: Machine, command: string, seconds: number): string {
-  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', 'downtime ms', 'total ms',
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', `pause vs ${BASELINE}`, 'downtime ms', 'total ms',
     'sent MiB', 'rounds', 'source free ms', 'agent CPU s', 'runs', 'status'];
   const lines = [
     `Measured ${m.date.slice(0, 10)} with \`${command}\` in ${Math.round(seconds)} s on: ${machineLine(m)}.`,
@@ -27,14 +37,15 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
     'Medians over the runs, (min–max) when they differ. pause = the longest stall the workload itself saw',
     '(memcached: its client\'s service gap); downtime = the engine\'s frozen-to-running time; source free =',
     'until the source is no longer needed. Every run was verified on the destination; a cell that did not',
-    'verify is marked failed and not averaged. See docs/BENCH.md for the definitions.',
+    'verify is marked failed and not averaged. pause vs ' + BASELINE + ' = this pause / its pause, run by run',
+    '(strategies take turns), median (min–max): below 1x is shorter. See docs/BENCH.md for the definitions.',
     '',
     `| ${head.join(' | ')} |`,
-    `|${head.map((h, i) => (i < 5 || i === 13 ? '---' : '---:')).join('|')}|`,
+    `|${head.map((h, i) => (i < 5 || i === head.length - 1 ? '---' : '---:')).join('|')}|`,
   ];
   for (const r of rows) {
     const status = r.status === 'ok' ? 'ok' : `${r.status}${r.note ? `: ${r.note.replace(/\|/g, '/').slice(0, 200)}` : ''}`;
-    lines.push(`| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'pauseMs'), cell(r, 'downtimeMs'),
+    lines.push(`| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'pauseMs'), ratio(r), cell(r, 'downtimeMs'),
       cell(r, 'totalMs'), cell(r, 'bytes', 2 ** 20), cell(r, 'rounds'), cell(r, 'sourceFreeMs'), cell(r, 'cpuS', 1, 2),
       r.runs, status].join(' | ')} |`);
   }

@@ -1,15 +1,16 @@
 // Runs the matrix: per link one pair of namespaces, per cell one peer (its
 // long-lived agents), per run a fresh workload that is migrated, verified on
-// the destination and removed with everything the run left behind.
+// the destination and removed with everything the run left behind. The
+// strategies of one workload take turns run by run.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { TwoHosts } from '../src/testing/hosts';
 import { isAlive, killStartedCommands, runCmd } from '../src/testing/proc';
-import { cellLabel, estimateRunSeconds, type Cell, type LinkName, type StrategyName } from './matrix';
+import { cellLabel, estimateRunSeconds, estimateSeconds, type Cell, type LinkName, type StrategyName } from './matrix';
 import { openLink } from './links';
 import { makePeer } from './peers';
 import { Unavailable, type PeerContext, type RunFigures } from './peers/types';
-import { round, summarize, type Summary } from './stats';
+import { round, summarize, type Ratio, type Summary } from './stats';
 import { startMemcached } from './workloads/memcached';
 import { startMemwork } from './workloads/memwork';
 import type { BenchWorkload, Verdict } from './workloads/types';
@@ -44,6 +45,8 @@ export interface Row {
   runs: number;
   spread: Record<string, { min: number; max: number }>;
   samples: RunSample[];
+  /** Pause against criu:page-server's on the same workload and link (bench/stats.ts addPauseRatios). */
+  pauseRatio?: Ratio;
   note?: string;
 }
 
@@ -145,80 +148,123 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
   }
 }
 
+/** Cells of one workload on one link: their strategies take turns, run by run. */
+function groupCells(cells: Cell[]): number[][] {
+  const groups: number[][] = [];
+  const key = (c: Cell) => `${c.link}|${c.workload.kind}|${c.workload.memMiB}|${c.workload.writeMBps}|${c.runs}`;
+  cells.forEach((c, i) => {
+    const g = groups[groups.length - 1];
+    if (g && key(cells[g[0]]) === key(c)) g.push(i);
+    else groups.push([i]);
+  });
+  return groups;
+}
+
+/**
+ * Runs every cell and returns one row per cell, in the cells' order. The
+ * strategies measured on one workload and link alternate run by run (A B C,
+ * A B C, ...) instead of finishing one before the next starts: whatever the
+ * machine drifts through meanwhile (other tenants, memory the hypervisor took
+ * back) then falls on all of them alike, which is what makes their ratio fair.
+ */
 export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]> {
-  const rows: Row[] = [];
+  const rows: Row[] = new Array(cells.length);
   const unavailable = new Map<StrategyName, string>();
   const scratch = path.join(o.scratch, `phaul-bench-${process.pid}`);
   removeStaleScratch(o.scratch);
   fs.mkdirSync(scratch, { recursive: true });
   const dropScratch = track(async () => fs.rmSync(scratch, { recursive: true, force: true }));
   const totalRuns = cells.reduce((s, c) => s + c.runs, 0);
-  // Progress: runs planned before each cell, and the estimated seconds after it.
-  const before: number[] = [];
-  const after: number[] = [];
-  cells.reduce((s, c, i) => (before[i] = s) + c.runs, 0);
-  cells.reduceRight((s, c, i) => (after[i] = s) + c.runs * estimateRunSeconds(c), 0);
+  let done = 0;
+  let secondsLeft = estimateSeconds(cells);
   const t0 = Date.now();
   let link: TwoHosts | null = null;
   let linkName: LinkName | null = null;
   let dropLink: (() => Promise<void>) | null = null;
   let port = 30000;
   try {
-    for (const [ci, cell] of cells.entries()) {
-      if (linkName !== cell.link) {
+    for (const group of groupCells(cells)) {
+      const first = cells[group[0]];
+      if (linkName !== first.link) {
         await dropLink?.();
-        link = await openLink(cell.link);
+        link = await openLink(first.link);
         const l = link;
         dropLink = track(() => l.destroy());
-        linkName = cell.link;
+        linkName = first.link;
       }
-      const skip = unavailable.get(cell.strategy);
-      if (skip !== undefined) {
-        rows.push(rowOf(cell, 'unavailable', [], skip));
-        continue;
+      interface Lane {
+        ci: number;
+        cell: Cell;
+        peer: ReturnType<typeof makePeer>;
+        dir: string;
+        samples: RunSample[];
+        status: Row['status'];
+        note?: string;
+        close: () => Promise<void>;
       }
-      const peer = makePeer(cell.strategy);
-      const cellDir = path.join(scratch, `cell-${ci}`);
-      fs.mkdirSync(cellDir, { recursive: true });
-      const ctx = (runDir: string): PeerContext => ({
+      const lanes: Lane[] = [];
+      const ctx = (cell: Cell, runDir: string): PeerContext => ({
         link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB,
         log: o.progress,
       });
-      const closePeer = track(() => peer.close());
-      const samples: RunSample[] = [];
-      let status: Row['status'] = 'ok';
-      let note: string | undefined;
-      try {
-        await peer.open(ctx(cellDir));
-        for (let r = 0; r < cell.runs; r++) {
-          const eta = Math.round(after[ci] + (cell.runs - r) * estimateRunSeconds(cell));
-          o.progress(`[${before[ci] + r + 1}/${totalRuns}] ${cellLabel(cell)}: run ${r + 1}/${cell.runs} (elapsed ${Math.round((Date.now() - t0) / 1000)} s, ~${eta} s left)`);
-          const { sample, verdict } = await oneRun(cell, link!, ctx(path.join(cellDir, `run-${r}`)), peer);
-          if (!verdict.ok) {
-            status = 'failed';
-            note = `run ${r + 1}: ${verdict.detail}`;
-            o.progress(`  FAILED: ${note}`);
-            break; // a cell that does not verify is not averaged
-          }
-          samples.push(sample);
-          o.progress(`  pause ${sample.pauseMs.toFixed(0)} ms, downtime ${sample.downtimeMs.toFixed(0)} ms, total ${sample.totalMs.toFixed(0)} ms, ${(sample.bytes / 2 ** 20).toFixed(0)} MiB; ${verdict.detail}`);
-        }
-      } catch (e) {
+      const fail = (lane: Lane, e: unknown) => {
         if (e instanceof Unavailable) {
-          status = 'unavailable';
-          note = e.message;
-          unavailable.set(cell.strategy, e.message);
-          o.progress(`  ${cell.strategy} unavailable: ${e.message}`);
+          lane.status = 'unavailable';
+          lane.note = e.message;
+          unavailable.set(lane.cell.strategy, e.message);
+          o.progress(`  ${lane.cell.strategy} unavailable: ${e.message}`);
         } else {
-          status = 'failed';
-          note = (e as Error).message;
-          o.progress(`  FAILED: ${note}`);
+          lane.status = 'failed';
+          lane.note = (e as Error).message;
+          o.progress(`  FAILED: ${lane.note}`);
+        }
+      };
+      try {
+        for (const ci of group) {
+          const cell = cells[ci];
+          const skip = unavailable.get(cell.strategy);
+          if (skip !== undefined) {
+            rows[ci] = rowOf(cell, 'unavailable', [], skip);
+            continue;
+          }
+          const peer = makePeer(cell.strategy);
+          const dir = path.join(scratch, `cell-${ci}`);
+          fs.mkdirSync(dir, { recursive: true });
+          const lane: Lane = { ci, cell, peer, dir, samples: [], status: 'ok', close: track(() => peer.close()) };
+          lanes.push(lane);
+          try {
+            await peer.open(ctx(cell, dir));
+          } catch (e) {
+            fail(lane, e);
+          }
+        }
+        for (let r = 0; r < first.runs; r++) {
+          for (const lane of lanes) {
+            if (lane.status !== 'ok') continue;
+            const { cell } = lane;
+            secondsLeft -= estimateRunSeconds(cell);
+            o.progress(`[${++done}/${totalRuns}] ${cellLabel(cell)}: run ${r + 1}/${cell.runs} (elapsed ${Math.round((Date.now() - t0) / 1000)} s, ~${Math.max(0, Math.round(secondsLeft))} s left)`);
+            try {
+              const { sample, verdict } = await oneRun(cell, link!, ctx(cell, path.join(lane.dir, `run-${r}`)), lane.peer);
+              if (!verdict.ok) {
+                // A cell that does not verify is not averaged.
+                fail(lane, new Error(`run ${r + 1}: ${verdict.detail}`));
+                continue;
+              }
+              lane.samples.push(sample);
+              o.progress(`  pause ${sample.pauseMs.toFixed(0)} ms, downtime ${sample.downtimeMs.toFixed(0)} ms, total ${sample.totalMs.toFixed(0)} ms, ${(sample.bytes / 2 ** 20).toFixed(0)} MiB; ${verdict.detail}`);
+            } catch (e) {
+              fail(lane, e);
+            }
+          }
         }
       } finally {
-        await closePeer();
-        fs.rmSync(cellDir, { recursive: true, force: true });
+        for (const lane of lanes) {
+          await lane.close();
+          fs.rmSync(lane.dir, { recursive: true, force: true });
+          rows[lane.ci] = rowOf(lane.cell, lane.status, lane.status === 'ok' ? lane.samples : [], lane.note);
+        }
       }
-      rows.push(rowOf(cell, status, status === 'ok' ? samples : [], note));
     }
   } finally {
     await dropLink?.();

@@ -26,3 +26,30 @@ export function round(x: number): number {
   if (Math.abs(x) >= 100) return Math.round(x);
   return Number(x.toPrecision(3));
 }
+
+/**
+ * Pause ratio of each row against the baseline strategy's row for the same
+ * workload and link (below 1: a shorter pause than the baseline's). The runner
+ * alternates strategies run by run, so run i of one is paired with run i of
+ * the other; the ratio is the median of those pairs, with their min and max.
+ */
+export interface Ratio { vs: string; median: number; min: number; max: number }
+
+export interface RatioRow {
+  strategy: string; workload: string; memMiB: number; writeMBps: number; link: string; status: string;
+  samples: Array<{ pauseMs: number }>; pauseRatio?: Ratio;
+}
+
+export function addPauseRatios<R extends RatioRow>(rows: R[], baseline: string): R[] {
+  const key = (r: RatioRow) => `${r.workload}|${r.memMiB}|${r.writeMBps}|${r.link}`;
+  const base = new Map(rows.filter((r) => r.strategy === baseline && r.status === 'ok').map((r) => [key(r), r]));
+  for (const r of rows) {
+    const b = base.get(key(r));
+    if (!b || r === b || r.status !== 'ok') continue;
+    const n = Math.min(r.samples.length, b.samples.length);
+    const pairs = Array.from({ length: n }, (_, i) => r.samples[i].pauseMs / b.samples[i].pauseMs);
+    const s = summarize(pairs);
+    if (s) r.pauseRatio = { vs: baseline, median: round(s.median), min: round(s.min), max: round(s.max) };
+  }
+  return rows;
+}

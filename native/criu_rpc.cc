@@ -68,6 +68,7 @@ struct OptsBuilder {
     Bool(o, "orphanPtsMaster", &opts.has_orphan_pts_master, &opts.orphan_pts_master);
     Bool(o, "evasiveDevices", &opts.has_evasive_devices, &opts.evasive_devices);
     Bool(o, "linkRemap", &opts.has_link_remap, &opts.link_remap);
+    Bool(o, "autoDedup", &opts.has_auto_dedup, &opts.auto_dedup);
     Bool(o, "logToStderr", &opts.has_log_to_stderr, &opts.log_to_stderr);
     Int(o, "logLevel", &opts.has_log_level, &opts.log_level);
     Int(o, "statusFd", &opts.has_status_fd, &opts.status_fd);

@@ -1,51 +1,33 @@
 // Pre-copy migration end to end, with real CRIU, real processes and two
 // network namespaces as two hosts: memory moves while the workload runs, and
 // the workload proves after restore that no page was lost.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { createTwoHosts, inHost, TwoHosts } from '../src/testing/hosts';
+import { inHost } from '../src/testing/hosts';
 import { startMemWorkload, startInPidNamespace } from '../src/testing/workload';
 import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
 import { PROJECT_ROOT } from '../src/criu/binary';
-import { CLI, netnsOf, netnsOfPath, runCli, ServeAgent, startServe, tempDir, writeToken } from './helpers/agents';
+import { CLI, netnsOf, netnsOfPath, runCli, tempDir, useTwoHostsWithServe } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root (CRIU, ptrace, userfaultfd, network namespaces)';
 
-let hosts: TwoHosts;
-let dir: string;
-let token: string;
-let serve: ServeAgent;
-
-before(async () => {
-  if (!root) return;
-  hosts = await createTwoHosts({ prefix: 'pfpre' });
-  dir = tempDir('precopy');
-  token = writeToken(dir);
-  serve = await startServe(hosts.b, token, path.join(dir, 'dest'));
-});
-
-after(async () => {
-  if (!root) return;
-  await serve?.stop();
-  await hosts?.destroy();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const fx = useTwoHostsWithServe({ prefix: 'pfpre', tag: 'precopy', enabled: root });
 
 function precopyArgs(pid: number, extra: string[] = []): string[] {
-  return ['migrate', '--pid', String(pid), '--to', `${hosts.b.addr}:${serve.port}`, '--token-file', token,
+  return ['migrate', '--pid', String(pid), '--to', `${fx.hosts.b.addr}:${fx.serve.port}`, '--token-file', fx.token,
     '--mode', 'precopy', '--json', ...extra];
 }
 
 test('precopy moves a 1 GiB workload with 4 writer threads and every page verifies', { skip }, async () => {
-  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, threads: 4, netns: hosts.a.netnsPath! });
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, threads: 4, netns: fx.hosts.a.netnsPath! });
   let restored = 0;
   try {
     await w.resetGap();
-    const r = await runCli(hosts.a, precopyArgs(w.pid));
+    const r = await runCli(fx.hosts.a, precopyArgs(w.pid));
     assert.equal(r.code, 0, r.stderr);
     const rep = r.json!;
     assert.equal(rep.ok, true);
@@ -56,7 +38,7 @@ test('precopy moves a 1 GiB workload with 4 writer threads and every page verifi
     for (const x of rep.rounds) for (const k of ['pages', 'bytes', 'ms', 'dirtyRate']) assert.equal(typeof x[k], 'number');
     assert.ok(rep.rounds[0].pages >= 1024 * 256, 'round 0 copies all memory');
     assert.ok(await waitGone(w.pid, 5000), 'the original is gone');
-    assert.equal(netnsOf(restored), netnsOfPath(hosts.b.netnsPath!));
+    assert.equal(netnsOf(restored), netnsOfPath(fx.hosts.b.netnsPath!));
     const after = await w.report(restored);
     assert.equal(after.ok, true, JSON.stringify(after));
     assert.equal(after.badPages, 0);
@@ -68,7 +50,7 @@ test('precopy moves a 1 GiB workload with 4 writer threads and every page verifi
 
 test('precopy keeps every page through fork, new mmaps, munmap, mremap, brk and shared memory', { skip }, async () => {
   const reports = tempDir('churn');
-  const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: hosts.a.netnsPath! });
+  const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: fx.hosts.a.netnsPath! });
   const read = (role: string) => { try { return JSON.parse(fs.readFileSync(path.join(reports, `report-${role}.json`), 'utf8')); } catch { return null; } };
   let pid = -1;
   let restored = 0;
@@ -79,7 +61,7 @@ test('precopy keeps every page through fork, new mmaps, munmap, mremap, brk and 
       await sleep(20);
     }
     // Start the migration, and the churn (fork, mmaps...) once round 0 is under way.
-    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(pid, ['--max-rounds', '6', '--downtime-limit', '5'])]);
+    const argv = inHost(fx.hosts.a, [process.execPath, CLI, ...precopyArgs(pid, ['--max-rounds', '6', '--downtime-limit', '5'])]);
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -119,11 +101,11 @@ test('precopy keeps every page through fork, new mmaps, munmap, mremap, brk and 
 });
 
 test('the source agent killed mid-round leaves the workload running, untracked and intact', { skip }, async () => {
-  const w = await startMemWorkload({ mib: 512, writeMBps: 50, netns: hosts.a.netnsPath! });
+  const w = await startMemWorkload({ mib: 512, writeMBps: 50, netns: fx.hosts.a.netnsPath! });
   try {
     // A bandwidth cap keeps the rounds going long enough to kill the agent in one.
     // --work-dir inside the test's directory: a SIGKILLed agent cannot remove its own.
-    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid, ['--max-bandwidth', String(100 << 20), '--work-dir', dir])]);
+    const argv = inHost(fx.hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid, ['--max-bandwidth', String(100 << 20), '--work-dir', fx.dir])]);
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d) => { err += d; });
@@ -147,9 +129,9 @@ test('the source agent killed mid-round leaves the workload running, untracked a
 });
 
 test('the source agent killed while CRIU holds the frozen tree: the original resumes, no copy runs', { skip }, async () => {
-  const w = await startMemWorkload({ mib: 256, writeMBps: 20, netns: hosts.a.netnsPath! });
+  const w = await startMemWorkload({ mib: 256, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
   try {
-    const argv = inHost(hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid, ['--work-dir', dir])]);
+    const argv = inHost(fx.hosts.a, [process.execPath, CLI, ...precopyArgs(w.pid, ['--work-dir', fx.dir])]);
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d) => { err += d; });
@@ -178,14 +160,14 @@ test('the source agent killed while CRIU holds the frozen tree: the original res
 
 test('a workload that uses userfaultfd itself is not tracked: precopy falls back to stop-copy and says so', { skip }, async () => {
   const bin = path.join(PROJECT_ROOT, 'build', 'workloads', 'uffdwork');
-  const ns = startInPidNamespace([bin], { netns: hosts.a.netnsPath! });
+  const ns = startInPidNamespace([bin], { netns: fx.hosts.a.netnsPath! });
   let pid = -1;
   let restored = 0;
   try {
     const end = Date.now() + 10_000;
     while ((pid = ns.initPid()) < 0) { assert.ok(Date.now() < end, ns.stderr()); await sleep(20); }
     await sleep(300);
-    const r = await runCli(hosts.a, precopyArgs(pid));
+    const r = await runCli(fx.hosts.a, precopyArgs(pid));
     // The fallback is reported either way; whether CRIU itself can then dump a
     // process holding a userfaultfd decides the rest, and the workload must
     // come out of it alive in exactly one place.

@@ -1,42 +1,24 @@
 // Stop-copy migration end to end, with real CRIU, real processes and two
 // network namespaces acting as two hosts. Each test proves one promise: the
 // workload arrives whole, or it keeps running untouched at the source.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createTwoHosts, runIn, TwoHosts } from '../src/testing/hosts';
+import { runIn } from '../src/testing/hosts';
 import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
 import { isAlive, procState, runCmd, sleep, waitGone } from '../src/testing/proc';
 import { PROJECT_ROOT } from '../src/criu/binary';
 import { ExitCode } from '../src/errors';
-import { netnsOf, netnsOfPath, runCli, ServeAgent, startServe, tempDir, writeToken } from './helpers/agents';
+import { netnsOf, netnsOfPath, runCli, startServe, useTwoHostsWithServe, writeToken } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root (CRIU, network namespaces)';
 
-let hosts: TwoHosts;
-let dir: string;
-let token: string;
-let serve: ServeAgent;
+const fx = useTwoHostsWithServe({ prefix: 'pfmig', tag: 'stopcopy', enabled: root });
 
-before(async () => {
-  if (!root) return;
-  hosts = await createTwoHosts({ prefix: 'pfmig' });
-  dir = tempDir('stopcopy');
-  token = writeToken(dir);
-  serve = await startServe(hosts.b, token, path.join(dir, 'dest'));
-});
-
-after(async () => {
-  if (!root) return;
-  await serve?.stop();
-  await hosts?.destroy();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
-
-function migrateArgs(pid: number, extra: string[] = [], tok = token, port = serve.port): string[] {
-  return ['migrate', '--pid', String(pid), '--to', `${hosts.b.addr}:${port}`, '--token-file', tok, '--json', ...extra];
+function migrateArgs(pid: number, extra: string[] = [], tok = fx.token, port = fx.serve.port): string[] {
+  return ['migrate', '--pid', String(pid), '--to', `${fx.hosts.b.addr}:${port}`, '--token-file', tok, '--json', ...extra];
 }
 
 async function expectUntouched(w: MemWorkload): Promise<void> {
@@ -48,12 +30,12 @@ async function expectUntouched(w: MemWorkload): Promise<void> {
 }
 
 test('a 1 GiB workload moves to the other host and verifies all of its memory', { skip }, async () => {
-  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: hosts.a.netnsPath! });
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
   let restored = 0;
   try {
     const before = await w.report();
     assert.ok(before.ok);
-    const r = await runCli(hosts.a, migrateArgs(w.pid));
+    const r = await runCli(fx.hosts.a, migrateArgs(w.pid));
     assert.equal(r.code, 0, r.stderr);
     const rep = r.json!;
     assert.equal(rep.ok, true);
@@ -66,7 +48,7 @@ test('a 1 GiB workload moves to the other host and verifies all of its memory', 
 
     assert.ok(await waitGone(w.pid, 5000), 'the original is gone: it never runs twice');
     assert.ok(isAlive(restored), 'the restored copy runs');
-    assert.equal(netnsOf(restored), netnsOfPath(hosts.b.netnsPath!), 'and it runs on host b');
+    assert.equal(netnsOf(restored), netnsOfPath(fx.hosts.b.netnsPath!), 'and it runs on host b');
     const after = await w.report(restored);
     assert.equal(after.ok, true, `memory verified after restore: ${JSON.stringify(after)}`);
     assert.equal(after.pages, 1024 * 256);
@@ -78,10 +60,10 @@ test('a 1 GiB workload moves to the other host and verifies all of its memory', 
 });
 
 test('a process tree with an established TCP connection in its own network namespace survives', { skip }, async () => {
-  const report = path.join(dir, 'tcp.json');
+  const report = path.join(fx.dir, 'tcp.json');
   // unshare -n inside the pid namespace's launcher: a network namespace of its own.
   const ns = startInPidNamespace(['unshare', '-n', path.join(PROJECT_ROOT, 'build', 'workloads', 'tcpwork'), report],
-    { netns: hosts.a.netnsPath! });
+    { netns: fx.hosts.a.netnsPath! });
   const readReport = () => { try { return JSON.parse(fs.readFileSync(report, 'utf8')); } catch { return null; } };
   let pid = -1;
   let restored = 0;
@@ -92,9 +74,9 @@ test('a process tree with an established TCP connection in its own network names
       await sleep(20);
     }
     // The real test: unshare -n gives the tree a network namespace of its own.
-    assert.notEqual(netnsOf(pid), netnsOfPath(hosts.a.netnsPath!), 'workload has its own netns');
+    assert.notEqual(netnsOf(pid), netnsOfPath(fx.hosts.a.netnsPath!), 'workload has its own netns');
     await sleep(200);
-    const r = await runCli(hosts.a, migrateArgs(pid, ['--tcp-established']));
+    const r = await runCli(fx.hosts.a, migrateArgs(pid, ['--tcp-established']));
     assert.equal(r.code, 0, r.stderr);
     restored = r.json!.restoredPid;
     assert.ok(await waitGone(pid, 5000));
@@ -122,10 +104,10 @@ async function askTcp(pid: number, report: string): Promise<any> {
 }
 
 test('a destination killed mid-transfer leaves the workload running at the source', { skip }, async () => {
-  const side = await startServe(hosts.b, token, path.join(dir, 'dest-killed'));
-  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: hosts.a.netnsPath! });
+  const side = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest-killed'));
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
   try {
-    const run = runCli(hosts.a, migrateArgs(w.pid, [], token, side.port));
+    const run = runCli(fx.hosts.a, migrateArgs(w.pid, [], fx.token, side.port));
     // Kill the destination once pages are flowing: some pages file has grown.
     const end = Date.now() + 60_000;
     let seen = 0;
@@ -160,35 +142,35 @@ function pagesBytes(d: string): number {
 }
 
 test('a wrong token is refused and the workload is untouched', { skip }, async () => {
-  const w = await startMemWorkload({ mib: 32, netns: hosts.a.netnsPath! });
+  const w = await startMemWorkload({ mib: 32, netns: fx.hosts.a.netnsPath! });
   try {
-    const bad = writeToken(dir, 'not-the-right-token-at-all');
-    const r = await runCli(hosts.a, migrateArgs(w.pid, [], bad));
+    const bad = writeToken(fx.dir, 'not-the-right-token-at-all');
+    const r = await runCli(fx.hosts.a, migrateArgs(w.pid, [], bad));
     assert.equal(r.code, 4, r.stderr);
     assert.equal(r.json?.error?.code, 'auth');
     assert.equal(r.json?.rolledBack, true);
     assert.equal(r.stderr.trim().split('\n').length, 1, 'one line, no stack trace');
     await expectUntouched(w);
-    assert.deepEqual(fs.readdirSync(serve.dir), [], 'the destination created nothing');
+    assert.deepEqual(fs.readdirSync(fx.serve.dir), [], 'the destination created nothing');
   } finally {
     await w.stop();
   }
 });
 
 test('bad input gets one line and a distinct exit code, and the workload is untouched', { skip }, async () => {
-  const w = await startMemWorkload({ mib: 16, netns: hosts.a.netnsPath! });
+  const w = await startMemWorkload({ mib: 16, netns: fx.hosts.a.netnsPath! });
   try {
     const cases: [string[], number, RegExp][] = [
       [migrateArgs(w.pid, ['--mode', 'warp']), 2, /--mode/],
-      [['migrate', '--pid', 'abc', '--to', 'x:1', '--token-file', token], 2, /--pid/],
-      [['migrate', '--pid', String(w.pid), '--to', 'nohostport', '--token-file', token], 2, /--to/],
-      [['migrate', '--pid', String(w.pid), '--to', `${hosts.b.addr}:1`, '--token-file', token], 6, /cannot reach/],
-      [['migrate', '--pid', '4000000', '--to', `${hosts.b.addr}:1`, '--token-file', token], 9, /no running process/],
-      [['migrate', '--pid', String(w.pid), '--to', `${hosts.b.addr}:1`, '--token-file', '/nonexistent'], 2, /token file/],
+      [['migrate', '--pid', 'abc', '--to', 'x:1', '--token-file', fx.token], 2, /--pid/],
+      [['migrate', '--pid', String(w.pid), '--to', 'nohostport', '--token-file', fx.token], 2, /--to/],
+      [['migrate', '--pid', String(w.pid), '--to', `${fx.hosts.b.addr}:1`, '--token-file', fx.token], 6, /cannot reach/],
+      [['migrate', '--pid', '4000000', '--to', `${fx.hosts.b.addr}:1`, '--token-file', fx.token], 9, /no running process/],
+      [['migrate', '--pid', String(w.pid), '--to', `${fx.hosts.b.addr}:1`, '--token-file', '/nonexistent'], 2, /token file/],
       [['migrate', '--bogus'], 2, /unknown option/],
     ];
     for (const [args, code, re] of cases) {
-      const r = await runCli(hosts.a, args);
+      const r = await runCli(fx.hosts.a, args);
       assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, re);
       assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
@@ -203,20 +185,20 @@ test('bad input gets one line and a distinct exit code, and the workload is unto
 test('garbage from the network does not take the agent down', { skip }, async () => {
   // The agent listens on host b; probes connect from host a, like a real peer.
   const probe = async (hex: string) => {
-    const code = `const s=require('net').connect(${serve.port},'${hosts.b.addr}');s.on('error',()=>{});` +
+    const code = `const s=require('net').connect(${fx.serve.port},'${fx.hosts.b.addr}');s.on('error',()=>{});` +
       `s.on('connect',()=>{s.write(Buffer.from('${hex}','hex'));setTimeout(()=>s.destroy(),300)});`;
-    await runIn(hosts.a, [process.execPath, '-e', code], { timeoutMs: 10_000 });
+    await runIn(fx.hosts.a, [process.execPath, '-e', code], { timeoutMs: 10_000 });
   };
   await probe('ffffffff'); // a 4 GiB frame length
   await probe('0000000a' + '00'.repeat(10)); // a frame that is not a message
   await probe('00000003' + '93' + '0102'); // truncated msgpack
   await probe(Buffer.from('GET / HTTP/1.1\r\n\r\n').toString('hex'));
-  assert.equal(serve.proc.exitCode, null, 'the agent is still running');
+  assert.equal(fx.serve.proc.exitCode, null, 'the agent is still running');
   // ... and still migrates.
-  const w = await startMemWorkload({ mib: 16, netns: hosts.a.netnsPath! });
+  const w = await startMemWorkload({ mib: 16, netns: fx.hosts.a.netnsPath! });
   let restored = 0;
   try {
-    const r = await runCli(hosts.a, migrateArgs(w.pid));
+    const r = await runCli(fx.hosts.a, migrateArgs(w.pid));
     assert.equal(r.code, 0, r.stderr);
     restored = r.json!.restoredPid;
     assert.equal((await w.report(restored)).ok, true);
@@ -235,20 +217,20 @@ test('after authentication too, bad requests are refused one by one and the agen
     'unknown-mode': /mode/,
   };
   for (const [scenario, re] of Object.entries(expected)) {
-    const r = await runIn(hosts.a, [process.execPath, evil, hosts.b.addr, String(serve.port), token, scenario], { timeoutMs: 30_000 });
+    const r = await runIn(fx.hosts.a, [process.execPath, evil, fx.hosts.b.addr, String(fx.serve.port), fx.token, scenario], { timeoutMs: 30_000 });
     const verdict = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
     assert.equal(verdict.t, 'error', `${scenario}: ${r.stdout} ${r.stderr}`);
     assert.match(String(verdict.message), re, scenario);
-    assert.equal(serve.proc.exitCode, null, `the agent survived ${scenario}`);
+    assert.equal(fx.serve.proc.exitCode, null, `the agent survived ${scenario}`);
   }
-  assert.ok(!fs.existsSync(path.join(serve.dir, '..', '..', 'etc', 'phaul-evil')) && !fs.existsSync('/etc/phaul-evil'));
+  assert.ok(!fs.existsSync(path.join(fx.serve.dir, '..', '..', 'etc', 'phaul-evil')) && !fs.existsSync('/etc/phaul-evil'));
   // Sessions cleaned up after themselves.
   await sleep(200);
-  assert.deepEqual(fs.readdirSync(serve.dir), []);
+  assert.deepEqual(fs.readdirSync(fx.serve.dir), []);
 });
 
 test('one agent serves several migrations at once', { skip }, async () => {
-  const ws = await Promise.all([1, 2, 3].map(() => startMemWorkload({ mib: 64, writeMBps: 10, netns: hosts.a.netnsPath! })));
+  const ws = await Promise.all([1, 2, 3].map(() => startMemWorkload({ mib: 64, writeMBps: 10, netns: fx.hosts.a.netnsPath! })));
   const restored: number[] = [];
   try {
     // What is tested is the destination's concurrency. CRIU's own dump, three
@@ -256,11 +238,11 @@ test('one agent serves several migrations at once', { skip }, async () => {
     // failed to dump /proc/self/cgroup", seen once here): that failure
     // must be a clean rollback, and then the same migration is tried again.
     const once = async (w: MemWorkload) => {
-      const r = await runCli(hosts.a, migrateArgs(w.pid));
+      const r = await runCli(fx.hosts.a, migrateArgs(w.pid));
       if (r.code !== ExitCode.criu) return r;
       assert.equal(r.json?.rolledBack, true, r.stderr);
       await expectUntouched(w);
-      return runCli(hosts.a, migrateArgs(w.pid));
+      return runCli(fx.hosts.a, migrateArgs(w.pid));
     };
     const rs = await Promise.all(ws.map(once));
     for (const [i, r] of rs.entries()) {
@@ -279,20 +261,20 @@ test('one agent serves several migrations at once', { skip }, async () => {
 });
 
 test('over TLS, with the destination\'s certificate pinned', { skip }, async () => {
-  const key = path.join(dir, 'tls-key.pem');
-  const cert = path.join(dir, 'tls-cert.pem');
+  const key = path.join(fx.dir, 'tls-key.pem');
+  const cert = path.join(fx.dir, 'tls-cert.pem');
   const gen = await runCmd(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert,
-    '-days', '1', '-subj', '/CN=phaul-test', '-addext', `subjectAltName=IP:${hosts.b.addr}`], { timeoutMs: 30_000 });
+    '-days', '1', '-subj', '/CN=phaul-test', '-addext', `subjectAltName=IP:${fx.hosts.b.addr}`], { timeoutMs: 30_000 });
   assert.equal(gen.code, 0, gen.stderr);
-  const tlsServe = await startServe(hosts.b, token, path.join(dir, 'dest-tls'), ['--tls-cert', cert, '--tls-key', key]);
-  const w = await startMemWorkload({ mib: 64, writeMBps: 10, netns: hosts.a.netnsPath! });
+  const tlsServe = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest-tls'), ['--tls-cert', cert, '--tls-key', key]);
+  const w = await startMemWorkload({ mib: 64, writeMBps: 10, netns: fx.hosts.a.netnsPath! });
   let restored = 0;
   try {
     // Without the CA the certificate is refused, before anything is touched.
-    const refused = await runCli(hosts.a, migrateArgs(w.pid, ['--tls'], token, tlsServe.port));
+    const refused = await runCli(fx.hosts.a, migrateArgs(w.pid, ['--tls'], fx.token, tlsServe.port));
     assert.equal(refused.code, 6, refused.stderr);
     await expectUntouched(w);
-    const r = await runCli(hosts.a, migrateArgs(w.pid, ['--tls', '--tls-ca', cert], token, tlsServe.port));
+    const r = await runCli(fx.hosts.a, migrateArgs(w.pid, ['--tls', '--tls-ca', cert], fx.token, tlsServe.port));
     assert.equal(r.code, 0, r.stderr);
     restored = r.json!.restoredPid;
     assert.ok(await waitGone(w.pid, 5000));

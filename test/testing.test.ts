@@ -201,7 +201,7 @@ test('a loopback host is one namespace at 127.0.0.1 with its own byte counter', 
 
 // The benchmark's pure parts: matrix, statistics, report.
 import { buildMatrix, estimateSeconds, STRATEGIES } from '../bench/matrix';
-import { median, summarize } from '../bench/stats';
+import { addPauseRatios, median, summarize, type RatioRow } from '../bench/stats';
 import { markdown, svgChart } from '../bench/report';
 import type { Row } from '../bench/runner';
 
@@ -223,6 +223,22 @@ test('bench: median and spread', () => {
   assert.equal(summarize([]), null);
 });
 
+test('bench: pause ratios pair run i of a strategy with run i of criu:page-server', () => {
+  const r = (strategy: string, link: string, pauses: number[], status = 'ok'): RatioRow => ({
+    strategy, workload: 'memwork', memMiB: 1024, writeMBps: 20, link, status, samples: pauses.map((pauseMs) => ({ pauseMs })),
+  });
+  const rows = addPauseRatios([
+    r('phaul-fast:stop-copy', 'loopback', [500, 900, 600]),
+    r('criu:page-server', 'loopback', [1000, 1000, 2000]),
+    r('phaul-fast:stop-copy', '1gbit', [700]), // no baseline on this link
+    r('criu:lazy', 'loopback', [], 'failed'),
+  ], 'criu:page-server');
+  assert.deepEqual(rows[0].pauseRatio, { vs: 'criu:page-server', median: 0.5, min: 0.3, max: 0.9 });
+  assert.equal(rows[1].pauseRatio, undefined);
+  assert.equal(rows[2].pauseRatio, undefined);
+  assert.equal(rows[3].pauseRatio, undefined);
+});
+
 test('bench: markdown table and SVG chart', () => {
   const machine = { cpu: 'cpu', cores: 2, memGiB: 24, kernel: '6.18', os: 'Debian', criu: '4.1.1', node: 'v20', phaulFast: '0.1.0', date: '2026-01-01T00:00:00Z' };
   const row = (strategy: Row['strategy'], memMiB: number, pauseMs: number): Row => ({
@@ -233,7 +249,7 @@ test('bench: markdown table and SVG chart', () => {
   const rows = [row('criu:page-server', 256, 600), row('criu:page-server', 1024, 1800), row('criu:lazy', 256, 150),
     { ...row('phaul-fast:hybrid', 256, 0), status: 'unavailable' as const, pauseMs: null, note: 'not offered' }];
   const md = markdown(rows, machine, 'phaul-fast bench --quick', 100);
-  assert.match(md, /\| memwork \| 1024 \| 50 \| loopback \| criu:page-server \| 1800 \(1620–1980\) \|/);
+  assert.match(md, /\| memwork \| 1024 \| 50 \| loopback \| criu:page-server \| 1800 \(1620–1980\) \| 1x \|/);
   assert.match(md, /unavailable: not offered/);
   const svg = svgChart(rows, machine);
   assert.match(svg, /^<svg /);

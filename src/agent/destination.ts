@@ -254,7 +254,17 @@ class DestSession {
         type: 'restore',
         imagesDir: this.dir,
         logFile: 'restore.log',
-        opts: { leaveStopped: true, networkLock: criuFlags.tcpEstablished ? 'nftables' : undefined, ...criuFlags },
+        opts: {
+          leaveStopped: true,
+          networkLock: criuFlags.tcpEstablished ? 'nftables' : undefined,
+          // The images are read once: freeing them as the restore reads them
+          // halves the destination's peak memory, and the restore's own pages
+          // come from what the images just gave back instead of from memory
+          // nobody has touched (on VMs with free-page reporting, 3-4x slower
+          // to fault in; docs/BENCH.md).
+          autoDedup: !agent.opts.keepImages,
+          ...criuFlags,
+        },
       },
       {
         timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,

@@ -22,6 +22,12 @@ export interface CriuOpts {
   orphanPtsMaster?: boolean;
   evasiveDevices?: boolean;
   linkRemap?: boolean;
+  /**
+   * Restore: punch holes in the pages images as they are read (CRIU reads in
+   * 128 MiB steps), so the images and the restored memory never both hold the
+   * whole tree.
+   */
+  autoDedup?: boolean;
   logLevel?: number;
   statusFd?: number;
   timeout?: number;

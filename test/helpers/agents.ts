@@ -5,8 +5,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
+import { after, before } from 'node:test';
 import { PROJECT_ROOT } from '../../src/criu/binary';
-import { Host, spawnIn } from '../../src/testing/hosts';
+import { createTwoHosts, Host, spawnIn, TwoHosts } from '../../src/testing/hosts';
 
 export const CLI = path.join(PROJECT_ROOT, 'dist', 'src', 'cli', 'main.js');
 
@@ -93,4 +94,38 @@ export function netnsOf(pid: number | 'self'): string {
 
 export function netnsOfPath(p: string): string {
   return `net:[${fs.statSync(p).ino}]`;
+}
+
+/** Two hosts with a destination agent serving in host b; see useTwoHostsWithServe. */
+export interface TwoHostsWithServe {
+  hosts: TwoHosts;
+  /** The test's temp directory (holds the token; the agent's --dir is DIR/dest). */
+  dir: string;
+  token: string;
+  serve: ServeAgent;
+}
+
+/**
+ * Registers before/after hooks for the calling test file: before, two hosts
+ * (namespaces named PREFIX-...), a temp directory (phaul-test-TAG-...) with a
+ * token in it, and `phaul-fast serve` in host b; after, the agent is ended,
+ * the namespaces removed and the directory deleted. Nothing happens when
+ * `enabled` is false (not root). The fields are filled in by the before hook.
+ */
+export function useTwoHostsWithServe(opts: { prefix: string; tag: string; enabled: boolean }): TwoHostsWithServe {
+  const fx = {} as TwoHostsWithServe;
+  before(async () => {
+    if (!opts.enabled) return;
+    fx.hosts = await createTwoHosts({ prefix: opts.prefix });
+    fx.dir = tempDir(opts.tag);
+    fx.token = writeToken(fx.dir);
+    fx.serve = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest'));
+  });
+  after(async () => {
+    if (!opts.enabled) return;
+    await fx.serve?.stop();
+    await fx.hosts?.destroy();
+    fs.rmSync(fx.dir, { recursive: true, force: true });
+  });
+  return fx;
 }

@@ -9,7 +9,8 @@ import { criuBinary, PROJECT_ROOT } from '../../criu/binary';
 import { buildMatrix, cellLabel, estimateSeconds, LINKS, STRATEGIES, type LinkName, type StrategyName } from '../../../bench/matrix';
 import { abortCleanup, runMatrix } from '../../../bench/runner';
 import { describeMachine } from '../../../bench/machine';
-import { markdown, svgChart } from '../../../bench/report';
+import { BASELINE, markdown, svgChart } from '../../../bench/report';
+import { addPauseRatios } from '../../../bench/stats';
 
 const spec = {
   quick: { type: 'boolean', help: 'the small matrix (under 3 minutes; includes a 1 GiB workload)' },
@@ -79,7 +80,7 @@ export async function run(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   let rows;
   try {
-    rows = await runMatrix(cells, { criu, scratch: '/dev/shm', progress });
+    rows = addPauseRatios(await runMatrix(cells, { criu, scratch: '/dev/shm', progress }), BASELINE);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
