@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { inHost } from '../src/testing/hosts';
-import { startMemWorkload, startInPidNamespace } from '../src/testing/workload';
+import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
 import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
 import { PROJECT_ROOT } from '../src/criu/binary';
 import { CLI, netnsOf, netnsOfPath, runCli, tempDir, useTwoHostsWithServe } from './helpers/agents';
@@ -17,9 +17,36 @@ const skip = root ? false : 'needs root (CRIU, ptrace, userfaultfd, network name
 
 const fx = useTwoHostsWithServe({ prefix: 'pfpre', tag: 'precopy', enabled: root });
 
-function precopyArgs(pid: number, extra: string[] = []): string[] {
+function precopyArgs(pid: number, extra: string[] = [], mode = 'precopy'): string[] {
   return ['migrate', '--pid', String(pid), '--to', `${fx.hosts.b.addr}:${fx.serve.port}`, '--token-file', fx.token,
-    '--mode', 'precopy', '--json', ...extra];
+    '--mode', mode, '--json', ...extra];
+}
+
+/** The original is gone and the copy, in host b, verifies every one of its pages. */
+async function assertMovedIntact(w: MemWorkload, restored: number, mib: number): Promise<void> {
+  assert.ok(await waitGone(w.pid, 5000), 'the original is gone');
+  assert.equal(netnsOf(restored), netnsOfPath(fx.hosts.b.netnsPath!));
+  const after = await w.report(restored);
+  assert.equal(after.ok, true, JSON.stringify(after));
+  assert.equal(after.badPages, 0);
+  assert.equal(after.pages, mib * 256);
+}
+
+/** Processes whose command line mentions `needle` (zombies aside). */
+function processesWith(needle: string): number[] {
+  return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
+    try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
+  });
+}
+
+/** Waits until the destination has no session directory left (it removes each when the session ends). */
+async function destIsEmpty(ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (!fs.existsSync(fx.serve.dir) || fs.readdirSync(fx.serve.dir).length === 0) return true;
+    await sleep(50);
+  }
+  return false;
 }
 
 test('precopy moves a 1 GiB workload with 4 writer threads and every page verifies', { skip }, async () => {
@@ -37,18 +64,74 @@ test('precopy moves a 1 GiB workload with 4 writer threads and every page verifi
     assert.ok(Array.isArray(rep.rounds) && rep.rounds.length >= 2, `rounds: ${JSON.stringify(rep.rounds)}`);
     for (const x of rep.rounds) for (const k of ['pages', 'bytes', 'ms', 'dirtyRate']) assert.equal(typeof x[k], 'number');
     assert.ok(rep.rounds[0].pages >= 1024 * 256, 'round 0 copies all memory');
-    assert.ok(await waitGone(w.pid, 5000), 'the original is gone');
-    assert.equal(netnsOf(restored), netnsOfPath(fx.hosts.b.netnsPath!));
-    const after = await w.report(restored);
-    assert.equal(after.ok, true, JSON.stringify(after));
-    assert.equal(after.badPages, 0);
-    assert.equal(after.pages, 1024 * 256);
+    await assertMovedIntact(w, restored, 1024);
   } finally {
     await w.stop(restored);
   }
 });
 
-test('precopy keeps every page through fork, new mmaps, munmap, mremap, brk and shared memory', { skip }, async () => {
+test('hybrid moves a 1 GiB workload that resumes before its memory is back; every page verifies; nothing is left behind', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, threads: 2, netns: fx.hosts.a.netnsPath! });
+  let restored = 0;
+  try {
+    await w.resetGap();
+    const r = await runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
+    assert.equal(r.code, 0, r.stderr);
+    const rep = r.json!;
+    assert.equal(rep.mode, 'hybrid', rep.fallback);
+    assert.equal(rep.warning, undefined);
+    restored = rep.restoredPid;
+    w.adopt(restored);
+    // The tree ran before its memory was complete, and the source waited for the fill.
+    assert.equal(typeof rep.filledMs, 'number');
+    assert.ok(rep.filledMs >= rep.downtimeMs, `filled ${rep.filledMs} ms, downtime ${rep.downtimeMs} ms`);
+    assert.equal(typeof rep.phases.fill, 'number');
+    assert.match(fx.serve.stderr(), /memory filling lazily/);
+    assert.match(fx.serve.stderr(), /memory filled \d+ ms after the restore began/);
+    await assertMovedIntact(w, restored, 1024);
+    assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
+    assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon ended');
+  } finally {
+    await w.stop(restored);
+  }
+});
+
+test('hybrid: a restore that fails after the lazy-pages daemon started rolls back; the daemon and the copy are gone', { skip }, async () => {
+  // The workload listens on a port that, on the destination host, is taken:
+  // CRIU's restore cannot bind it, after the daemon was already waiting.
+  const port = 7790;
+  const listener = "import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n" +
+    `s.bind(('0.0.0.0', ${port})); s.listen()\nwhile True: time.sleep(0.01)\n`;
+  const blocker = spawn('nsenter', [`--net=${fx.hosts.b.netnsPath}`, 'python3', '-c', listener], { stdio: 'ignore' });
+  // Its stdio must not be the test's pipes (unix sockets to outside the tree, which CRIU refuses).
+  const ns = startInPidNamespace(['sh', '-c', 'exec python3 -c "$1" </dev/null >/dev/null 2>&1', 'sh', listener],
+    { netns: fx.hosts.a.netnsPath! });
+  let pid = -1;
+  try {
+    const end = Date.now() + 10_000;
+    while ((pid = ns.initPid()) < 0) { assert.ok(Date.now() < end, ns.stderr()); await sleep(20); }
+    await sleep(500);
+    assert.ok(isAlive(pid) && blocker.exitCode === null, 'workload and blocker listen');
+    const r = await runCli(fx.hosts.a, precopyArgs(pid, [], 'hybrid'));
+    assert.notEqual(r.code, 0, 'the migration failed');
+    assert.equal(r.json!.ok, false);
+    assert.equal(r.json!.rolledBack, true, r.stderr);
+    assert.match(r.json!.error.message, /criu restore failed/, 'it failed where meant to');
+    assert.match(fx.serve.stderr(), /criu lazy-pages \(pid \d+\) waits for the restore/, 'after the daemon started');
+    assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
+    assert.match(fx.serve.stderr(), /migration failed/);
+    assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
+    assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon was ended');
+    assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
+      [], 'no restored copy anywhere');
+  } finally {
+    if (pid > 0 && isAlive(pid)) process.kill(pid, 'SIGKILL');
+    if (ns.child.pid && isAlive(ns.child.pid)) process.kill(ns.child.pid, 'SIGKILL');
+    blocker.kill('SIGKILL');
+  }
+});
+
+for (const mode of ['precopy', 'hybrid']) test(`${mode} keeps every page through fork, new mmaps, munmap, mremap, brk and shared memory`, { skip }, async () => {
   const reports = tempDir('churn');
   const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: fx.hosts.a.netnsPath! });
   const read = (role: string) => { try { return JSON.parse(fs.readFileSync(path.join(reports, `report-${role}.json`), 'utf8')); } catch { return null; } };
@@ -61,7 +144,7 @@ test('precopy keeps every page through fork, new mmaps, munmap, mremap, brk and 
       await sleep(20);
     }
     // Start the migration, and the churn (fork, mmaps...) once round 0 is under way.
-    const argv = inHost(fx.hosts.a, [process.execPath, CLI, ...precopyArgs(pid, ['--max-rounds', '6', '--downtime-limit', '5'])]);
+    const argv = inHost(fx.hosts.a, [process.execPath, CLI, ...precopyArgs(pid, ['--max-rounds', '6', '--downtime-limit', '5'], mode)]);
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -74,7 +157,7 @@ test('precopy keeps every page through fork, new mmaps, munmap, mremap, brk and 
     const code = await done;
     assert.equal(code, 0, err);
     const rep = JSON.parse(out.trim().split('\n').pop()!);
-    assert.equal(rep.mode, 'precopy', rep.fallback);
+    assert.equal(rep.mode, mode, rep.fallback);
     assert.ok(rep.rounds.length >= 2, 'several rounds ran while it churned');
     restored = rep.restoredPid;
     assert.ok(await waitGone(pid, 5000));

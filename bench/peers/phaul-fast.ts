@@ -41,6 +41,8 @@ interface MigrateReport {
   phases?: Record<string, number>;
   rounds?: Array<{ pages: number; bytes: number; ms: number; dirtyRate: number }>;
   sourceReleasedMs?: number;
+  /** Hybrid: from the freeze until the memory was filled. */
+  filledMs?: number;
   error?: string;
   message?: string;
 }
@@ -105,12 +107,15 @@ export class PhaulFastPeer implements Peer {
     const restoredPid = Number(rep.restoredPid);
     if (!Number.isInteger(restoredPid) || restoredPid <= 0) throw new Error(`phaul-fast migrate: report without restoredPid: ${last.slice(0, 200)}`);
     hooks.onRunning(restoredPid);
-    const totalMs = Number(rep.totalMs ?? wall);
+    const runningMs = Number(rep.totalMs ?? wall);
+    // Hybrid reports when its memory was filled, counted from the freeze: the
+    // destination has everything then; the source was free once it ran.
+    const totalMs = rep.filledMs !== undefined ? runningMs - Number(rep.downtimeMs) + Number(rep.filledMs) : runningMs;
     return {
       restoredPid,
       downtimeMs: Number(rep.downtimeMs),
       totalMs,
-      sourceFreeMs: Number(rep.sourceReleasedMs ?? totalMs),
+      sourceFreeMs: Number(rep.sourceReleasedMs ?? runningMs),
       offLinkBytes: 0,
       engineBytes: rep.bytesSent,
       // Pre-copy reports each round (the last is the final one, frozen); stop-copy is one pass.

@@ -21,8 +21,10 @@ export function localCapabilities(): Promise<Capabilities> {
     criu,
     kernel: os.release(),
     arch: process.arch,
-    // Pre-copy needs our dirty tracker (uffd-wp async + PAGEMAP_SCAN), probed for real.
-    modes: DirtyTracker.support().ok ? ['stop-copy', 'precopy'] : ['stop-copy'],
+    // Pre-copy needs our dirty tracker (uffd-wp async + PAGEMAP_SCAN), probed for
+    // real; hybrid adds CRIU's lazy restore, which needs only userfaultfd, which
+    // a working tracker proves.
+    modes: DirtyTracker.support().ok ? ['stop-copy', 'precopy', 'hybrid'] : ['stop-copy'],
   }));
   return cached;
 }

@@ -6,6 +6,8 @@
 // Two-phase switchover (docs/PROTOCOL.md): restore leaves the tree stopped;
 // `commit` resumes it. If the source goes away before committing, the stopped
 // copy never ran and is killed, while the source resumes its original.
+// Hybrid mode receives like pre-copy but restores lazily: CRIU's lazy-pages
+// daemon fills the tree's memory from this host's store after it resumes.
 import { EventEmitter } from 'node:events';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -20,6 +22,8 @@ import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
 import { withDeadline } from '../util/deadline';
 import { runCriuOrThrow } from '../criu/rpc';
+import { LocalLazyPages } from '../criu/lazy-pages';
+import { serveLazyPages } from '../transport/lazy-page-server';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
@@ -58,6 +62,11 @@ class DestSession {
   readonly dataPromise = new Promise<DataChannel>((r) => { this.dataArrived = r; });
   /** Pre-copy: the page store and its batch streams. */
   store?: PageStore;
+  /** Hybrid: the daemon filling the restored tree's memory from the store. */
+  lazyPages?: LocalLazyPages;
+  /** Hybrid: CRIU image id -> the pid the store's batches used. */
+  private imageIds = new Map<number, number>();
+  private criuHeaderSize: 24 | 32 = 32;
   expectedStreams = 0;
   private readonly streams: net.Socket[] = [];
   private readonly received = new Map<number, number>();
@@ -67,15 +76,20 @@ class DestSession {
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
 
+  /** Pre-copy and hybrid: pages come as batches on N streams into a page store. */
+  private streamsPages(): boolean {
+    return this.mode === 'precopy' || this.mode === 'hybrid';
+  }
+
   /** Is this session waiting for (another) data connection? */
   wantsData(): boolean {
     if (this.state !== 'receiving') return false;
-    return this.mode === 'precopy' ? this.streams.length < this.expectedStreams : !this.data;
+    return this.streamsPages() ? this.streams.length < this.expectedStreams : !this.data;
   }
 
   attachData(conn: FrameConn): void {
     if (!this.wantsData()) throw new PhaulError('protocol', 'unexpected data connection');
-    if (this.mode !== 'precopy') {
+    if (!this.streamsPages()) {
       this.data = openDataChannelServer(conn);
       this.dataArrived(this.data);
       return;
@@ -132,6 +146,7 @@ class DestSession {
         throw new PhaulError('incompatible', why);
       }
       conn.send({ t: 'caps', caps: ours });
+      this.criuHeaderSize = pageServerHeaderSize(ours.criu);
       this.log(`migration from ${theirs.kernel}/${theirs.arch}, CRIU ${theirs.criu.major}.${theirs.criu.minor}, mode ${mode}`);
 
       const prep = await conn.expect('prepare');
@@ -143,7 +158,7 @@ class DestSession {
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
 
-      if (this.mode === 'precopy') {
+      if (this.streamsPages()) {
         this.expectedStreams = int(prep, 'streams', 1, 16);
         // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
         const memBytes = typeof prep.memBytes === 'number' && prep.memBytes > 0 ? Math.min(prep.memBytes, 2 ** 50) : 0;
@@ -175,6 +190,11 @@ class DestSession {
     } finally {
       this.data?.abort();
       for (const s of this.streams) s.destroy();
+      if (this.lazyPages) {
+        // A tree that ran needs the daemon until every page is in; one that never ran does not.
+        if (this.state === 'running') await this.lazyPages.exited;
+        else await this.lazyPages.kill();
+      }
       await this.store?.destroy().catch(() => undefined);
       if (this.dir && !agent.opts.keepImages) fs.rmSync(this.dir, { recursive: true, force: true });
       conn.close();
@@ -207,8 +227,11 @@ class DestSession {
           imageIds[Number(k)] = v;
         }
         await store.finalizeParent();
-        const st = await composeImages({ criuDir: this.dir, store, imageIds });
-        this.log(`composed images in ${st.ms.toFixed(1)} ms (${st.storePages} pages by reference, ${st.presentPages} present)`);
+        this.imageIds = new Map(Object.entries(imageIds).map(([k, v]) => [Number(k), v]));
+        // Hybrid restores CRIU's lazy images as they are and serves their lazy
+        // pages from the store; still, every one must be there before the restore.
+        const st = await composeImages({ criuDir: this.dir, store, imageIds, mode: this.mode === 'hybrid' ? 'check' : 'chain' });
+        this.log(`${st.mode === 'check' ? 'checked' : 'composed'} images in ${st.ms.toFixed(1)} ms (${st.storePages} pages from the store, ${st.presentPages} present)`);
         return;
       } else if (m.t === 'abort') {
         throw new PhaulError('failed', 'source aborted the migration');
@@ -249,6 +272,23 @@ class DestSession {
     const { conn, agent } = this;
     this.state = 'restoring';
     const t0 = Date.now();
+    const lazy = this.mode === 'hybrid';
+    let served: Promise<unknown> | undefined;
+    if (lazy) {
+      const lp = new LocalLazyPages({ imagesDir: this.dir });
+      this.lazyPages = lp;
+      await withDeadline(lp.ready, 30_000, 'criu', 'criu lazy-pages did not start');
+      this.log(`criu lazy-pages (pid ${lp.pid}) waits for the restore`);
+      served = serveLazyPages(lp.pages, this.store!, this.imageIds, this.criuHeaderSize).then(
+        (st) => { this.log(`served ${st.pages} pages to lazy-pages in ${st.requests} requests`); return true; },
+        (e) => {
+          this.log(`serving lazy-pages failed: ${asPhaulError(e).message}`);
+          // Before the commit this fails the restore (rollback); after it, fillLazily decides.
+          if (this.state !== 'running') void lp.kill();
+          return false;
+        });
+    }
+    this.lazyServed = served;
     const res = await runCriuOrThrow(
       {
         type: 'restore',
@@ -256,6 +296,7 @@ class DestSession {
         logFile: 'restore.log',
         opts: {
           leaveStopped: true,
+          lazyPages: lazy,
           networkLock: criuFlags.tcpEstablished ? 'nftables' : undefined,
           // The images are read once: freeing them as the restore reads them
           // halves the destination's peak memory, and the restore's own pages
@@ -277,9 +318,10 @@ class DestSession {
     this.restoredPid = res.restorePid ?? this.restoredPid;
     this.state = 'restored-stopped';
     conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
-    this.log(`restored as pid ${this.restoredPid} (stopped) in ${Date.now() - t0} ms`);
-    // The store is not needed any more: free its memory before resuming.
-    await this.store?.destroy().catch(() => undefined);
+    this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
+    // The store is not needed any more (hybrid: not until the tree's memory is
+    // filled from it): free its memory before resuming.
+    if (!lazy) await this.store?.destroy().catch(() => undefined);
 
     const decision = await conn.next(60_000);
     if (decision.t === 'commit') {
@@ -288,12 +330,41 @@ class DestSession {
       conn.send({ t: 'running', pid: this.restoredPid });
       this.log(`running as pid ${this.restoredPid}`);
       agent.emit('migrated', { session: this.id, pid: this.restoredPid });
+      if (this.lazyPages) await this.fillLazily(this.lazyPages, t0);
       await conn.next(5_000).catch(() => undefined); // let the source close first
     } else if (decision.t === 'abort') {
       throw new PhaulError('failed', 'source aborted the migration');
     } else {
       throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
     }
+  }
+
+  /**
+   * Hybrid, after the tree runs: wait for the daemon to have copied every
+   * page, then tell the source (which may already be gone: the workload no
+   * longer needs it). A daemon failing here cannot be rolled back any more.
+   */
+  private lazyServed?: Promise<unknown>;
+
+  private async fillLazily(lazyPages: LocalLazyPages, t0: number): Promise<void> {
+    const code = await lazyPages.exited;
+    const served = await this.lazyServed;
+    this.lazyPages = undefined;
+    const ms = Date.now() - t0;
+    const ok = code === 0 && served === true;
+    if (ok) {
+      this.log(`memory filled ${ms} ms after the restore began`);
+    } else {
+      // Pages the daemon never placed now read as zeros. Stop the tree rather
+      // than let it compute (and write out) garbage; a human decides.
+      signalAll(treePids(this.restoredPid), 'SIGSTOP');
+      this.log(`criu lazy-pages exited ${code} before the memory of pid ${this.restoredPid} was filled; ` +
+        `the tree is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
+    }
+    this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms });
+    try {
+      this.conn.send({ t: 'filled', ok, ms });
+    } catch { /* the source left; nothing of ours depends on it */ }
   }
 
   /** The restored copy, if any, never ran: kill it so only the source's original lives. */
@@ -305,6 +376,7 @@ class DestSession {
       signalAll(pids, 'SIGKILL');
       await waitGone(this.restoredPid, 5000);
     }
+    await this.lazyPages?.kill();
   }
 }
 

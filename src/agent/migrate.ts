@@ -28,8 +28,15 @@ import { WorkloadThrottle } from './throttle';
 import { withDeadline } from '../util/deadline';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 
-export type Mode = 'stop-copy' | 'precopy';
-export const MODES: readonly Mode[] = ['stop-copy', 'precopy'];
+/**
+ * stop-copy: freeze, dump into the destination's page server, restore.
+ * precopy: copy memory while the tree runs, freeze, send the last dirty pages, restore.
+ * hybrid: pre-copy, then a lazy restore: the tree resumes before its memory is
+ *   back in place and CRIU's lazy-pages daemon fills it from the destination's
+ *   own store (never from the source), so the pause does not grow with memory.
+ */
+export type Mode = 'stop-copy' | 'precopy' | 'hybrid';
+export const MODES: readonly Mode[] = ['stop-copy', 'precopy', 'hybrid'];
 
 interface RunState {
   conn?: FrameConn;
@@ -72,7 +79,7 @@ export interface MigrateOptions {
   restoreTimeoutMs?: number;
   /** Pre-copy: how long CRIU may take to freeze the tree and write its images. */
   dumpTimeoutMs?: number;
-  /** Pre-copy tuning (mode 'precopy'). */
+  /** Pre-copy tuning (modes 'precopy' and 'hybrid'). */
   precopy?: PrecopyOptions;
 }
 
@@ -89,6 +96,10 @@ export interface MigrationReport {
   rounds?: RoundRecord[];
   /** Set when the requested mode could not be used and another was. */
   fallback?: string;
+  /** Hybrid: from the freeze until every page is in the restored tree's memory. */
+  filledMs?: number;
+  /** Something went wrong after the workload ran at the destination (it was not rolled back). */
+  warning?: string;
 }
 
 export interface FailureReport {
@@ -117,6 +128,8 @@ export class Migration extends EventEmitter {
   private readonly t0 = Date.now();
   private last = this.t0;
   readonly phases: Record<string, number> = {};
+  /** The tree's memory when a pre-copy began (sizes the wait for a hybrid fill). */
+  private memBytes = 0;
 
   constructor(readonly opts: MigrateOptions) {
     super();
@@ -152,7 +165,7 @@ export class Migration extends EventEmitter {
       const why = incompatibility(ours, theirs, mode);
       if (why) throw new PhaulError('incompatible', why);
 
-      if (mode === 'precopy') {
+      if (mode === 'precopy' || mode === 'hybrid') {
         // Tracking starts before anything is promised to the destination: a
         // target we cannot track (e.g. it uses userfaultfd itself) falls back.
         tracker = new TreeTracker(o.pid);
@@ -167,9 +180,9 @@ export class Migration extends EventEmitter {
           mode = 'stop-copy';
         }
       }
-      const result = mode === 'precopy'
-        ? await this.precopy(st, session, workDir, tracker!)
-        : await this.stopCopy(st, session, workDir);
+      const result = mode === 'stop-copy'
+        ? await this.stopCopy(st, session, workDir)
+        : await this.precopy(st, session, workDir, tracker!, mode);
       const conn = st.conn;
       try {
         conn.send({ t: 'commit' });
@@ -185,6 +198,7 @@ export class Migration extends EventEmitter {
       signalAll(result.original, 'SIGKILL');
       st.originalHeldByUs = false;
       await waitGone(o.pid, 5000);
+      const filled = mode === 'hybrid' ? await this.awaitFilled(conn, result.freezeAt) : {};
       conn.close();
       const report: MigrationReport = {
         ok: true,
@@ -197,6 +211,7 @@ export class Migration extends EventEmitter {
       };
       if (result.rounds) report.rounds = result.rounds;
       if (fallback) report.fallback = fallback;
+      Object.assign(report, filled);
       return report;
     } catch (err) {
       const e = asPhaulError(err);
@@ -226,6 +241,23 @@ export class Migration extends EventEmitter {
       st.throttle?.release();
       for (const sock of st.streams ?? []) sock.destroy();
       if (!this.opts.keepImages) fs.rmSync(workDir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Hybrid, after the commit: the destination says when its lazy-pages daemon
+   * has filled the tree's memory. The workload runs there already, so nothing
+   * here can fail the migration; a problem becomes a warning in the report.
+   */
+  private async awaitFilled(conn: FrameConn, freezeAt: number): Promise<{ filledMs?: number; warning?: string }> {
+    const timeoutMs = 60_000 + this.memBytes / 50e3; // 50 MB/s at worst, a minute of slack
+    try {
+      const m = await conn.expect('filled', timeoutMs);
+      this.phase('fill');
+      if (m.ok !== true) return { warning: 'the destination\'s lazy-pages daemon failed after the workload resumed there (see its log)' };
+      return { filledMs: Date.now() - freezeAt };
+    } catch (e) {
+      return { warning: `no word from the destination on filling the workload's memory: ${asPhaulError(e).message}` };
     }
   }
 
@@ -297,12 +329,14 @@ export class Migration extends EventEmitter {
   }
 
   /** Rounds while the workload runs, then CRIU's lazy dump and the last dirty pages. */
-  private async precopy(st: RunState, session: string, workDir: string, tracker: TreeTracker): Promise<Switched> {
+  private async precopy(st: RunState, session: string, workDir: string, tracker: TreeTracker, mode: 'precopy' | 'hybrid'): Promise<Switched> {
     const o = this.opts;
-    const pc = o.precopy ?? {};
+    const pc = { ...o.precopy, lazyRestore: mode === 'hybrid' };
     const conn = st.conn!;
     const nStreams = Math.max(1, Math.min(16, pc.streams ?? 2));
-    conn.send({ t: 'prepare', mode: 'precopy', criu: this.criuFlags(), streams: nStreams, memBytes: treeMemoryBytes(o.pid) });
+    const memBytes = treeMemoryBytes(o.pid);
+    this.memBytes = memBytes;
+    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes });
     await conn.expect('prepared');
     st.streams = [];
     for (let i = 0; i < nStreams; i++) {

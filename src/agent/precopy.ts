@@ -26,6 +26,8 @@ export interface PrecopyOptions {
   streams?: number;
   compress?: 'auto' | 'lz4' | 'none';
   autoConverge?: boolean;
+  /** The destination restores lazily (hybrid mode): the restore no longer grows with memory. Set by the engine. */
+  lazyRestore?: boolean;
 }
 
 export interface RoundEvent {
@@ -329,7 +331,7 @@ export class PrecopyRun {
       // Decide BEFORE scanning: a scan re-arms write-protection, so every page
       // it reports must be sent; deciding afterwards would strand them.
       if (this.round > 0) {
-        const d = this.policy.decide({ fixedCostMs: switchoverCostMs(memBytes), sinceLastScanMs: Date.now() - this.lastScanAt });
+        const d = this.policy.decide({ fixedCostMs: switchoverCostMs(memBytes, !!this.opts.lazyRestore), sinceLastScanMs: Date.now() - this.lastScanAt });
         const last = this.records[this.records.length - 1];
         this.onRound({
           round: this.round - 1, pages: last.pages, bytes: last.bytes, ms: last.ms, dirtyRateBps: d.dirtyRateBps,
@@ -363,7 +365,9 @@ export class PrecopyRun {
 }
 
 /** Fixed part of the pause besides the last pages: CRIU's lazy dump (~60-130 ms
- *  measured) and the restore, which is O(memory) here (~0.7 ms/MiB measured). */
-export function switchoverCostMs(memBytes: number): number {
-  return 120 + 0.7 * (memBytes / (1024 * 1024));
+ *  measured) and the restore, which is O(memory) here (~0.7 ms/MiB measured),
+ *  or, lazily (hybrid), ~80-90 ms at 1 GiB: mappings only, no page copied. */
+export function switchoverCostMs(memBytes: number, lazyRestore = false): number {
+  const mib = memBytes / (1024 * 1024);
+  return lazyRestore ? 200 + 0.02 * mib : 120 + 0.7 * mib;
 }

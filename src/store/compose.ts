@@ -29,7 +29,8 @@ export interface ComposeOptions {
   store: PageStore;
   /** Where the restorable images go; default: composed in place in criuDir. */
   outDir?: string;
-  mode?: 'chain' | 'flat';
+  /** 'check': validate only and leave CRIU's images as they are (hybrid: the lazy restore asks the store itself). */
+  mode?: 'chain' | 'flat' | 'check';
   /**
    * CRIU image id (the N of pagemap-N.img: the pid inside the dumped tree's
    * pid namespace) -> the pid the store's batches used. Default: the same number.
@@ -38,7 +39,7 @@ export interface ComposeOptions {
 }
 
 export interface ComposeStats {
-  mode: 'chain' | 'flat';
+  mode: 'chain' | 'flat' | 'check';
   /** pagemap-<pid>.img files composed. */
   images: number;
   entries: number;
@@ -118,7 +119,7 @@ export async function composeImages(opts: ComposeOptions): Promise<ComposeStats>
     stats.storePages += p.lazyPages;
   }
   if (mode === 'chain') composeChain(dir, store, plans, stats);
-  else composeFlat(store, plans, stats);
+  else if (mode === 'flat') composeFlat(store, plans, stats);
   stats.ms = performance.now() - t0;
   return stats;
 }

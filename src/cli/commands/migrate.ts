@@ -21,12 +21,12 @@ const spec = {
   'shell-job': { type: 'boolean', help: 'the tree is a shell job (its session leader is outside it)' },
   'file-locks': { type: 'boolean', help: 'move file locks' },
   'work-dir': { type: 'string', help: 'where the source keeps CRIU\'s non-memory images (default: temp dir)' },
-  'downtime-limit': { type: 'string', help: 'precopy: switch over when the expected pause fits in MS', default: '300' },
-  'max-rounds': { type: 'string', help: 'precopy: switch over after N rounds at the latest', default: '30' },
-  'max-bandwidth': { type: 'string', help: 'precopy: cap on the page stream, BYTES_PER_S' },
-  streams: { type: 'string', help: 'precopy: parallel data connections', default: '2' },
-  compress: { type: 'string', help: 'precopy: lz4 per batch: auto (when the link is slower than lz4), lz4, none', default: 'auto' },
-  'auto-converge': { type: 'boolean', help: 'precopy: throttle the workload\'s CPU in steps when it dirties memory faster than the link' },
+  'downtime-limit': { type: 'string', help: 'precopy, hybrid: switch over when the expected pause fits in MS', default: '300' },
+  'max-rounds': { type: 'string', help: 'precopy, hybrid: switch over after N rounds at the latest', default: '30' },
+  'max-bandwidth': { type: 'string', help: 'precopy, hybrid: cap on the page stream, BYTES_PER_S' },
+  streams: { type: 'string', help: 'precopy, hybrid: parallel data connections', default: '2' },
+  compress: { type: 'string', help: 'precopy, hybrid: lz4 per batch: auto (when the link is slower than lz4), lz4, none', default: 'auto' },
+  'auto-converge': { type: 'boolean', help: 'precopy, hybrid: throttle the workload\'s CPU in steps when it dirties memory faster than the link' },
   json: { type: 'boolean', help: 'print the report as one JSON object on the last line of stdout' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
@@ -37,6 +37,9 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(formatHelp('phaul-fast migrate --pid PID --to HOST:PORT --token-file FILE [options]',
       'Moves the process tree rooted at PID to the agent at HOST:PORT (`phaul-fast serve`). The original stays\n' +
       'frozen until the destination runs the workload, and is resumed if anything fails before that.\n' +
+      'Modes: stop-copy (freeze, copy everything, restore); precopy (copy while it runs, then only the last\n' +
+      'dirty pages while frozen); hybrid (precopy, then the destination resumes it before its memory is back\n' +
+      'in place and fills it from its own copy: the pause no longer grows with memory).\n' +
       'Exit codes: 0 moved, 1 failed and rolled back, 2 usage, 3 unavailable, 4 auth, 5 incompatible, 6 network,\n' +
       '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message).', spec));
     return 0;
@@ -84,7 +87,9 @@ export async function run(argv: string[]): Promise<number> {
     const report = await m.run().finally(() => progress.end());
     if (json) process.stdout.write(JSON.stringify(report) + '\n');
     else process.stdout.write(`migrated pid ${pid} -> ${to.host}:${to.port} as pid ${report.restoredPid}: ` +
-      `downtime ${report.downtimeMs} ms, total ${report.totalMs} ms, ${(report.bytesSent / 1048576).toFixed(1)} MiB sent\n`);
+      `downtime ${report.downtimeMs} ms, total ${report.totalMs} ms, ${(report.bytesSent / 1048576).toFixed(1)} MiB sent` +
+      `${report.filledMs !== undefined ? `, memory filled ${report.filledMs} ms after the freeze` : ''}\n`);
+    if (report.warning) process.stderr.write(`phaul-fast migrate: warning: ${report.warning}\n`);
     return 0;
   } catch (err) {
     const e = err instanceof MigrationError ? err : new MigrationError(asPhaulError(err), true);
