@@ -96,6 +96,23 @@ test('hybrid moves a 1 GiB workload that resumes before its memory is back; ever
   }
 });
 
+test('without --mode, migrate picks hybrid (the best mode both hosts offer) and the workload verifies', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 128, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
+  let restored = 0;
+  try {
+    const args = precopyArgs(w.pid);
+    args.splice(args.indexOf('--mode'), 2);
+    const r = await runCli(fx.hosts.a, args);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.json!.mode, 'hybrid', r.json!.fallback);
+    restored = r.json!.restoredPid;
+    w.adopt(restored);
+    await assertMovedIntact(w, restored, 128);
+  } finally {
+    await w.stop(restored);
+  }
+});
+
 test('hybrid: a restore that fails after the lazy-pages daemon started rolls back; the daemon and the copy are gone', { skip }, async () => {
   // The workload listens on a port that, on the destination host, is taken:
   // CRIU's restore cannot bind it, after the daemon was already waiting.

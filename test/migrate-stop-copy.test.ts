@@ -18,7 +18,8 @@ const skip = root ? false : 'needs root (CRIU, network namespaces)';
 const fx = useTwoHostsWithServe({ prefix: 'pfmig', tag: 'stopcopy', enabled: root });
 
 function migrateArgs(pid: number, extra: string[] = [], tok = fx.token, port = fx.serve.port): string[] {
-  return ['migrate', '--pid', String(pid), '--to', `${fx.hosts.b.addr}:${port}`, '--token-file', tok, '--json', ...extra];
+  return ['migrate', '--pid', String(pid), '--to', `${fx.hosts.b.addr}:${port}`, '--token-file', tok, '--json',
+    ...(extra.includes('--mode') ? [] : ['--mode', 'stop-copy']), ...extra];
 }
 
 async function expectUntouched(w: MemWorkload): Promise<void> {

@@ -23,7 +23,7 @@ let offered: Promise<string[]> | null = null;
 export function offeredModes(): Promise<string[]> {
   offered ??= runCmd([...CLI, 'migrate', '--help'], { timeoutMs: 20_000 }).then((r) => {
     const m = /how to move memory: ([^(\n]+)/.exec(r.stdout);
-    return r.code === 0 && m ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
+    return r.code === 0 && m ? m[1].split(',').map((s) => s.trim()).filter((s) => s && s !== 'auto') : [];
   });
   return offered;
 }

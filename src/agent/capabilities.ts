@@ -40,6 +40,14 @@ export function pageServerHeaderSize(v: { major: number; minor: number }): 24 | 
   return criuFamily(v) === '4.2+' ? 32 : 24;
 }
 
+/** What mode 'auto' tries, best first (design.md section 6: hybrid where the kernel allows). */
+export const AUTO_ORDER = ['hybrid', 'precopy', 'stop-copy'] as const;
+
+/** Mode 'auto': the first of AUTO_ORDER that both the source `a` and the destination `b` offer. */
+export function autoMode(a: Capabilities, b: Capabilities): (typeof AUTO_ORDER)[number] {
+  return AUTO_ORDER.find((m) => a.modes.includes(m) && b.modes.includes(m)) ?? 'stop-copy';
+}
+
 /** Why `a` (source) cannot migrate to `b` (destination) in `mode`, or undefined if it can. */
 export function incompatibility(a: Capabilities, b: Capabilities, mode: string): string | undefined {
   if (a.arch !== b.arch) return `architectures differ (source ${a.arch}, destination ${b.arch})`;

@@ -140,7 +140,8 @@ class DestSession {
       if (!theirs) throw new PhaulError('protocol', 'malformed capabilities');
       const mode = str(hello, 'mode', 32);
       const ours = await localCapabilities();
-      const why = incompatibility(theirs, ours, mode);
+      // 'auto': the source picks from both lists; its `prepare` names the mode (checked there).
+      const why = mode === 'auto' ? incompatibility(theirs, ours, 'stop-copy') : incompatibility(theirs, ours, mode);
       if (why) {
         conn.send({ t: 'error', code: 'incompatible', message: why });
         throw new PhaulError('incompatible', why);

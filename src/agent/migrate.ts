@@ -17,7 +17,7 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import { FrameConn, int } from '../protocol/frames';
 import { runCriu, criuLogTail } from '../criu/rpc';
-import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
+import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
 import { LazyDump } from '../criu/lazy-dump';
@@ -63,7 +63,8 @@ export interface MigrateOptions {
   pid: number;
   to: { host: string; port: number };
   token: Buffer;
-  mode?: Mode;
+  /** Default 'auto': the first of AUTO_ORDER (capabilities.ts) that both hosts offer. */
+  mode?: Mode | 'auto';
   /** TLS to the destination; `ca` pins its certificate authority. */
   tls?: { ca?: Buffer; insecure?: boolean; servername?: string };
   /** Dump established TCP connections (needs the nftables network lock). */
@@ -144,8 +145,9 @@ export class Migration extends EventEmitter {
 
   async run(): Promise<MigrationReport> {
     const o = this.opts;
-    let mode: Mode = o.mode ?? 'stop-copy';
-    if (!MODES.includes(mode)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), true);
+    const requested = o.mode ?? 'auto';
+    let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
+    if (requested !== 'auto' && !MODES.includes(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), true);
     if (!Number.isInteger(o.pid) || o.pid <= 1 || o.pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${o.pid}`), true);
     if (!isAlive(o.pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${o.pid}`), true);
 
@@ -159,9 +161,10 @@ export class Migration extends EventEmitter {
       const session = await authenticateClient(st.conn, o.token, 'control');
       this.phase('connect');
 
-      st.conn.send({ t: 'caps', caps: ours, mode });
+      st.conn.send({ t: 'caps', caps: ours, mode: requested });
       const theirs = parseCapabilities(await st.conn.expect('caps'));
       if (!theirs) throw new PhaulError('protocol', 'destination sent malformed capabilities');
+      if (requested === 'auto') mode = autoMode(ours, theirs);
       const why = incompatibility(ours, theirs, mode);
       if (why) throw new PhaulError('incompatible', why);
 

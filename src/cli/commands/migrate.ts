@@ -4,6 +4,7 @@ import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
 import { Migration, MigrationError, MODES, Mode, PhaseEvent } from '../../agent/migrate';
+import { AUTO_ORDER } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { ProgressDisplay } from '../progress';
 import type { RoundEvent } from '../../agent/precopy';
@@ -12,7 +13,7 @@ const spec = {
   pid: { type: 'string', help: 'root of the process tree to move (may be the init of its own pid namespace)' },
   to: { type: 'string', help: 'destination agent, HOST:PORT' },
   'token-file': { type: 'string', help: 'file holding the shared secret' },
-  mode: { type: 'string', help: `how to move memory: ${MODES.join(', ')}`, default: 'stop-copy' },
+  mode: { type: 'string', help: `how to move memory: auto, ${MODES.join(', ')} (auto: the first of ${AUTO_ORDER.join(', ')} both hosts offer)`, default: 'auto' },
   tls: { type: 'boolean', help: 'connect with TLS' },
   'tls-ca': { type: 'string', help: 'PEM CA (or self-signed certificate) that the destination\'s certificate must chain to' },
   'tls-servername': { type: 'string', help: 'name to check the destination\'s certificate against' },
@@ -51,7 +52,7 @@ export async function run(argv: string[]): Promise<number> {
     const pid = intFlag(flags.pid, 'pid', 1, 1 << 22)!;
     const to = parseHostPort(flags.to as string, '--to');
     const mode = flags.mode as string;
-    if (!(MODES as readonly string[]).includes(mode)) throw new PhaulError('usage', `--mode must be one of ${MODES.join(', ')}, got '${mode}'`);
+    if (mode !== 'auto' && !(MODES as readonly string[]).includes(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
     let tls;
     if (flags.tls || flags['tls-ca']) {
@@ -72,7 +73,7 @@ export async function run(argv: string[]): Promise<number> {
       autoConverge: !!flags['auto-converge'],
     };
     const m = new Migration({
-      pid, to, token, mode: mode as Mode, tls, precopy,
+      pid, to, token, mode: mode as Mode | 'auto', tls, precopy,
       tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,

@@ -1,0 +1,35 @@
+// The handshake's rules without a peer: which mode 'auto' picks from the two
+// hosts' lists, and what makes two hosts incompatible.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { autoMode, incompatibility, parseCapabilities, type Capabilities } from '../src/agent/capabilities';
+
+const caps = (modes: string[], over: Partial<Capabilities> = {}): Capabilities => ({
+  phaulVersion: '0.1.0', criu: { major: 4, minor: 2, sublevel: 1 }, kernel: '6.18.0', arch: 'x64', modes, ...over,
+});
+
+test('auto picks the best mode both hosts offer', () => {
+  const all = ['stop-copy', 'precopy', 'hybrid'];
+  assert.equal(autoMode(caps(all), caps(all)), 'hybrid');
+  assert.equal(autoMode(caps(all), caps(['stop-copy', 'precopy'])), 'precopy', 'an older destination without hybrid');
+  assert.equal(autoMode(caps(['stop-copy']), caps(all)), 'stop-copy', 'a source kernel without uffd-wp tracking');
+  assert.equal(autoMode(caps([]), caps([])), 'stop-copy');
+});
+
+test('incompatible: architecture, CRIU before and after 4.2, a mode one side lacks', () => {
+  const all = ['stop-copy', 'precopy', 'hybrid'];
+  assert.equal(incompatibility(caps(all), caps(all), 'hybrid'), undefined);
+  assert.match(incompatibility(caps(all), caps(all, { arch: 'arm64' }), 'stop-copy')!, /architectures differ/);
+  assert.match(incompatibility(caps(all), caps(all, { criu: { major: 4, minor: 1, sublevel: 1 } }), 'stop-copy')!, /4\.2 changed/);
+  assert.equal(incompatibility(caps(all, { criu: { major: 5, minor: 0, sublevel: 0 } }), caps(all), 'stop-copy'), undefined);
+  assert.match(incompatibility(caps(['stop-copy']), caps(all), 'hybrid')!, /not available on the source/);
+  assert.match(incompatibility(caps(all), caps(['stop-copy']), 'precopy')!, /not available on the destination/);
+});
+
+test('capabilities from the network are checked before use', () => {
+  assert.ok(parseCapabilities({ caps: caps(['stop-copy']) }));
+  for (const bad of [undefined, 'x', { ...caps([]), modes: 'hybrid' }, { ...caps([]), criu: { major: -1, minor: 0, sublevel: 0 } },
+    { ...caps([]), modes: new Array(16).fill('x') }, { ...caps([]), kernel: 5 }]) {
+    assert.equal(parseCapabilities({ caps: bad }), undefined, JSON.stringify(bad));
+  }
+});
