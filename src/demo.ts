@@ -1,7 +1,8 @@
 // `npm run demo`: one real migration on this machine, narrated. Two network
 // namespaces act as two hosts joined by a veth pair; a destination agent runs
 // on host b; a self-verifying 256 MiB workload that keeps writing runs on host
-// a; phaul-fast moves it with pre-copy (memory moves while it runs), and the
+// a; phaul-fast moves it in hybrid mode (memory moves while it runs, then the
+// destination resumes it and fills the rest from its own copy), and the
 // workload checks every page on arrival.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -68,9 +69,9 @@ async function main(): Promise<number> {
     await new Promise((r) => setTimeout(r, 500));
     await w.resetGap();
 
-    say(`\n[host a] $ phaul-fast migrate --pid ${w.pid} --to ${hosts.b.addr}:${port} --token-file ${tokenFile} --mode precopy --json`);
+    say(`\n[host a] $ phaul-fast migrate --pid ${w.pid} --to ${hosts.b.addr}:${port} --token-file ${tokenFile} --mode hybrid --json`);
     const m = await run(inHost(hosts.a, [process.execPath, CLI, 'migrate', '--pid', String(w.pid),
-      '--to', `${hosts.b.addr}:${port}`, '--token-file', tokenFile, '--mode', 'precopy', '--json']));
+      '--to', `${hosts.b.addr}:${port}`, '--token-file', tokenFile, '--mode', 'hybrid', '--json']));
     process.stdout.write(m.err);
     const report = JSON.parse(m.out.trim().split('\n').pop() || '{}');
     say(JSON.stringify(report, null, 2));
@@ -86,7 +87,8 @@ async function main(): Promise<number> {
     say(`\n[host b] workload now pid ${restored} ${onB ? '(in host b\'s network namespace)' : '(NOT on host b?)'}`);
     say(`[host b] it verified all ${after.pages} pages: ${after.ok ? 'OK' : `BAD (${after.badPages} bad)`}`);
     say(`[host b] the longest pause the workload itself saw: ${after.maxGapMs.toFixed(1)} ms ` +
-      `(engine downtime ${report.downtimeMs} ms, mode ${report.mode})`);
+      `(engine downtime ${report.downtimeMs} ms, mode ${report.mode}` +
+      `${report.filledMs !== undefined ? `; memory complete ${report.filledMs} ms after the freeze` : ''})`);
     say(`[host a] original pid ${w.pid}: ${fs.existsSync(`/proc/${w.pid}`) ? 'still present?!' : 'gone (it never runs twice)'}`);
     return after.ok && onB ? 0 : 1;
   } finally {
