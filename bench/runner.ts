@@ -64,7 +64,10 @@ export interface RunnerOptions {
 const live = new Set<() => Promise<void>>();
 /** Workloads still starting: an interrupt waits for them, then stops them. */
 const starting = new Set<Promise<BenchWorkload>>();
+/** Set by abortCleanup: no new run may start (a run that failed because its CRIU was killed would move on to the next). */
+let interrupted = false;
 export async function abortCleanup(): Promise<void> {
+  interrupted = true;
   killStartedCommands(); // CRIU processes first: a lazy dump would wait for its client forever
   for (const p of starting) await p.then((w) => w.stop(), () => {});
   const fns = [...live].reverse();
@@ -123,6 +126,10 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
   const start = cell.workload.kind === 'memwork' ? startMemwork(cell.workload, env) : startMemcached(cell.workload, env);
   starting.add(start);
   const wl: BenchWorkload = await start.finally(() => starting.delete(start));
+  if (interrupted) {
+    await wl.stop();
+    throw new Error('interrupted');
+  }
   let restoredPid: number | undefined;
   const stopWl = track(() => wl.stop(restoredPid));
   try {
@@ -240,6 +247,7 @@ export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]>
         }
         for (let r = 0; r < first.runs; r++) {
           for (const lane of lanes) {
+            if (interrupted) throw new Error('interrupted');
             if (lane.status !== 'ok') continue;
             const { cell } = lane;
             secondsLeft -= estimateRunSeconds(cell);

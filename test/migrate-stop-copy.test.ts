@@ -60,8 +60,9 @@ test('a 1 GiB workload moves to the other host and verifies all of its memory', 
   }
 });
 
-test('a process tree with an established TCP connection in its own network namespace survives', { skip }, async () => {
-  const report = path.join(fx.dir, 'tcp.json');
+// Stop-copy, and hybrid (a lazy dump and a lazy restore: another CRIU path for sockets and the network lock).
+for (const mode of ['stop-copy', 'hybrid']) test(`${mode}: a process tree with an established TCP connection in its own network namespace survives`, { skip }, async () => {
+  const report = path.join(fx.dir, `tcp-${mode}.json`);
   // unshare -n inside the pid namespace's launcher: a network namespace of its own.
   const ns = startInPidNamespace(['unshare', '-n', path.join(PROJECT_ROOT, 'build', 'workloads', 'tcpwork'), report],
     { netns: fx.hosts.a.netnsPath! });
@@ -77,8 +78,9 @@ test('a process tree with an established TCP connection in its own network names
     // The real test: unshare -n gives the tree a network namespace of its own.
     assert.notEqual(netnsOf(pid), netnsOfPath(fx.hosts.a.netnsPath!), 'workload has its own netns');
     await sleep(200);
-    const r = await runCli(fx.hosts.a, migrateArgs(pid, ['--tcp-established']));
+    const r = await runCli(fx.hosts.a, migrateArgs(pid, ['--tcp-established', '--mode', mode]));
     assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.json!.mode, mode, r.json!.fallback);
     restored = r.json!.restoredPid;
     assert.ok(await waitGone(pid, 5000));
     await sleep(300);
