@@ -217,7 +217,7 @@ test('composer on hand-made images: chain into outDir, flat in place, shmem and 
     fakeLazyImages(flatDir);
     const orig = fs.readFileSync(path.join(src, 'pagemap-1.img'));
     const st = await composeImages({ criuDir: src, outDir: out, store, imageIds: new Map([[1, 100]]) });
-    assert.deepEqual({ ...st, ms: 0 }, { mode: 'chain', images: 1, entries: 4, presentPages: 3, storePages: 6, bytesCopied: 0, levels: 1, ms: 0 });
+    assert.deepEqual({ ...st, ms: 0 }, { mode: 'chain', images: 1, entries: 4, presentPages: 3, storePages: 6, bytesCopied: 0, levels: 1, zeroPages: 0, ms: 0 });
     assert.deepEqual(fs.readFileSync(path.join(src, 'pagemap-1.img')), orig, 'criuDir untouched');
     assert.equal(fs.readFileSync(path.join(out, 'pagemap-shmem-5.img'), 'utf8'), 'not ours');
     assert.equal(fs.readlinkSync(path.join(out, 'parent')), store.levelDir(0));
@@ -246,6 +246,44 @@ test('composer on hand-made images: chain into outDir, flat in place, shmem and 
   } finally {
     await store.destroy();
     for (const d of [src, path.dirname(out), flatDir, path.dirname(store.dir)]) fs.rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test('lazy pages whose newest copy is all zeros get no entry (chain and lazy modes): nothing populates them', async () => {
+  const chainDir = tmp('zchain');
+  const lazyDir = tmp('zlazy');
+  const store = await fakeStore();
+  try {
+    // Newest copies: 0x21000 and 0x22000 zero (round 1), 0x41000 zero then data again (rounds 1, 2).
+    await store.write({ pid: 100, round: 1, ranges: [{ vaddr: 0x21000, nrPages: 2, zero: true }, { vaddr: 0x41000, nrPages: 1, zero: true }], data: Buffer.alloc(0) });
+    await store.write({ pid: 100, round: 2, ranges: [{ vaddr: 0x41000, nrPages: 1 }], data: Buffer.alloc(P, 0x77) });
+    assert.deepEqual(store.dataRuns(100, 0x20, 4), [{ page: 0x20, n: 1 }, { page: 0x23, n: 1 }]);
+    assert.deepEqual(store.dataRuns(100, 0x40, 2), [{ page: 0x40, n: 2 }]);
+    fakeLazyImages(chainDir);
+    fakeLazyImages(lazyDir);
+    const ch = await composeImages({ criuDir: chainDir, store, imageIds: { 1: 100 } });
+    assert.equal(ch.zeroPages, 2);
+    assert.deepEqual(readPagemapImage(path.join(chainDir, 'pagemap-1.img')).entries, [
+      { vaddr: 0x10000, nrPages: 2, flags: PE_PRESENT, inParent: false },
+      { vaddr: 0x20000, nrPages: 1, flags: PE_PARENT | PE_LAZY, inParent: true },
+      { vaddr: 0x23000, nrPages: 1, flags: PE_PARENT | PE_LAZY, inParent: true },
+      { vaddr: 0x30000, nrPages: 1, flags: PE_PRESENT, inParent: false },
+      { vaddr: 0x40000, nrPages: 2, flags: PE_PARENT | PE_LAZY, inParent: true },
+    ]);
+    const lz = await composeImages({ criuDir: lazyDir, store, imageIds: { 1: 100 }, mode: 'lazy' });
+    assert.equal(lz.zeroPages, 2);
+    assert.ok(!fs.existsSync(path.join(lazyDir, 'parent')), 'no parent: the lazy restore asks the store');
+    assert.deepEqual(readPagemapImage(path.join(lazyDir, 'pagemap-1.img')).entries, [
+      { vaddr: 0x10000, nrPages: 2, flags: PE_PRESENT, inParent: false },
+      { vaddr: 0x20000, nrPages: 1, flags: PE_LAZY, inParent: false },
+      { vaddr: 0x23000, nrPages: 1, flags: PE_LAZY, inParent: false },
+      { vaddr: 0x30000, nrPages: 1, flags: PE_PRESENT, inParent: false },
+      { vaddr: 0x40000, nrPages: 2, flags: PE_LAZY, inParent: false },
+    ]);
+    assert.equal(fs.statSync(path.join(lazyDir, 'pages-3.img')).size, 3 * P, 'CRIU pages file as it was');
+  } finally {
+    await store.destroy();
+    for (const d of [chainDir, lazyDir, path.dirname(store.dir)]) fs.rmSync(d, { recursive: true, force: true });
   }
 });
 

@@ -113,6 +113,41 @@ test('without --mode, migrate picks hybrid (the best mode both hosts offer) and 
   }
 });
 
+// CRIU lists never-touched pages of a write-protected mapping as pages to
+// restore (their uffd-wp markers look like swap entries); they must not
+// become resident at the destination.
+for (const mode of ['precopy', 'hybrid']) test(`${mode}: a 1 GiB mapping with 32 MiB touched stays sparse at the destination`, { skip }, async () => {
+  const dir = tempDir('sparse');
+  const report = path.join(dir, 'report.json');
+  const read = () => { try { return JSON.parse(fs.readFileSync(report, 'utf8')); } catch { return null; } };
+  const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'sparsework'), '1024', '32', report],
+    { netns: fx.hosts.a.netnsPath! });
+  let pid = -1;
+  let restored = 0;
+  try {
+    const end = Date.now() + 10_000;
+    while ((pid = ns.initPid()) < 0 || !read()) { assert.ok(Date.now() < end, ns.stderr()); await sleep(20); }
+    const r = await runCli(fx.hosts.a, precopyArgs(pid, [], mode));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.json!.mode, mode, r.json!.fallback);
+    restored = r.json!.restoredPid;
+    assert.ok(await waitGone(pid, 5000));
+    const seq = read().seq;
+    process.kill(restored, 'SIGUSR1');
+    const end2 = Date.now() + 10_000;
+    while (read()?.seq === seq && Date.now() < end2) await sleep(20);
+    const after = read();
+    assert.ok(after.seq > seq, 'the restored workload reported');
+    assert.equal(after.ok, true, JSON.stringify(after));
+    assert.ok(after.rssKiB < 200 * 1024, `resident at the destination: ${after.rssKiB} KiB (touched: 32 MiB of 1024)`);
+    assert.match(fx.serve.stderr(), /all-zero pages left unpopulated/);
+  } finally {
+    for (const x of [pid, restored]) if (x > 0 && isAlive(x)) process.kill(x, 'SIGKILL');
+    if (ns.child.pid && isAlive(ns.child.pid)) process.kill(ns.child.pid, 'SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('hybrid: a restore that fails after the lazy-pages daemon started rolls back; the daemon and the copy are gone', { skip }, async () => {
   // The workload listens on a port that, on the destination host, is taken:
   // CRIU's restore cannot bind it, after the daemon was already waiting.

@@ -229,10 +229,11 @@ class DestSession {
         }
         await store.finalizeParent();
         this.imageIds = new Map(Object.entries(imageIds).map(([k, v]) => [Number(k), v]));
-        // Hybrid restores CRIU's lazy images as they are and serves their lazy
-        // pages from the store; still, every one must be there before the restore.
-        const st = await composeImages({ criuDir: this.dir, store, imageIds, mode: this.mode === 'hybrid' ? 'check' : 'chain' });
-        this.log(`${st.mode === 'check' ? 'checked' : 'composed'} images in ${st.ms.toFixed(1)} ms (${st.storePages} pages from the store, ${st.presentPages} present)`);
+        // Hybrid keeps CRIU's lazy entries lazy and serves them from the store;
+        // still, every one must be there before the restore.
+        const st = await composeImages({ criuDir: this.dir, store, imageIds, mode: this.mode === 'hybrid' ? 'lazy' : 'chain' });
+        this.log(`composed ${st.mode} images in ${st.ms.toFixed(1)} ms (${st.storePages - st.zeroPages} pages from the store, ` +
+          `${st.zeroPages} all-zero pages left unpopulated, ${st.presentPages} present)`);
         return;
       } else if (m.t === 'abort') {
         throw new PhaulError('failed', 'source aborted the migration');

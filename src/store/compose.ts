@@ -29,8 +29,8 @@ export interface ComposeOptions {
   store: PageStore;
   /** Where the restorable images go; default: composed in place in criuDir. */
   outDir?: string;
-  /** 'check': validate only and leave CRIU's images as they are (hybrid: the lazy restore asks the store itself). */
-  mode?: 'chain' | 'flat' | 'check';
+  /** 'lazy' (hybrid): lazy entries stay lazy, without a parent: the lazy restore asks the store itself. */
+  mode?: 'chain' | 'flat' | 'lazy';
   /**
    * CRIU image id (the N of pagemap-N.img: the pid inside the dumped tree's
    * pid namespace) -> the pid the store's batches used. Default: the same number.
@@ -39,7 +39,7 @@ export interface ComposeOptions {
 }
 
 export interface ComposeStats {
-  mode: 'chain' | 'flat' | 'check';
+  mode: 'chain' | 'flat' | 'lazy';
   /** pagemap-<pid>.img files composed. */
   images: number;
   entries: number;
@@ -51,6 +51,8 @@ export interface ComposeStats {
   bytesCopied: number;
   /** Store levels linked (chain mode). */
   levels: number;
+  /** Lazy pages left out because their newest copy is all zeros (chain and lazy modes). */
+  zeroPages: number;
   /** Wall time, including waiting for the store's last writes. */
   ms: number;
 }
@@ -112,7 +114,7 @@ export async function composeImages(opts: ComposeOptions): Promise<ComposeStats>
     plans.push({ imageId, pid, file, img, pagesFile, lazyPages, present });
   }
 
-  const stats: ComposeStats = { mode, images: plans.length, entries: 0, presentPages: 0, storePages: 0, bytesCopied: 0, levels: 0, ms: 0 };
+  const stats: ComposeStats = { mode, images: plans.length, entries: 0, presentPages: 0, storePages: 0, bytesCopied: 0, levels: 0, zeroPages: 0, ms: 0 };
   for (const p of plans) {
     stats.entries += p.img.entries.length;
     stats.presentPages += p.present;
@@ -120,6 +122,7 @@ export async function composeImages(opts: ComposeOptions): Promise<ComposeStats>
   }
   if (mode === 'chain') composeChain(dir, store, plans, stats);
   else if (mode === 'flat') composeFlat(store, plans, stats);
+  else composeLazy(store, plans, stats);
   stats.ms = performance.now() - t0;
   return stats;
 }
@@ -136,10 +139,39 @@ function composeChain(dir: string, store: PageStore, plans: Plan[], stats: Compo
     stats.levels = store.levels;
   }
   for (const p of users) {
-    const entries: PagemapEntry[] = p.img.entries.map((e) =>
-      e.flags & PE_PRESENT ? e : { vaddr: e.vaddr, nrPages: e.nrPages, flags: PE_PARENT | PE_LAZY, inParent: true });
+    const entries = withoutZeroPages(store, p, stats, (e) => ({ ...e, flags: PE_PARENT | PE_LAZY, inParent: true }));
     writeFileAtomic(p.file, encodePagemap({ pagesId: p.img.pagesId, entries }));
   }
+}
+
+/** Hybrid: CRIU's lazy entries stay lazy (served from the store on demand), minus all-zero pages. */
+function composeLazy(store: PageStore, plans: Plan[], stats: ComposeStats): void {
+  for (const p of plans) {
+    if (p.lazyPages === 0) continue;
+    const entries = withoutZeroPages(store, p, stats, (e) => e);
+    writeFileAtomic(p.file, encodePagemap({ pagesId: p.img.pagesId, entries }));
+  }
+}
+
+/**
+ * The plan's entries with each lazy one cut down to the runs whose newest copy
+ * holds data, mapped through `lazy`. Pages left out get no entry, so nothing
+ * populates them and they read as zeros, as they were: CRIU lists
+ * never-touched pages of write-protected mappings (uffd-wp markers look like
+ * swap entries), and restoring them would make a sparse mapping resident.
+ */
+function withoutZeroPages(store: PageStore, p: Plan, stats: ComposeStats, lazy: (e: PagemapEntry) => PagemapEntry): PagemapEntry[] {
+  const out: PagemapEntry[] = [];
+  for (const e of p.img.entries) {
+    if (e.flags & PE_PRESENT) { out.push(e); continue; }
+    let kept = 0;
+    for (const r of store.dataRuns(p.pid, e.vaddr / PAGE_SIZE, e.nrPages)) {
+      out.push(lazy({ ...e, vaddr: r.page * PAGE_SIZE, nrPages: r.n }));
+      kept += r.n;
+    }
+    stats.zeroPages += e.nrPages - kept;
+  }
+  return out;
 }
 
 function composeFlat(store: PageStore, plans: Plan[], stats: ComposeStats): void {

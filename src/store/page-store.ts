@@ -71,6 +71,8 @@ interface Layer {
   total: number;
   /** Per slot: 0 = never received, else round + 1 of the copy there. */
   rounds: Uint32Array;
+  /** Per slot: 1 when the newest copy is all zeros (never populated, or written with zeros). */
+  zero: Uint8Array;
   /** Per range: slots never received (0 = fully covered, so coverage checks skip the scan). */
   missing: Float64Array;
 }
@@ -312,6 +314,41 @@ export class PageStore {
     return -1;
   }
 
+  /**
+   * The runs of [page, page + n) of pid whose newest copy holds data, in order;
+   * pages whose newest copy is all zeros are left out (a restore need not
+   * populate them: untouched anonymous memory reads as zeros). Call
+   * firstMissing first: a page the store does not hold counts as data.
+   */
+  dataRuns(pid: number, page: number, n: number): Array<{ page: number; n: number }> {
+    const proc = this.procs.get(pid);
+    if (!proc) return [{ page, n }];
+    const runs: Array<{ page: number; n: number }> = [];
+    const add = (p: number, len: number) => {
+      const last = runs[runs.length - 1];
+      if (last && last.page + last.n === p) last.n += len;
+      else runs.push({ page: p, n: len });
+    };
+    const end = page + n;
+    let i = findSeg(proc.segs, page);
+    let p = page;
+    while (p < end) {
+      const s = proc.segs[i++];
+      if (!s || s.start > p) { add(p, end - p); break; }
+      const stop = Math.min(end, s.end);
+      const l = s.layer;
+      const base = l.slots[s.idx] - l.starts[s.idx];
+      let runStart = -1;
+      for (let q = p; q < stop; q++) {
+        if (l.zero[base + q] === 0) { if (runStart < 0) runStart = q; }
+        else if (runStart >= 0) { add(runStart, q - runStart); runStart = -1; }
+      }
+      if (runStart >= 0) add(runStart, stop - runStart);
+      p = stop;
+    }
+    return runs;
+  }
+
   /** Reads pages of pid held by the store into buf (for flat composition). Call firstMissing first. */
   readPages(pid: number, page: number, n: number, buf: Uint8Array, bufOff = 0): void {
     const proc = this.procs.get(pid);
@@ -410,7 +447,7 @@ export class PageStore {
     const fd = fs.openSync(file, 'w+');
     // Sparse: exactly 4096 x pages the level's pagemap lists, as CRIU needs.
     fs.ftruncateSync(fd, total * PAGE_SIZE);
-    return { level, pagesId, file, fd, starts, ends, slots, total, rounds: new Uint32Array(total), missing };
+    return { level, pagesId, file, fd, starts, ends, slots, total, rounds: new Uint32Array(total), zero: new Uint8Array(total), missing };
   }
 
   /** Maps runs onto layout segments; throws (before any change) if a page lies outside the layout. */
@@ -449,6 +486,7 @@ export class PageStore {
         if (st > r1) { this.counters.stalePages++; flush(i); continue; }
         if (st === 0) { l.missing[pc.seg.idx]--; this.receivedPages++; }
         l.rounds[slot0 + i] = r1;
+        l.zero[slot0 + i] = zero ? 1 : 0;
         if (zero) this.counters.zeroPages++;
         else this.counters.pagesWritten++;
         // A slot never written is a hole of the sparse file: zeros already.
