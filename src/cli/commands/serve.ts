@@ -13,7 +13,7 @@ const spec = {
   'tls-cert': { type: 'string', help: 'serve TLS with this PEM certificate (for untrusted networks)' },
   'tls-key': { type: 'string', help: 'the PEM private key of --tls-cert' },
   'keep-images': { type: 'boolean', help: 'keep each migration\'s images after it ends (debugging)' },
-  json: { type: 'boolean', help: 'print one JSON line per event on stdout' },
+  json: { type: 'boolean', help: 'print one JSON line per event on stdout: listening, migrated, filled (hybrid)' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
 
@@ -39,6 +39,8 @@ export async function run(argv: string[]): Promise<number> {
   const json = !!flags.json;
   agent.on('log', (line: string) => process.stderr.write(`phaul-fast serve: ${line}\n`));
   agent.on('migrated', (e) => { if (json) process.stdout.write(JSON.stringify({ event: 'migrated', ...e }) + '\n'); });
+  // Hybrid: the workload's memory is complete (ok) or could not be (the tree is stopped; see the log).
+  agent.on('filled', (e) => { if (json) process.stdout.write(JSON.stringify({ event: 'filled', ...e }) + '\n'); });
   // Last line of defence: one bad migration must never take the agent down.
   process.on('unhandledRejection', (e) => process.stderr.write(`phaul-fast serve: internal error: ${(e as Error)?.message ?? e}\n`));
   const addr = await agent.listen();
