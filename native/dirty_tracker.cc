@@ -569,7 +569,7 @@ void Tracker::Emit(ScanResult* out, uint64_t s, uint64_t e, uint64_t cat) {
   r.push_back(fl);
 }
 
-bool Tracker::Scan(ScanResult* out, Failure* f) {
+bool Tracker::Scan(ScanResult* out, Failure* f, bool protect) {
   int64_t t0 = NowNs();
   if (uffd_ < 0) {
     Fail(f, "failed", "tracker is not started (or closed)");
@@ -597,7 +597,7 @@ bool Tracker::Scan(ScanResult* out, Failure* f) {
       dirty = vec_.size();
       struct pm_scan_arg a = {};
       a.size = sizeof a;
-      a.flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
+      a.flags = protect ? PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC : PM_SCAN_CHECK_WPASYNC;
       a.start = cur;
       a.end = e;
       a.vec = uint64_t(vec_.data());
@@ -694,6 +694,39 @@ bool Tracker::Present(uint64_t start, uint64_t end, std::vector<uint64_t>* out, 
   return true;
 }
 
+bool Tracker::Unprotect(const std::vector<uint64_t>& pairs, uint64_t* bytes, Failure* f) {
+  *bytes = 0;
+  if (uffd_ < 0) {
+    Fail(f, "failed", "tracker is not started (or closed)");
+    return false;
+  }
+  for (size_t i = 0; i + 1 < pairs.size(); i += 2) {
+    uint64_t s = pairs[i] & ~uint64_t(4095), e = (pairs[i + 1] + 4095) & ~uint64_t(4095);
+    if (e <= s) continue;
+    // Only what we registered: UFFDIO_WRITEPROTECT on anything else fails anyway.
+    uint64_t pos = s, rs, re;
+    while (tracked_.NextFrom(pos, &rs, &re) && rs < e) {
+      uint64_t a = std::max(rs, s), b = std::min(re, e);
+      pos = re;
+      if (a >= b) continue;
+      struct uffdio_writeprotect wp = {};
+      wp.range.start = a;
+      wp.range.len = b - a;
+      wp.mode = 0;
+      int tries = 0;
+      while (ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) < 0) {
+        int err = errno;
+        if ((err == EAGAIN || err == EINTR) && ++tries < 100) continue;
+        if (err == ENOENT || err == EINVAL) break;  // the mapping changed under us: nothing to clear there
+        Fail(f, "failed", "UFFDIO_WRITEPROTECT: " + Errno(err), err);
+        return false;
+      }
+      *bytes += b - a;
+    }
+  }
+  return true;
+}
+
 void Tracker::Close() {
   // Closing the uffd unregisters every range; the target runs on untouched.
   if (uffd_ >= 0) close(uffd_), uffd_ = -1;
@@ -778,7 +811,8 @@ class DirtyTrackerWrap : public Napi::ObjectWrap<DirtyTrackerWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "DirtyTracker",
                        {InstanceMethod("start", &DirtyTrackerWrap::Start), InstanceMethod("scan", &DirtyTrackerWrap::Scan),
-                        InstanceMethod("present", &DirtyTrackerWrap::Present), InstanceMethod("vmas", &DirtyTrackerWrap::Vmas),
+                        InstanceMethod("present", &DirtyTrackerWrap::Present), InstanceMethod("unprotect", &DirtyTrackerWrap::Unprotect),
+                        InstanceMethod("vmas", &DirtyTrackerWrap::Vmas),
                         InstanceMethod("stats", &DirtyTrackerWrap::Stats), InstanceMethod("close", &DirtyTrackerWrap::Close)});
   }
 
@@ -826,12 +860,13 @@ class DirtyTrackerWrap : public Napi::ObjectWrap<DirtyTrackerWrap> {
   Napi::Value Scan(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (Busy(env)) throw Napi::Error::New(env, "DirtyTracker: another operation is running");
+    bool protect = info.Length() < 1 || info[0].IsUndefined() || info[0].ToBoolean().Value();
     auto res = std::make_shared<dirty::ScanResult>();
     auto* w = new PromiseWorker(
         info.This().As<Napi::Object>(),
-        [this, res](Failure* f) {
+        [this, res, protect](Failure* f) {
           std::lock_guard<std::mutex> g(mu_);
-          return t_->Scan(res.get(), f);
+          return t_->Scan(res.get(), f, protect);
         },
         [res](Napi::Env env) {
           auto o = Napi::Object::New(env);
@@ -871,6 +906,27 @@ class DirtyTrackerWrap : public Napi::ObjectWrap<DirtyTrackerWrap> {
     Failure f;
     if (!t_->Present(s, e, &out, &f)) throw MakeError(env, f);
     return BigArray(env, out);
+  }
+
+  // unprotect(pairs: BigUint64Array): number of bytes. Synchronous: one ioctl
+  // per tracked range the pairs touch, meant for the switchover.
+  Napi::Value Unprotect(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
+      throw Napi::TypeError::New(env, "unprotect(pairs: BigUint64Array)");
+    auto arr = info[0].As<Napi::TypedArrayOf<uint64_t>>();
+    std::vector<uint64_t> pairs(arr.Data(), arr.Data() + arr.ElementLength());
+    if (Busy(env)) throw Napi::Error::New(env, "DirtyTracker: another operation is running");
+    uint64_t bytes = 0;
+    Failure f;
+    bool ok;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      ok = t_->Unprotect(pairs, &bytes, &f);
+    }
+    busy_ = false;
+    if (!ok) throw MakeError(env, f);
+    return Napi::Number::New(env, double(bytes));
   }
 
   // vmas(): { ranges: BigUint64Array [start,end,flags] triples, names: string[] }

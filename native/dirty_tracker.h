@@ -110,10 +110,19 @@ class Tracker {
   Tracker& operator=(const Tracker&) = delete;
 
   bool Start(Failure* f);
-  bool Scan(ScanResult* out, Failure* f);
+  // protect=false (the last scan, with the tree frozen): report without
+  // write-protecting again; re-protecting never-populated ranges would install
+  // a marker per page, inside the pause, for nothing.
+  bool Scan(ScanResult* out, Failure* f, bool protect = true);
   // Present/swapped pages of [start,end) without touching protection (for
   // untracked or shared ranges at switchover). Triples like Scan().
   bool Present(uint64_t start, uint64_t end, std::vector<uint64_t>* out, Failure* f);
+  // Clears write protection on [start, end) pairs. Their pages then count as
+  // written (the next scan reports any that are populated), and never-populated
+  // ones lose their uffd-wp markers, which /proc/PID/pagemap shows as swap
+  // entries (so CRIU would list them as pages). Pairs outside registered ranges
+  // (a mapping gone since) are skipped. Returns the bytes unprotected.
+  bool Unprotect(const std::vector<uint64_t>& pairs, uint64_t* bytes, Failure* f);
   void Close();
   bool started() const { return uffd_ >= 0; }
   pid_t pid() const { return pid_; }

@@ -586,6 +586,43 @@ function registerTests(): void {
     }
   });
 
+  test('unprotect: empty pages lose their markers, count as written, and later writes are still seen', { skip }, async () => {
+    const w = await Workload.start(64, 0, 0);
+    const t = new DirtyTracker(w.pid);
+    /** /proc/PID/pagemap bits 63 (present) and 62 (swapped, which a uffd-wp marker looks like) of data page i. */
+    const pm = (i: number) => {
+      const fd = fs.openSync(`/proc/${w.pid}/pagemap`, 'r');
+      try {
+        const b = Buffer.alloc(8);
+        fs.readSync(fd, b, 0, 8, Number((w.data / PG + BigInt(i)) * 8n));
+        const v = b.readBigUInt64LE(0);
+        return { present: (v >> 63n) & 1n, swapped: (v >> 62n) & 1n };
+      } catch { return { present: -1n, swapped: -1n }; } finally { fs.closeSync(fd); }
+    };
+    try {
+      await t.start();
+      await t.scan();
+      await w.cmd(`dontneed ${w.data.toString(16)} 8`);
+      const zapped = await t.scan();
+      assert.equal(reported(zapped, w.data, 8, RANGE_ZERO), 8, 'zapped pages come as zeros (and get markers)');
+      assert.equal((await t.scan()).pages, 0);
+      assert.deepEqual(pm(3), { present: 0n, swapped: 1n }, 'a marker looks like a swapped page');
+      assert.equal(t.unprotect(BigUint64Array.of(w.data, w.data + 8n * PG, 0x1000n, 0x2000n)), 8 * PAGE_SIZE, 'only registered memory');
+      assert.deepEqual(pm(3), { present: 0n, swapped: 0n }, 'no marker any more');
+      const again = await t.scan({ protect: false });
+      assert.equal(reported(again, w.data, 8, RANGE_ZERO), 8, 'unprotected empty pages count as written');
+      assert.deepEqual(pm(3), { present: 0n, swapped: 0n }, 'protect: false left them alone');
+      await w.cmd('dirty 1');
+      const after = await t.scan();
+      assert.equal(reported(after, w.data, 8, RANGE_PRESENT), 8, 'writes after unprotect are seen');
+      assert.equal(reported(after, w.data, 64, RANGE_PRESENT), 64, 'and every other data page');
+      assert.match(await w.cmd('verify'), /^\d+$/);
+    } finally {
+      t.close();
+      await w.stop();
+    }
+  });
+
   test('readPages reports vanished pages and zero pages', { skip }, async () => {
     const w = await Workload.start(64, 0, 0);
     try {

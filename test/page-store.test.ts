@@ -121,6 +121,16 @@ test('zero pages never written are holes; firstMissing finds unreceived pages', 
     assert.equal(s.firstMissing(9, 0x100000 / P, 256), 0x100000 / P + 101);
     assert.equal(s.firstMissing(9, 0x164000 / P, 1), -1);
     assert.equal(s.firstMissing(10, 0x100000 / P, 1), 0x100000 / P, 'unknown pid holds nothing');
+    // Zeros again over zeros cost nothing; zeros over data overwrite it.
+    await s.write({ pid: 9, round: 1, ranges: [{ vaddr: 0x100000, nrPages: 100, zero: true }], data: Buffer.alloc(0) });
+    assert.equal(s.stats().bytesWritten, P, 'zeros over zeros: nothing written');
+    await s.write({ pid: 9, round: 2, ranges: [{ vaddr: 0x164000, nrPages: 1, zero: true }], data: Buffer.alloc(0) });
+    assert.equal(s.stats().bytesWritten, 2 * P, 'zeros over data: written');
+    const back = Buffer.alloc(P, 1);
+    s.readPages(9, 0x164000 / P, 1, back);
+    assert.ok(back.every((b) => b === 0));
+    // Pages 0-100 are zeros now; 101-255 were never received (data, for dataRuns).
+    assert.deepEqual(s.dataRuns(9, 0x100000 / P, 256), [{ page: 0x100000 / P + 101, n: 155 }], 'the zero pages are no data run');
   } finally {
     await done(s);
   }

@@ -361,6 +361,8 @@ export class Migration extends EventEmitter {
     this.phase('precopy');
     st.throttle?.release(); // a tree stopped or capped at dump time would be restored that way
 
+    const unprotected = run.unprotectZeros();
+    if (unprotected) this.emit('log', `cleared write protection of ${(unprotected / 2 ** 20).toFixed(0)} MiB of never-populated memory`);
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
     const freezeAt = Date.now();
     const ours = await localCapabilities();

@@ -75,13 +75,17 @@ export class DirtyTracker {
     }
   }
 
-  /** Pages written since the previous scan (every page on the first). One scan at a time. */
-  async scan(): Promise<DirtySet> {
+  /**
+   * Pages written since the previous scan (every page on the first). One scan
+   * at a time. `protect: false` (the last scan, with the process frozen)
+   * reports without write-protecting the pages again.
+   */
+  async scan(opts: { protect?: boolean } = {}): Promise<DirtySet> {
     const t = this.live();
     if (!this.started) throw new DirtyTrackingError('failed', this.pid, 'DirtyTracker.scan() before start()');
     let r;
     try {
-      r = await t.scan();
+      r = await t.scan(opts.protect ?? true);
     } catch (e) {
       throw fromNative(e, this.pid);
     }
@@ -106,6 +110,21 @@ export class DirtyTracker {
   present(start: bigint, end: bigint): BigUint64Array {
     try {
       return this.live().present(start, end);
+    } catch (e) {
+      throw fromNative(e, this.pid);
+    }
+  }
+
+  /**
+   * Clears write protection on [start, end) pairs and returns the bytes
+   * cleared. Safe at any time: an unprotected page counts as written, so the
+   * next scan reports it if it is populated; a never-populated one loses its
+   * uffd-wp marker, which /proc/PID/pagemap (and so CRIU) would show as a
+   * swapped page.
+   */
+  unprotect(pairs: BigUint64Array): number {
+    try {
+      return this.live().unprotect(pairs);
     } catch (e) {
       throw fromNative(e, this.pid);
     }

@@ -44,8 +44,9 @@ export interface NativeStats {
 
 export interface NativeDirtyTracker {
   start(): Promise<NativeStart>;
-  scan(): Promise<NativeScan>;
+  scan(protect?: boolean): Promise<NativeScan>;
   present(start: bigint, end: bigint): BigUint64Array;
+  unprotect(pairs: BigUint64Array): number;
   vmas(): { ranges: BigUint64Array; names: string[] };
   stats(): NativeStats;
   close(): void;

@@ -64,14 +64,14 @@ export class TreeTracker {
     return this.discover();
   }
 
-  /** One round: picks up new processes, then scans every tracked one. */
-  async scan(): Promise<TreeScan> {
+  /** One round: picks up new processes, then scans every tracked one (see DirtyTracker.scan for `protect`). */
+  async scan(opts: { protect?: boolean } = {}): Promise<TreeScan> {
     if (this.closed) throw new DirtyTrackingError('failed', this.root, 'TreeTracker is closed');
     const added = await this.discover();
     const sets = new Map<number, DirtySet>();
     const exited: number[] = [];
     const pids = [...this.trackers.keys()];
-    const results = await Promise.allSettled(pids.map((p) => this.trackers.get(p)!.scan()));
+    const results = await Promise.allSettled(pids.map((p) => this.trackers.get(p)!.scan(opts)));
     for (let i = 0; i < pids.length; i++) {
       const pid = pids[i];
       const r = results[i];
@@ -90,7 +90,7 @@ export class TreeTracker {
         // execve replaced its address space: track the new one from scratch.
         const t = await this.startOne(pid);
         if (t) {
-          sets.set(pid, await t.scan());
+          sets.set(pid, await t.scan(opts));
           added.push(pid);
           continue;
         }

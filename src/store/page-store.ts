@@ -485,12 +485,13 @@ export class PageStore {
         const st = l.rounds[slot0 + i];
         if (st > r1) { this.counters.stalePages++; flush(i); continue; }
         if (st === 0) { l.missing[pc.seg.idx]--; this.receivedPages++; }
+        // A slot never written is a hole of the sparse file, and one whose copy
+        // is zeros holds zeros: only data needs overwriting with zeros.
+        const needs = !zero || (st !== 0 && l.zero[slot0 + i] === 0);
         l.rounds[slot0 + i] = r1;
         l.zero[slot0 + i] = zero ? 1 : 0;
         if (zero) this.counters.zeroPages++;
         else this.counters.pagesWritten++;
-        // A slot never written is a hole of the sparse file: zeros already.
-        const needs = !zero || st !== 0;
         if (needs) { if (runStart < 0) runStart = i; } else flush(i);
       }
       flush(pc.n);
