@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { native } from '../src/native';
 import { PageStore, defaultStoreRoot } from '../src/store/page-store';
 import { serveLazyPages } from '../src/transport/lazy-page-server';
+import { ChainReader } from '../src/store/chain-reader';
 
 const P = 4096;
 const GET = 7;
@@ -104,6 +105,39 @@ for (const size of [32, 24] as const) {
     });
   });
 }
+
+test('the chain the store writes reads back the same pages, in another process\'s view (ChainReader)', async () => {
+  await withStore(async (s) => {
+    await fill(s);
+    const top = s.writeChain(new Map([[1, 5]]));
+    const chain = new ChainReader(top);
+    try {
+      for (const [page, n] of [[0x10, 4], [0x40, 1], [0x11, 2]]) {
+        assert.equal(chain.firstMissing(1, page, n), -1);
+        const a = Buffer.alloc(n * P), b = Buffer.alloc(n * P, 0xee);
+        s.readPages(5, page, n, a);
+        chain.readPages(1, page, n, b);
+        assert.deepEqual(b, a, `pages 0x${page.toString(16)}+${n}`);
+      }
+      assert.equal(chain.firstMissing(1, 0x13, 2), 0x14, 'past the layout');
+      assert.equal(chain.firstMissing(2, 0x10, 1), 0x10, 'unknown image');
+      // Served to a scripted daemon straight from the chain.
+      const [ours, daemon] = pair();
+      const served = serveLazyPages(ours, chain, new Map(), 32);
+      const rd = reader(daemon);
+      daemon.write(header(32, GET, 1, 0x40000, 1));
+      await rd.take(32);
+      assert.equal((await rd.take(P))[9], 0x40);
+      daemon.write(header(32, FORCE_CLOSE));
+      await rd.take(4);
+      assert.deepEqual(await served, { requests: 1, pages: 1 });
+      daemon.destroy();
+      ours.destroy();
+    } finally {
+      chain.close();
+    }
+  });
+});
 
 test('a page the store does not hold, a bad request, an unknown command or an early hang-up fail the service', async () => {
   await withStore(async (s) => {

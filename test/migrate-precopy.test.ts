@@ -10,7 +10,7 @@ import { inHost } from '../src/testing/hosts';
 import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
 import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
 import { PROJECT_ROOT } from '../src/criu/binary';
-import { CLI, netnsOf, netnsOfPath, runCli, tempDir, useTwoHostsWithServe } from './helpers/agents';
+import { CLI, netnsOf, netnsOfPath, runCli, startServe, tempDir, useTwoHostsWithServe } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root (CRIU, ptrace, userfaultfd, network namespaces)';
@@ -91,6 +91,7 @@ test('hybrid moves a 1 GiB workload that resumes before its memory is back; ever
     await assertMovedIntact(w, restored, 1024);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
     assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon ended');
+    assert.deepEqual(processesWith('lazy-source'), [], 'and its page source');
   } finally {
     await w.stop(restored);
   }
@@ -148,6 +149,36 @@ for (const mode of ['precopy', 'hybrid']) test(`${mode}: a 1 GiB mapping with 32
   }
 });
 
+test('hybrid: the destination agent killed while the resumed workload\'s memory fills: the workload still gets all of it', { skip }, async () => {
+  const own = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest-killed'));
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
+  let restored = 0;
+  try {
+    const args = precopyArgs(w.pid, [], 'hybrid');
+    args[args.indexOf('--to') + 1] = `${fx.hosts.b.addr}:${own.port}`;
+    const run = runCli(fx.hosts.a, args);
+    const end = Date.now() + 60_000;
+    while (!/running as pid/.test(own.stderr()) && Date.now() < end) await sleep(2);
+    assert.match(own.stderr(), /running as pid/, 'the workload resumed at the destination');
+    assert.doesNotMatch(own.stderr(), /memory filled/, 'before its memory was complete');
+    own.proc.kill('SIGKILL');
+    const r = await run;
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.json!.warning ?? '', /filling/, 'the source says it could not hear about the fill');
+    restored = r.json!.restoredPid;
+    w.adopt(restored);
+    // The daemon and its page source outlive the agent and finish the job.
+    const end2 = Date.now() + 60_000;
+    while ((processesWith('lazy-pages').length || processesWith('lazy-source').length) && Date.now() < end2) await sleep(50);
+    assert.deepEqual([...processesWith('lazy-pages'), ...processesWith('lazy-source')], [], 'daemon and source finished');
+    await assertMovedIntact(w, restored, 1024);
+    assert.equal(procState(restored) === 'T', false, 'not stopped: the fill succeeded');
+  } finally {
+    await w.stop(restored);
+    await own.stop('SIGKILL');
+  }
+});
+
 test('hybrid: a restore that fails after the lazy-pages daemon started rolls back; the daemon and the copy are gone', { skip }, async () => {
   // The workload listens on a port that, on the destination host, is taken:
   // CRIU's restore cannot bind it, after the daemon was already waiting.
@@ -169,11 +200,12 @@ test('hybrid: a restore that fails after the lazy-pages daemon started rolls bac
     assert.equal(r.json!.ok, false);
     assert.equal(r.json!.rolledBack, true, r.stderr);
     assert.match(r.json!.error.message, /criu restore failed/, 'it failed where meant to');
-    assert.match(fx.serve.stderr(), /criu lazy-pages \(pid \d+\) waits for the restore/, 'after the daemon started');
+    assert.match(fx.serve.stderr(), /criu lazy-pages \(pid \d+, pages from pid \d+\) waits for the restore/, 'after the daemon started');
     assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
     assert.match(fx.serve.stderr(), /migration failed/);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
     assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon was ended');
+    assert.deepEqual(processesWith('lazy-source'), [], 'and its page source');
     assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
       [], 'no restored copy anywhere');
   } finally {

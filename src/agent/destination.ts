@@ -23,7 +23,6 @@ import { attachBatchStream } from '../transport/batch-stream';
 import { withDeadline } from '../util/deadline';
 import { runCriuOrThrow } from '../criu/rpc';
 import { LocalLazyPages } from '../criu/lazy-pages';
-import { serveLazyPages } from '../transport/lazy-page-server';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
@@ -64,8 +63,8 @@ class DestSession {
   store?: PageStore;
   /** Hybrid: the daemon filling the restored tree's memory from the store. */
   lazyPages?: LocalLazyPages;
-  /** Hybrid: CRIU image id -> the pid the store's batches used. */
-  private imageIds = new Map<number, number>();
+  /** Hybrid: the top level of the store's parent-image chain, which the page source process reads. */
+  private chainTop = '';
   private criuHeaderSize: 24 | 32 = 32;
   expectedStreams = 0;
   private readonly streams: net.Socket[] = [];
@@ -228,10 +227,10 @@ class DestSession {
           imageIds[Number(k)] = v;
         }
         await store.finalizeParent();
-        this.imageIds = new Map(Object.entries(imageIds).map(([k, v]) => [Number(k), v]));
         // Hybrid keeps CRIU's lazy entries lazy and serves them from the store;
         // still, every one must be there before the restore.
         const st = await composeImages({ criuDir: this.dir, store, imageIds, mode: this.mode === 'hybrid' ? 'lazy' : 'chain' });
+        this.chainTop = st.chainTop ?? '';
         this.log(`composed ${st.mode} images in ${st.ms.toFixed(1)} ms (${st.storePages - st.zeroPages} pages from the store, ` +
           `${st.zeroPages} all-zero pages left unpopulated, ${st.presentPages} present)`);
         return;
@@ -274,23 +273,17 @@ class DestSession {
     const { conn, agent } = this;
     this.state = 'restoring';
     const t0 = Date.now();
-    const lazy = this.mode === 'hybrid';
-    let served: Promise<unknown> | undefined;
+    // Hybrid with nothing in the store to fill lazily (all of it non-lazy memory) restores plainly.
+    const lazy = this.mode === 'hybrid' && this.chainTop !== '';
     if (lazy) {
-      const lp = new LocalLazyPages({ imagesDir: this.dir });
+      const lp = new LocalLazyPages({
+        imagesDir: this.dir, chainTop: this.chainTop, headerSize: this.criuHeaderSize,
+        cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir],
+      });
       this.lazyPages = lp;
       await withDeadline(lp.ready, 30_000, 'criu', 'criu lazy-pages did not start');
-      this.log(`criu lazy-pages (pid ${lp.pid}) waits for the restore`);
-      served = serveLazyPages(lp.pages, this.store!, this.imageIds, this.criuHeaderSize).then(
-        (st) => { this.log(`served ${st.pages} pages to lazy-pages in ${st.requests} requests`); return true; },
-        (e) => {
-          this.log(`serving lazy-pages failed: ${asPhaulError(e).message}`);
-          // Before the commit this fails the restore (rollback); after it, fillLazily decides.
-          if (this.state !== 'running') void lp.kill();
-          return false;
-        });
+      this.log(`criu lazy-pages (pid ${lp.pid}, pages from pid ${lp.sourcePid}) waits for the restore`);
     }
-    this.lazyServed = served;
     const res = await runCriuOrThrow(
       {
         type: 'restore',
@@ -346,22 +339,20 @@ class DestSession {
    * page, then tell the source (which may already be gone: the workload no
    * longer needs it). A daemon failing here cannot be rolled back any more.
    */
-  private lazyServed?: Promise<unknown>;
-
   private async fillLazily(lazyPages: LocalLazyPages, t0: number): Promise<void> {
     const code = await lazyPages.exited;
-    const served = await this.lazyServed;
+    const served = await lazyPages.sourceExited;
     this.lazyPages = undefined;
     const ms = Date.now() - t0;
-    const ok = code === 0 && served === true;
+    const ok = code === 0 && served === 0;
     if (ok) {
       this.log(`memory filled ${ms} ms after the restore began`);
     } else {
       // Pages the daemon never placed now read as zeros. Stop the tree rather
       // than let it compute (and write out) garbage; a human decides.
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
-      this.log(`criu lazy-pages exited ${code} before the memory of pid ${this.restoredPid} was filled; ` +
-        `the tree is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
+      this.log(`criu lazy-pages exited ${code} (its page source ${served}) before the memory of pid ${this.restoredPid} ` +
+        `was filled; the tree is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
     }
     this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms });
     try {

@@ -6,19 +6,20 @@
 // background. The restore then takes tens of milliseconds whatever the memory
 // size; the filling happens while the workload already runs.
 //
-// The daemon runs in remote mode on a socketpair whose other end we serve
-// from the page store (src/transport/lazy-page-server.ts). Its local mode
-// cannot be used: it reads pages that live in a parent image but never hands
-// them to userfaultfd (CRIU 4.2 calls io_complete only on the top image), so
-// a chain-composed restore hangs on the first such fault.
+// The daemon runs in remote mode on a socketpair whose other end is served by
+// a page source process reading the store's parent-image chain
+// (src/transport/lazy-source-process.ts). Its local mode cannot be used: it
+// reads pages that live in a parent image but never hands them to
+// userfaultfd (CRIU 4.2 calls io_complete only on the top image), so a
+// chain-composed restore hangs on the first such fault.
 //
-// Once the restored tree runs, its memory depends on this process until it
-// exits (a page it never copied would read as zeros). So it runs in its own
-// session: neither a Ctrl-C meant for the agent nor the agent's death ends it.
-// It is killed only before the restored tree ever ran (a rollback).
+// Once the restored tree runs, its memory depends on both processes until
+// they exit (a page never copied would read as zeros). So both run in their
+// own session, apart from the agent: neither a Ctrl-C meant for the agent nor
+// the agent's death ends them. They are killed only before the restored tree
+// ever ran (a rollback).
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { native } from '../native';
 import { PhaulError } from '../errors';
@@ -26,22 +27,30 @@ import { criuBinary } from './binary';
 import { criuLogTail } from './rpc';
 
 export interface LazyPagesOptions {
-  /** The restore's images (pagemaps; the pages come over `pages`). The restore must use the same directory. */
+  /** The restore's images (pagemaps; the pages come from the source process). The restore must use the same directory. */
   imagesDir: string;
+  /** Top level of the store's parent-image chain (PageStore.writeChain). */
+  chainTop: string;
+  /** Page-server header size of this CRIU (24 before 4.2, 32 since). */
+  headerSize: 24 | 32;
+  /** Removed by the source process when it is done (if the agent is gone by then, nobody else would). */
+  cleanup?: string[];
   criu?: string;
 }
 
 export const LAZY_PAGES_LOG = 'lazy-pages.log';
+const SOURCE_SCRIPT = path.join(__dirname, '..', 'transport', 'lazy-source-process.js');
 
 export class LocalLazyPages {
   private readonly child: ChildProcess;
-  /** Our end of the daemon's page-server connection: answer it with serveLazyPages. */
-  readonly pages: net.Socket;
+  private readonly source: ChildProcess;
   readonly startedAt = Date.now();
   /** Resolves when the daemon listens for the restore. */
   readonly ready: Promise<void>;
   /** The daemon's exit code (null if killed by a signal); 0 once every page is in place. */
   readonly exited: Promise<number | null>;
+  /** The page source's exit code: 0 once it served the daemon to the end. */
+  readonly sourceExited: Promise<number | null>;
 
   constructor(readonly opts: LazyPagesOptions) {
     const [mine, theirs] = native.streamSocketPair() as [number, number];
@@ -50,10 +59,15 @@ export class LocalLazyPages {
     this.child = spawn(opts.criu ?? criuBinary(), args,
       { stdio: ['ignore', 'ignore', 'ignore', theirs, 'pipe'], detached: true });
     fs.closeSync(theirs);
-    this.pages = new net.Socket({ fd: mine, readable: true, writable: true });
-    this.pages.on('error', () => undefined); // reported by serveLazyPages
+    const log = fs.openSync(path.join(opts.imagesDir, 'lazy-source.log'), 'a');
+    this.source = spawn(process.execPath, [SOURCE_SCRIPT, opts.chainTop, String(opts.headerSize), ...(opts.cleanup ?? [])],
+      { stdio: ['ignore', 'ignore', log, mine], detached: true });
+    fs.closeSync(mine);
+    fs.closeSync(log);
     this.child.on('error', () => undefined);
-    this.exited = new Promise((resolve) => this.child.on('exit', (code) => { this.pages.destroy(); resolve(code); }));
+    this.source.on('error', () => undefined);
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+    this.sourceExited = new Promise((resolve) => this.source.on('exit', (code) => resolve(code)));
     this.ready = new Promise<void>((resolve, reject) => {
       (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => resolve());
       void this.exited.then((code) => reject(new PhaulError('criu',
@@ -66,15 +80,21 @@ export class LocalLazyPages {
     return this.child.pid;
   }
 
+  get sourcePid(): number | undefined {
+    return this.source.pid;
+  }
+
   logTail(): string {
     return criuLogTail(path.join(this.opts.imagesDir, LAZY_PAGES_LOG));
   }
 
-  /** Ends the daemon. Only for a restored tree that never ran: it would lose its memory. */
+  /** Ends the daemon and the page source. Only for a restored tree that never ran: it would lose its memory. */
   async kill(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      try { this.child.kill('SIGKILL'); } catch { /* gone */ }
+    for (const c of [this.child, this.source]) {
+      if (c.exitCode === null && c.signalCode === null) {
+        try { c.kill('SIGKILL'); } catch { /* gone */ }
+      }
     }
-    await this.exited;
+    await Promise.all([this.exited, this.sourceExited]);
   }
 }

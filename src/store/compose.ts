@@ -53,6 +53,8 @@ export interface ComposeStats {
   levels: number;
   /** Lazy pages left out because their newest copy is all zeros (chain and lazy modes). */
   zeroPages: number;
+  /** Chain and lazy modes: the top level of the store's parent-image chain (unset when no page comes from the store). */
+  chainTop?: string;
   /** Wall time, including waiting for the store's last writes. */
   ms: number;
 }
@@ -133,6 +135,7 @@ function composeChain(dir: string, store: PageStore, plans: Plan[], stats: Compo
     // Parent pagemaps first, then the link, then the child pagemaps: until the
     // last step the directory still holds CRIU's own images.
     const top = store.writeChain(new Map(users.map((p) => [p.imageId, p.pid])));
+    stats.chainTop = top;
     const link = path.join(dir, 'parent');
     fs.rmSync(link, { force: true });
     fs.symlinkSync(top, link);
@@ -146,6 +149,10 @@ function composeChain(dir: string, store: PageStore, plans: Plan[], stats: Compo
 
 /** Hybrid: CRIU's lazy entries stay lazy (served from the store on demand), minus all-zero pages. */
 function composeLazy(store: PageStore, plans: Plan[], stats: ComposeStats): void {
+  const users = plans.filter((p) => p.lazyPages > 0);
+  // The chain's pagemaps (no `parent` link from the images: the restore must
+  // not read them) are how another process finds the store's pages by image id.
+  if (users.length) stats.chainTop = store.writeChain(new Map(users.map((p) => [p.imageId, p.pid])));
   for (const p of plans) {
     if (p.lazyPages === 0) continue;
     const entries = withoutZeroPages(store, p, stats, (e) => e);

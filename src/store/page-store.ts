@@ -518,16 +518,17 @@ export class PageStore {
 
 // ---- helpers
 
-/** Index of the segment containing page, or of the first one after it. */
-function findSeg(segs: Seg[], page: number): number {
-  let lo = 0, hi = segs.length;
+/** Index of the first of `list` (sorted, disjoint) that ends after `page`. */
+export function firstEndingAfter(list: ReadonlyArray<{ end: number }>, page: number): number {
+  let lo = 0, hi = list.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (segs[mid].end <= page) lo = mid + 1;
+    if (list[mid].end <= page) lo = mid + 1;
     else hi = mid;
   }
   return lo;
 }
+const findSeg = firstEndingAfter;
 
 /** wanted minus the segments already laid out, as [start, end) pairs. */
 function subtract(wanted: Array<[number, number]>, segs: Seg[]): Array<[number, number]> {

@@ -1,6 +1,7 @@
 // Hybrid mode's page source: serves CRIU's lazy-pages daemon, running on the
 // destination in remote mode (`criu lazy-pages --page-server --ps-socket FD`),
-// from the destination's own page store. The restored tree's page faults and
+// from the destination's own copy of the pages (the page store, or the chain
+// it wrote: src/store/chain-reader.ts). The restored tree's page faults and
 // the daemon's background copy are answered from memory that pre-copy already
 // moved here: the source is never asked again.
 //
@@ -15,7 +16,13 @@
 // a page the store does not hold fails the service instead of answering zeros.
 import type { Socket } from 'node:net';
 import { PhaulError } from '../errors';
-import type { PageStore } from '../store/page-store';
+
+/** What pages can be answered from (PageStore and ChainReader have both). */
+export interface PageSource {
+  /** The first page of [page, page + n) not held, or -1. */
+  firstMissing(id: number, page: number, n: number): number;
+  readPages(id: number, page: number, n: number, buf: Uint8Array): void;
+}
 
 const PS_IOV_ADD_F = 6;
 const PS_IOV_GET = 7;
@@ -66,7 +73,7 @@ function encode(h: Header, size: 24 | 32): Buffer {
  * served; rejects on a request it cannot answer or a connection that ends early.
  * imageIds: image id -> the pid the store's batches used.
  */
-export function serveLazyPages(sock: Socket, store: PageStore, imageIds: ReadonlyMap<number, number>,
+export function serveLazyPages(sock: Socket, store: PageSource, imageIds: ReadonlyMap<number, number>,
   headerSize: 24 | 32): Promise<LazyServeStats> {
   const stats: LazyServeStats = { requests: 0, pages: 0 };
   return new Promise<LazyServeStats>((resolve, reject) => {

@@ -1,0 +1,43 @@
+// The process that answers CRIU's lazy-pages daemon in hybrid mode:
+//
+//   node lazy-source-process.js CHAIN_TOP_DIR HEADER_SIZE [CLEANUP_DIR...]
+//
+// with the daemon's page-server socket as fd 3. It reads the pages from the
+// parent-image chain the page store wrote (src/store/chain-reader.ts), not
+// from the agent: it runs in its own session, like the daemon, so a restored
+// workload still gets all of its memory if the agent dies meanwhile (which,
+// with the agent as the source, would leave the daemon without pages and the
+// workload reading zeros). It exits 0 once the daemon says it is done, and
+// then removes CLEANUP_DIRs (the agent removes them too if it is still there).
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { ChainReader } from '../store/chain-reader';
+import { serveLazyPages } from './lazy-page-server';
+
+async function main(): Promise<number> {
+  const [top, hs, ...cleanup] = process.argv.slice(2);
+  const headerSize = Number(hs);
+  if (!top || (headerSize !== 24 && headerSize !== 32)) {
+    process.stderr.write('usage: lazy-source-process CHAIN_TOP_DIR 24|32 [CLEANUP_DIR...]\n');
+    return 2;
+  }
+  const chain = new ChainReader(top);
+  const sock = new net.Socket({ fd: 3, readable: true, writable: true });
+  try {
+    const st = await serveLazyPages(sock, chain, new Map(), headerSize);
+    process.stderr.write(`lazy-source: served ${st.pages} pages in ${st.requests} requests\n`);
+    await new Promise<void>((r) => sock.end(r));
+    return 0;
+  } catch (e) {
+    process.stderr.write(`lazy-source: ${(e as Error).message}\n`);
+    return 1;
+  } finally {
+    chain.close();
+    for (const d of cleanup) fs.rmSync(d, { recursive: true, force: true });
+  }
+}
+
+main().then((code) => { process.exitCode = code; }, (e) => {
+  process.stderr.write(`lazy-source: ${(e as Error)?.message ?? e}\n`);
+  process.exitCode = 1;
+});
