@@ -219,6 +219,10 @@ class DestSession {
         this.conn.send({ t: 'round-ack', round });
       } else if (m.t === 'image') {
         this.writeImage(m);
+      } else if (m.t === 'images-done') {
+        // CRIU's images are all here, the final round is on its way: a hybrid
+        // restore's daemon can start now, off the pause's critical path.
+        if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
         const ids = (m.imageIds ?? {}) as Record<string, unknown>;
         const imageIds: Record<number, number> = {};
@@ -268,6 +272,16 @@ class DestSession {
     }
   }
 
+  /**
+   * Hybrid: the lazy-pages daemon, started as soon as CRIU's images are here
+   * (the source sends them before its final round) so that its start-up
+   * overlaps the final round instead of adding to the pause.
+   */
+  private startLazyPages(): LocalLazyPages {
+    this.lazyPages = new LocalLazyPages({ imagesDir: this.dir });
+    return this.lazyPages;
+  }
+
   /** Restore stopped, report, and resume only on the source's commit. */
   private async restoreAndCommit(criuFlags: Record<string, boolean>): Promise<void> {
     const { conn, agent } = this;
@@ -275,14 +289,17 @@ class DestSession {
     const t0 = Date.now();
     // Hybrid with nothing in the store to fill lazily (all of it non-lazy memory) restores plainly.
     const lazy = this.mode === 'hybrid' && this.chainTop !== '';
+    if (!lazy && this.lazyPages) {
+      await this.lazyPages.kill(); // started early, not needed after all
+      this.lazyPages = undefined;
+    }
     if (lazy) {
-      const lp = new LocalLazyPages({
-        imagesDir: this.dir, chainTop: this.chainTop, headerSize: this.criuHeaderSize,
-        cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir],
-      });
-      this.lazyPages = lp;
+      const lp = this.lazyPages ?? this.startLazyPages();
       await withDeadline(lp.ready, 30_000, 'criu', 'criu lazy-pages did not start');
-      this.log(`criu lazy-pages (pid ${lp.pid}, pages from pid ${lp.sourcePid}) waits for the restore`);
+      lp.startSource({ chainTop: this.chainTop, headerSize: this.criuHeaderSize,
+        cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
+      this.log(`criu lazy-pages (pid ${lp.pid}, pages from pid ${lp.sourcePid}) waits for the restore ` +
+        `(started ${t0 - lp.startedAt} ms before it)`);
     }
     const res = await runCriuOrThrow(
       {

@@ -371,14 +371,17 @@ export class Migration extends EventEmitter {
     // forever: past the deadline the catch below rolls it back (SIGALRM).
     await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
     this.phase('freeze-dump');
+    // CRIU's images first: a hybrid destination starts its lazy-pages daemon
+    // on them while the final round is still on its way.
+    const imageBytes = this.sendImages(conn, workDir);
+    conn.send({ t: 'images-done' });
+    this.phase('images');
     const finalPages = await run.finalRound();
     this.phase('final-round');
     const imageIds: Record<string, number> = {};
     const original = treePids(o.pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
-    const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'switchover', imageIds });
-    this.phase('images');
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
     const restoredPid = int(r, 'pid', 1, 1 << 22);
     this.phase('restore');

@@ -29,13 +29,16 @@ import { criuLogTail } from './rpc';
 export interface LazyPagesOptions {
   /** The restore's images (pagemaps; the pages come from the source process). The restore must use the same directory. */
   imagesDir: string;
+  criu?: string;
+}
+
+export interface PageSourceOptions {
   /** Top level of the store's parent-image chain (PageStore.writeChain). */
   chainTop: string;
   /** Page-server header size of this CRIU (24 before 4.2, 32 since). */
   headerSize: 24 | 32;
   /** Removed by the source process when it is done (if the agent is gone by then, nobody else would). */
   cleanup?: string[];
-  criu?: string;
 }
 
 export const LAZY_PAGES_LOG = 'lazy-pages.log';
@@ -44,14 +47,23 @@ const SOURCE_SCRIPT = path.join(__dirname, '..', 'transport', 'lazy-source-proce
 export class LocalLazyPages {
   private readonly child: ChildProcess;
   private readonly source: ChildProcess;
+  private sourceStarted = false;
   readonly startedAt = Date.now();
   /** Resolves when the daemon listens for the restore. */
   readonly ready: Promise<void>;
   /** The daemon's exit code (null if killed by a signal); 0 once every page is in place. */
   readonly exited: Promise<number | null>;
-  /** The page source's exit code: 0 once it served the daemon to the end. */
-  readonly sourceExited: Promise<number | null>;
+  private sourceDone!: (code: number | null) => void;
+  /** The page source's exit code: 0 once it served the daemon to the end (null: killed, or never started). */
+  readonly sourceExited = new Promise<number | null>((r) => { this.sourceDone = r; });
 
+  /**
+   * Starts the daemon and the page source process. The daemon reads the
+   * pagemaps only when the restore connects, and the source waits for
+   * startSource() to name the chain, so both may start while the last pages
+   * are still arriving: their start-up (30-45 ms each here) then stays out of
+   * the pause. startSource() must follow before the restore.
+   */
   constructor(readonly opts: LazyPagesOptions) {
     const [mine, theirs] = native.streamSocketPair() as [number, number];
     const args = ['lazy-pages', '-D', opts.imagesDir, '--page-server', '--ps-socket', '3', '--status-fd', '4',
@@ -60,14 +72,17 @@ export class LocalLazyPages {
       { stdio: ['ignore', 'ignore', 'ignore', theirs, 'pipe'], detached: true });
     fs.closeSync(theirs);
     const log = fs.openSync(path.join(opts.imagesDir, 'lazy-source.log'), 'a');
-    this.source = spawn(process.execPath, [SOURCE_SCRIPT, opts.chainTop, String(opts.headerSize), ...(opts.cleanup ?? [])],
-      { stdio: ['ignore', 'ignore', log, mine], detached: true });
-    fs.closeSync(mine);
-    fs.closeSync(log);
-    this.child.on('error', () => undefined);
+    try {
+      this.source = spawn(process.execPath, [SOURCE_SCRIPT, '-'], { stdio: ['pipe', 'ignore', log, mine], detached: true });
+    } finally {
+      fs.closeSync(log);
+      fs.closeSync(mine);
+    }
+    this.source.stdin!.on('error', () => undefined);
     this.source.on('error', () => undefined);
+    this.source.on('exit', (code) => this.sourceDone(code));
+    this.child.on('error', () => undefined);
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
-    this.sourceExited = new Promise((resolve) => this.source.on('exit', (code) => resolve(code)));
     this.ready = new Promise<void>((resolve, reject) => {
       (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => resolve());
       void this.exited.then((code) => reject(new PhaulError('criu',
@@ -82,6 +97,13 @@ export class LocalLazyPages {
 
   get sourcePid(): number | undefined {
     return this.source.pid;
+  }
+
+  /** Tells the page source where the store's chain is (once it is written); from then on it needs nothing of ours. */
+  startSource(o: PageSourceOptions): void {
+    if (this.sourceStarted) throw new PhaulError('failed', 'lazy-pages: page source already started');
+    this.sourceStarted = true;
+    this.source.stdin!.end(JSON.stringify({ top: o.chainTop, headerSize: o.headerSize, cleanup: o.cleanup ?? [] }) + '\n');
   }
 
   logTail(): string {

@@ -1,8 +1,10 @@
 // The process that answers CRIU's lazy-pages daemon in hybrid mode:
 //
 //   node lazy-source-process.js CHAIN_TOP_DIR HEADER_SIZE [CLEANUP_DIR...]
+//   node lazy-source-process.js -     (the same as JSON on stdin: {"top","headerSize","cleanup"})
 //
-// with the daemon's page-server socket as fd 3. It reads the pages from the
+// with the daemon's page-server socket as fd 3. The stdin form lets the agent
+// start it (Node's start-up: ~40 ms) before the chain exists. It reads the pages from the
 // parent-image chain the page store wrote (src/store/chain-reader.ts), not
 // from the agent: it runs in its own session, like the daemon, so a restored
 // workload still gets all of its memory if the agent dies meanwhile (which,
@@ -14,8 +16,20 @@ import * as net from 'node:net';
 import { ChainReader } from '../store/chain-reader';
 import { serveLazyPages } from './lazy-page-server';
 
+async function readStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) text += chunk;
+  return text;
+}
+
 async function main(): Promise<number> {
-  const [top, hs, ...cleanup] = process.argv.slice(2);
+  let [top, hs, ...cleanup] = process.argv.slice(2);
+  if (top === '-') {
+    const text = await readStdin();
+    if (!text.trim()) return 3; // the agent went away before the restore: nothing to serve
+    const o = JSON.parse(text) as { top: string; headerSize: number; cleanup?: string[] };
+    [top, hs, cleanup] = [o.top, String(o.headerSize), o.cleanup ?? []];
+  }
   const headerSize = Number(hs);
   if (!top || (headerSize !== 24 && headerSize !== 32)) {
     process.stderr.write('usage: lazy-source-process CHAIN_TOP_DIR 24|32 [CLEANUP_DIR...]\n');
