@@ -73,7 +73,8 @@ export class LocalLazyPages {
     fs.closeSync(theirs);
     const log = fs.openSync(path.join(opts.imagesDir, 'lazy-source.log'), 'a');
     try {
-      this.source = spawn(process.execPath, [SOURCE_SCRIPT, '-'], { stdio: ['pipe', 'ignore', log, mine], detached: true });
+      this.source = spawn(process.execPath, [SOURCE_SCRIPT, '-', String(this.child.pid ?? 0)],
+        { stdio: ['pipe', 'ignore', log, mine], detached: true });
     } finally {
       fs.closeSync(log);
       fs.closeSync(mine);

@@ -1,10 +1,12 @@
 // The process that answers CRIU's lazy-pages daemon in hybrid mode:
 //
 //   node lazy-source-process.js CHAIN_TOP_DIR HEADER_SIZE [CLEANUP_DIR...]
-//   node lazy-source-process.js -     (the same as JSON on stdin: {"top","headerSize","cleanup"})
+//   node lazy-source-process.js - DAEMON_PID   (the same as JSON on stdin: {"top","headerSize","cleanup"})
 //
 // with the daemon's page-server socket as fd 3. The stdin form lets the agent
-// start it (Node's start-up: ~40 ms) before the chain exists. It reads the pages from the
+// start it (Node's start-up: ~40 ms) before the chain exists. If stdin ends
+// without it, the agent died before any restore: no tree will ever connect to
+// the daemon, which would wait for one forever, so this ends it. It reads the pages from the
 // parent-image chain the page store wrote (src/store/chain-reader.ts), not
 // from the agent: it runs in its own session, like the daemon, so a restored
 // workload still gets all of its memory if the agent dies meanwhile (which,
@@ -25,8 +27,12 @@ async function readStdin(): Promise<string> {
 async function main(): Promise<number> {
   let [top, hs, ...cleanup] = process.argv.slice(2);
   if (top === '-') {
+    const daemon = Number(hs);
     const text = await readStdin();
-    if (!text.trim()) return 3; // the agent went away before the restore: nothing to serve
+    if (!text.trim()) {
+      if (Number.isInteger(daemon) && daemon > 1) try { process.kill(daemon, 'SIGKILL'); } catch { /* gone */ }
+      return 3;
+    }
     const o = JSON.parse(text) as { top: string; headerSize: number; cleanup?: string[] };
     [top, hs, cleanup] = [o.top, String(o.headerSize), o.cleanup ?? []];
   }
