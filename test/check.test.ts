@@ -122,7 +122,9 @@ test('human output lists each item with what it enables, and the modes', async (
   for (const item of ['criu', 'soft-dirty', 'uffd-wp async', 'PAGEMAP_SCAN', 'lazy pages', 'freezer', 'nftables', 'kernel', 'cpu'])
     assert.match(r.stdout, new RegExp(`^  ${item}: `, 'm'), item);
   assert.match(r.stdout, /— enables postcopy/);
-  for (const m of MODES) assert.match(r.stdout, new RegExp(`^  ${m}\\s+(available|unavailable)`, 'm'));
+  for (const m of MODES) assert.match(r.stdout, new RegExp(`^  ${m}\\s+(available|unavailable|this machine could .*not a migrate mode yet)`, 'm'));
+  assert.match(r.stdout, /^  postcopy\s+(unavailable|this machine could .*not a migrate mode yet)/m, 'postcopy is not offered by migrate');
+  assert.match(r.stdout, /migrate --mode auto picks (hybrid|precopy|stop-copy) here/);
 });
 
 test('without a working CRIU no mode is available: exit 1 and what to install', async () => {

@@ -1,5 +1,7 @@
 // Human form of a SystemReport: one line per item, "item: value (evidence) —
 // enables X", then the modes, then what to install or enable.
+import { AUTO_ORDER } from '../agent/capabilities';
+import { MODES } from '../agent/migrate';
 import type { SystemReport } from './index';
 
 const yes = (b: boolean) => (b ? 'yes' : 'no');
@@ -33,7 +35,13 @@ export function formatReport(r: SystemReport): string {
     hybrid: 'precopy, then lazy restore',
     'stop-copy': 'CRIU dump + restore',
   };
-  for (const [mode, ok] of Object.entries(r.modes)) lines.push(`  ${mode.padEnd(10)} ${ok ? `available (${how[mode]})` : 'unavailable'}`);
+  const offered = MODES as readonly string[];
+  for (const [mode, ok] of Object.entries(r.modes)) {
+    const state = !ok ? 'unavailable' : offered.includes(mode) ? `available (${how[mode]})` : `this machine could (${how[mode]}); not a migrate mode yet`;
+    lines.push(`  ${mode.padEnd(10)} ${state}`);
+  }
+  const auto = AUTO_ORDER.find((m) => (r.modes as Record<string, boolean>)[m]);
+  if (auto) lines.push(`  migrate --mode auto picks ${auto} here (if the destination offers it too)`);
   if (r.missing.length) {
     lines.push('', 'to install or enable:');
     for (const a of r.missing) lines.push(`  - ${a.item}: ${a.fix}`);
