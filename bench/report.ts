@@ -41,7 +41,7 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
     '(strategies take turns), median (min–max): below 1x is shorter. See docs/BENCH.md for the definitions.',
     '',
     `| ${head.join(' | ')} |`,
-    `|${head.map((h, i) => (i < 5 || i === head.length - 1 ? '---' : '---:')).join('|')}|`,
+    `|${head.map((_h, i) => (i < 5 || i === head.length - 1 ? '---' : '---:')).join('|')}|`,
   ];
   for (const r of rows) {
     const status = r.status === 'ok' ? 'ok' : `${r.status}${r.note ? `: ${r.note.replace(/\|/g, '/').slice(0, 200)}` : ''}`;

@@ -321,7 +321,7 @@ class DestSession {
       },
       {
         timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
-        onNotify: (script, pid) => {
+        onNotify: (_script, pid) => {
           if (pid && !this.restoredPid) this.restoredPid = pid;
           return true;
         },
