@@ -103,7 +103,10 @@ async function askTcp(pid: number, report: string): Promise<any> {
     if (fs.statSync(report).mtimeMs !== old) return JSON.parse(fs.readFileSync(report, 'utf8'));
     await sleep(10);
   }
-  throw new Error('tcpwork did not report');
+  const state = (p: number) => { try { return `${fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(' ')[2]}/${fs.readFileSync(`/proc/${p}/wchan`, 'utf8')}`; } catch { return 'gone'; } };
+  const tasks = (() => { try { return fs.readdirSync(`/proc/${pid}/task`); } catch { return []; } })();
+  throw new Error(`tcpwork did not report (tasks ${tasks.map((t) => `${t}:${state(Number(t))}`).join(' ')}; ` +
+    `serve: ${fx.serve.stderr().trim().split('\n').slice(-4).join(' | ')})`);
 }
 
 test('a destination killed mid-transfer leaves the workload running at the source', { skip }, async () => {

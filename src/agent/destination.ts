@@ -369,7 +369,8 @@ class DestSession {
       // than let it compute (and write out) garbage; a human decides.
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
       this.log(`criu lazy-pages exited ${code} (its page source ${served}) before the memory of pid ${this.restoredPid} ` +
-        `was filled; the tree is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
+        `was filled; the tree is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()} ` +
+        `${lazyPages.sourceLogTail()}`);
     }
     this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms });
     try {

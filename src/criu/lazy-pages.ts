@@ -37,7 +37,7 @@ export interface PageSourceOptions {
   chainTop: string;
   /** Page-server header size of this CRIU (24 before 4.2, 32 since). */
   headerSize: 24 | 32;
-  /** Removed by the source process when it is done (if the agent is gone by then, nobody else would). */
+  /** Removed by the source process when it is done, if the agent is gone by then (nobody else would). */
   cleanup?: string[];
 }
 
@@ -104,11 +104,20 @@ export class LocalLazyPages {
   startSource(o: PageSourceOptions): void {
     if (this.sourceStarted) throw new PhaulError('failed', 'lazy-pages: page source already started');
     this.sourceStarted = true;
-    this.source.stdin!.end(JSON.stringify({ top: o.chainTop, headerSize: o.headerSize, cleanup: o.cleanup ?? [] }) + '\n');
+    this.source.stdin!.end(JSON.stringify({ top: o.chainTop, headerSize: o.headerSize, cleanup: o.cleanup ?? [], agentPid: process.pid }) + '\n');
   }
 
   logTail(): string {
     return criuLogTail(path.join(this.opts.imagesDir, LAZY_PAGES_LOG));
+  }
+
+  /** The page source's last words (its log, in the images directory). */
+  sourceLogTail(): string {
+    try {
+      return fs.readFileSync(path.join(this.opts.imagesDir, 'lazy-source.log'), 'utf8').trim().split('\n').slice(-2).join('; ');
+    } catch {
+      return '';
+    }
   }
 
   /** Ends the daemon and the page source. Only for a restored tree that never ran: it would lose its memory. */
