@@ -179,6 +179,33 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
   }
 });
 
+test('hybrid: the page source killed mid-fill: the resumed tree does not run on, and migrate warns', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
+  let restored = 0;
+  const logBefore = fx.serve.stderr().length;
+  try {
+    const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
+    const end = Date.now() + 60_000;
+    let m: RegExpExecArray | null = null;
+    while (!(m = /pages from pid (\d+)\)[^]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
+    assert.ok(m, 'the workload resumed at the destination');
+    assert.doesNotMatch(fx.serve.stderr().slice(logBefore), /memory filled/, 'before its memory was complete');
+    process.kill(Number(m[1]), 'SIGKILL'); // a page source we started (through the agent)
+    const r = await run;
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.json!.warning ?? '', /failed after the workload resumed/);
+    restored = r.json!.restoredPid;
+    assert.match(fx.serve.stderr().slice(logBefore), /the tree is stopped \(SIGSTOP\)/);
+    // Stopped by the destination, or already dead of the SIGBUS the kernel
+    // gives a fault pending when the daemon's userfaultfd closed: not running.
+    const st = (isAlive(restored) ? procState(restored) : null) ?? 'gone';
+    assert.ok(['T', 'Z', 'gone'].includes(st), `the restored tree is ${st}: it must not run on zero pages`);
+    assert.ok(await waitGone(w.pid, 5000), 'the original was committed away: the workload cannot go back');
+  } finally {
+    await w.stop(restored);
+  }
+});
+
 test('hybrid: a restore that fails after the lazy-pages daemon started rolls back; the daemon and the copy are gone', { skip }, async () => {
   // The workload listens on a port that, on the destination host, is taken:
   // CRIU's restore cannot bind it, after the daemon was already waiting.

@@ -358,10 +358,15 @@ class DestSession {
    */
   private async fillLazily(lazyPages: LocalLazyPages, t0: number): Promise<void> {
     const code = await lazyPages.exited;
-    const served = await lazyPages.sourceExited;
-    this.lazyPages = undefined;
     const ms = Date.now() - t0;
-    const ok = code === 0 && served === 0;
+    // The daemon's word decides: it exits 0 only once every page is placed (a
+    // page source that fails makes its reads, and so the daemon, fail). The
+    // source has nothing left to do then: a few seconds to say how it went.
+    const served = await Promise.race([lazyPages.sourceExited, new Promise<'late'>((r) => setTimeout(() => r('late'), 5000))]);
+    if (served === 'late') await lazyPages.kill();
+    this.lazyPages = undefined;
+    const ok = code === 0;
+    if (ok && served !== 0) this.log(`the page source ended with ${served} after serving every page: ${lazyPages.sourceLogTail()}`);
     if (ok) {
       this.log(`memory filled ${ms} ms after the restore began`);
     } else {

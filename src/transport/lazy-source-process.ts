@@ -54,7 +54,9 @@ async function main(): Promise<number> {
   try {
     const st = await serveLazyPages(sock, chain, new Map(), headerSize);
     process.stderr.write(`lazy-source: served ${st.pages} pages in ${st.requests} requests\n`);
-    await new Promise<void>((r) => sock.end(r));
+    // The daemon may close first; do not wait on a flush that cannot happen.
+    await Promise.race([new Promise<void>((r) => sock.end(() => r())), new Promise<void>((r) => setTimeout(r, 2000))]);
+    sock.destroy();
     chain.close();
     if (!alive(agentPid)) {
       for (const d of cleanup) {
