@@ -20,7 +20,7 @@ import { bin, FrameConn, int, Message, str } from '../protocol/frames';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
-import { withDeadline } from '../util/deadline';
+import { within, withDeadline } from '../util/deadline';
 import { runCriuOrThrow } from '../criu/rpc';
 import { LocalLazyPages } from '../criu/lazy-pages';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
@@ -362,7 +362,7 @@ class DestSession {
     // The daemon's word decides: it exits 0 only once every page is placed (a
     // page source that fails makes its reads, and so the daemon, fail). The
     // source has nothing left to do then: a few seconds to say how it went.
-    const served = await Promise.race([lazyPages.sourceExited, new Promise<'late'>((r) => setTimeout(() => r('late'), 5000))]);
+    const served = await within(lazyPages.sourceExited, 5000);
     if (served === 'late') await lazyPages.kill();
     this.lazyPages = undefined;
     const ok = code === 0;

@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { ChainReader } from '../store/chain-reader';
 import { serveLazyPages } from './lazy-page-server';
+import { within } from '../util/deadline';
 
 function alive(pid: number): boolean {
   if (!(pid > 1)) return false;
@@ -55,7 +56,7 @@ async function main(): Promise<number> {
     const st = await serveLazyPages(sock, chain, new Map(), headerSize);
     process.stderr.write(`lazy-source: served ${st.pages} pages in ${st.requests} requests\n`);
     // The daemon may close first; do not wait on a flush that cannot happen.
-    await Promise.race([new Promise<void>((r) => sock.end(() => r())), new Promise<void>((r) => setTimeout(r, 2000))]);
+    await within(new Promise<void>((r) => sock.end(() => r())), 2000);
     sock.destroy();
     chain.close();
     if (!alive(agentPid)) {
