@@ -69,14 +69,14 @@ async function withStore(fn: (s: PageStore) => Promise<void>): Promise<void> {
   }
 }
 
-/** Store pid 5 (image id 1): 0x10000-0x13fff on level 0, 0x40000 added later (level 1). */
+/** Image id 1: 0x10000-0x13fff on level 0, 0x40000 added later (level 1). */
 async function fill(s: PageStore): Promise<void> {
-  s.setLayout(5, [{ vaddr: 0x10000, nrPages: 4 }]);
-  await s.write({ pid: 5, round: 0, ranges: [{ vaddr: 0x10000, nrPages: 4 }],
+  s.setLayout(1, [{ vaddr: 0x10000, nrPages: 4 }]);
+  await s.write({ pid: 1, round: 0, ranges: [{ vaddr: 0x10000, nrPages: 4 }],
     data: Buffer.concat([0, 1, 2, 3].map((i) => Buffer.alloc(P, 0x10 + i))) });
-  s.setLayout(5, [{ vaddr: 0x40000, nrPages: 1 }]);
-  await s.write({ pid: 5, round: 1, ranges: [{ vaddr: 0x40000, nrPages: 1 }], data: Buffer.alloc(P, 0x40) });
-  await s.write({ pid: 5, round: 2, ranges: [{ vaddr: 0x11000, nrPages: 1, zero: true }], data: Buffer.alloc(0) });
+  s.setLayout(1, [{ vaddr: 0x40000, nrPages: 1 }]);
+  await s.write({ pid: 1, round: 1, ranges: [{ vaddr: 0x40000, nrPages: 1 }], data: Buffer.alloc(P, 0x40) });
+  await s.write({ pid: 1, round: 2, ranges: [{ vaddr: 0x11000, nrPages: 1, zero: true }], data: Buffer.alloc(0) });
   await s.finalizeParent();
 }
 
@@ -85,7 +85,7 @@ for (const size of [32, 24] as const) {
     await withStore(async (s) => {
       await fill(s);
       const [ours, daemon] = pair();
-      const served = serveLazyPages(ours, s, new Map([[1, 5]]), size);
+      const served = serveLazyPages(ours, s, size);
       const rd = reader(daemon);
       daemon.write(Buffer.concat([header(size, GET, 3, 0x10000, 1), header(size, GET, 1, 0x40000, 1)]));
       const h1 = await rd.take(size);
@@ -109,13 +109,13 @@ for (const size of [32, 24] as const) {
 test('the chain the store writes reads back the same pages, in another process\'s view (ChainReader)', async () => {
   await withStore(async (s) => {
     await fill(s);
-    const top = s.writeChain(new Map([[1, 5]]));
+    const top = s.writeChain(new Map([[1, 1]]));
     const chain = new ChainReader(top);
     try {
       for (const [page, n] of [[0x10, 4], [0x40, 1], [0x11, 2]]) {
         assert.equal(chain.firstMissing(1, page, n), -1);
         const a = Buffer.alloc(n * P), b = Buffer.alloc(n * P, 0xee);
-        s.readPages(5, page, n, a);
+        s.readPages(1, page, n, a);
         chain.readPages(1, page, n, b);
         assert.deepEqual(b, a, `pages 0x${page.toString(16)}+${n}`);
       }
@@ -123,7 +123,7 @@ test('the chain the store writes reads back the same pages, in another process\'
       assert.equal(chain.firstMissing(2, 0x10, 1), 0x10, 'unknown image');
       // Served to a scripted daemon straight from the chain.
       const [ours, daemon] = pair();
-      const served = serveLazyPages(ours, chain, new Map(), 32);
+      const served = serveLazyPages(ours, chain, 32);
       const rd = reader(daemon);
       daemon.write(header(32, GET, 1, 0x40000, 1));
       await rd.take(32);
@@ -152,7 +152,7 @@ test('a page the store does not hold, a bad request, an unknown command or an ea
     ];
     for (const [name, act, re] of cases) {
       const [ours, daemon] = pair();
-      const served = serveLazyPages(ours, s, new Map([[1, 5]]), 32);
+      const served = serveLazyPages(ours, s, 32);
       act(daemon);
       await assert.rejects(served, re, name);
       daemon.destroy();

@@ -19,6 +19,7 @@ import { native } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
 import { criuLogTail } from './rpc';
+import { encodePsHeader, PS_IOV_CLOSE } from '../transport/lazy-page-server';
 
 export interface LazyDumpOptions {
   pid: number;
@@ -33,7 +34,6 @@ export interface LazyDumpOptions {
   headerSize: 24 | 32;
 }
 
-const PS_IOV_CLOSE = 0x1023;
 
 export class LazyDump {
   private readonly child: ChildProcess;
@@ -83,8 +83,7 @@ export class LazyDump {
 
   /** Lets CRIU finish: the tree stays stopped (ours to kill once the destination runs it). */
   async commit(): Promise<void> {
-    const head = Buffer.alloc(this.opts.headerSize);
-    head.writeUInt32LE(PS_IOV_CLOSE, 0); // native endian; x86_64 and aarch64 are little-endian
+    const head = encodePsHeader({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0, dstId: 0 }, this.opts.headerSize);
     if (this.sock < 0) throw new PhaulError('criu', 'criu dump already ended');
     fs.writeSync(this.sock, head);
     const code = await this.exited;

@@ -16,6 +16,7 @@
 // a page the store does not hold fails the service instead of answering zeros.
 import type { Socket } from 'node:net';
 import { PhaulError } from '../errors';
+import { PAGE_SIZE, PE_PRESENT } from '../store/pagemap-image';
 
 /** What pages can be answered from (PageStore and ChainReader have both). */
 export interface PageSource {
@@ -26,11 +27,9 @@ export interface PageSource {
 
 const PS_IOV_ADD_F = 6;
 const PS_IOV_GET = 7;
-const PS_IOV_CLOSE = 0x1023;
+export const PS_IOV_CLOSE = 0x1023;
 const PS_IOV_FORCE_CLOSE = 0x1024;
-const PE_PRESENT = 1 << 2;
 const PS_CMD_BITS = 16;
-const PAGE_SIZE = 4096;
 /** Largest request answered (the daemon asks for at most a VMA's worth at a time). */
 const MAX_REQUEST_PAGES = 1 << 18;
 
@@ -39,21 +38,22 @@ export interface LazyServeStats {
   pages: number;
 }
 
-interface Header {
+export interface PsHeader {
   cmd: number;
   nrPages: number;
   vaddr: number;
   dstId: number;
 }
 
-function decode(b: Buffer, size: 24 | 32): Header {
+function decode(b: Buffer, size: 24 | 32): PsHeader {
   const u64 = (off: number) => Number(b.readBigUInt64LE(off));
   return size === 24
     ? { cmd: b.readUInt32LE(0), nrPages: b.readUInt32LE(4), vaddr: u64(8), dstId: u64(16) }
     : { cmd: b.readUInt32LE(0), nrPages: u64(8), vaddr: u64(16), dstId: u64(24) };
 }
 
-function encode(h: Header, size: 24 | 32): Buffer {
+/** A page-server header as CRIU lays it out (little-endian: x86_64 and aarch64). */
+export function encodePsHeader(h: PsHeader, size: 24 | 32): Buffer {
   const b = Buffer.alloc(size);
   b.writeUInt32LE(h.cmd, 0);
   if (size === 24) {
@@ -71,10 +71,9 @@ function encode(h: Header, size: 24 | 32): Buffer {
 /**
  * Answers the daemon on `sock` until it says it is done. Resolves with what was
  * served; rejects on a request it cannot answer or a connection that ends early.
- * imageIds: image id -> the pid the store's batches used.
+ * Pages are looked up by CRIU's image id (the pid in the tree's namespace).
  */
-export function serveLazyPages(sock: Socket, store: PageSource, imageIds: ReadonlyMap<number, number>,
-  headerSize: 24 | 32): Promise<LazyServeStats> {
+export function serveLazyPages(sock: Socket, store: PageSource, headerSize: 24 | 32): Promise<LazyServeStats> {
   const stats: LazyServeStats = { requests: 0, pages: 0 };
   return new Promise<LazyServeStats>((resolve, reject) => {
     let pending: Buffer = Buffer.alloc(0);
@@ -90,18 +89,17 @@ export function serveLazyPages(sock: Socket, store: PageSource, imageIds: Readon
         resolve(stats);
       }
     };
-    const answer = (h: Header): void => {
+    const answer = (h: PsHeader): void => {
       const imageId = h.dstId >= 2 ** 31 ? -1 : h.dstId;
-      const pid = imageIds.get(imageId) ?? imageId;
       if (h.nrPages < 1 || h.nrPages > MAX_REQUEST_PAGES || h.vaddr % PAGE_SIZE) {
         throw new PhaulError('protocol', `lazy-pages asked for ${h.nrPages} pages at 0x${h.vaddr.toString(16)}`);
       }
       const page = h.vaddr / PAGE_SIZE;
-      const miss = store.firstMissing(pid, page, h.nrPages);
+      const miss = store.firstMissing(imageId, page, h.nrPages);
       if (miss >= 0) throw new PhaulError('failed', `lazy-pages asked for page 0x${(miss * PAGE_SIZE).toString(16)} of pid ${imageId}, which the store does not hold`);
       const data = Buffer.allocUnsafe(h.nrPages * PAGE_SIZE);
-      store.readPages(pid, page, h.nrPages, data);
-      sock.write(encode({ ...h, cmd: PS_IOV_ADD_F | (PE_PRESENT << PS_CMD_BITS) }, headerSize));
+      store.readPages(imageId, page, h.nrPages, data);
+      sock.write(encodePsHeader({ ...h, cmd: PS_IOV_ADD_F | (PE_PRESENT << PS_CMD_BITS) }, headerSize));
       sock.write(data);
       stats.requests++;
       stats.pages += h.nrPages;

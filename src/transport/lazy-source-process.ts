@@ -53,7 +53,7 @@ async function main(): Promise<number> {
   const chain = new ChainReader(top);
   const sock = new net.Socket({ fd: 3, readable: true, writable: true });
   try {
-    const st = await serveLazyPages(sock, chain, new Map(), headerSize);
+    const st = await serveLazyPages(sock, chain, headerSize);
     process.stderr.write(`lazy-source: served ${st.pages} pages in ${st.requests} requests\n`);
     // The daemon may close first; do not wait on a flush that cannot happen.
     await within(new Promise<void>((r) => sock.end(() => r())), 2000);
