@@ -828,25 +828,28 @@ test('measure: close, from the dumping criu\'s own log (-v3): TCP (criu corks) v
   }
 });
 
+/** A page-server receiver on a random loopback port: ours, or `criu page-server`; `finish` settles when it ends. */
+async function listenReceiver(who: Receiver, dst: string): Promise<{ port: number; finish: Promise<unknown>; server?: net.Server }> {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  if (who === 'ours') {
+    const server = net.createServer({ pauseOnConnect: true });
+    const finish = new Promise((res, rej) => server.once('connection', (s) => PageServer.fromSocket(s, dst, { headerSize }).done.then(res, rej)));
+    await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
+    return { port, finish, server };
+  }
+  const ps = spawn(criu, ['page-server', '-D', dst, '--address', '127.0.0.1', '--port', String(port), '--status-fd', '3'],
+    { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  await new Promise<void>((r) => (ps.stdio[3] as NodeJS.ReadableStream).once('data', () => r()));
+  return { port, finish: new Promise((r) => ps.once('close', r)) };
+}
+
 test('measure: CLOSE round trip, scripted peer over TCP (Node, Nagle on), ours vs criu page-server', { skip: skip || bench, timeout: 120_000 }, async () => {
   const N = 20;
   for (const who of ['ours', 'criu'] as const) {
     const times: number[] = [];
     for (let i = 0; i < N; i++) {
       const dst = mkdir('close-bench');
-      const port = 20000 + Math.floor(Math.random() * 20000);
-      let finish: Promise<unknown>;
-      let server: net.Server | undefined;
-      if (who === 'ours') {
-        server = net.createServer({ pauseOnConnect: true });
-        finish = new Promise((res, rej) => server!.once('connection', (s) => PageServer.fromSocket(s, dst, { headerSize }).done.then(res, rej)));
-        await new Promise<void>((r) => server!.listen(port, '127.0.0.1', r));
-      } else {
-        const ps = spawn(criu, ['page-server', '-D', dst, '--address', '127.0.0.1', '--port', String(port), '--status-fd', '3'],
-          { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
-        await new Promise<void>((r) => (ps.stdio[3] as NodeJS.ReadableStream).once('data', () => r()));
-        finish = new Promise((r) => ps.once('close', r));
-      }
+      const { port, finish, server } = await listenReceiver(who, dst);
       const sock = net.connect({ port, host: '127.0.0.1', noDelay: false });
       await new Promise<void>((r) => sock.once('connect', () => r()));
       const peer = new Peer(sock);
@@ -877,19 +880,7 @@ test('measure: receiver alone, 1 GiB from a scripted sender over loopback TCP, o
         const dst = path.join(base, 'dst');
         fs.rmSync(dst, { recursive: true, force: true });
         fs.mkdirSync(dst);
-        const port = 20000 + Math.floor(Math.random() * 20000);
-        let finish: Promise<unknown>;
-        let server: net.Server | undefined;
-        if (who === 'ours') {
-          server = net.createServer({ pauseOnConnect: true });
-          finish = new Promise((res, rej) => server!.once('connection', (s) => PageServer.fromSocket(s, dst, { headerSize }).done.then(res, rej)));
-          await new Promise<void>((r) => server!.listen(port, '127.0.0.1', r));
-        } else {
-          const ps = spawn(criu, ['page-server', '-D', dst, '--address', '127.0.0.1', '--port', String(port), '--status-fd', '3'],
-            { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
-          await new Promise<void>((r) => (ps.stdio[3] as NodeJS.ReadableStream).once('data', () => r()));
-          finish = new Promise((r) => ps.once('close', r));
-        }
+        const { port, finish, server } = await listenReceiver(who, dst);
         const sock = net.connect({ port, host: '127.0.0.1', noDelay: true });
         await new Promise<void>((r) => sock.once('connect', () => r()));
         const peer = new Peer(sock);
