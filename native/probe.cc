@@ -256,6 +256,43 @@ Result SoftDirty() {
   return r;
 }
 
+// Does reading untouched anonymous memory map the shared zero page, or
+// allocate? Some hypervisor kernels (pvm_no_zero_page=1) allocate on read,
+// which changes what "sparse" costs: a check that reads untouched memory
+// makes it resident. Evidence: VmRSS (which never counts the zero page)
+// before and after reading 1024 fresh pages.
+Result ZeroPage() {
+  Result r;
+  const size_t n = 1024;
+  Pages p(n);
+  if (!p.base) {
+    r.detail = Errno("mmap", errno);
+    return r;
+  }
+  auto residentPages = []() -> long {
+    FILE* f = fopen("/proc/self/statm", "r");
+    long size = -1, resident = -1;
+    if (f) {
+      if (fscanf(f, "%ld %ld", &size, &resident) != 2) resident = -1;
+      fclose(f);
+    }
+    return resident;
+  };
+  long before = residentPages();
+  unsigned sum = 0;
+  for (size_t i = 0; i < n; i++) sum += *reinterpret_cast<volatile unsigned char*>(p.base + i * kPage);
+  long after = residentPages();
+  if (before < 0 || after < 0) {
+    r.detail = Errno("read /proc/self/statm", errno);
+    return r;
+  }
+  long grew = after - before;
+  r.ok = sum == 0 && grew < static_cast<long>(n / 4);
+  r.detail = "reading " + std::to_string(n) + " untouched pages made " + std::to_string(grew < 0 ? 0 : grew) +
+             " resident" + (r.ok ? " (the shared zero page is mapped)" : " (reads allocate: no shared zero page, e.g. pvm_no_zero_page=1)");
+  return r;
+}
+
 }  // namespace probe
 
 namespace {
@@ -267,7 +304,7 @@ Napi::Object ResultObject(Napi::Env env, const probe::Result& r) {
   return o;
 }
 
-// probeKernel() -> { userfaultfd, uffdWpAsync, pagemapScan, wpTracking, softDirty }
+// probeKernel() -> { userfaultfd, uffdWpAsync, pagemapScan, wpTracking, softDirty, zeroPage }
 // each { ok: boolean, detail: string }; userfaultfd adds features (hex string),
 // wpUnpopulated. Synchronous: the probes are sub-millisecond.
 Napi::Value ProbeKernel(const Napi::CallbackInfo& info) {
@@ -289,6 +326,7 @@ Napi::Value ProbeKernel(const Napi::CallbackInfo& info) {
   out.Set("pagemapScan", ResultObject(env, probe::PagemapScan()));
   out.Set("wpTracking", ResultObject(env, probe::WpTracking()));
   out.Set("softDirty", ResultObject(env, probe::SoftDirty()));
+  out.Set("zeroPage", ResultObject(env, probe::ZeroPage()));
   return out;
 }
 

@@ -76,6 +76,13 @@ test('soft-dirty matches CONFIG_MEM_SOFT_DIRTY and CRIU\'s mem_dirty_track', (t)
   if (report.criu.checkOk) assert.equal(report.features.softDirty, report.criu.features.mem_dirty_track, 'agrees with criu check --feature mem_dirty_track');
 });
 
+test('the zero-page probe agrees with the kernel command line (pvm_no_zero_page=1 means reads allocate)', () => {
+  const cmdline = fs.readFileSync('/proc/cmdline', 'utf8');
+  const noZeroPage = /(^|\s)pvm_no_zero_page=(1|y|on)(\s|$)/.test(cmdline);
+  assert.equal(report.details.zeroPage, !noZeroPage, report.details.zeroPageDetail);
+  assert.match(report.details.zeroPageDetail, /reading \d+ untouched pages made \d+ resident/);
+});
+
 test('uffd-wp async is detected where the kernel has it', (t) => {
   if (!kernelAtLeast('6.7')) return t.skip(`kernel ${os.release()} predates UFFD_FEATURE_WP_ASYNC (6.7)`);
   if (configSays('CONFIG_USERFAULTFD') === false) return t.skip('kernel built without CONFIG_USERFAULTFD');

@@ -20,6 +20,7 @@ export function formatReport(r: SystemReport): string {
     ['uffd-wp async', `${yes(f.uffdWpAsync)} (${d.uffdWpAsync})`, 'precopy with our dirty tracker, together with PAGEMAP_SCAN'],
     ['PAGEMAP_SCAN', `${yes(f.pagemapScan)} (${d.pagemapScan})`, 'precopy: the written pages of a process in one ioctl'],
     ['uffd-wp tracking', `${yes(d.wpTracking)} (${d.wpTrackingDetail})`, 'precopy: proof that the two above track writes here'],
+    ['zero page', `${yes(d.zeroPage)} (${d.zeroPageDetail})`, 'cheap reads of untouched memory; without it, whatever reads a sparse mapping makes it resident'],
     ['lazy pages', `${yes(f.lazyPages)} (${d.lazyPages})`, 'postcopy: restore before the memory has arrived'],
     ['freezer', `${yes(f.freezer)} (${freezer})`, 'freezing a whole process tree at switchover'],
     ['nftables', `${yes(f.nftables)} (${d.nftables})`, 'TCP migrations: the network lock without iptables'],

@@ -35,6 +35,9 @@ export interface SystemReport {
     pagemapScan: string;
     wpTracking: boolean;
     wpTrackingDetail: string;
+    /** Reads of untouched anonymous memory map the shared zero page (false: they allocate it). */
+    zeroPage: boolean;
+    zeroPageDetail: string;
     userfaultfd: boolean;
     userfaultfdDetail: string;
     uffdFeatures: string;
@@ -125,6 +128,8 @@ export async function checkSystem(opts: CheckOptions = {}): Promise<SystemReport
       pagemapScan: k.pagemapScan.detail,
       wpTracking: k.wpTracking.ok,
       wpTrackingDetail: k.wpTracking.detail,
+      zeroPage: k.zeroPage.ok,
+      zeroPageDetail: k.zeroPage.detail,
       userfaultfd: k.userfaultfd.ok,
       userfaultfdDetail: k.userfaultfd.detail,
       uffdFeatures: k.userfaultfd.features,

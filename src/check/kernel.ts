@@ -14,6 +14,8 @@ export interface KernelProbes {
   /** uffd-wp async + PAGEMAP_SCAN together found exactly the pages written. */
   wpTracking: Probe;
   softDirty: Probe;
+  /** Reading untouched anonymous memory maps the shared zero page (false: reads allocate). */
+  zeroPage: Probe;
 }
 
 export function probeKernel(): KernelProbes {
@@ -24,7 +26,7 @@ export function probeKernel(): KernelProbes {
   } catch (err) {
     const detail = `addon not loaded (run npm run setup): ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`;
     const no = { ok: false, detail };
-    return { userfaultfd: { ...no, features: '0x0', wpUnpopulated: false }, uffdWpAsync: no, pagemapScan: no, wpTracking: no, softDirty: no };
+    return { userfaultfd: { ...no, features: '0x0', wpUnpopulated: false }, uffdWpAsync: no, pagemapScan: no, wpTracking: no, softDirty: no, zeroPage: no };
   }
   return native.probeKernel();
 }
