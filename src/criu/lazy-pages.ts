@@ -22,6 +22,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
+import type { FillStats } from '../native';
 
 export interface LazyPagesOptions {
   /** The restore's images (its pagemaps say which pages are lazy). The restore must use the same directory. */
@@ -35,27 +36,6 @@ export interface FillSource {
   chainTop: string;
   /** Removed by the server when it is done, if the agent is gone by then (nobody else would). */
   cleanup?: string[];
-}
-
-/** What the server did (native/lazy_fill.h Stats). */
-export interface FillStats {
-  tasks: number;
-  forks: number;
-  exits: number;
-  pages: number;
-  copiedPages: number;
-  faultPages: number;
-  faults: number;
-  zeroFaults: number;
-  droppedPages: number;
-  punchedBytes: number;
-  copies: number;
-  retries: number;
-  restoreMs: number;
-  /** From the restore's end to the last page in place. */
-  fillMs: number;
-  /** Time from a fault's message to its page in place, microseconds. */
-  faultUs: { count: number; p50: number; p99: number; max: number };
 }
 
 export const LAZY_FILL_LOG = 'lazy-fill.log';

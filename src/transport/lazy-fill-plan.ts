@@ -8,13 +8,7 @@ import { PhaulError } from '../errors';
 import type { ChainReader } from '../store/chain-reader';
 import { PAGE_SIZE, PE_LAZY, PE_PRESENT, readPagemapImage } from '../store/pagemap-image';
 import { firstEndingAfter } from '../store/page-store';
-
-export interface FillImage {
-  /** CRIU's image id (the pid in the tree's namespace). */
-  id: number;
-  /** (start, end, file, offset) in bytes, four numbers per extent, ascending. */
-  extents: Float64Array;
-}
+import type { FillImage } from '../native';
 
 export interface FillPlan {
   files: string[];

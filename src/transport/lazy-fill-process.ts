@@ -19,7 +19,7 @@
 // end, it removes the cleanup dirs, which nobody else would; an agent still
 // there removes them itself (CRIU's restore may still be writing).
 import * as fs from 'node:fs';
-import { native } from '../native';
+import { addon } from '../native';
 import { ChainReader } from '../store/chain-reader';
 import { fillPlan } from './lazy-fill-plan';
 
@@ -44,7 +44,7 @@ async function main(): Promise<number> {
   }
   // The restore connects to the socket's name relative to its work dir (the images dir).
   process.chdir(dir);
-  const listenFd: number = native.lazyFillListen(LAZY_SOCKET);
+  const listenFd = addon().lazyFillListen(LAZY_SOCKET);
   process.stdout.write('ready\n');
   const text = await readStdin();
   if (!text.trim()) return 3;
@@ -55,7 +55,7 @@ async function main(): Promise<number> {
     const plan = fillPlan('.', chain);
     chain.close(); // the server maps the files itself
     const threads = Number(threadsArg) > 0 ? Number(threadsArg) : 2;
-    const stats = await native.lazyFillServe({ listenFd, files: plan.files, images: plan.images, threads });
+    const stats = await addon().lazyFillServe({ listenFd, files: plan.files, images: plan.images, threads });
     process.stderr.write(`lazy-fill: ${JSON.stringify(stats)}\n`);
     process.stdout.write(`filled ${JSON.stringify(stats)}\n`);
   } catch (e) {
