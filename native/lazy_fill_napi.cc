@@ -28,7 +28,8 @@ class ServeWorker : public Napi::AsyncWorker {
     Napi::Env env = Env();
     if (!ok_) {
       Napi::Error e = Napi::Error::New(env, err_);
-      e.Set("reason", Napi::String::New(env, "failed"));
+      // 'restore': it failed before the restore finished (no tree ran on it).
+      e.Set("reason", Napi::String::New(env, st_.restored ? "failed" : "restore"));
       deferred_.Reject(e.Value());
       return;
     }

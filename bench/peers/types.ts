@@ -37,6 +37,19 @@ export interface RunFigures {
   rounds: number;
   /** user+sys CPU seconds of the agents (not of the workload). */
   cpuS: number;
+  /** A fill after resume (hybrid): what the destination's lazy-pages server reported. */
+  fill?: FillFigures;
+}
+
+export interface FillFigures {
+  /** The restore's end until every page was in place (the server's own clock). */
+  fillMs: number;
+  /** Pages placed (faults and background). */
+  pages: number;
+  /** A fault's message to its page in place, microseconds. */
+  faultP50Us: number;
+  faultP99Us: number;
+  faultMaxUs: number;
 }
 
 export interface Peer {

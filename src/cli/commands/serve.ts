@@ -13,6 +13,7 @@ const spec = {
   'tls-cert': { type: 'string', help: 'serve TLS with this PEM certificate (for untrusted networks)' },
   'tls-key': { type: 'string', help: 'the PEM private key of --tls-cert' },
   'keep-images': { type: 'boolean', help: 'keep each migration\'s images after it ends (debugging)' },
+  'store-dir': { type: 'string', help: 'where pre-copy and hybrid page stores go (default: /dev/shm when it has room, else the temp dir)' },
   json: { type: 'boolean', help: 'print one JSON line per event on stdout: listening, migrated, filled (hybrid)' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
@@ -35,7 +36,11 @@ export async function run(argv: string[]): Promise<number> {
     const read = (f: string) => { try { return fs.readFileSync(f); } catch { throw new PhaulError('usage', `cannot read ${f}`); } };
     tlsOpts = { cert: read(flags['tls-cert'] as string), key: read(flags['tls-key'] as string) };
   }
-  const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'] });
+  const storeDir = flags['store-dir'] as string | undefined;
+  if (storeDir !== undefined && !fs.statSync(storeDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new PhaulError('usage', `--store-dir ${storeDir} is not a directory`);
+  }
+  const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'], storeDir });
   const json = !!flags.json;
   agent.on('log', (line: string) => process.stderr.write(`phaul-fast serve: ${line}\n`));
   agent.on('migrated', (e) => { if (json) process.stdout.write(JSON.stringify({ event: 'migrated', ...e }) + '\n'); });
