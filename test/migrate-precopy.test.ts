@@ -192,7 +192,7 @@ test('hybrid: the page source killed mid-fill: the resumed tree does not run on,
     const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
     const end = Date.now() + 60_000;
     let m: RegExpExecArray | null = null;
-    while (!(m = /pages from pid (\d+)\)[^]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
+    while (!(m = /pages from pid (\d+)\)[\s\S]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
     assert.ok(m, 'the workload resumed at the destination');
     assert.doesNotMatch(fx.serve.stderr().slice(logBefore), /memory filled/, 'before its memory was complete');
     process.kill(Number(m[1]), 'SIGKILL'); // a page source we started (through the agent)
@@ -280,7 +280,8 @@ for (const mode of ['precopy', 'hybrid']) test(`${mode} keeps every page through
     const before = { parent: read('parent')?.seq ?? 0, child: read('child')?.seq ?? 0 };
     process.kill(restored, 'SIGUSR1');
     const end2 = Date.now() + 10_000;
-    let p, c;
+    let p: any = null;
+    let c: any = null;
     while (Date.now() < end2) {
       p = read('parent');
       c = read('child');
