@@ -33,7 +33,10 @@ async function assertMovedIntact(w: MemWorkload, restored: number, mib: number):
 }
 
 /** Processes whose command line mentions `needle` (zombies aside). */
-function processesWith(needle: string): number[] {
+/** Live processes whose command line names this checkout's copy of `script`
+ *  (other checkouts on the machine may run their own at the same time). */
+function processesWith(script: string): number[] {
+  const needle = path.join(PACKAGE_ROOT, 'dist', 'src', 'transport', `${script}.js`);
   return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
     try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
   });
