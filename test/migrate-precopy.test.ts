@@ -39,6 +39,14 @@ function processesWith(needle: string): number[] {
   });
 }
 
+/** CRIU daemons (`lazy-pages`, `lazy-source`) of this test's two hosts: other
+ *  checkouts on a shared machine run theirs in their own network namespaces. */
+function ourDaemons(needle: string): number[] {
+  const netns = (f: string) => { try { return fs.statSync(f).ino; } catch { return -1; } };
+  const ours = new Set([fx.hosts.a.netnsPath!, fx.hosts.b.netnsPath!].map(netns));
+  return processesWith(needle).filter((p) => ours.has(netns(`/proc/${p}/ns/net`)));
+}
+
 /** Waits until the destination has no session directory left (it removes each when the session ends). */
 async function destIsEmpty(ms: number): Promise<boolean> {
   const end = Date.now() + ms;
@@ -90,8 +98,8 @@ test('hybrid moves a 1 GiB workload that resumes before its memory is back; ever
     assert.match(fx.serve.stderr(), /memory filled \d+ ms after the restore began/);
     await assertMovedIntact(w, restored, 1024);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon ended');
-    assert.deepEqual(processesWith('lazy-source'), [], 'and its page source');
+    assert.deepEqual(ourDaemons('lazy-pages'), [], 'the lazy-pages daemon ended');
+    assert.deepEqual(ourDaemons('lazy-source'), [], 'and its page source');
   } finally {
     await w.stop(restored);
   }
@@ -174,8 +182,8 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
     w.adopt(restored);
     // The daemon and its page source outlive the agent and finish the job.
     const end2 = Date.now() + 60_000;
-    while ((processesWith('lazy-pages').length || processesWith('lazy-source').length) && Date.now() < end2) await sleep(50);
-    assert.deepEqual([...processesWith('lazy-pages'), ...processesWith('lazy-source')], [], 'daemon and source finished');
+    while ((ourDaemons('lazy-pages').length || ourDaemons('lazy-source').length) && Date.now() < end2) await sleep(50);
+    assert.deepEqual([...ourDaemons('lazy-pages'), ...ourDaemons('lazy-source')], [], 'daemon and source finished');
     await assertMovedIntact(w, restored, 1024);
     assert.equal(procState(restored) === 'T', false, 'not stopped: the fill succeeded');
   } finally {
@@ -236,8 +244,8 @@ test('hybrid: a restore that fails after the lazy-pages daemon started rolls bac
     assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
     assert.match(fx.serve.stderr(), /migration failed/);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon was ended');
-    assert.deepEqual(processesWith('lazy-source'), [], 'and its page source');
+    assert.deepEqual(ourDaemons('lazy-pages'), [], 'the lazy-pages daemon was ended');
+    assert.deepEqual(ourDaemons('lazy-source'), [], 'and its page source');
     assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
       [], 'no restored copy anywhere');
   } finally {
