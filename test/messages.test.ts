@@ -31,6 +31,7 @@ const GOOD: Message[] = [
   { t: 'commit' },
   { t: 'running', pid: 4242 },
   { t: 'filled', ok: true, ms: 1200 },
+  { t: 'filled', ok: true, ms: 1200, fill: { pages: 10, faultUs: { p50: 3, p99: 40, max: 90 } } },
   { t: 'abort', message: 'gave up' },
 ];
 
@@ -77,6 +78,8 @@ test('bad messages are refused with a protocol error naming the message and fiel
     [{ t: 'restored', pid: 2 ** 40 }, /'restored' has a bad 'pid'/],
     [{ t: 'running' }, /'running' has a bad 'pid'/],
     [{ t: 'filled', ok: 1, ms: 5 }, /'filled' has a bad 'ok'/],
+    [{ t: 'filled', ok: true, ms: 5, fill: { pages: 'all' } }, /'filled' has a bad 'fill'/],
+    [{ t: 'filled', ok: true, ms: 5, fill: { a: { b: { c: 1 } } } }, /'filled' has a bad 'fill'/],
   ];
   for (const [raw, re] of bad) {
     assert.throws(() => parseMessage(raw), (e: unknown) => e instanceof PhaulError && e.code === 'protocol' && re.test(e.message),

@@ -18,6 +18,7 @@ import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import { FrameConn } from '../protocol/frames';
+import type { Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu/rpc';
 import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
@@ -103,6 +104,8 @@ export interface MigrationReport {
   fallback?: string;
   /** Hybrid: from the freeze until every page is in the restored tree's memory. */
   filledMs?: number;
+  /** Hybrid: what the destination's lazy-pages server did (src/criu/lazy-pages.ts FillStats). */
+  fill?: Stats;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
 }
@@ -280,13 +283,13 @@ export class Migration extends EventEmitter {
    * has filled the tree's memory. The workload runs there already, so nothing
    * here can fail the migration; a problem becomes a warning in the report.
    */
-  private async awaitFilled(conn: FrameConn, freezeAt: number): Promise<{ filledMs?: number; warning?: string }> {
+  private async awaitFilled(conn: FrameConn, freezeAt: number): Promise<{ filledMs?: number; fill?: Stats; warning?: string }> {
     const timeoutMs = 60_000 + this.memBytes / 50e3; // 50 MB/s at worst, a minute of slack
     try {
       const m = await conn.expect('filled', timeoutMs);
       this.phase('fill');
-      if (m.ok !== true) return { warning: 'the destination\'s lazy-pages daemon failed after the workload resumed there (see its log)' };
-      return { filledMs: Date.now() - freezeAt };
+      if (m.ok !== true) return { warning: 'the destination\'s lazy-pages server failed after the workload resumed there (see its log)' };
+      return { filledMs: Date.now() - freezeAt, ...(m.fill ? { fill: m.fill } : {}) };
     } catch (e) {
       return { warning: `no word from the destination on filling the workload's memory: ${asPhaulError(e).message}` };
     }

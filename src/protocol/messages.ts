@@ -99,8 +99,12 @@ export interface Restored { t: 'restored'; pid: number; restoreMs?: number }
 export interface Commit { t: 'commit' }
 /** D -> S: the copy runs; the source kills its original. */
 export interface Running { t: 'running'; pid: number }
-/** D -> S, hybrid, after `running`: the lazy-pages daemon is done (`ok`: every page is in), `ms` after the restore began. */
-export interface Filled { t: 'filled'; ok: boolean; ms: number }
+/** Counters by name, one level of nesting (the lazy-pages server's fill statistics). */
+export type Stats = Record<string, number | Record<string, number>>;
+
+/** D -> S, hybrid, after `running`: the lazy-pages server is done (`ok`: every page is in), `ms` after the
+ *  restore began, and what it did (`fill`: pages, faults, fault latency; reported as the migration's `fill`). */
+export interface Filled { t: 'filled'; ok: boolean; ms: number; fill?: Stats }
 /** S -> D, before `commit`: the source gave up (and resumes its original); the destination discards everything. */
 export interface Abort { t: 'abort'; message: string }
 
@@ -162,6 +166,27 @@ class Fields {
     const v = this.raw[k];
     if (!isRecord(v)) throw this.bad(k);
     return v;
+  }
+
+  /** Finite numbers by name, at most one level nested, at most 64 names a level. */
+  stats(k: string): Stats {
+    const level = (v: unknown, depth: number): Stats | undefined => {
+      if (!isRecord(v)) return undefined;
+      const entries = Object.entries(v);
+      if (entries.length > 64) return undefined;
+      const out: Stats = {};
+      for (const [name, x] of entries) {
+        if (name.length > 64) return undefined;
+        if (typeof x === 'number' && Number.isFinite(x)) out[name] = x;
+        else if (depth === 0 && isRecord(x)) {
+          const inner = level(x, 1);
+          if (!inner) return undefined;
+          out[name] = inner as Record<string, number>;
+        } else return undefined;
+      }
+      return out;
+    };
+    return level(this.raw[k], 0) ?? (() => { throw this.bad(k); })();
   }
 
   /** A text for humans: bounded, one line. */
@@ -270,7 +295,7 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
   restored: (f) => (f.has('restoreMs') ? { pid: f.int('pid', 1, PID_MAX), restoreMs: f.int('restoreMs', 0, 2 ** 40) } : { pid: f.int('pid', 1, PID_MAX) }),
   commit: () => ({}),
   running: (f) => ({ pid: f.int('pid', 1, PID_MAX) }),
-  filled: (f) => ({ ok: f.bool('ok'), ms: f.int('ms', 0, 2 ** 40) }),
+  filled: (f) => ({ ok: f.bool('ok'), ms: f.int('ms', 0, 2 ** 40), ...(f.has('fill') ? { fill: f.stats('fill') } : {}) }),
   abort: (f) => ({ message: f.text('message') }),
 };
 
