@@ -42,6 +42,14 @@ function processesWith(script: string): number[] {
   });
 }
 
+/** Lazy-pages servers of this test's two hosts: other checkouts on a shared
+ *  machine run theirs in their own network namespaces. */
+function ourDaemons(needle: string): number[] {
+  const netns = (f: string) => { try { return fs.statSync(f).ino; } catch { return -1; } };
+  const ours = new Set([fx.hosts.a.netnsPath!, fx.hosts.b.netnsPath!].map(netns));
+  return processesWith(needle).filter((p) => ours.has(netns(`/proc/${p}/ns/net`)));
+}
+
 /** Waits until the destination has no session directory left (it removes each when the session ends). */
 async function destIsEmpty(ms: number): Promise<boolean> {
   const end = Date.now() + ms;
@@ -99,7 +107,7 @@ test('hybrid moves a 1 GiB workload that resumes before its memory is back; ever
     for (const k of ['p50', 'p99', 'max']) assert.equal(typeof fill.faultUs[k], 'number');
     await assertMovedIntact(w, restored, 1024);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server ended');
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server ended');
   } finally {
     await w.stop(restored);
   }
@@ -182,8 +190,8 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
     w.adopt(restored);
     // The daemon and its page source outlive the agent and finish the job.
     const end2 = Date.now() + 60_000;
-    while (processesWith('lazy-fill-process').length && Date.now() < end2) await sleep(50);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server finished');
+    while (ourDaemons('lazy-fill-process').length && Date.now() < end2) await sleep(50);
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server finished');
     await assertMovedIntact(w, restored, 1024);
     assert.equal(procState(restored) === 'T', false, 'not stopped: the fill succeeded');
   } finally {
@@ -244,7 +252,7 @@ test('hybrid: a restore that fails after the lazy-pages server started rolls bac
     assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
     assert.match(fx.serve.stderr(), /migration failed/);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server was ended');
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server was ended');
     assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
       [], 'no restored copy anywhere');
   } finally {
