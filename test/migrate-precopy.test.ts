@@ -32,11 +32,25 @@ async function assertMovedIntact(w: MemWorkload, restored: number, mib: number):
   assert.equal(after.pages, mib * 256);
 }
 
-/** Processes whose command line mentions `needle` (zombies aside). */
-function processesWith(needle: string): number[] {
+/** Live processes whose command line mentions `needle` (zombies aside). */
+function processesMentioning(needle: string): number[] {
   return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
     try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
   });
+}
+
+/** Live processes running this checkout's copy of `script` (other checkouts
+ *  on the machine may run their own at the same time). */
+function processesWith(script: string): number[] {
+  return processesMentioning(path.join(PACKAGE_ROOT, 'dist', 'src', 'transport', `${script}.js`));
+}
+
+/** Lazy-pages servers of this test's two hosts: other checkouts on a shared
+ *  machine run theirs in their own network namespaces. */
+function ourDaemons(needle: string): number[] {
+  const netns = (f: string) => { try { return fs.statSync(f).ino; } catch { return -1; } };
+  const ours = new Set([fx.hosts.a.netnsPath!, fx.hosts.b.netnsPath!].map(netns));
+  return processesWith(needle).filter((p) => ours.has(netns(`/proc/${p}/ns/net`)));
 }
 
 /** Waits until the destination has no session directory left (it removes each when the session ends). */
@@ -121,7 +135,7 @@ test('hybrid moves a 1 GiB workload that resumes before its memory is back; ever
     for (const k of ['p50', 'p99', 'max']) assert.equal(typeof fill.faultUs[k], 'number');
     await assertMovedIntact(w, restored, 1024);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server ended');
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server ended');
   } finally {
     await w.stop(restored);
   }
@@ -203,8 +217,8 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
     w.adopt(restored);
     // The daemon and its page source outlive the agent and finish the job.
     const end2 = Date.now() + 60_000;
-    while (processesWith('lazy-fill-process').length && Date.now() < end2) await sleep(50);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server finished');
+    while (ourDaemons('lazy-fill-process').length && Date.now() < end2) await sleep(50);
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server finished');
     await assertMovedIntact(w, restored, 1024);
     assert.equal(procState(restored) === 'T', false, 'not stopped: the fill succeeded');
   } finally {
@@ -261,8 +275,8 @@ test('hybrid: a store page the lazy-pages server cannot read mid-fill: the tree 
     const st = (isAlive(restored) ? procState(restored) : null) ?? 'gone';
     assert.ok(['T', 'Z', 'gone'].includes(st), `the restored tree is ${st}: it must not run on zero pages`);
     const end2 = Date.now() + 10_000;
-    while (processesWith('lazy-fill-process').length && Date.now() < end2) await sleep(50);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the agent ended the server once the tree was stopped');
+    while (ourDaemons('lazy-fill-process').length && Date.now() < end2) await sleep(50);
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the agent ended the server once the tree was stopped');
   } finally {
     if (server > 0 && isAlive(server)) process.kill(server, 'SIGCONT');
     await w.stop(restored);
@@ -294,8 +308,8 @@ test('hybrid: a restore that fails after the lazy-pages server started rolls bac
     assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
     assert.match(fx.serve.stderr(), /migration failed/);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server was ended');
-    assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server was ended');
+    assert.deepEqual(processesMentioning(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
       [], 'no restored copy anywhere');
   } finally {
     if (pid > 0 && isAlive(pid)) process.kill(pid, 'SIGKILL');
@@ -337,7 +351,8 @@ for (const mode of ['precopy', 'hybrid']) test(`${mode} keeps every page through
     const before = { parent: read('parent')?.seq ?? 0, child: read('child')?.seq ?? 0 };
     process.kill(restored, 'SIGUSR1');
     const end2 = Date.now() + 10_000;
-    let p, c;
+    let p: any = null;
+    let c: any = null;
     while (Date.now() < end2) {
       p = read('parent');
       c = read('child');
@@ -405,7 +420,7 @@ test('the source agent killed while CRIU holds the frozen tree: the original res
     const r = await w.report();
     assert.equal(r.ok, true, JSON.stringify(r));
     await sleep(500);
-    const copies = processesWith(w.reportPath).filter((p) => p !== w.pid && p !== w.launcherPid);
+    const copies = processesMentioning(w.reportPath).filter((p) => p !== w.pid && p !== w.launcherPid);
     assert.deepEqual(copies, [], 'no restored copy runs anywhere');
   } finally {
     await w.stop();

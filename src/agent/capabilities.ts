@@ -1,24 +1,19 @@
 // What each side tells the other at handshake, and the rules for whether two
 // sides can migrate to each other. Checked before anything is touched.
 import * as os from 'node:os';
-import { criuVersion } from '../criu/rpc';
+import { criuVersion } from '../criu';
 import { DirtyTracker } from '../memory/dirty-tracker';
+import type { Capabilities } from '../protocol/messages';
 import { VERSION } from '../version';
 
-export interface Capabilities {
-  phaulVersion: string;
-  criu: { major: number; minor: number; sublevel: number };
-  kernel: string;
-  arch: string;
-  modes: string[];
-}
+export type { Capabilities };
 
 let cached: Promise<Capabilities> | undefined;
 
 export function localCapabilities(): Promise<Capabilities> {
-  cached ??= criuVersion().then((criu) => ({
+  cached ??= criuVersion().then(({ major, minor, sublevel }) => ({
     phaulVersion: VERSION,
-    criu,
+    criu: { major, minor, sublevel },
     kernel: os.release(),
     arch: process.arch,
     // Pre-copy needs our dirty tracker (uffd-wp async + PAGEMAP_SCAN), probed for
@@ -58,15 +53,4 @@ export function incompatibility(a: Capabilities, b: Capabilities, mode: string):
   if (!a.modes.includes(mode)) return `mode ${mode} is not available on the source`;
   if (!b.modes.includes(mode)) return `mode ${mode} is not available on the destination`;
   return undefined;
-}
-
-export function parseCapabilities(m: Record<string, unknown>): Capabilities | undefined {
-  const c = m.caps as Capabilities | undefined;
-  if (!c || typeof c !== 'object') return undefined;
-  const v = c.criu;
-  const ok =
-    typeof c.phaulVersion === 'string' && typeof c.kernel === 'string' && typeof c.arch === 'string' &&
-    Array.isArray(c.modes) && c.modes.every((x) => typeof x === 'string') && c.modes.length < 16 &&
-    v && [v.major, v.minor, v.sublevel].every((n) => Number.isInteger(n) && n >= 0 && n < 1000);
-  return ok ? c : undefined;
 }
