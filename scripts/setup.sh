@@ -51,6 +51,8 @@ PKGS=(
   uuid-dev pkgconf python3-protobuf xz-utils dpkg-dev
   # two-host tests, network lock, addon build
   iproute2 nftables g++ make python3 util-linux procps openssl
+  # fuzzing the native page server with libFuzzer (scripts/fuzz.sh)
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,9 +13,10 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
-import { authenticateServer } from '../protocol/auth';
+import { authenticateServer, HANDSHAKE_MS } from '../protocol/auth';
+import { ServerTls, wrapServerSocket } from '../protocol/secure-channel';
+import { AdmissionLimits, DEFAULT_LIMITS, PendingConnections, Reservation, SessionBudget } from './admission';
 import { bin, FrameConn, int, Message, str } from '../protocol/frames';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
@@ -33,14 +34,15 @@ export interface DestinationOptions {
   /** Where sessions keep their images while a migration runs. */
   dir: string;
   token: Buffer;
-  tls?: { cert: Buffer; key: Buffer };
+  /** TLS on every connection: with a certificate, or `{ psk: true }` keyed by the token. */
+  tls?: ServerTls;
   keepImages?: boolean;
+  /** Caps and budgets (admission.ts); unset fields take DEFAULT_LIMITS. */
+  limits?: Partial<AdmissionLimits>;
   /** Upper bound for one CRIU restore (it can spin forever on bad images). */
   restoreTimeoutMs?: number;
   /** Where pre-copy page stores live (default: /dev/shm when it has room). */
   storeDir?: string;
-  /** Cap on one pre-copy store's size. */
-  maxStoreBytes?: number;
 }
 
 const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -72,6 +74,7 @@ class DestSession {
   private streamError?: PhaulError;
   private progress?: () => void;
   restoredPid = 0;
+  private reservation?: Reservation;
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
 
@@ -155,15 +158,19 @@ class DestSession {
       const criuFlags: Record<string, boolean> = {};
       const requested = (prep.criu ?? {}) as Record<string, unknown>;
       for (const k of CRIU_FLAGS) if (requested[k] === true) criuFlags[k] = true;
+      // The declared size is the source's word: it decides admission (a liar
+      // fails later, at the store's or the page server's own limits).
+      const memBytes = int(prep, 'memBytes', 0, 2 ** 50);
+      // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
+      const storeRoot = this.streamsPages() ? agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes) : agent.opts.dir;
+      this.reservation = agent.budget.reserve(memBytes, storeRoot);
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
 
       if (this.streamsPages()) {
         this.expectedStreams = int(prep, 'streams', 1, 16);
-        // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
-        const memBytes = typeof prep.memBytes === 'number' && prep.memBytes > 0 ? Math.min(prep.memBytes, 2 ** 50) : 0;
-        this.store = new PageStore(fs.mkdtempSync(path.join(agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes), 'phaul-fast-store-')),
-          { maxBytes: agent.opts.maxStoreBytes });
+        this.store = new PageStore(fs.mkdtempSync(path.join(storeRoot, 'phaul-fast-store-')),
+          agent.limits.maxStoreBytes < Infinity ? { maxBytes: agent.limits.maxStoreBytes - agent.budget.reservedBytes + memBytes } : {});
         conn.send({ t: 'prepared' });
         this.state = 'receiving';
         await this.receivePrecopy();
@@ -198,6 +205,7 @@ class DestSession {
       await this.store?.destroy().catch(() => undefined);
       if (this.dir && !agent.opts.keepImages) fs.rmSync(this.dir, { recursive: true, force: true });
       conn.close();
+      this.reservation?.release();
       agent.sessions.delete(this.id);
     }
   }
@@ -398,20 +406,24 @@ class DestSession {
 
 export class DestinationAgent extends EventEmitter {
   readonly sessions = new Map<string, DestSession>();
+  readonly limits: AdmissionLimits;
+  readonly budget: SessionBudget;
+  readonly pending: PendingConnections;
   private server?: net.Server;
 
   constructor(readonly opts: DestinationOptions) {
     super();
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.budget = new SessionBudget(this.limits);
+    this.pending = new PendingConnections(this.limits);
   }
 
   async listen(): Promise<{ host: string; port: number }> {
     fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
     await localCapabilities(); // fail now, not mid-migration, if CRIU is unusable
-    const onConn = (sock: net.Socket) => { this.accept(sock).catch(() => undefined); };
-    this.server = this.opts.tls
-      ? tls.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }, onConn)
-      : net.createServer(onConn);
-    const srv = this.server;
+    // TLS is layered by hand on every accepted socket, so that connections
+    // still in their TLS handshake count as pending too.
+    const srv = this.server = net.createServer((sock) => { this.accept(sock).catch(() => undefined); });
     await new Promise<void>((resolve, reject) => {
       srv.once('error', (e: NodeJS.ErrnoException) =>
         reject(new PhaulError('network', `cannot listen on ${this.opts.host}:${this.opts.port}: ${e.code ?? e.message}`)));
@@ -421,29 +433,51 @@ export class DestinationAgent extends EventEmitter {
     return { host: a.address, port: a.port };
   }
 
-  private async accept(sock: net.Socket): Promise<void> {
-    sock.setNoDelay(true);
-    const peer = `${sock.remoteAddress}:${sock.remotePort}`;
-    const conn = new FrameConn(sock, `source ${peer}`);
+  private async accept(raw: net.Socket): Promise<void> {
+    raw.setNoDelay(true);
+    raw.on('error', () => undefined); // reported through FrameConn, or irrelevant before it
+    const peer = `${raw.remoteAddress}:${raw.remotePort}`;
+    this.pending.admit(raw);
+    const deadline = setTimeout(() => raw.destroy(), HANDSHAKE_MS);
+    let conn: FrameConn | undefined;
     try {
-      const { role, session } = await authenticateServer(conn, this.opts.token);
-      if (role === 'control') {
+      let sock: net.Socket = raw;
+      if (this.opts.tls) {
+        const t = wrapServerSocket(raw, this.opts.tls, this.opts.token);
+        await new Promise<void>((resolve, reject) => {
+          t.once('secure', () => resolve());
+          t.once('error', (e) => reject(new PhaulError('auth', `TLS handshake failed: ${e.message}`)));
+          t.once('close', () => reject(new PhaulError('network', 'closed during the TLS handshake')));
+        });
+        sock = t;
+      }
+      conn = new FrameConn(sock, `source ${peer}`);
+      const auth = await authenticateServer(conn, this.opts.token);
+      clearTimeout(deadline);
+      this.pending.settle(raw);
+      if (auth.role === 'control') {
+        if (this.sessions.size >= this.limits.maxSessions) {
+          conn.send({ t: 'error', code: 'busy', message: `the destination already runs ${this.sessions.size} sessions (serve --max-sessions)` });
+          throw new PhaulError('busy', `refused a session from ${peer}: ${this.sessions.size} already running`);
+        }
         const s = new DestSession(this, conn);
         this.sessions.set(s.id, s);
-        conn.send({ t: 'welcome', session: s.id });
+        auth.welcome(s.id);
         await s.run();
         return;
       }
-      const s = this.sessions.get(session);
+      const s = this.sessions.get(auth.session);
       if (!s || !s.wantsData()) {
         conn.send({ t: 'error', code: 'protocol', message: 'no session is waiting for this data connection' });
         throw new PhaulError('protocol', `data connection for unknown session from ${peer}`);
       }
-      conn.send({ t: 'welcome', session });
+      auth.welcome(auth.session);
       s.attachData(conn);
     } catch (err) {
+      clearTimeout(deadline);
       this.emit('log', `connection from ${peer}: ${asPhaulError(err).message}`);
-      conn.close();
+      if (conn) conn.close();
+      else raw.destroy();
     }
   }
 
@@ -451,4 +485,3 @@ export class DestinationAgent extends EventEmitter {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 }
-

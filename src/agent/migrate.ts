@@ -12,9 +12,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
+import { ClientTls, connectTls } from '../protocol/secure-channel';
 import { FrameConn, int } from '../protocol/frames';
 import { runCriu, criuLogTail } from '../criu/rpc';
 import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
@@ -65,8 +65,8 @@ export interface MigrateOptions {
   token: Buffer;
   /** Default 'auto': the first of AUTO_ORDER (capabilities.ts) that both hosts offer. */
   mode?: Mode | 'auto';
-  /** TLS to the destination; `ca` pins its certificate authority. */
-  tls?: { ca?: Buffer; insecure?: boolean; servername?: string };
+  /** TLS to the destination: with a certificate (`ca` pins its authority), or `{ psk: true }` keyed by the token. */
+  tls?: ClientTls;
   /** Dump established TCP connections (needs the nftables network lock). */
   tcpEstablished?: boolean;
   extUnixSk?: boolean;
@@ -277,7 +277,7 @@ export class Migration extends EventEmitter {
     const o = this.opts;
     const conn = st.conn!;
     const criuFlags = this.criuFlags();
-    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags });
+    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, memBytes: treeMemoryBytes(this.opts.pid) });
     await conn.expect('prepared');
     const dconn = await this.connect();
     await authenticateClient(dconn, o.token, 'data', session);
@@ -419,9 +419,7 @@ export class Migration extends EventEmitter {
     const o = this.opts;
     const peer = `destination ${o.to.host}:${o.to.port}`;
     return new Promise((resolve, reject) => {
-      const sock = o.tls
-        ? tls.connect({ host: o.to.host, port: o.to.port, ca: o.tls.ca, rejectUnauthorized: !o.tls.insecure, servername: o.tls.servername })
-        : net.connect({ host: o.to.host, port: o.to.port });
+      const sock = o.tls ? connectTls(o.to.host, o.to.port, o.tls, o.token) : net.connect({ host: o.to.host, port: o.to.port });
       const timer = setTimeout(() => {
         sock.destroy();
         reject(new PhaulError('network', `cannot reach ${peer}: timed out`));

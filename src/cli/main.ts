@@ -6,6 +6,7 @@ import * as check from './commands/check';
 import * as serve from './commands/serve';
 import * as migrate from './commands/migrate';
 import * as bench from './commands/bench';
+import * as token from './commands/token';
 
 type Command = { about: string; mod: { run(argv: string[]): Promise<number> } };
 
@@ -13,6 +14,7 @@ const commands: Record<string, Command> = {
   check: { about: 'probe this machine: CRIU, kernel features, which migration modes work', mod: check },
   serve: { about: 'run the destination agent that receives migrations', mod: serve },
   migrate: { about: 'move a process tree to a destination agent', mod: migrate },
+  token: { about: 'write a new random token file (mode 0600) for serve and migrate', mod: token },
   bench: { about: 'measure downtime against CRIU\'s own migration paths', mod: bench },
 };
 

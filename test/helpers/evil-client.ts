@@ -31,6 +31,10 @@ const scenarios: Record<string, Scenario> = {
     await prepare(c, { mode: 'precopy', streams: 1 });
     c.send({ t: 'layout', pid: 1, ranges: [{ vaddr: 2 ** 52, nrPages: 1 << 30 }] });
   },
+  // A session that claims more memory than the host has: refused up front.
+  'too-big': async (c) => {
+    await prepare(c, { mode: 'precopy', streams: 1, memBytes: 2 ** 50 });
+  },
   // A mode nobody offered.
   'unknown-mode': async (c) => {
     await prepare(c, { mode: 'teleport' });
@@ -41,7 +45,7 @@ async function prepare(c: FrameConn, extra: Record<string, unknown>): Promise<vo
   const mode = (extra.mode as string) === 'precopy' ? 'precopy' : 'stop-copy';
   c.send({ t: 'caps', caps: await localCapabilities(), mode });
   await c.expect('caps');
-  c.send({ t: 'prepare', criu: {}, ...extra });
+  c.send({ t: 'prepare', criu: {}, memBytes: 1 << 20, ...extra });
 }
 
 async function main(): Promise<void> {

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
+import type { ClientTls } from '../../protocol/secure-channel';
 import { Migration, MigrationError, MODES, Mode, PhaseEvent } from '../../agent/migrate';
 import { AUTO_ORDER } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
@@ -14,6 +15,7 @@ const spec = {
   to: { type: 'string', help: 'destination agent, HOST:PORT' },
   'token-file': { type: 'string', help: 'file holding the shared secret' },
   mode: { type: 'string', help: `how to move memory: auto, ${MODES.join(', ')} (auto: the first of ${AUTO_ORDER.join(', ')} both hosts offer)`, default: 'auto' },
+  encrypt: { type: 'boolean', help: 'TLS keyed by the token (no certificate or CA); the destination runs serve --encrypt' },
   tls: { type: 'boolean', help: 'connect with TLS' },
   'tls-ca': { type: 'string', help: 'PEM CA (or self-signed certificate) that the destination\'s certificate must chain to' },
   'tls-servername': { type: 'string', help: 'name to check the destination\'s certificate against' },
@@ -42,7 +44,7 @@ export async function run(argv: string[]): Promise<number> {
       'dirty pages while frozen); hybrid (precopy, then the destination resumes it before its memory is back\n' +
       'in place and fills it from its own copy: the pause no longer grows with memory).\n' +
       'Exit codes: 0 moved, 1 failed and rolled back, 2 usage, 3 unavailable, 4 auth, 5 incompatible, 6 network,\n' +
-      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message).', spec));
+      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message), 11 destination busy (nothing touched).', spec));
     return 0;
   }
   const json = !!flags.json;
@@ -54,7 +56,9 @@ export async function run(argv: string[]): Promise<number> {
     const mode = flags.mode as string;
     if (mode !== 'auto' && !(MODES as readonly string[]).includes(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
-    let tls;
+    let tls: ClientTls | undefined;
+    if (flags.encrypt && (flags.tls || flags['tls-ca'])) throw new PhaulError('usage', '--encrypt and --tls are alternatives: pick one');
+    if (flags.encrypt) tls = { psk: true };
     if (flags.tls || flags['tls-ca']) {
       let ca: Buffer | undefined;
       if (flags['tls-ca']) {
