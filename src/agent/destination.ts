@@ -6,8 +6,8 @@
 // Two-phase switchover (docs/PROTOCOL.md): restore leaves the tree stopped;
 // `commit` resumes it. If the source goes away before committing, the stopped
 // copy never ran and is killed, while the source resumes its original.
-// Hybrid mode receives like pre-copy but restores lazily: CRIU's lazy-pages
-// daemon fills the tree's memory from this host's store after it resumes.
+// Hybrid mode receives like pre-copy but restores lazily: our lazy-pages
+// server fills the tree's memory from this host's store after it resumes.
 import { EventEmitter } from 'node:events';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -21,9 +21,9 @@ import { bin, FrameConn, int, Message, str } from '../protocol/frames';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
-import { within, withDeadline } from '../util/deadline';
+import { withDeadline } from '../util/deadline';
 import { runCriuOrThrow } from '../criu/rpc';
-import { LocalLazyPages } from '../criu/lazy-pages';
+import { LazyPagesServer } from '../criu/lazy-pages';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
@@ -63,11 +63,10 @@ class DestSession {
   readonly dataPromise = new Promise<DataChannel>((r) => { this.dataArrived = r; });
   /** Pre-copy: the page store and its batch streams. */
   store?: PageStore;
-  /** Hybrid: the daemon filling the restored tree's memory from the store. */
-  lazyPages?: LocalLazyPages;
-  /** Hybrid: the top level of the store's parent-image chain, which the page source process reads. */
+  /** Hybrid: the server filling the restored tree's memory from the store. */
+  lazyPages?: LazyPagesServer;
+  /** Hybrid: the top level of the store's parent-image chain, which the lazy-pages server reads. */
   private chainTop = '';
-  private criuHeaderSize: 24 | 32 = 32;
   expectedStreams = 0;
   private readonly streams: net.Socket[] = [];
   private readonly received = new Map<number, number>();
@@ -149,7 +148,6 @@ class DestSession {
         throw new PhaulError('incompatible', why);
       }
       conn.send({ t: 'caps', caps: ours });
-      this.criuHeaderSize = pageServerHeaderSize(ours.criu);
       this.log(`migration from ${theirs.kernel}/${theirs.arch}, CRIU ${theirs.criu.major}.${theirs.criu.minor}, mode ${mode}`);
 
       const prep = await conn.expect('prepare');
@@ -198,7 +196,7 @@ class DestSession {
       this.data?.abort();
       for (const s of this.streams) s.destroy();
       if (this.lazyPages) {
-        // A tree that ran needs the daemon until every page is in; one that never ran does not.
+        // A tree that ran needs the server until every page is in; one that never ran does not.
         if (this.state === 'running') await this.lazyPages.exited;
         else await this.lazyPages.kill();
       }
@@ -229,7 +227,7 @@ class DestSession {
         this.writeImage(m);
       } else if (m.t === 'images-done') {
         // CRIU's images are all here, the final round is on its way: a hybrid
-        // restore's daemon can start now, off the pause's critical path.
+        // restore's lazy-pages server can start now, off the pause's critical path.
         if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
         const ids = (m.imageIds ?? {}) as Record<string, unknown>;
@@ -281,12 +279,12 @@ class DestSession {
   }
 
   /**
-   * Hybrid: the lazy-pages daemon, started as soon as CRIU's images are here
+   * Hybrid: the lazy-pages server, started as soon as CRIU's images are here
    * (the source sends them before its final round) so that its start-up
    * overlaps the final round instead of adding to the pause.
    */
-  private startLazyPages(): LocalLazyPages {
-    this.lazyPages = new LocalLazyPages({ imagesDir: this.dir });
+  private startLazyPages(): LazyPagesServer {
+    this.lazyPages = new LazyPagesServer({ imagesDir: this.dir });
     return this.lazyPages;
   }
 
@@ -303,11 +301,9 @@ class DestSession {
     }
     if (lazy) {
       const lp = this.lazyPages ?? this.startLazyPages();
-      await withDeadline(lp.ready, 30_000, 'criu', 'criu lazy-pages did not start');
-      lp.startSource({ chainTop: this.chainTop, headerSize: this.criuHeaderSize,
-        cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
-      this.log(`criu lazy-pages (pid ${lp.pid}, pages from pid ${lp.sourcePid}) waits for the restore ` +
-        `(started ${t0 - lp.startedAt} ms before it)`);
+      await withDeadline(lp.ready, 30_000, 'criu', 'the lazy-pages server did not start');
+      lp.start({ chainTop: this.chainTop, cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
+      this.log(`lazy-pages server (pid ${lp.pid}) waits for the restore (started ${t0 - lp.startedAt} ms before it)`);
     }
     const res = await runCriuOrThrow(
       {
@@ -360,34 +356,30 @@ class DestSession {
   }
 
   /**
-   * Hybrid, after the tree runs: wait for the daemon to have copied every
+   * Hybrid, after the tree runs: wait for the server to have placed every
    * page, then tell the source (which may already be gone: the workload no
-   * longer needs it). A daemon failing here cannot be rolled back any more.
+   * longer needs it). A server failing here cannot be rolled back any more.
    */
-  private async fillLazily(lazyPages: LocalLazyPages, t0: number): Promise<void> {
+  private async fillLazily(lazyPages: LazyPagesServer, t0: number): Promise<void> {
     const code = await lazyPages.exited;
     const ms = Date.now() - t0;
-    // The daemon's word decides: it exits 0 only once every page is placed (a
-    // page source that fails makes its reads, and so the daemon, fail). The
-    // source has nothing left to do then: a few seconds to say how it went.
-    const served = await within(lazyPages.sourceExited, 5000);
-    if (served === 'late') await lazyPages.kill();
     this.lazyPages = undefined;
+    // It exits 0 only once every page is in place.
     const ok = code === 0;
-    if (ok && served !== 0) this.log(`the page source ended with ${served} after serving every page: ${lazyPages.sourceLogTail()}`);
+    const fill = lazyPages.stats;
     if (ok) {
-      this.log(`memory filled ${ms} ms after the restore began`);
+      this.log(`memory filled ${ms} ms after the restore began` + (fill ? ` (${fill.copiedPages} pages in ${fill.fillMs} ms after ` +
+        `the restore, ${fill.faults} faults, p99 ${fill.faultUs.p99} us, ${Math.round(fill.punchedBytes / 2 ** 20)} MiB of the store given back)` : ''));
     } else {
-      // Pages the daemon never placed now read as zeros. Stop the tree rather
-      // than let it compute (and write out) garbage; a human decides.
+      // Pages never placed would read as zeros. Stop the tree rather than let
+      // it compute (and write out) garbage; a human decides.
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
-      this.log(`criu lazy-pages exited ${code} (its page source ${served}) before the memory of pid ${this.restoredPid} ` +
-        `was filled; the tree is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()} ` +
-        `${lazyPages.sourceLogTail()}`);
+      this.log(`the lazy-pages server exited ${code} before the memory of pid ${this.restoredPid} was filled; the tree ` +
+        `is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
     }
-    this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms });
+    this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms, fill });
     try {
-      this.conn.send({ t: 'filled', ok, ms });
+      this.conn.send({ t: 'filled', ok, ms, ...(fill ? { fill } : {}) });
     } catch { /* the source left; nothing of ours depends on it */ }
   }
 

@@ -99,6 +99,8 @@ export interface MigrationReport {
   fallback?: string;
   /** Hybrid: from the freeze until every page is in the restored tree's memory. */
   filledMs?: number;
+  /** Hybrid: what the destination's lazy-pages server did (src/criu/lazy-pages.ts FillStats). */
+  fill?: Record<string, unknown>;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
 }
@@ -252,13 +254,14 @@ export class Migration extends EventEmitter {
    * has filled the tree's memory. The workload runs there already, so nothing
    * here can fail the migration; a problem becomes a warning in the report.
    */
-  private async awaitFilled(conn: FrameConn, freezeAt: number): Promise<{ filledMs?: number; warning?: string }> {
+  private async awaitFilled(conn: FrameConn, freezeAt: number): Promise<{ filledMs?: number; fill?: Record<string, unknown>; warning?: string }> {
     const timeoutMs = 60_000 + this.memBytes / 50e3; // 50 MB/s at worst, a minute of slack
     try {
       const m = await conn.expect('filled', timeoutMs);
       this.phase('fill');
-      if (m.ok !== true) return { warning: 'the destination\'s lazy-pages daemon failed after the workload resumed there (see its log)' };
-      return { filledMs: Date.now() - freezeAt };
+      if (m.ok !== true) return { warning: 'the destination\'s lazy-pages server failed after the workload resumed there (see its log)' };
+      const fill = m.fill && typeof m.fill === 'object' && !Array.isArray(m.fill) ? m.fill as Record<string, unknown> : undefined;
+      return { filledMs: Date.now() - freezeAt, ...(fill ? { fill } : {}) };
     } catch (e) {
       return { warning: `no word from the destination on filling the workload's memory: ${asPhaulError(e).message}` };
     }
