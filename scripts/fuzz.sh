@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the decoders that read what the network sends:
 #   page-server   the native page server's protocol parser (native/page_server.cc), with libFuzzer
-#                 (clang, ASan, UBSan); a crash leaves crash-* in build/fuzz/
+#                 (clang, ASan, UBSan); a crash leaves crash-* in .cache/fuzz/
 #   frames        the control-frame decoder (src/protocol/frames.ts), mutation fuzzer in JS
 #   batches       the page-batch decoder (src/transport/page-batch.ts, batch-stream.ts), same
 # usage: scripts/fuzz.sh [SECONDS per target, default 600] [TARGET...]
@@ -13,7 +13,7 @@ secs=${1:-600}
 shift || true
 targets=("${@:-page-server frames batches}")
 read -r -a targets <<<"${targets[*]}"
-out=build/fuzz
+out=.cache/fuzz   # not build/: node-gyp rebuild empties it
 mkdir -p "$out"
 
 build_page_server() {
@@ -36,6 +36,9 @@ for t in "${targets[@]}"; do
     page-server)
       build_page_server
       mkdir -p "$out/corpus-page-server"
+      PHAUL_FUZZ_SCRATCH=$(mktemp -d /dev/shm/phaul-fuzz-ps-XXXXXX)
+      export PHAUL_FUZZ_SCRATCH
+      trap 'rm -rf "$PHAUL_FUZZ_SCRATCH"' EXIT
       # Regressions first: each must pass before new fuzzing starts.
       if compgen -G "native/fuzz/regressions/*" >/dev/null; then
         "$out/page_server_fuzz" -timeout=10 native/fuzz/regressions/* >"$out/regressions.log" 2>&1 \

@@ -26,7 +26,7 @@ for (const target of TARGETS) {
   test(`${target}: valid seeds decode, saved findings are refused cleanly, and 3 s of fuzzing finds nothing`, async () => {
     for (const s of seeds(target)) await fuzzOne(target, s);
     for (const f of inputs(path.join(PACKAGE_ROOT, 'test', 'fixtures', 'fuzz', target))) await fuzzOne(target, fs.readFileSync(f));
-    const n = await fuzz(target, 3000, path.join(PACKAGE_ROOT, 'build', 'fuzz'), 12345);
+    const n = await fuzz(target, 3000, path.join(PACKAGE_ROOT, '.cache', 'fuzz'), 12345);
     assert.ok(n > 0, 'inputs ran');
   });
 }

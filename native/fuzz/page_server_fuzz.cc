@@ -11,21 +11,15 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
-#include <cstdlib>
 
 namespace {
 
+// scripts/fuzz.sh makes the scratch directory (on tmpfs) and removes it after the run.
 std::string ScratchDir() {
-  static std::string dir;
-  if (dir.empty()) {
-    char tmpl[] = "/dev/shm/phaul-fuzz-ps-XXXXXX";
-    if (!mkdtemp(tmpl)) abort();
-    dir = tmpl;
-    // Removed at exit, with whatever the last input wrote.
-    atexit([] {
-      std::string cmd = "rm -rf '" + dir + "'";
-      if (system(cmd.c_str()) != 0) {}
-    });
+  const char* dir = getenv("PHAUL_FUZZ_SCRATCH");
+  if (!dir || !*dir) {
+    fprintf(stderr, "PHAUL_FUZZ_SCRATCH must name an empty scratch directory (scripts/fuzz.sh sets it)\n");
+    abort();
   }
   return dir;
 }

@@ -209,7 +209,7 @@ if (require.main === module) {
     process.stderr.write(`usage: fuzz-decoders.js ${TARGETS.join('|')} SECONDS OUTDIR\n`);
     process.exit(2);
   }
-  fuzz(target as Target, Number(secs) * 1000, out ?? 'build/fuzz').then((n) => {
+  fuzz(target as Target, Number(secs) * 1000, out ?? '.cache/fuzz').then((n) => {
     process.stderr.write(`fuzz: ${target}: ${n} inputs in ${secs} s, no finding\n`);
   }, (e) => {
     process.stderr.write(`fuzz: ${(e as Error).message}\n`);
