@@ -74,6 +74,8 @@ class DestSession {
   private progress?: () => void;
   restoredPid = 0;
   private reservation?: Reservation;
+  /** How long a restored copy waits for `commit` before it is discarded. */
+  private commitWaitMs = 60_000;
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
 
@@ -159,6 +161,9 @@ class DestSession {
       // The declared size is the source's word: it decides admission (a liar
       // fails later, at the store's or the page server's own limits).
       const memBytes = int(prep, 'memBytes', 0, 2 ** 50);
+      // The source's freeze budget: past it the source has rolled back, so a copy
+      // still waiting for its commit is discarded then (and never resumed).
+      if (prep.freezeTimeoutMs !== undefined) this.commitWaitMs = int(prep, 'freezeTimeoutMs', 1000, 3_600_000);
       // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
       const storeRoot = this.streamsPages() ? agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes) : agent.opts.dir;
       this.reservation = agent.budget.reserve(memBytes, storeRoot);
@@ -339,7 +344,7 @@ class DestSession {
     // filled from it): free its memory before resuming.
     if (!lazy) await this.store?.destroy().catch(() => undefined);
 
-    const decision = await conn.next(60_000);
+    const decision = await conn.next(this.commitWaitMs);
     if (decision.t === 'commit') {
       signalAll(treePids(this.restoredPid), 'SIGCONT');
       this.state = 'running';
@@ -427,6 +432,8 @@ export class DestinationAgent extends EventEmitter {
 
   private async accept(raw: net.Socket): Promise<void> {
     raw.setNoDelay(true);
+    // A source gone silent (a partition) is noticed, and its session ended, in seconds.
+    raw.setKeepAlive(true, 5000);
     raw.on('error', () => undefined); // reported through FrameConn, or irrelevant before it
     const peer = `${raw.remoteAddress}:${raw.remotePort}`;
     this.pending.admit(raw);

@@ -4,7 +4,7 @@ import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
 import type { ClientTls } from '../../protocol/secure-channel';
-import { Migration, MigrationError, MODES, Mode, PhaseEvent } from '../../agent/migrate';
+import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, MODES, Mode, PhaseEvent } from '../../agent/migrate';
 import { AUTO_ORDER } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { ProgressDisplay } from '../progress';
@@ -30,6 +30,7 @@ const spec = {
   streams: { type: 'string', help: 'precopy, hybrid: parallel data connections', default: '2' },
   compress: { type: 'string', help: 'precopy, hybrid: lz4 per batch: auto (when the link is slower than lz4), lz4, none', default: 'auto' },
   'auto-converge': { type: 'boolean', help: 'precopy, hybrid: throttle the workload\'s CPU in steps when it dirties memory faster than the link' },
+  'freeze-timeout': { type: 'string', help: 'longest the workload may stay frozen before the migration rolls back, S', default: String(DEFAULT_FREEZE_TIMEOUT_MS / 1000) },
   json: { type: 'boolean', help: 'print the report as one JSON object on the last line of stdout' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
@@ -81,9 +82,18 @@ export async function run(argv: string[]): Promise<number> {
       tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,
+      freezeTimeoutMs: intFlag(flags['freeze-timeout'], 'freeze-timeout', 1, 3600)! * 1000,
     });
     const tty = process.stderr.isTTY && !json;
     const progress = new ProgressDisplay(process.stderr);
+    // Ctrl-C or a kill: roll back (CRIU resumes the original, the throttle is
+    // released) and exit with the report; a second signal does not cut that short.
+    const onSignal = (sig: NodeJS.Signals) => {
+      progress.note(`phaul-fast migrate: ${sig}: rolling back`);
+      m.abort(new PhaulError('failed', `interrupted by ${sig}`));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     m.on('phase', (e: PhaseEvent) => {
       if (!tty) process.stderr.write(`phaul-fast migrate: ${e.phase} ${e.ms} ms\n`);
     });
