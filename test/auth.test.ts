@@ -42,11 +42,11 @@ test('both sides authenticate and every later frame carries a MAC both ways', as
     assert.equal(session, 's1');
     assert.equal(auth.role, 'control');
     assert.ok(c.authenticated && s.authenticated);
-    c.send({ t: 'ping', n: 1 });
-    s.send({ t: 'pong', big: Buffer.alloc(1 << 20, 7) });
-    assert.deepEqual(await s.next(2000), { t: 'ping', n: 1 });
-    const pong = await c.expect('pong', 2000);
-    assert.equal((pong.big as Uint8Array).length, 1 << 20);
+    c.send({ t: 'round', round: 1, batches: 2 });
+    s.send({ t: 'image', name: 'pages-1.img', data: Buffer.alloc(1 << 20, 7) });
+    assert.deepEqual(await s.next(2000), { t: 'round', round: 1, batches: 2 });
+    const image = await c.expect('image', 2000);
+    assert.equal(image.data.length, 1 << 20);
   } finally {
     p.close();
   }
@@ -121,17 +121,17 @@ const integrity = (e: unknown) => isCode('protocol')(e) && /integrity/.test((e a
 test('a frame altered, injected or replayed after the handshake ends the connection', async () => {
   // One bit flipped in the body.
   await withRelay((d) => { const b = Buffer.from(d); b[b.length - 20] ^= 1; return b; }, async ({ c, s }) => {
-    c.send({ t: 'commit', pad: 'x'.repeat(40) });
+    c.send({ t: 'image', name: 'core-1.img', data: Buffer.alloc(40, 1) });
     await assert.rejects(s.next(2000), integrity);
   });
   // A frame injected by someone who relayed the handshake but has no key.
   await withRelay((d) => [encodeFrame({ t: 'commit' }), d], async ({ c, s }) => {
-    c.send({ t: 'abort' });
+    c.send({ t: 'abort', message: 'x' });
     await assert.rejects(s.next(2000), integrity);
   });
   // A genuine frame sent twice.
   await withRelay((d) => [d, d], async ({ c, s }) => {
-    c.send({ t: 'image', name: 'x' });
+    c.send({ t: 'image', name: 'x', data: Buffer.alloc(1) });
     assert.equal((await s.next(2000)).t, 'image');
     await assert.rejects(s.next(2000), integrity);
   });

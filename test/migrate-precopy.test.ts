@@ -33,10 +33,21 @@ async function assertMovedIntact(w: MemWorkload, restored: number, mib: number):
 }
 
 /** Processes whose command line mentions `needle` (zombies aside). */
-function processesWith(needle: string): number[] {
+/** Live processes whose command line names this checkout's copy of `script`
+ *  (other checkouts on the machine may run their own at the same time). */
+function processesWith(script: string): number[] {
+  const needle = path.join(PACKAGE_ROOT, 'dist', 'src', 'transport', `${script}.js`);
   return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
     try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
   });
+}
+
+/** Lazy-pages servers of this test's two hosts: other checkouts on a shared
+ *  machine run theirs in their own network namespaces. */
+function ourDaemons(needle: string): number[] {
+  const netns = (f: string) => { try { return fs.statSync(f).ino; } catch { return -1; } };
+  const ours = new Set([fx.hosts.a.netnsPath!, fx.hosts.b.netnsPath!].map(netns));
+  return processesWith(needle).filter((p) => ours.has(netns(`/proc/${p}/ns/net`)));
 }
 
 /** Waits until the destination has no session directory left (it removes each when the session ends). */
@@ -96,7 +107,7 @@ test('hybrid moves a 1 GiB workload that resumes before its memory is back; ever
     for (const k of ['p50', 'p99', 'max']) assert.equal(typeof fill.faultUs[k], 'number');
     await assertMovedIntact(w, restored, 1024);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server ended');
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server ended');
   } finally {
     await w.stop(restored);
   }
@@ -179,8 +190,8 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
     w.adopt(restored);
     // The daemon and its page source outlive the agent and finish the job.
     const end2 = Date.now() + 60_000;
-    while (processesWith('lazy-fill-process').length && Date.now() < end2) await sleep(50);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server finished');
+    while (ourDaemons('lazy-fill-process').length && Date.now() < end2) await sleep(50);
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server finished');
     await assertMovedIntact(w, restored, 1024);
     assert.equal(procState(restored) === 'T', false, 'not stopped: the fill succeeded');
   } finally {
@@ -197,7 +208,7 @@ test('hybrid: the lazy-pages server killed mid-fill: the resumed tree does not r
     const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
     const end = Date.now() + 60_000;
     let m: RegExpExecArray | null = null;
-    while (!(m = /lazy-pages server \(pid (\d+)\)[^]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
+    while (!(m = /lazy-pages server \(pid (\d+)\)[\s\S]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
     assert.ok(m, 'the workload resumed at the destination');
     assert.doesNotMatch(fx.serve.stderr().slice(logBefore), /memory filled/, 'before its memory was complete');
     process.kill(Number(m[1]), 'SIGKILL'); // a server we started (through the agent)
@@ -241,7 +252,7 @@ test('hybrid: a restore that fails after the lazy-pages server started rolls bac
     assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
     assert.match(fx.serve.stderr(), /migration failed/);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-fill-process'), [], 'the lazy-pages server was ended');
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server was ended');
     assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
       [], 'no restored copy anywhere');
   } finally {
@@ -284,7 +295,8 @@ for (const mode of ['precopy', 'hybrid']) test(`${mode} keeps every page through
     const before = { parent: read('parent')?.seq ?? 0, child: read('child')?.seq ?? 0 };
     process.kill(restored, 'SIGUSR1');
     const end2 = Date.now() + 10_000;
-    let p, c;
+    let p: any = null;
+    let c: any = null;
     while (Date.now() < end2) {
       p = read('parent');
       c = read('child');

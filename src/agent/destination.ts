@@ -5,7 +5,9 @@
 //
 // Two-phase switchover (docs/PROTOCOL.md): restore leaves the tree stopped;
 // `commit` resumes it. If the source goes away before committing, the stopped
-// copy never ran and is killed, while the source resumes its original.
+// copy never ran and is killed, while the source resumes its original. The
+// session's states, what it accepts in each and what a failure does are the
+// tables of destination-states.ts; one StateMachine moves between them.
 // Hybrid mode receives like pre-copy but restores lazily: our lazy-pages
 // server fills the tree's memory from this host's store after it resumes.
 import { EventEmitter } from 'node:events';
@@ -15,18 +17,23 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateServer, HANDSHAKE_MS } from '../protocol/auth';
-import { ServerTls, wrapServerSocket } from '../protocol/secure-channel';
-import { AdmissionLimits, DEFAULT_LIMITS, PendingConnections, Reservation, SessionBudget } from './admission';
-import { bin, FrameConn, int, Message, str } from '../protocol/frames';
+import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
+import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
+import { FrameConn } from '../protocol/frames';
+import type { Image, Message, Prepare } from '../protocol/messages';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
 import { withDeadline } from '../util/deadline';
 import { runCriuOrThrow } from '../criu/rpc';
 import { LazyPagesServer } from '../criu/lazy-pages';
-import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
+import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
+import { StateMachine, type StateChange } from './state-machine';
+import {
+  copyRan, DESTINATION_ACCEPTS, DESTINATION_FAILURE, DESTINATION_INITIAL, DESTINATION_TRANSITIONS, type DestinationState,
+} from './destination-states';
 
 export interface DestinationOptions {
   host: string;
@@ -45,16 +52,17 @@ export interface DestinationOptions {
   storeDir?: string;
 }
 
-const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const MAX_IMAGES = 100_000;
 const MAX_IMAGE_BYTES = 4 * 1024 ** 3;
-const CRIU_FLAGS = ['tcpEstablished', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
 
-type State = 'handshake' | 'receiving' | 'restoring' | 'restored-stopped' | 'running' | 'aborted';
+/** Emitted by DestinationAgent as 'state' on every change of a session's state. */
+export interface SessionStateEvent extends StateChange<DestinationState> {
+  session: string;
+}
 
 class DestSession {
   readonly id = crypto.randomBytes(12).toString('hex');
-  state: State = 'handshake';
+  private readonly sm: StateMachine<DestinationState>;
   mode = '';
   dir = '';
   /** Stop-copy: the one page-server connection. */
@@ -77,7 +85,23 @@ class DestSession {
   /** How long a restored copy waits for `commit` before it is discarded. */
   private commitWaitMs = 60_000;
 
-  constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
+  constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {
+    this.sm = new StateMachine(`destination session ${this.id.slice(0, 8)}`, DESTINATION_TRANSITIONS, DESTINATION_INITIAL,
+      (c) => agent.emit('state', { session: this.id, ...c } satisfies SessionStateEvent));
+  }
+
+  get state(): DestinationState {
+    return this.sm.state;
+  }
+
+  /** The source's next message, if the current state accepts it; its `error` or `abort` ends the session. */
+  private async receive(timeoutMs: number): Promise<Message> {
+    const m = await this.conn.next(timeoutMs);
+    if (m.t === 'error') throw new PhaulError(m.code, `${this.conn.peer}: ${m.message}`);
+    if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
+    if (!DESTINATION_ACCEPTS[this.state].includes(m.t)) throw new PhaulError('protocol', `unexpected '${m.t}' in state ${this.state}`);
+    return m;
+  }
 
   /** Pre-copy and hybrid: pages come as batches on N streams into a page store. */
   private streamsPages(): boolean {
@@ -139,9 +163,9 @@ class DestSession {
     const { conn, agent } = this;
     try {
       const hello = await conn.expect('caps');
-      const theirs = parseCapabilities(hello);
-      if (!theirs) throw new PhaulError('protocol', 'malformed capabilities');
-      const mode = str(hello, 'mode', 32);
+      const theirs = hello.caps;
+      if (hello.mode === undefined) throw new PhaulError('protocol', "message 'caps' has no 'mode'");
+      const mode = hello.mode;
       const ours = await localCapabilities();
       // 'auto': the source picks from both lists; its `prepare` names the mode (checked there).
       const why = mode === 'auto' ? incompatibility(theirs, ours, 'stop-copy') : incompatibility(theirs, ours, mode);
@@ -153,17 +177,15 @@ class DestSession {
       this.log(`migration from ${theirs.kernel}/${theirs.arch}, CRIU ${theirs.criu.major}.${theirs.criu.minor}, mode ${mode}`);
 
       const prep = await conn.expect('prepare');
-      this.mode = str(prep, 'mode', 32);
+      this.mode = prep.mode;
       if (!ours.modes.includes(this.mode)) throw new PhaulError('incompatible', `mode ${this.mode} is not available here`);
-      const criuFlags: Record<string, boolean> = {};
-      const requested = (prep.criu ?? {}) as Record<string, unknown>;
-      for (const k of CRIU_FLAGS) if (requested[k] === true) criuFlags[k] = true;
+      const criuFlags = prep.criu;
       // The declared size is the source's word: it decides admission (a liar
       // fails later, at the store's or the page server's own limits).
-      const memBytes = int(prep, 'memBytes', 0, 2 ** 50);
+      const memBytes = prep.memBytes;
       // The source's freeze budget: past it the source has rolled back, so a copy
       // still waiting for its commit is discarded then (and never resumed).
-      if (prep.freezeTimeoutMs !== undefined) this.commitWaitMs = int(prep, 'freezeTimeoutMs', 1000, 3_600_000);
+      if (prep.freezeTimeoutMs !== undefined) this.commitWaitMs = prep.freezeTimeoutMs;
       // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
       const storeRoot = this.streamsPages() ? agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes) : agent.opts.dir;
       this.reservation = agent.budget.reserve(memBytes, storeRoot);
@@ -171,26 +193,32 @@ class DestSession {
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
 
       if (this.streamsPages()) {
-        this.expectedStreams = int(prep, 'streams', 1, 16);
+        this.expectedStreams = streamsOf(prep);
         this.store = new PageStore(fs.mkdtempSync(path.join(storeRoot, 'phaul-fast-store-')),
           agent.limits.maxStoreBytes < Infinity ? { maxBytes: agent.limits.maxStoreBytes - agent.budget.reservedBytes + memBytes } : {});
         conn.send({ t: 'prepared' });
-        this.state = 'receiving';
+        this.sm.to('receiving');
         await this.receivePrecopy();
       } else {
         conn.send({ t: 'prepared' });
-        this.state = 'receiving';
+        this.sm.to('receiving');
         const data = await withDeadline(this.dataPromise, 30_000, 'network', 'the source did not open its data connection');
         const pages = data.servePages(this.dir, pageServerHeaderSize(theirs.criu));
         pages.catch(() => undefined); // awaited below; an abort before then must not go unhandled
-        const count = await this.receiveImages('restore');
+        const count = await this.receiveImages();
         const stats = await withDeadline(pages, 60_000, 'network', 'pages did not finish arriving');
         this.log(`received ${count} images and ${stats.pages} pages`);
       }
       await this.restoreAndCommit(criuFlags);
     } catch (err) {
       const e = asPhaulError(err);
-      if (this.state !== 'running') {
+      if (this.sm.terminal) {
+        this.log(`after the migration: ${e.message}`);
+      } else if (DESTINATION_FAILURE[this.state as keyof typeof DESTINATION_FAILURE] === 'keep') {
+        // The copy runs and is the workload: nothing rolls back.
+        this.log(`after the workload resumed here: ${e.message}`);
+        this.sm.to('done');
+      } else {
         this.log(`migration failed: ${e.message}`);
         await this.rollback();
         try {
@@ -202,7 +230,7 @@ class DestSession {
       for (const s of this.streams) s.destroy();
       if (this.lazyPages) {
         // A tree that ran needs the server until every page is in; one that never ran does not.
-        if (this.state === 'running') await this.lazyPages.exited;
+        if (copyRan(this.state)) await this.lazyPages.exited;
         else await this.lazyPages.kill();
       }
       await this.store?.destroy().catch(() => undefined);
@@ -218,16 +246,13 @@ class DestSession {
   private async receivePrecopy(): Promise<void> {
     const store = this.store!;
     for (;;) {
-      const m = await this.conn.next(10 * 60_000);
+      const m = await this.receive(10 * 60_000);
       if (m.t === 'layout') {
-        const ranges = m.ranges;
-        if (!Array.isArray(ranges) || ranges.length > 1 << 20) throw new PhaulError('protocol', 'bad layout');
-        store.setLayout(int(m, 'pid', 1, 1 << 22), ranges as { vaddr: number; nrPages: number }[]);
+        store.setLayout(m.pid, m.ranges);
         this.conn.send({ t: 'layout-ack' });
       } else if (m.t === 'round') {
-        const round = int(m, 'round', 0, 1 << 20);
-        await this.roundComplete(round, int(m, 'batches', 0, 1 << 30), 10 * 60_000);
-        this.conn.send({ t: 'round-ack', round });
+        await this.roundComplete(m.round, m.batches, 10 * 60_000);
+        this.conn.send({ t: 'round-ack', round: m.round });
       } else if (m.t === 'image') {
         this.writeImage(m);
       } else if (m.t === 'images-done') {
@@ -235,12 +260,8 @@ class DestSession {
         // restore's lazy-pages server can start now, off the pause's critical path.
         if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
-        const ids = (m.imageIds ?? {}) as Record<string, unknown>;
         const imageIds: Record<number, number> = {};
-        for (const [k, v] of Object.entries(ids)) {
-          if (!/^\d{1,7}$/.test(k) || typeof v !== 'number' || !Number.isInteger(v)) throw new PhaulError('protocol', 'bad image ids');
-          imageIds[Number(k)] = v;
-        }
+        for (const [k, v] of Object.entries(m.imageIds)) imageIds[Number(k)] = v;
         await store.finalizeParent();
         // Hybrid keeps CRIU's lazy entries lazy and serves them from the store;
         // still, every one must be there before the restore.
@@ -249,8 +270,6 @@ class DestSession {
         this.log(`composed ${st.mode} images in ${st.ms.toFixed(1)} ms (${st.storePages - st.zeroPages} pages from the store, ` +
           `${st.zeroPages} all-zero pages left unpopulated, ${st.presentPages} present)`);
         return;
-      } else if (m.t === 'abort') {
-        throw new PhaulError('failed', 'source aborted the migration');
       } else {
         throw new PhaulError('protocol', `unexpected '${m.t}' during pre-copy`);
       }
@@ -260,10 +279,9 @@ class DestSession {
   private imageCount = 0;
   private imageBytes = 0;
 
-  private writeImage(m: Message): void {
-    const name = str(m, 'name', 128);
-    if (!IMAGE_NAME.test(name)) throw new PhaulError('protocol', `bad image name '${name.slice(0, 40)}'`);
-    const body = bin(m, 'data');
+  /** One of CRIU's images (its name was checked by the validator: no path, no dot file). */
+  private writeImage(m: Image): void {
+    const { name, data: body } = m;
     const append = m.append === true;
     if (!append && ++this.imageCount > MAX_IMAGES) throw new PhaulError('protocol', 'too many images');
     this.imageBytes += body.length;
@@ -272,13 +290,12 @@ class DestSession {
     fs.writeFileSync(path.join(this.dir, name), body, { flag: append ? 'a' : 'wx' });
   }
 
-  /** Stop-copy: images until `end`. */
-  private async receiveImages(end: string): Promise<number> {
+  /** Stop-copy: images until `restore`. */
+  private async receiveImages(): Promise<number> {
     for (;;) {
-      const m: Message = await this.conn.next(10 * 60_000);
+      const m = await this.receive(10 * 60_000);
       if (m.t === 'image') { this.writeImage(m); continue; }
-      if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
-      if (m.t !== end) throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
+      if (m.t !== 'restore') throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
       return this.imageCount;
     }
   }
@@ -294,9 +311,9 @@ class DestSession {
   }
 
   /** Restore stopped, report, and resume only on the source's commit. */
-  private async restoreAndCommit(criuFlags: Record<string, boolean>): Promise<void> {
+  private async restoreAndCommit(criuFlags: Prepare['criu']): Promise<void> {
     const { conn, agent } = this;
-    this.state = 'restoring';
+    this.sm.to('restoring');
     const t0 = Date.now();
     // Hybrid with nothing in the store to fill lazily (all of it non-lazy memory) restores plainly.
     const lazy = this.mode === 'hybrid' && this.chainTop !== '';
@@ -337,27 +354,26 @@ class DestSession {
       },
     );
     this.restoredPid = res.restorePid ?? this.restoredPid;
-    this.state = 'restored-stopped';
+    this.sm.to('restored-stopped');
     conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
     this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
     // The store is not needed any more (hybrid: not until the tree's memory is
     // filled from it): free its memory before resuming.
     if (!lazy) await this.store?.destroy().catch(() => undefined);
 
-    const decision = await conn.next(this.commitWaitMs);
-    if (decision.t === 'commit') {
-      signalAll(treePids(this.restoredPid), 'SIGCONT');
-      this.state = 'running';
-      conn.send({ t: 'running', pid: this.restoredPid });
-      this.log(`running as pid ${this.restoredPid}`);
-      agent.emit('migrated', { session: this.id, pid: this.restoredPid });
-      if (this.lazyPages) await this.fillLazily(this.lazyPages, t0);
-      await conn.next(5_000).catch(() => undefined); // let the source close first
-    } else if (decision.t === 'abort') {
-      throw new PhaulError('failed', 'source aborted the migration');
-    } else {
-      throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
+    // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
+    await this.receive(this.commitWaitMs);
+    signalAll(treePids(this.restoredPid), 'SIGCONT');
+    this.sm.to('running');
+    conn.send({ t: 'running', pid: this.restoredPid });
+    this.log(`running as pid ${this.restoredPid}`);
+    agent.emit('migrated', { session: this.id, pid: this.restoredPid });
+    if (this.lazyPages) {
+      this.sm.to('filling');
+      await this.fillLazily(this.lazyPages, t0);
     }
+    this.sm.to('done');
+    await conn.next(5_000).catch(() => undefined); // let the source close first
   }
 
   /**
@@ -384,15 +400,16 @@ class DestSession {
     }
     this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms, fill });
     try {
-      this.conn.send({ t: 'filled', ok, ms, ...(fill ? { fill } : {}) });
+      this.conn.send({ t: 'filled', ok, ms, ...(fill ? { fill: { ...fill, faultUs: { ...fill.faultUs } } } : {}) });
     } catch { /* the source left; nothing of ours depends on it */ }
   }
 
   /** The restored copy, if any, never ran: kill it so only the source's original lives. */
   private async rollback(): Promise<void> {
-    this.state = 'aborted';
+    const recovery = DESTINATION_FAILURE[this.state as keyof typeof DESTINATION_FAILURE];
+    this.sm.to('aborted');
     this.data?.abort();
-    if (this.restoredPid > 0 && isAlive(this.restoredPid)) {
+    if (recovery === 'kill-copy' && this.restoredPid > 0 && isAlive(this.restoredPid)) {
       const pids = treePids(this.restoredPid);
       signalAll(pids, 'SIGKILL');
       await waitGone(this.restoredPid, 5000);
@@ -401,6 +418,13 @@ class DestSession {
   }
 }
 
+/** Pre-copy modes: the number of data streams `prepare` announced (required there). */
+function streamsOf(prep: Prepare): number {
+  if (prep.streams === undefined) throw new PhaulError('protocol', "message 'prepare' has no 'streams'");
+  return prep.streams;
+}
+
+/** Emits 'log' (string), 'state' (SessionStateEvent), 'migrated' and 'filled' ({ session, pid, ... }). */
 export class DestinationAgent extends EventEmitter {
   readonly sessions = new Map<string, DestSession>();
   readonly limits: AdmissionLimits;

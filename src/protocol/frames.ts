@@ -4,11 +4,17 @@
 // an on-path attacker can neither inject, drop, reorder nor replay a frame.
 // Nothing a peer sends is trusted: oversized frames (a few KiB before
 // authentication), non-objects, messages without a string `t` and frames that
-// fail their MAC end the connection with a protocol error.
+// fail their MAC end the connection with a protocol error. A frame that
+// decodes is then checked by the one message validator (messages.ts): a
+// message of an unknown type or with a bad field is refused on its own (`next`
+// rejects), so the receiver can still tell the peer why before it closes.
 import * as crypto from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { Packr, Unpackr } from 'msgpackr';
-import { asPhaulError, ErrorCode, ExitCode, PhaulError } from '../errors';
+import { asPhaulError, PhaulError } from '../errors';
+import { parseMessage, type Message, type MessageOf, type MessageType } from './messages';
+
+export type { Message, MessageOf, MessageType };
 
 /** Largest frame from an authenticated peer (images travel in 16 MiB chunks). */
 export const MAX_FRAME = 64 * 1024 * 1024;
@@ -20,7 +26,8 @@ const READ_AHEAD_BYTES = 2 * MAX_FRAME;
 /** HMAC-SHA256 truncated to 128 bits. */
 export const TAG_BYTES = 16;
 
-export interface Message {
+/** A decoded frame before validation: an object with a string `t`. */
+interface RawMessage {
   t: string;
   [k: string]: unknown;
 }
@@ -29,7 +36,7 @@ const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false });
 
 /** A frame without a MAC (before authentication, and in tests). */
-export function encodeFrame(msg: Message): Buffer {
+export function encodeFrame(msg: Message | RawMessage): Buffer {
   const body = packr.pack(msg);
   const head = Buffer.allocUnsafe(4);
   head.writeUInt32BE(body.length, 0);
@@ -120,7 +127,7 @@ export class FrameConn {
   private frames: Buffer[] = [];
   private framedBytes = 0;
   private paused = false;
-  private waiters: { resolve: (m: Message) => void; reject: (e: Error) => void }[] = [];
+  private waiters: { resolve: (m: RawMessage) => void; reject: (e: Error) => void }[] = [];
   private failure: PhaulError | undefined;
   private detached = false;
   private keys?: FrameKeys;
@@ -170,7 +177,7 @@ export class FrameConn {
     }
   }
 
-  private decode(frame: Buffer): Message {
+  private decode(frame: Buffer): RawMessage {
     let body = frame;
     if (this.keys) {
       body = frame.subarray(0, Math.max(0, frame.length - TAG_BYTES));
@@ -185,9 +192,9 @@ export class FrameConn {
     } catch {
       msg = undefined;
     }
-    if (!msg || typeof msg !== 'object' || typeof (msg as Message).t !== 'string')
+    if (!msg || typeof msg !== 'object' || typeof (msg as RawMessage).t !== 'string')
       throw new PhaulError('protocol', `${this.peer} sent a malformed message`);
-    return msg as Message;
+    return msg as RawMessage;
   }
 
   /** Ends the connection for something the peer sent. */
@@ -226,8 +233,12 @@ export class FrameConn {
     process.nextTick(() => this.socket.uncork());
   }
 
-  /** Waits for the next message; rejects on close, error or timeout. */
-  next(timeoutMs = 30_000): Promise<Message> {
+  /** Waits for the next message; rejects on close, error or timeout, and for a message the validator refuses. */
+  async next(timeoutMs = 30_000): Promise<Message> {
+    return parseMessage(await this.nextFrame(timeoutMs));
+  }
+
+  private nextFrame(timeoutMs: number): Promise<RawMessage> {
     const queued = this.frames.shift();
     if (queued) {
       this.framedBytes -= queued.length;
@@ -250,7 +261,7 @@ export class FrameConn {
         reject(new PhaulError('network', `${this.peer} did not answer within ${Math.round(timeoutMs / 1000)} s`));
       }, timeoutMs);
       const w = {
-        resolve: (m: Message) => { clearTimeout(timer); resolve(m); },
+        resolve: (m: RawMessage) => { clearTimeout(timer); resolve(m); },
         reject: (e: Error) => { clearTimeout(timer); reject(e); },
       };
       this.waiters.push(w);
@@ -258,16 +269,10 @@ export class FrameConn {
   }
 
   /** Waits for a message of type `t`; an `error` message from the peer becomes a thrown error. */
-  async expect(t: string, timeoutMs?: number): Promise<Message> {
+  async expect<T extends MessageType>(t: T, timeoutMs?: number): Promise<MessageOf<T>> {
     const m = await this.next(timeoutMs);
-    if (m.t === t) return m;
-    if (m.t === 'error') {
-      // The peer's code is only kept when it is one of ours: an unknown one must
-      // not turn into an undefined exit code.
-      const code = typeof m.code === 'string' && Object.hasOwn(ExitCode, m.code) ? (m.code as ErrorCode) : 'failed';
-      const message = typeof m.message === 'string' ? m.message.slice(0, 1000).replace(/\s+/g, ' ') : 'unspecified error';
-      throw new PhaulError(code, `${this.peer}: ${message}`);
-    }
+    if (m.t === t) return m as MessageOf<T>;
+    if (m.t === 'error') throw new PhaulError(m.code, `${this.peer}: ${m.message}`);
     throw new PhaulError('protocol', `${this.peer} sent '${m.t}' where '${t}' was expected`);
   }
 
@@ -291,23 +296,28 @@ export class FrameConn {
   }
 }
 
+/** A field of a validated message by name (for readers written before messages.ts typed them). */
+function field(m: Message, k: string): unknown {
+  return (m as unknown as Record<string, unknown>)[k];
+}
+
 /** Reads a string field of a peer message, bounded in length. */
 export function str(m: Message, k: string, max = 4096): string {
-  const v = m[k];
+  const v = field(m, k);
   if (typeof v !== 'string' || v.length > max) throw new PhaulError('protocol', `message '${m.t}' has a bad '${k}'`);
   return v;
 }
 
 /** Reads an integer field of a peer message within [min, max]. */
 export function int(m: Message, k: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
-  const v = m[k];
+  const v = field(m, k);
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
     throw new PhaulError('protocol', `message '${m.t}' has a bad '${k}'`);
   return v;
 }
 
 export function bin(m: Message, k: string, max = MAX_FRAME): Buffer {
-  const v = m[k];
+  const v = field(m, k);
   if (!(v instanceof Uint8Array) || v.length > max) throw new PhaulError('protocol', `message '${m.t}' has a bad '${k}'`);
   return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
 }

@@ -3,8 +3,7 @@ import * as fs from 'node:fs';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
-import type { ClientTls } from '../../protocol/secure-channel';
-import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, MODES, Mode, PhaseEvent } from '../../agent/migrate';
+import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, MODES, Mode, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
 import { AUTO_ORDER } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { ProgressDisplay } from '../progress';
@@ -57,7 +56,7 @@ export async function run(argv: string[]): Promise<number> {
     const mode = flags.mode as string;
     if (mode !== 'auto' && !(MODES as readonly string[]).includes(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
-    let tls: ClientTls | undefined;
+    let tls: MigrateOptions['tls'];
     if (flags.encrypt && (flags.tls || flags['tls-ca'])) throw new PhaulError('usage', '--encrypt and --tls are alternatives: pick one');
     if (flags.encrypt) tls = { psk: true };
     if (flags.tls || flags['tls-ca']) {
@@ -107,7 +106,7 @@ export async function run(argv: string[]): Promise<number> {
     if (report.warning) process.stderr.write(`phaul-fast migrate: warning: ${report.warning}\n`);
     return 0;
   } catch (err) {
-    const e = err instanceof MigrationError ? err : new MigrationError(asPhaulError(err), true);
+    const e = err instanceof MigrationError ? err : new MigrationError(asPhaulError(err), false);
     process.stderr.write(`phaul-fast migrate: ${e.message}${e.rolledBack ? ' (the original keeps running at the source)' : ''}\n`);
     if (json) process.stdout.write(JSON.stringify(e.report()) + '\n');
     return e.exitCode;
