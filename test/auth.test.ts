@@ -44,7 +44,7 @@ test('both sides authenticate and every later frame carries a MAC both ways', as
     assert.ok(c.authenticated && s.authenticated);
     c.send({ t: 'round', round: 1, batches: 2 });
     s.send({ t: 'image', name: 'pages-1.img', data: Buffer.alloc(1 << 20, 7) });
-    assert.deepEqual(await s.next(2000), { t: 'round', round: 1, batches: 2 });
+    assert.deepEqual(await s.next(2000), { t: 'round', round: 1, batches: 2, final: false });
     const image = await c.expect('image', 2000);
     assert.equal(image.data.length, 1 << 20);
   } finally {

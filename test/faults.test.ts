@@ -96,6 +96,7 @@ test('SIGINT on migrate during pre-copy rounds with the throttle on: rolled back
     await m.waitFor(/throttle\s+[1-9]\d*%/);
     m.signalGroup('SIGINT');
     const r = await m.done;
+    if (r.json?.restoredPid) w.adopt(r.json.restoredPid); // a failure of the test must leave no copy behind
     assert.equal(r.code, 1, r.stderr);
     assert.equal(r.json?.rolledBack, true);
     assert.match(r.json?.error?.message ?? '', /interrupted by SIGINT/);
@@ -116,6 +117,7 @@ test('SIGTERM on migrate while the workload is frozen in stop-copy: CRIU resumes
     await sleep(1000);
     m.signalGroup('SIGTERM');
     const r = await m.done;
+    if (r.json?.restoredPid) w.adopt(r.json.restoredPid); // a failure of the test must leave no copy behind
     assert.equal(r.code, 1, r.stderr);
     assert.equal(r.json?.rolledBack, true);
     assert.match(r.json?.error?.message ?? '', /interrupted by SIGTERM/);
@@ -135,8 +137,9 @@ test('a partition while the workload is frozen in stop-copy gives it back at the
     await m.waitFor(/criu-start/);
     const frozenAt = Date.now();
     // The destination drops everything from the source from now on.
-    await nft('b', `table inet pftest { chain in { type filter hook input priority -10; policy accept; ip saddr ${fx.hosts.a.addr} drop; } }`);
+    await nft('b', `table inet pftest {\n  chain in {\n    type filter hook input priority -10; policy accept;\n    ip saddr ${fx.hosts.a.addr} drop\n  }\n}\n`);
     const r = await m.done;
+    if (r.json?.restoredPid) w.adopt(r.json.restoredPid); // a failure of the test must leave no copy behind
     const frozenMs = Date.now() - frozenAt;
     process.stdout.write(`# partition: migrate ended ${frozenMs} ms after the freeze (--freeze-timeout 10)\n`);
     assert.notEqual(r.code, 0, r.stderr);

@@ -14,11 +14,13 @@ import { EventEmitter } from 'node:events';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateServer, HANDSHAKE_MS } from '../protocol/auth';
 import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
 import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
+import { claimDir, forgetStoppedCopy, recordStoppedCopy, STORE_PREFIX, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
 import type { Image, Message, Prepare } from '../protocol/messages';
 import { composeImages } from '../store/compose';
@@ -194,7 +196,7 @@ class DestSession {
 
       if (this.streamsPages()) {
         this.expectedStreams = streamsOf(prep);
-        this.store = new PageStore(fs.mkdtempSync(path.join(storeRoot, 'phaul-fast-store-')),
+        this.store = new PageStore(fs.mkdtempSync(path.join(storeRoot, STORE_PREFIX)),
           agent.limits.maxStoreBytes < Infinity ? { maxBytes: agent.limits.maxStoreBytes - agent.budget.reservedBytes + memBytes } : {});
         conn.send({ t: 'prepared' });
         this.sm.to('receiving');
@@ -355,6 +357,8 @@ class DestSession {
     );
     this.restoredPid = res.restorePid ?? this.restoredPid;
     this.sm.to('restored-stopped');
+    // Should this agent die now, the next one kills the copy (it never ran): sweep.ts.
+    recordStoppedCopy(this.dir, this.restoredPid);
     conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
     this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
     // The store is not needed any more (hybrid: not until the tree's memory is
@@ -364,6 +368,7 @@ class DestSession {
     // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
     await this.receive(this.commitWaitMs);
     signalAll(treePids(this.restoredPid), 'SIGCONT');
+    forgetStoppedCopy(this.dir);
     this.sm.to('running');
     conn.send({ t: 'running', pid: this.restoredPid });
     this.log(`running as pid ${this.restoredPid}`);
@@ -442,6 +447,11 @@ export class DestinationAgent extends EventEmitter {
   async listen(): Promise<{ host: string; port: number }> {
     fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
     await localCapabilities(); // fail now, not mid-migration, if CRIU is unusable
+    claimDir(this.opts.dir);
+    const swept = sweepLeftovers(this.opts.dir, [...new Set([this.opts.storeDir ?? '/dev/shm', os.tmpdir()])]);
+    if (swept.sessionDirs + swept.stores + swept.stoppedCopies)
+      this.emit('log', `removed what earlier agents left: ${swept.stoppedCopies} stopped copies (they never ran), ` +
+        `${swept.sessionDirs} session directories, ${swept.stores} page stores`);
     // TLS is layered by hand on every accepted socket, so that connections
     // still in their TLS handshake count as pending too.
     const srv = this.server = net.createServer((sock) => { this.accept(sock).catch(() => undefined); });
