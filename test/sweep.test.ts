@@ -28,7 +28,8 @@ test('serve sweeps session dirs, dead agents\' stores and stopped copies at star
   const busy = path.join(dest, 'b'.repeat(24));
   const store = path.join('/dev/shm', `phaul-fast-store-${await deadPid()}-test`);
   const stopped = spawn('sleep', ['1000'], { stdio: 'ignore' });
-  const user = spawn('sleep', ['1000'], { stdio: 'ignore', cwd: (fs.mkdirSync(busy, { recursive: true }), busy) });
+  fs.mkdirSync(busy, { recursive: true });
+  const user = spawn('sleep', ['1000'], { stdio: 'ignore', cwd: busy });
   try {
     fs.mkdirSync(stale, { recursive: true });
     fs.writeFileSync(path.join(stale, 'core-1.img'), 'x');
