@@ -20,7 +20,7 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateServer, HANDSHAKE_MS } from '../protocol/auth';
 import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
 import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
-import { claimDir, forgetStoppedCopy, recordStoppedCopy, STORE_PREFIX, sweepLeftovers } from './sweep';
+import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
 import type { Image, Message, Prepare } from '../protocol/messages';
 import { composeImages } from '../store/compose';
@@ -516,5 +516,6 @@ export class DestinationAgent extends EventEmitter {
 
   async close(): Promise<void> {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    releaseDir(this.opts.dir);
   }
 }

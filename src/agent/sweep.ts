@@ -1,7 +1,7 @@
 // What a destination agent that died left behind, found and removed when the
 // next one starts (`serve`):
 // - session directories in --dir: every one, since one agent owns a --dir
-//   (claimDir refuses a second) — except while a process still uses it (a
+//   (claimDir refuses a second; the claim lives in /run/phaul-fast) — except while a process still uses it (a
 //   hybrid fill outlives its agent and removes its directories itself);
 // - page stores (phaul-fast-store-PID-*) whose creating agent PID is dead and
 //   that no process uses;
@@ -12,20 +12,29 @@
 //   the command to resume it in migrate's message).
 // Each session directory records its stopped copy (pid and start time) in
 // RESTORED_FILE, so a recycled pid is never hit.
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { isAlive, procState, signalAll, startTime, treePids } from './process-tree';
 
 export const RESTORED_FILE = 'restored-stopped.json';
 const SESSION_DIR = /^[0-9a-f]{24}$/;
-const OWNER_FILE = '.serve-pid';
 export const STORE_PREFIX = `phaul-fast-store-${process.pid}-`;
 const STORE_NAME = /^phaul-fast-store-(\d+)-/;
 
+/** Where the claim on a --dir is kept: outside it, so the directory holds only sessions. */
+function ownerFile(dir: string): string {
+  const id = crypto.createHash('sha256').update(fs.realpathSync(dir)).digest('hex').slice(0, 32);
+  const run = fs.existsSync('/run') ? '/run/phaul-fast' : path.join(os.tmpdir(), 'phaul-fast-run');
+  fs.mkdirSync(run, { recursive: true, mode: 0o700 });
+  return path.join(run, `serve-${id}.pid`);
+}
+
 /** Claims dir for this agent; refuses if another live agent holds it. */
 export function claimDir(dir: string): void {
-  const owner = path.join(dir, OWNER_FILE);
+  const owner = ownerFile(dir);
   let other = 0;
   try {
     other = Number(fs.readFileSync(owner, 'utf8').trim());
@@ -33,6 +42,14 @@ export function claimDir(dir: string): void {
   if (other && other !== process.pid && isAlive(other) && /node|phaul/.test(comm(other)))
     throw new PhaulError('usage', `--dir ${dir} is in use by another phaul-fast serve (pid ${other}): give each agent its own --dir`);
   fs.writeFileSync(owner, `${process.pid}\n`);
+}
+
+/** Gives up this agent's claim on dir (at close). */
+export function releaseDir(dir: string): void {
+  try {
+    const owner = ownerFile(dir);
+    if (Number(fs.readFileSync(owner, 'utf8').trim()) === process.pid) fs.rmSync(owner, { force: true });
+  } catch { /* not claimed */ }
 }
 
 function comm(pid: number): string {
