@@ -2,6 +2,8 @@
 // sides can migrate to each other. Checked before anything is touched.
 import * as os from 'node:os';
 import { criuVersion } from '../criu/rpc';
+import { criuBinary } from '../criu/binary';
+import { ensureKerndatCache } from '../criu/kerndat-cache';
 import { DirtyTracker } from '../memory/dirty-tracker';
 import { VERSION } from '../version';
 
@@ -16,6 +18,10 @@ export interface Capabilities {
 let cached: Promise<Capabilities> | undefined;
 
 export function localCapabilities(): Promise<Capabilities> {
+  // Once per agent, before any migration: CRIU's kernel probe cached (else every CRIU run probes again).
+  if (!cached) {
+    try { ensureKerndatCache(criuBinary()); } catch { /* no CRIU at all: criuVersion says so below */ }
+  }
   cached ??= criuVersion().then((criu) => ({
     phaulVersion: VERSION,
     criu,

@@ -21,11 +21,14 @@ import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
 import { within, withDeadline } from '../util/deadline';
-import { runCriuOrThrow } from '../criu/rpc';
+import { CriuSession, discardCriu, runCriuOrThrow, startCriu } from '../criu/rpc';
 import { LocalLazyPages } from '../criu/lazy-pages';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
+import { DESTINATION_PHASES } from './phases';
+
+type DestinationPhase = (typeof DESTINATION_PHASES)[number];
 
 export interface DestinationOptions {
   host: string;
@@ -72,6 +75,19 @@ class DestSession {
   private streamError?: PhaulError;
   private progress?: () => void;
   restoredPid = 0;
+  /** CRIU for the restore, started before the switchover (criu/rpc.ts startCriu). */
+  private criu?: CriuSession;
+  /** What the switchover's destination side spent, in order (sent with `restored`). */
+  private readonly phases: Record<string, number> = {};
+  private phaseFrom = 0;
+
+  /** Ends a destination phase (see DESTINATION_PHASES); the first starts at `from`. */
+  private phase(name: DestinationPhase, from?: number): void {
+    const now = Date.now();
+    if (from !== undefined) this.phaseFrom = from;
+    this.phases[name] = now - this.phaseFrom;
+    this.phaseFrom = now;
+  }
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
 
@@ -157,6 +173,7 @@ class DestSession {
       for (const k of CRIU_FLAGS) if (requested[k] === true) criuFlags[k] = true;
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      this.criu = startCriu();
 
       if (this.streamsPages()) {
         this.expectedStreams = int(prep, 'streams', 1, 16);
@@ -188,6 +205,7 @@ class DestSession {
         } catch { /* connection already gone */ }
       }
     } finally {
+      if (this.criu) await discardCriu(this.criu);
       this.data?.abort();
       for (const s of this.streams) s.destroy();
       if (this.lazyPages) {
@@ -224,6 +242,7 @@ class DestSession {
         // restore's daemon can start now, off the pause's critical path.
         if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
+        const t0 = Date.now();
         const ids = (m.imageIds ?? {}) as Record<string, unknown>;
         const imageIds: Record<number, number> = {};
         for (const [k, v] of Object.entries(ids)) {
@@ -231,10 +250,12 @@ class DestSession {
           imageIds[Number(k)] = v;
         }
         await store.finalizeParent();
+        this.phase('store-flush', t0);
         // Hybrid keeps CRIU's lazy entries lazy and serves them from the store;
         // still, every one must be there before the restore.
         const st = await composeImages({ criuDir: this.dir, store, imageIds, mode: this.mode === 'hybrid' ? 'lazy' : 'chain' });
         this.chainTop = st.chainTop ?? '';
+        this.phase('compose');
         this.log(`composed ${st.mode} images in ${st.ms.toFixed(1)} ms (${st.storePages - st.zeroPages} pages from the store, ` +
           `${st.zeroPages} all-zero pages left unpopulated, ${st.presentPages} present)`);
         return;
@@ -287,6 +308,7 @@ class DestSession {
     const { conn, agent } = this;
     this.state = 'restoring';
     const t0 = Date.now();
+    this.phaseFrom ||= t0;
     // Hybrid with nothing in the store to fill lazily (all of it non-lazy memory) restores plainly.
     const lazy = this.mode === 'hybrid' && this.chainTop !== '';
     if (!lazy && this.lazyPages) {
@@ -300,7 +322,10 @@ class DestSession {
         cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
       this.log(`criu lazy-pages (pid ${lp.pid}, pages from pid ${lp.sourcePid}) waits for the restore ` +
         `(started ${t0 - lp.startedAt} ms before it)`);
+      this.phase('lazy-pages');
     }
+    const criu = this.criu;
+    this.criu = undefined;
     const res = await runCriuOrThrow(
       {
         type: 'restore',
@@ -320,6 +345,7 @@ class DestSession {
         },
       },
       {
+        session: criu,
         timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
         onNotify: (_script, pid) => {
           if (pid && !this.restoredPid) this.restoredPid = pid;
@@ -329,7 +355,8 @@ class DestSession {
     );
     this.restoredPid = res.restorePid ?? this.restoredPid;
     this.state = 'restored-stopped';
-    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
+    this.phase('criu-restore');
+    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, phases: this.phases });
     this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
     // The store is not needed any more (hybrid: not until the tree's memory is
     // filled from it): free its memory before resuming.

@@ -26,6 +26,7 @@ import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
 import { WorkloadThrottle } from './throttle';
 import { withDeadline } from '../util/deadline';
+import { DESTINATION_PHASES } from './phases';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 
 /**
@@ -136,11 +137,25 @@ export class Migration extends EventEmitter {
     super();
   }
 
-  private phase(name: string): void {
-    const now = Date.now();
-    this.phases[name] = now - this.last;
-    this.last = now;
+  /** Ends phase `name` at `at` (default now): it took the time since the previous one ended. */
+  private phase(name: string, at = Date.now()): void {
+    this.phases[name] = at - this.last;
+    this.last = at;
     this.emit('phase', { phase: name, ms: this.phases[name] } satisfies PhaseEvent);
+  }
+
+  /**
+   * Ends phase `name` now, reporting the parts of it the destination measured
+   * (in order) as phases of their own and the rest (messages, waiting) as
+   * `name`, so that the phases still add up to the elapsed time.
+   */
+  private phaseWithParts(name: string, parts: Record<string, number>): void {
+    const end = Date.now();
+    for (const [k, ms] of Object.entries(parts)) {
+      if (this.last + ms > end) break;
+      this.phase(k, this.last + ms);
+    }
+    this.phase(name, end);
   }
 
   async run(): Promise<MigrationReport> {
@@ -315,7 +330,7 @@ export class Migration extends EventEmitter {
             this.phase('images');
             const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
             restoredPid = int(r, 'pid', 1, 1 << 22);
-            this.phase('restore');
+            this.phaseWithParts('restore', destinationPhases(r));
           }
           return true;
         },
@@ -350,6 +365,11 @@ export class Migration extends EventEmitter {
     }
     this.phase('handshake');
 
+    // CRIU starts now and waits at its pre-dump gate (criu/lazy-dump.ts), so
+    // that its start-up overlaps the rounds instead of lengthening the pause.
+    const ours = await localCapabilities();
+    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
+
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
     st.throttle = pc.autoConverge ? new WorkloadThrottle(o.pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
@@ -364,29 +384,31 @@ export class Migration extends EventEmitter {
     const unprotected = run.unprotectZeros();
     if (unprotected) this.emit('log', `cleared write protection of ${(unprotected / 2 ** 20).toFixed(0)} MiB of never-populated memory`);
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
-    const freezeAt = Date.now();
-    const ours = await localCapabilities();
-    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
     // A CRIU that never gets its images written must not hold the tree frozen
     // forever: past the deadline the catch below rolls it back (SIGALRM).
-    await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
-    this.phase('freeze-dump');
+    const dump = st.dump;
+    await withDeadline(dump.freeze(), o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not freeze the tree');
+    const freezeAt = dump.frozenAt;
+    this.phase('criu-freeze', freezeAt); // CRIU's set-up after the gate opened, the tree still running
+    await withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
+    this.phase('criu-dump', dump.readyAt);
     // CRIU's images first: a hybrid destination starts its lazy-pages daemon
     // on them while the final round is still on its way.
     const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
-    const finalPages = await run.finalRound();
-    this.phase('final-round');
+    const fin = await run.finalRound();
+    this.phase('final-scan', this.last + fin.scanMs);
+    this.phase('final-pages', this.last + fin.sendMs);
+    this.phase('final-stored');
     const imageIds: Record<string, number> = {};
     const original = treePids(o.pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
     conn.send({ t: 'switchover', imageIds });
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
     const restoredPid = int(r, 'pid', 1, 1 << 22);
-    this.phase('restore');
+    this.phaseWithParts('restore', destinationPhases(r));
     // The copy exists (stopped). Let CRIU finish; the original stays stopped.
-    const dump = st.dump;
     st.dump = undefined;
     // A SIGSTOP queued now (the tree is frozen under CRIU's ptrace) means the
     // original cannot run again without our SIGCONT, whatever CRIU does next:
@@ -396,7 +418,7 @@ export class Migration extends EventEmitter {
     st.originalHeldByUs = true;
     st.criuDone = dump.commit();
     st.criuDone.catch(() => undefined);
-    this.emit('log', `final round: ${finalPages} pages`);
+    this.emit('log', `final round: ${fin.pages} pages`);
     return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
   }
 
@@ -404,8 +426,9 @@ export class Migration extends EventEmitter {
   private sendImages(conn: FrameConn, dir: string): number {
     const CHUNK = 16 * 1024 * 1024;
     let bytes = 0;
-    for (const name of fs.readdirSync(dir)) {
-      if (name.endsWith('.log')) continue;
+    for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
+      const name = ent.name;
+      if (name.endsWith('.log') || !ent.isFile()) continue; // not the dump's gate FIFO either
       const body = fs.readFileSync(path.join(dir, name));
       for (let off = 0; off === 0 || off < body.length; off += CHUNK) {
         conn.send({ t: 'image', name, data: body.subarray(off, off + CHUNK), append: off > 0 });
@@ -438,6 +461,18 @@ export class Migration extends EventEmitter {
       });
     });
   }
+}
+
+/** The destination's account of its part of the switchover (`restored.phases`): known names, sane numbers only. */
+export function destinationPhases(m: Record<string, unknown>): Record<string, number> {
+  const out: Record<string, number> = {};
+  const p = m.phases;
+  if (!p || typeof p !== 'object') return out;
+  for (const k of DESTINATION_PHASES) {
+    const v = (p as Record<string, unknown>)[k];
+    if (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v < 1e7) out[k] = Math.round(v);
+  }
+  return out;
 }
 
 export async function migrate(opts: MigrateOptions): Promise<MigrationReport> {

@@ -75,7 +75,32 @@ interface RawMessage {
   version?: { major: number; minor: number; sublevel: number };
 }
 
+/** A `criu swrk` process waiting for its one request (see startCriu). */
+export interface CriuSession {
+  readonly pid: number;
+  kill(sig: number): void;
+}
+
+/**
+ * Starts `criu swrk` now, for a request that runRequest sends later: a
+ * restore then does not wait for CRIU's process start-up (tens of ms, more
+ * on a loaded host) inside the pause. Pass it to runCriu as `session`; one
+ * request per session. discardCriu() ends one that will not be used.
+ */
+export function startCriu(ro: { criu?: string; inheritFds?: number[] } = {}): CriuSession {
+  return new native.CriuSwrk(ro.criu ?? criuBinary(), ro.inheritFds ?? []);
+}
+
+/** Ends a started CRIU that got no request. */
+export async function discardCriu(session: CriuSession): Promise<void> {
+  const s = session as unknown as { close(): void; wait(): Promise<unknown> };
+  s.close();
+  await s.wait().catch(() => undefined);
+}
+
 export interface RunOptions {
+  /** A CRIU started earlier with startCriu (else one is started now). */
+  session?: CriuSession;
   inheritFds?: number[];
   onNotify?: NotifyHandler;
   criu?: string;
@@ -104,7 +129,7 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
     opts.imagesDirFd = dirFd;
   }
   if (req.logFile) opts.logFile = req.logFile;
-  const session = new native.CriuSwrk(bin, ro.inheritFds ?? []);
+  const session = ro.session ?? new native.CriuSwrk(bin, ro.inheritFds ?? []);
   let hookError: unknown;
   let timedOut = false;
   const timer = ro.timeoutMs
