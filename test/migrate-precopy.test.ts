@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { inHost } from '../src/testing/hosts';
 import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
 import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
-import { PROJECT_ROOT } from '../src/criu/binary';
+import { PACKAGE_ROOT } from '../src/package-root';
 import { CLI, netnsOf, netnsOfPath, runCli, startServe, tempDir, useTwoHostsWithServe } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
@@ -121,7 +121,7 @@ for (const mode of ['precopy', 'hybrid']) test(`${mode}: a 1 GiB mapping with 32
   const dir = tempDir('sparse');
   const report = path.join(dir, 'report.json');
   const read = () => { try { return JSON.parse(fs.readFileSync(report, 'utf8')); } catch { return null; } };
-  const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'sparsework'), '1024', '32', report],
+  const ns = startInPidNamespace([path.join(PACKAGE_ROOT, 'build', 'workloads', 'sparsework'), '1024', '32', report],
     { netns: fx.hosts.a.netnsPath! });
   let pid = -1;
   let restored = 0;
@@ -249,7 +249,7 @@ test('hybrid: a restore that fails after the lazy-pages daemon started rolls bac
 
 for (const mode of ['precopy', 'hybrid']) test(`${mode} keeps every page through fork, new mmaps, munmap, mremap, brk and shared memory`, { skip }, async () => {
   const reports = tempDir('churn');
-  const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: fx.hosts.a.netnsPath! });
+  const ns = startInPidNamespace([path.join(PACKAGE_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: fx.hosts.a.netnsPath! });
   const read = (role: string) => { try { return JSON.parse(fs.readFileSync(path.join(reports, `report-${role}.json`), 'utf8')); } catch { return null; } };
   let pid = -1;
   let restored = 0;
@@ -356,7 +356,7 @@ test('the source agent killed while CRIU holds the frozen tree: the original res
 });
 
 test('a workload that uses userfaultfd itself is not tracked: precopy falls back to stop-copy and says so', { skip }, async () => {
-  const bin = path.join(PROJECT_ROOT, 'build', 'workloads', 'uffdwork');
+  const bin = path.join(PACKAGE_ROOT, 'build', 'workloads', 'uffdwork');
   const ns = startInPidNamespace([bin], { netns: fx.hosts.a.netnsPath! });
   let pid = -1;
   let restored = 0;

@@ -13,9 +13,9 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
-import { PROJECT_ROOT } from './binary';
+import { PACKAGE_ROOT } from '../package-root';
 
-const GATE_SCRIPT = path.join(PROJECT_ROOT, 'src', 'criu', 'gate.sh');
+const GATE_SCRIPT = path.join(PACKAGE_ROOT, 'src', 'criu', 'gate.sh');
 
 export class CriuGate {
   private readonly fifo: string;

@@ -20,7 +20,7 @@
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { native } from '../native';
+import { addon } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
 import { CriuGate } from './gate';
@@ -52,7 +52,7 @@ export class LazyDump {
   readonly exited: Promise<number | null>;
 
   constructor(readonly opts: LazyDumpOptions) {
-    const [mine, theirs] = native.streamSocketPair() as [number, number];
+    const [mine, theirs] = addon().streamSocketPair();
     this.sock = mine;
     this.gate = new CriuGate(opts.imagesDir, 'pre-dump');
     const args = ['dump', '-t', String(opts.pid), '-D', opts.imagesDir, '--lazy-pages', '--ps-socket', '3',
@@ -104,7 +104,7 @@ export class LazyDump {
 
   private closeSocket(): void {
     if (this.sock >= 0) {
-      native.closeFd(this.sock);
+      addon().closeFd(this.sock);
       this.sock = -1;
     }
   }

@@ -21,7 +21,7 @@
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { native } from '../native';
+import { addon } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
 import { criuLogTail } from './rpc';
@@ -65,7 +65,7 @@ export class LocalLazyPages {
    * the pause. startSource() must follow before the restore.
    */
   constructor(readonly opts: LazyPagesOptions) {
-    const [mine, theirs] = native.streamSocketPair() as [number, number];
+    const [mine, theirs] = addon().streamSocketPair();
     const args = ['lazy-pages', '-D', opts.imagesDir, '--page-server', '--ps-socket', '3', '--status-fd', '4',
       '-o', LAZY_PAGES_LOG];
     this.child = spawn(opts.criu ?? criuBinary(), args,

@@ -3,7 +3,7 @@
 // CRIU at a decision point (after post-dump: kill the source, or resume it).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { native } from '../native';
+import { addon, type CriuRpcMessage, type CriuSwrkSession } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
 
@@ -63,39 +63,23 @@ export interface CriuResult {
  *  Resolve true to let CRIU go on, false (or throw) to make the action fail. */
 export type NotifyHandler = (script: string, pid?: number) => boolean | Promise<boolean>;
 
-interface RawMessage {
-  eof: boolean;
-  type?: string;
-  success?: boolean;
-  script?: string;
-  pid?: number;
-  restorePid?: number;
-  crErrno?: number;
-  crErrmsg?: string;
-  version?: { major: number; minor: number; sublevel: number };
-}
-
 /** A `criu swrk` process waiting for its one request (see startCriu). */
-export interface CriuSession {
-  readonly pid: number;
-  kill(sig: number): void;
-}
+export type CriuSession = CriuSwrkSession;
 
 /**
- * Starts `criu swrk` now, for a request that runRequest sends later: a
+ * Starts `criu swrk` now, for a request that runCriu sends later: a
  * restore then does not wait for CRIU's process start-up (tens of ms, more
  * on a loaded host) inside the pause. Pass it to runCriu as `session`; one
  * request per session. discardCriu() ends one that will not be used.
  */
 export function startCriu(ro: { criu?: string; inheritFds?: number[] } = {}): CriuSession {
-  return new native.CriuSwrk(ro.criu ?? criuBinary(), ro.inheritFds ?? []);
+  return new (addon().CriuSwrk)(ro.criu ?? criuBinary(), ro.inheritFds ?? []);
 }
 
 /** Ends a started CRIU that got no request. */
 export async function discardCriu(session: CriuSession): Promise<void> {
-  const s = session as unknown as { close(): void; wait(): Promise<unknown> };
-  s.close();
-  await s.wait().catch(() => undefined);
+  session.close();
+  await session.wait().catch(() => undefined);
 }
 
 export interface RunOptions {
@@ -125,11 +109,11 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
   let dirFd = -1;
   const opts: Record<string, unknown> = { ...(req.opts ?? {}) };
   if (req.imagesDir) {
-    dirFd = native.openDir(req.imagesDir);
+    dirFd = addon().openDir(req.imagesDir);
     opts.imagesDirFd = dirFd;
   }
   if (req.logFile) opts.logFile = req.logFile;
-  const session = ro.session ?? new native.CriuSwrk(bin, ro.inheritFds ?? []);
+  const session = ro.session ?? new (addon().CriuSwrk)(bin, ro.inheritFds ?? []);
   let hookError: unknown;
   let timedOut = false;
   const timer = ro.timeoutMs
@@ -138,7 +122,7 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
   try {
     session.request({ type: req.type, opts: req.type === 'version' || req.type === 'check' ? undefined : opts });
     for (;;) {
-      const m: RawMessage = await session.next();
+      const m: CriuRpcMessage = await session.next();
       if (m.eof) {
         if (timedOut) throw new PhaulError('criu', `criu ${req.type} did not finish within ${Math.round(ro.timeoutMs! / 1000)} s and was killed${logHint(req)}`);
         throw new PhaulError('criu', `criu ${req.type} ended without an answer${logHint(req)}`);
@@ -166,7 +150,7 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
     if (timer) clearTimeout(timer);
     session.close();
     await session.wait().catch(() => undefined);
-    if (dirFd >= 0) native.closeFd(dirFd);
+    if (dirFd >= 0) addon().closeFd(dirFd);
   }
 }
 
