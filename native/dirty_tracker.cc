@@ -569,7 +569,7 @@ void Tracker::Emit(ScanResult* out, uint64_t s, uint64_t e, uint64_t cat) {
   r.push_back(fl);
 }
 
-bool Tracker::Scan(ScanResult* out, Failure* f, bool protect) {
+bool Tracker::Scan(ScanResult* out, Failure* f, bool protect, bool sync) {
   int64_t t0 = NowNs();
   if (uffd_ < 0) {
     Fail(f, "failed", "tracker is not started (or closed)");
@@ -580,9 +580,11 @@ bool Tracker::Scan(ScanResult* out, Failure* f, bool protect) {
     return false;
   }
   out->first = first_;
-  out->new_vmas = std::move(pending_new_);
-  pending_new_.clear();
-  if (!Sync(out, f)) return false;
+  if (sync) {
+    out->new_vmas = std::move(pending_new_);
+    pending_new_.clear();
+    if (!Sync(out, f)) return false;
+  }
 
   int64_t t1 = NowNs();
   size_t dirty = 0;  // entries of vec_ the kernel may have written
@@ -861,12 +863,13 @@ class DirtyTrackerWrap : public Napi::ObjectWrap<DirtyTrackerWrap> {
     Napi::Env env = info.Env();
     if (Busy(env)) throw Napi::Error::New(env, "DirtyTracker: another operation is running");
     bool protect = info.Length() < 1 || info[0].IsUndefined() || info[0].ToBoolean().Value();
+    bool sync = info.Length() < 2 || info[1].IsUndefined() || info[1].ToBoolean().Value();
     auto res = std::make_shared<dirty::ScanResult>();
     auto* w = new PromiseWorker(
         info.This().As<Napi::Object>(),
-        [this, res, protect](Failure* f) {
+        [this, res, protect, sync](Failure* f) {
           std::lock_guard<std::mutex> g(mu_);
-          return t_->Scan(res.get(), f, protect);
+          return t_->Scan(res.get(), f, protect, sync);
         },
         [res](Napi::Env env) {
           auto o = Napi::Object::New(env);

@@ -390,13 +390,18 @@ export class Migration extends EventEmitter {
     await withDeadline(dump.freeze(), o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not freeze the tree');
     const freezeAt = dump.frozenAt;
     this.phase('criu-freeze', freezeAt); // CRIU's set-up after the gate opened, the tree still running
+    // The last dirty pages go while CRIU writes its images: they need nothing of CRIU's.
+    const frozen = run.frozenRound();
+    frozen.catch(() => undefined); // awaited below, after CRIU's images
     await withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
     this.phase('criu-dump', dump.readyAt);
-    // CRIU's images first: a hybrid destination starts its lazy-pages daemon
+    // CRIU's images next: a hybrid destination starts its lazy-pages daemon
     // on them while the final round is still on its way.
     const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
+    await frozen;
+    this.phase('frozen-pages'); // what of that round CRIU's dump did not hide
     const fin = await run.finalRound();
     this.phase('final-scan', this.last + fin.scanMs);
     this.phase('final-pages', this.last + fin.sendMs);

@@ -8,9 +8,12 @@
 //   criu-freeze                 CRIU (started before the rounds, held at its pre-dump gate)
 //                               sets up and freezes the tree; the workload still runs
 //   --- the pause: from the tree frozen ---
-//   criu-dump                   CRIU's dump of everything but lazy memory
-//   images                      those images sent to the destination
-//   final-scan                  the frozen tree's last dirty pages found
+//   criu-dump                   CRIU's dump of everything but lazy memory; meanwhile the pages
+//                               written since the last round are read, sent and stored
+//   images                      CRIU's images sent to the destination
+//   frozen-pages                the rest of that round, if CRIU's dump did not hide all of it
+//   final-scan                  what that round could not see (new mappings, shared and untracked
+//                               memory) found
 //   final-pages                 ... read and sent
 //   final-stored                ... until the destination's store acknowledges them
 //   store-flush, compose,       measured by the destination (DESTINATION_PHASES):

@@ -326,12 +326,19 @@ export class PrecopyRun {
   }
 
   /** One scan of the tree, every dirty page sent and acknowledged. */
-  private async sendRound(final: boolean): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sendMs: number; sinceLastMs: number }> {
+  /**
+   * live: a round while the tree runs. frozen: the tree is frozen and CRIU is
+   * dumping it (its parasite mapped in): the mappings known so far only,
+   * protected again so that the final scan finds only what it did not send.
+   * final: after CRIU's images, everything left, nothing protected again.
+   */
+  private async sendRound(kind: 'live' | 'frozen' | 'final'): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sendMs: number; sinceLastMs: number }> {
+    const final = kind === 'final';
     const t = Date.now();
     const sinceLastMs = this.lastScanAt ? t - this.lastScanAt : 0;
     this.lastScanAt = t;
     // The last scan, with the tree frozen, need not protect anything again.
-    const scan = await this.tracker.scan({ protect: !final });
+    const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen' });
     const scanMs = Date.now() - t;
     const before = this.sender.bytesSent;
     let pages = 0;
@@ -402,7 +409,7 @@ export class PrecopyRun {
         }
         if (d.action === 'throttle' && d.throttlePct) await throttle(d.throttlePct);
       }
-      const r = await this.sendRound(false);
+      const r = await this.sendRound('live');
       if (this.round === 0) {
         memBytes = r.pages * PAGE_SIZE;
         await this.sender.chooseCompression(r.bytes / Math.max(r.ms / 1000, 1e-3));
@@ -420,9 +427,22 @@ export class PrecopyRun {
    * (sendMs) took; the rest of `ms` waited for the destination to store them.
    */
   async finalRound(): Promise<{ pages: number; ms: number; scanMs: number; sendMs: number }> {
-    const r = await this.sendRound(true);
+    const r = await this.sendRound('final');
     this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
     return { pages: r.pages, ms: r.ms, scanMs: r.scanMs, sendMs: r.sendMs };
+  }
+
+  /**
+   * As soon as the tree is frozen, while CRIU still dumps it: the pages
+   * written since the last round in the mappings tracked so far, read and
+   * stored in parallel with CRIU's work (the final round then holds only
+   * what this one could not see: new mappings, shared and untracked memory).
+   */
+  async frozenRound(): Promise<{ pages: number; ms: number }> {
+    const r = await this.sendRound('frozen');
+    this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
+    this.round++;
+    return { pages: r.pages, ms: r.ms };
   }
 }
 
