@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
-import { runCmd, startCmd, type StartedCmd } from '../../src/testing/proc';
+import { startCmd, type StartedCmd } from '../../src/testing/proc';
 import { copyImages, criuRestore, logTail, waitStatus, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 

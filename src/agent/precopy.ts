@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import type { Socket } from 'node:net';
 import { PhaulError, asPhaulError } from '../errors';
-import { FrameConn, int } from '../protocol/frames';
+import { FrameConn } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
@@ -122,7 +122,6 @@ export class PrecopySender {
   private next = 0;
   private compress = false;
   bytesSent = 0;
-  readonly rounds: RoundRecord[] = [];
   /** Per pid: the never-populated (or zapped) anonymous ranges sent as zeros so far, as [start, end) pairs. */
   readonly zeroRanges = new Map<number, bigint[]>();
 
@@ -249,13 +248,10 @@ export class PrecopySender {
     for (const b of batches(pairs, BATCH_BYTES)) {
       // Into a buffer used before (buffer-pool.ts: fresh memory is slow to fill), back to the pool once written.
       const buf = await this.pool.acquire();
-      let res;
-      try {
-        res = await readPages(pid, b, { zeroMap: true, buffer: buf });
-      } catch (e) {
+      const res = await readPages(pid, b, { zeroMap: true, buffer: buf }).catch((e) => {
         this.pool.release(buf);
         throw e;
-      }
+      });
       const ranges: { vaddr: number; nrPages: number; zero?: boolean }[] = [];
       const chunks: Buffer[] = [];
       let page = 0;
@@ -299,7 +295,7 @@ export class PrecopySender {
   async endRound(round: number, batchCount: number, final = false): Promise<void> {
     this.control.send({ t: 'round', round, batches: batchCount, final });
     const ack = await this.control.expect('round-ack', 120_000);
-    if (int(ack, 'round', 0, 1 << 30) !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
+    if (ack.round !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
   }
 }
 
@@ -390,7 +386,7 @@ export class PrecopyRun {
     return bytes;
   }
 
-  async rounds(pid: number, throttle: (pct: number) => Promise<void> | void): Promise<RoundRecord[]> {
+  async rounds(throttle: (pct: number) => Promise<void> | void): Promise<RoundRecord[]> {
     let memBytes = 0;
     for (;;) {
       // Decide BEFORE scanning: a scan re-arms write-protection, so every page

@@ -1,5 +1,5 @@
 // A gate that holds a CRIU command-line run at one of its actions until we
-// open it (gate.sh is CRIU's --action-script). Used to start CRIU's lazy dump
+// open it (scripts/criu-gate.sh is CRIU's --action-script). Used to start CRIU's lazy dump
 // before the pause and let it go on at the switchover: at pre-dump it has
 // frozen nothing yet. (A restore cannot be held that way: CRIU reads the
 // images before its pre-restore action. Its start-up leaves the pause
@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { PACKAGE_ROOT } from '../package-root';
 
-const GATE_SCRIPT = path.join(PACKAGE_ROOT, 'src', 'criu', 'gate.sh');
+const GATE_SCRIPT = path.join(PACKAGE_ROOT, 'scripts', 'criu-gate.sh');
 
 export class CriuGate {
   private readonly fifo: string;

@@ -14,7 +14,7 @@
 // dump "successfully".
 //
 // CRIU is started before the switchover and waits, not yet having frozen
-// anything, in its pre-dump action (pre-dump-gate.sh reads a FIFO): its
+// anything, in its pre-dump action (scripts/criu-gate.sh reads a FIFO): its
 // process start-up (tens of ms, more on a loaded host) is then no part of the
 // pause. freeze() opens the gate and resolves when the tree is frozen.
 import { spawn, ChildProcess } from 'node:child_process';
@@ -83,6 +83,10 @@ export class LazyDump {
    * images being ready), or when the images are ready, whichever comes first.
    */
   async freeze(): Promise<void> {
+    // CRIU waited at its gate since the rounds began; if it gave up meanwhile, say why.
+    if (this.child.exitCode !== null || this.child.signalCode !== null) {
+      throw new PhaulError('criu', `criu dump ended before the switchover (${this.child.exitCode ?? this.child.signalCode}): ${this.logTail() || 'no log'}`);
+    }
     this.gate.open();
     const pid = this.opts.pid;
     await new Promise<void>((resolve) => {

@@ -20,13 +20,15 @@ import { PACKAGE_ROOT } from '../package-root';
 import type { CriuOpsNative } from './criu-ops';
 import type { CriuRpcNative } from './criu-rpc';
 import type { DirtyTrackerNative } from './dirty-tracker';
+import type { LazyFillNative } from './lazy-fill';
 import type { PageReaderNative } from './page-reader';
 import type { PageServerNative } from './page-server';
 import type { ProbeNative } from './probe';
 import type { SpliceRelayNative } from './splice-relay';
 
 export interface Addon
-  extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative {}
+  extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative,
+    LazyFillNative {}
 
 /** Where the addon is: $PHAUL_FAST_ADDON (a prebuilt one), else the package's build/Release. */
 export function addonPath(): string {
@@ -76,6 +78,7 @@ export function addonStatus(): { ok: true; path: string } | { ok: false; path: s
 export type * from './criu-ops';
 export type * from './criu-rpc';
 export type * from './dirty-tracker';
+export type * from './lazy-fill';
 export type * from './page-reader';
 export type * from './page-server';
 export type * from './probe';

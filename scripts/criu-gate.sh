@@ -1,5 +1,5 @@
 #!/bin/sh
-# CRIU's action script for phaul-fast (src/criu/gate.ts). CRIU runs it for
+# CRIU's action script for phaul-fast (src/criu/gate.ts, which says why). CRIU runs it for
 # every action. At PHAUL_FAST_GATE_ACTION (pre-dump: after CRIU's start-up,
 # before it freezes the tree) it waits until the agent writes "go" into the
 # FIFO PHAUL_FAST_GATE: so CRIU is started ahead and its start-up is no part
