@@ -24,8 +24,7 @@ import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
 import { withDeadline } from '../util/deadline';
-import { CriuSession, discardCriu, runCriuOrThrow, startCriu } from '../criu/rpc';
-import { LazyPagesServer } from '../criu/lazy-pages';
+import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
@@ -193,7 +192,11 @@ class DestSession {
       const criuFlags = prep.criu;
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      // What the switchover will run, started now so that no process start-up
+      // lands in the pause: CRIU for the restore, and a hybrid restore's
+      // lazy-pages server (a Node process: ~0.2-1 s to start on a loaded host).
       this.criu = startCriu();
+      if (this.mode === 'hybrid') this.startLazyPages();
 
       if (this.streamsPages()) {
         this.expectedStreams = streamsOf(prep);
@@ -261,8 +264,8 @@ class DestSession {
       } else if (m.t === 'image') {
         this.writeImage(m);
       } else if (m.t === 'images-done') {
-        // CRIU's images are all here, the final round is on its way: a hybrid
-        // restore's lazy-pages server can start now, off the pause's critical path.
+        // CRIU's images are all here, the final round is on its way (a hybrid
+        // restore's lazy-pages server runs since prepare).
         if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
         const t0 = Date.now();
@@ -309,9 +312,9 @@ class DestSession {
   }
 
   /**
-   * Hybrid: the lazy-pages server, started as soon as CRIU's images are here
-   * (the source sends them before its final round) so that its start-up
-   * overlaps the final round instead of adding to the pause.
+   * Hybrid: the lazy-pages server, started at prepare (it needs only the
+   * images directory for its socket, and learns the store's chain at the
+   * switchover) so that its start-up overlaps the rounds, not the pause.
    */
   private startLazyPages(): LazyPagesServer {
     this.lazyPages = new LazyPagesServer({ imagesDir: this.dir });
