@@ -58,7 +58,9 @@ export class LazyDump {
     const args = ['dump', '-t', String(opts.pid), '-D', opts.imagesDir, '--lazy-pages', '--ps-socket', '3',
       '--status-fd', '4', '--leave-stopped', '-o', 'dump.log', ...this.gate.args, ...criuFlagArgs(opts)];
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], env: this.gate.env(process.env) });
+      // detached: its own session, so a Ctrl-C at the terminal reaches only our
+      // agent, which rolls back and tells CRIU (its parent-death signal stays).
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true, env: this.gate.env(process.env) });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
