@@ -135,6 +135,7 @@ export class PhaulFastPeer implements Peer {
       // Pre-copy reports each round (the last is the final one, frozen); stop-copy is one pass.
       rounds: Array.isArray(rep.rounds) ? rep.rounds.length : 1,
       cpuS: r.cpuS + serveCpu,
+      phases: rep.phases,
       ...(rep.fill ? { fill: {
         fillMs: Number(rep.fill.fillMs), pages: Number(rep.fill.copiedPages), faultP50Us: Number(rep.fill.faultUs?.p50),
         faultP99Us: Number(rep.fill.faultUs?.p99), faultMaxUs: Number(rep.fill.faultUs?.max),

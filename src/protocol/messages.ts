@@ -93,7 +93,8 @@ export interface Restore { t: 'restore' }
 /** S -> D, pre-copy modes: the final round is in; compose the images (namespace pid -> host pid of the dumped tree) and restore. */
 export interface Switchover { t: 'switchover'; imageIds: Record<string, number> }
 /** D -> S: the copy exists, stopped: it has not run. `pid` is its root on the destination. */
-export interface Restored { t: 'restored'; pid: number; restoreMs?: number }
+/** phases: what the destination's side of the switchover spent, ms by name (src/agent/phases.ts). */
+export interface Restored { t: 'restored'; pid: number; restoreMs?: number; phases?: Stats }
 
 // ---- the two-phase commit ----
 
@@ -294,7 +295,11 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
     }
     return { imageIds };
   },
-  restored: (f) => (f.has('restoreMs') ? { pid: f.int('pid', 1, PID_MAX), restoreMs: f.int('restoreMs', 0, 2 ** 40) } : { pid: f.int('pid', 1, PID_MAX) }),
+  restored: (f) => ({
+    pid: f.int('pid', 1, PID_MAX),
+    ...(f.has('restoreMs') ? { restoreMs: f.int('restoreMs', 0, 2 ** 40) } : {}),
+    ...(f.has('phases') ? { phases: f.stats('phases') } : {}),
+  }),
   commit: () => ({}),
   running: (f) => ({ pid: f.int('pid', 1, PID_MAX) }),
   filled: (f) => ({ ok: f.bool('ok'), ms: f.int('ms', 0, 2 ** 40), ...(f.has('fill') ? { fill: f.stats('fill') } : {}) }),
