@@ -26,6 +26,8 @@ import { LocalLazyPages } from '../criu/lazy-pages';
 import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
+import { ContainerServeOptions, ContainerTarget } from '../container/target';
+import { criuBinary } from '../criu/binary';
 
 export interface DestinationOptions {
   host: string;
@@ -41,6 +43,8 @@ export interface DestinationOptions {
   storeDir?: string;
   /** Cap on one pre-copy store's size. */
   maxStoreBytes?: number;
+  /** Where moved containers go (runc's state directory, bundles, cgroups). */
+  containers?: ContainerServeOptions;
 }
 
 const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -72,6 +76,8 @@ class DestSession {
   private streamError?: PhaulError;
   private progress?: () => void;
   restoredPid = 0;
+  /** A container migration: its bundle here and the runtime that will own it. */
+  container?: ContainerTarget;
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
 
@@ -157,6 +163,10 @@ class DestSession {
       for (const k of CRIU_FLAGS) if (requested[k] === true) criuFlags[k] = true;
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      if (prep.container !== undefined) {
+        this.container = await ContainerTarget.prepare(prep.container, agent.opts.containers ?? {});
+        this.log(`container ${this.container.desc.id} goes to bundle ${this.container.bundle}`);
+      }
 
       if (this.streamsPages()) {
         this.expectedStreams = int(prep, 'streams', 1, 16);
@@ -219,6 +229,8 @@ class DestSession {
         this.conn.send({ t: 'round-ack', round });
       } else if (m.t === 'image') {
         this.writeImage(m);
+      } else if (m.t === 'tree-entries' || m.t === 'tree-data') {
+        this.treeMessage(m);
       } else if (m.t === 'images-done') {
         // CRIU's images are all here, the final round is on its way: a hybrid
         // restore's daemon can start now, off the pause's critical path.
@@ -261,11 +273,18 @@ class DestSession {
     fs.writeFileSync(path.join(this.dir, name), body, { flag: append ? 'a' : 'wx' });
   }
 
+  /** A container's bundle files, in rounds. */
+  private treeMessage(m: Message): void {
+    if (!this.container) throw new PhaulError('protocol', `'${m.t}' without a container`);
+    this.container.handle(m);
+  }
+
   /** Stop-copy: images until `end`. */
   private async receiveImages(end: string): Promise<number> {
     for (;;) {
       const m: Message = await this.conn.next(10 * 60_000);
       if (m.t === 'image') { this.writeImage(m); continue; }
+      if (m.t === 'tree-entries' || m.t === 'tree-data') { this.treeMessage(m); continue; }
       if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
       if (m.t !== end) throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
       return this.imageCount;
@@ -301,6 +320,38 @@ class DestSession {
       this.log(`criu lazy-pages (pid ${lp.pid}, pages from pid ${lp.sourcePid}) waits for the restore ` +
         `(started ${t0 - lp.startedAt} ms before it)`);
     }
+    const timeoutMs = agent.opts.restoreTimeoutMs ?? 120_000;
+    if (this.container) {
+      // The runtime restores it (and owns it); CRIU leaves it stopped as below.
+      this.restoredPid = await this.container.restore({ imagesDir: this.dir, criu: criuBinary(), criuFlags, lazy, timeoutMs });
+    } else await this.restoreWithCriu(criuFlags, lazy, timeoutMs);
+    this.state = 'restored-stopped';
+    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, container: this.container?.report() });
+    this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
+    // The store is not needed any more (hybrid: not until the tree's memory is
+    // filled from it): free its memory before resuming.
+    if (!lazy) await this.store?.destroy().catch(() => undefined);
+
+    const decision = await conn.next(60_000);
+    if (decision.t === 'commit') {
+      signalAll(treePids(this.restoredPid), 'SIGCONT');
+      this.state = 'running';
+      this.container?.committed();
+      conn.send({ t: 'running', pid: this.restoredPid });
+      this.log(`running as pid ${this.restoredPid}`);
+      agent.emit('migrated', { session: this.id, pid: this.restoredPid, ...(this.container ? { container: this.container.report() } : {}) });
+      if (this.lazyPages) await this.fillLazily(this.lazyPages, t0);
+      await conn.next(5_000).catch(() => undefined); // let the source close first
+    } else if (decision.t === 'abort') {
+      throw new PhaulError('failed', 'source aborted the migration');
+    } else {
+      throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
+    }
+  }
+
+  /** A process tree: CRIU restores it stopped, and we learn its pid. */
+  private async restoreWithCriu(criuFlags: Record<string, boolean>, lazy: boolean, timeoutMs: number): Promise<void> {
+    const { agent } = this;
     const res = await runCriuOrThrow(
       {
         type: 'restore',
@@ -320,7 +371,7 @@ class DestSession {
         },
       },
       {
-        timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
+        timeoutMs,
         onNotify: (_script, pid) => {
           if (pid && !this.restoredPid) this.restoredPid = pid;
           return true;
@@ -328,27 +379,6 @@ class DestSession {
       },
     );
     this.restoredPid = res.restorePid ?? this.restoredPid;
-    this.state = 'restored-stopped';
-    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
-    this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
-    // The store is not needed any more (hybrid: not until the tree's memory is
-    // filled from it): free its memory before resuming.
-    if (!lazy) await this.store?.destroy().catch(() => undefined);
-
-    const decision = await conn.next(60_000);
-    if (decision.t === 'commit') {
-      signalAll(treePids(this.restoredPid), 'SIGCONT');
-      this.state = 'running';
-      conn.send({ t: 'running', pid: this.restoredPid });
-      this.log(`running as pid ${this.restoredPid}`);
-      agent.emit('migrated', { session: this.id, pid: this.restoredPid });
-      if (this.lazyPages) await this.fillLazily(this.lazyPages, t0);
-      await conn.next(5_000).catch(() => undefined); // let the source close first
-    } else if (decision.t === 'abort') {
-      throw new PhaulError('failed', 'source aborted the migration');
-    } else {
-      throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
-    }
   }
 
   /**
@@ -393,6 +423,7 @@ class DestSession {
       await waitGone(this.restoredPid, 5000);
     }
     await this.lazyPages?.kill();
+    await this.container?.rollback().catch((e) => this.log(`container clean-up: ${asPhaulError(e).message}`));
   }
 }
 

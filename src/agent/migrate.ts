@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
-import { FrameConn, int } from '../protocol/frames';
+import { FrameConn, int, Message } from '../protocol/frames';
 import { runCriu, criuLogTail } from '../criu/rpc';
 import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
@@ -27,6 +27,8 @@ import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from '.
 import { WorkloadThrottle } from './throttle';
 import { withDeadline } from '../util/deadline';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
+import { ContainerSource, ContainerSpec } from '../container/source';
+import { containerDumpArgs } from '../container/dump-options';
 
 /**
  * stop-copy: freeze, dump into the destination's page server, restore.
@@ -60,7 +62,10 @@ interface Switched {
 }
 
 export interface MigrateOptions {
-  pid: number;
+  /** The root of the tree to move; or: */
+  pid?: number;
+  /** a container (its init and descendants, its bundle, runc's ownership). */
+  container?: ContainerSpec;
   to: { host: string; port: number };
   token: Buffer;
   /** Default 'auto': the first of AUTO_ORDER (capabilities.ts) that both hosts offer. */
@@ -101,6 +106,8 @@ export interface MigrationReport {
   filledMs?: number;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
+  /** A container: as the destination's runtime knows it now. */
+  container?: { id: string; runtime: string; bundle: string };
 }
 
 export interface FailureReport {
@@ -131,6 +138,11 @@ export class Migration extends EventEmitter {
   readonly phases: Record<string, number> = {};
   /** The tree's memory when a pre-copy began (sizes the wait for a hybrid fill). */
   private memBytes = 0;
+  /** The tree's root: opts.pid, or the container's init. */
+  private pid = 0;
+  private container?: ContainerSource;
+  /** The destination's name for the moved container (from `restored`). */
+  private containerAtDest?: { id: string; runtime: string; bundle: string };
 
   constructor(readonly opts: MigrateOptions) {
     super();
@@ -148,8 +160,15 @@ export class Migration extends EventEmitter {
     const requested = o.mode ?? 'auto';
     let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
     if (requested !== 'auto' && !MODES.includes(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), true);
-    if (!Number.isInteger(o.pid) || o.pid <= 1 || o.pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${o.pid}`), true);
-    if (!isAlive(o.pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${o.pid}`), true);
+    if (o.container) {
+      this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), true); });
+      this.pid = this.container.pid;
+    } else {
+      this.pid = o.pid ?? 0;
+    }
+    const pid = this.pid;
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${pid}`), true);
+    if (!isAlive(pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${pid}`), true);
 
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
     const st: RunState = { originalHeldByUs: false, commitSent: false };
@@ -171,7 +190,7 @@ export class Migration extends EventEmitter {
       if (mode === 'precopy' || mode === 'hybrid') {
         // Tracking starts before anything is promised to the destination: a
         // target we cannot track (e.g. it uses userfaultfd itself) falls back.
-        tracker = new TreeTracker(o.pid);
+        tracker = new TreeTracker(pid);
         try {
           await tracker.start();
         } catch (e) {
@@ -200,7 +219,8 @@ export class Migration extends EventEmitter {
       await st.criuDone?.catch((e) => this.emit('log', `criu after the commit: ${asPhaulError(e).message}`));
       signalAll(result.original, 'SIGKILL');
       st.originalHeldByUs = false;
-      await waitGone(o.pid, 5000);
+      await waitGone(pid, 5000);
+      const forgot = await this.container?.forget();
       const filled = mode === 'hybrid' ? await this.awaitFilled(conn, result.freezeAt) : {};
       conn.close();
       const report: MigrationReport = {
@@ -208,13 +228,15 @@ export class Migration extends EventEmitter {
         mode,
         downtimeMs: runningAt - result.freezeAt,
         totalMs: runningAt - this.t0,
-        bytesSent: result.bytesSent,
+        bytesSent: result.bytesSent + (this.container?.bytesSent ?? 0),
         restoredPid: result.restoredPid,
         phases: this.phases,
       };
       if (result.rounds) report.rounds = result.rounds;
       if (fallback) report.fallback = fallback;
+      if (this.containerAtDest) report.container = this.containerAtDest;
       Object.assign(report, filled);
+      if (forgot) report.warning = report.warning ? `${report.warning}; ${forgot}` : forgot;
       return report;
     } catch (err) {
       const e = asPhaulError(err);
@@ -229,15 +251,15 @@ export class Migration extends EventEmitter {
         // CRIU finished and left the original stopped; the destination never got the commit.
         // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
         await st.criuDone?.catch(() => undefined);
-        signalAll(treePids(o.pid), 'SIGCONT');
+        signalAll(treePids(pid), 'SIGCONT');
         st.originalHeldByUs = false;
       }
       if (st.originalHeldByUs) {
         const msg = `${e.message}; the destination did not confirm after the commit, so the original is left stopped ` +
-          `(pid ${o.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
+          `(pid ${pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
         throw new MigrationError(new PhaulError('lost', msg), false);
       }
-      const resumed = isAlive(o.pid) && procState(o.pid) !== 'T';
+      const resumed = isAlive(pid) && procState(pid) !== 'T';
       throw new MigrationError(e, resumed);
     } finally {
       tracker?.close();
@@ -277,8 +299,9 @@ export class Migration extends EventEmitter {
     const o = this.opts;
     const conn = st.conn!;
     const criuFlags = this.criuFlags();
-    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags });
+    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, container: this.container?.describe() });
     await conn.expect('prepared');
+    this.syncBundle(conn);
     const dconn = await this.connect();
     await authenticateClient(dconn, o.token, 'data', session);
     const data = openDataChannelClient(dconn);
@@ -294,12 +317,13 @@ export class Migration extends EventEmitter {
         imagesDir: workDir,
         logFile: 'dump.log',
         opts: {
-          pid: o.pid,
+          pid: this.pid,
           psFd: data.criuFd,
           notifyScripts: true,
           leaveStopped: true,
-          networkLock: o.tcpEstablished ? 'nftables' : undefined,
+          networkLock: o.tcpEstablished || this.container ? 'nftables' : undefined,
           ...criuFlags,
+          ...this.container?.dumpOptions(),
         },
       },
       {
@@ -310,11 +334,13 @@ export class Migration extends EventEmitter {
             this.phase('criu-start');
           } else if (script === 'post-dump') {
             this.phase('dump');
+            this.finalBundleDelta(conn, workDir);
             imageBytes = this.sendImages(conn, workDir);
             conn.send({ t: 'restore' });
             this.phase('images');
             const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
             restoredPid = int(r, 'pid', 1, 1 << 22);
+            this.noteContainer(r);
             this.phase('restore');
           }
           return true;
@@ -326,7 +352,7 @@ export class Migration extends EventEmitter {
       throw new PhaulError('criu', `criu dump failed: ${tail || res.crErrmsg?.trim() || 'unknown error'}`);
     }
     st.originalHeldByUs = true;
-    const original = treePids(o.pid);
+    const original = treePids(this.pid);
     const relayed = await data.done.catch(() => ({ sent: 0 }));
     return { freezeAt, restoredPid, original, bytesSent: relayed.sent + imageBytes };
   }
@@ -337,10 +363,12 @@ export class Migration extends EventEmitter {
     const pc = { ...o.precopy, lazyRestore: mode === 'hybrid' };
     const conn = st.conn!;
     const nStreams = Math.max(1, Math.min(16, pc.streams ?? 2));
-    const memBytes = treeMemoryBytes(o.pid);
+    const pid = this.pid;
+    const memBytes = treeMemoryBytes(pid);
     this.memBytes = memBytes;
-    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes });
+    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, container: this.container?.describe() });
     await conn.expect('prepared');
+    this.syncBundle(conn);
     st.streams = [];
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
@@ -351,11 +379,11 @@ export class Migration extends EventEmitter {
     this.phase('handshake');
 
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
-    st.throttle = pc.autoConverge ? new WorkloadThrottle(o.pid) : undefined;
+    st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
-    const rounds = await run.rounds(o.pid, (pct) => {
-      st.throttle ??= new WorkloadThrottle(o.pid);
+    const rounds = await run.rounds(pid, (pct) => {
+      st.throttle ??= new WorkloadThrottle(pid);
       st.throttle.set(pct);
     });
     this.phase('precopy');
@@ -366,24 +394,27 @@ export class Migration extends EventEmitter {
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
     const freezeAt = Date.now();
     const ours = await localCapabilities();
-    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
+    st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
+      extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
     // A CRIU that never gets its images written must not hold the tree frozen
     // forever: past the deadline the catch below rolls it back (SIGALRM).
     await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
     this.phase('freeze-dump');
     // CRIU's images first: a hybrid destination starts its lazy-pages daemon
     // on them while the final round is still on its way.
+    this.finalBundleDelta(conn, workDir);
     const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
     const finalPages = await run.finalRound();
     this.phase('final-round');
     const imageIds: Record<string, number> = {};
-    const original = treePids(o.pid);
+    const original = treePids(pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
     conn.send({ t: 'switchover', imageIds });
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
     const restoredPid = int(r, 'pid', 1, 1 << 22);
+    this.noteContainer(r);
     this.phase('restore');
     // The copy exists (stopped). Let CRIU finish; the original stays stopped.
     const dump = st.dump;
@@ -398,6 +429,27 @@ export class Migration extends EventEmitter {
     st.criuDone.catch(() => undefined);
     this.emit('log', `final round: ${finalPages} pages`);
     return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
+  }
+
+  /** A container's bundle, while it runs: everything the first time. */
+  private syncBundle(conn: FrameConn): void {
+    if (!this.container) return;
+    const r = this.container.syncRound(conn);
+    this.emit('log', `bundle: ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while the container runs`);
+    this.phase('bundle');
+  }
+
+  /** With the tree frozen: what changed in the bundle since, and runc's descriptors.json for the images. */
+  private finalBundleDelta(conn: FrameConn, workDir: string): void {
+    if (!this.container) return;
+    const r = this.container.finalRound(conn, workDir);
+    this.emit('log', `bundle: last delta ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while frozen`);
+  }
+
+  private noteContainer(r: Message): void {
+    const c = r.container as Record<string, unknown> | undefined;
+    if (!this.container || !c) return;
+    this.containerAtDest = { id: String(c.id ?? '').slice(0, 128), runtime: String(c.runtime ?? '').slice(0, 32), bundle: String(c.bundle ?? '').slice(0, 4096) };
   }
 
   /** Sends every image CRIU wrote locally (pages went to the page server). */

@@ -14,6 +14,7 @@ import { FrameConn, int } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
+import { DirtyTrackingError } from '../memory/errors';
 import { batches, PAGE_SIZE, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
 import { encodeBatch } from '../transport/page-batch';
 import { chooseCompression, measureLz4 } from '../transport/compression';
@@ -239,7 +240,15 @@ export class PrecopySender {
       count++;
     }
     for (const b of batches(pairs, BATCH_BYTES)) {
-      const res = await readPages(pid, b, { zeroMap: true });
+      let res;
+      try {
+        res = await readPages(pid, b, { zeroMap: true });
+      } catch (e) {
+        // It exited after the scan (a container's short-lived children do):
+        // its pages no longer matter; what was sent of it is counted.
+        if (e instanceof DirtyTrackingError && e.reason === 'process-gone') break;
+        throw e;
+      }
       const buf = Buffer.from(res.buffer.buffer, res.buffer.byteOffset, res.buffer.byteLength);
       const ranges: { vaddr: number; nrPages: number; zero?: boolean }[] = [];
       const chunks: Buffer[] = [];

@@ -29,6 +29,8 @@ export interface LazyDumpOptions {
   shellJob?: boolean;
   fileLocks?: boolean;
   linkRemap?: boolean;
+  /** More `criu dump` arguments (a container's root, external mounts, cgroups). */
+  extraArgs?: string[];
   criu?: string;
   /** Page-server header size of this CRIU (24 before 4.2, 32 since). */
   headerSize: 24 | 32;
@@ -55,6 +57,7 @@ export class LazyDump {
     if (opts.shellJob) args.push('--shell-job');
     if (opts.fileLocks) args.push('--file-locks');
     if (opts.linkRemap) args.push('--link-remap');
+    args.push(...(opts.extraArgs ?? []));
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
       { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine] });
     fs.closeSync(theirs);

@@ -12,6 +12,9 @@ const spec = {
   'token-file': { type: 'string', help: 'file holding the shared secret (at least 16 characters)' },
   'tls-cert': { type: 'string', help: 'serve TLS with this PEM certificate (for untrusted networks)' },
   'tls-key': { type: 'string', help: 'the PEM private key of --tls-cert' },
+  'runtime-root': { type: 'string', help: 'containers: runc\'s state directory here (default runc\'s own)' },
+  bundles: { type: 'string', help: 'containers: where moved bundles go, one directory per container (default: the source\'s bundle path)' },
+  'cgroup-parent': { type: 'string', help: 'containers: cgroup parent of moved containers (cgroupsPath PARENT/ID; default the source\'s cgroupsPath)' },
   'keep-images': { type: 'boolean', help: 'keep each migration\'s images after it ends (debugging)' },
   json: { type: 'boolean', help: 'print one JSON line per event on stdout: listening, migrated, filled (hybrid)' },
   help: { type: 'boolean', help: 'this text' },
@@ -35,7 +38,9 @@ export async function run(argv: string[]): Promise<number> {
     const read = (f: string) => { try { return fs.readFileSync(f); } catch { throw new PhaulError('usage', `cannot read ${f}`); } };
     tlsOpts = { cert: read(flags['tls-cert'] as string), key: read(flags['tls-key'] as string) };
   }
-  const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'] });
+  const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'],
+    containers: { runtimeRoot: flags['runtime-root'] as string | undefined, bundles: flags.bundles as string | undefined,
+      cgroupParent: flags['cgroup-parent'] as string | undefined } });
   const json = !!flags.json;
   agent.on('log', (line: string) => process.stderr.write(`phaul-fast serve: ${line}\n`));
   agent.on('migrated', (e) => { if (json) process.stdout.write(JSON.stringify({ event: 'migrated', ...e }) + '\n'); });
