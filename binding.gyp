@@ -11,7 +11,9 @@
         "native/page_server.cc",
         "native/dirty_tracker.cc",
         "native/syscall_inject.cc",
-        "native/page_reader.cc"
+        "native/page_reader.cc",
+        "native/lazy_fill.cc",
+        "native/lazy_fill_napi.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

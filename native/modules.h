@@ -10,4 +10,5 @@ void InitSpliceRelay(Napi::Env env, Napi::Object exports); // splice_relay.cc: C
 void InitPageServer(Napi::Env env, Napi::Object exports);  // page_server.cc: CRIU-compatible page server
 void InitDirtyTracker(Napi::Env env, Napi::Object exports);// dirty_tracker.cc: uffd-wp + PAGEMAP_SCAN tracking
 void InitPageReader(Napi::Env env, Napi::Object exports);  // page_reader.cc: reading pages of another process
+void InitLazyFill(Napi::Env env, Napi::Object exports);    // lazy_fill_napi.cc: our lazy-pages server (userfaultfd fill)
 }  // namespace phaul

@@ -177,6 +177,9 @@ fi
 
 if newer dist/.stamp src test bench tsconfig.json; then
   loud "compiling TypeScript"
+  # From scratch: tsc never removes the output of a deleted or moved source file,
+  # and a stale dist/src/x.js would shadow a new dist/src/x/index.js.
+  rm -rf dist
   npx --no-install tsc -p tsconfig.json || die "TypeScript build failed"
   touch dist/.stamp
 fi

@@ -11,9 +11,9 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { createTwoHosts, inHost, TwoHosts } from './testing/hosts';
 import { MemWorkload, startMemWorkload } from './testing/workload';
-import { PROJECT_ROOT } from './criu/binary';
+import { PACKAGE_ROOT } from './package-root';
 
-const CLI = path.join(PROJECT_ROOT, 'dist', 'src', 'cli', 'main.js');
+const CLI = path.join(PACKAGE_ROOT, 'dist', 'src', 'cli', 'main.js');
 const say = (s: string) => process.stdout.write(`${s}\n`);
 
 function run(argv: string[], opts: { echo?: boolean } = {}): Promise<{ code: number; out: string; err: string }> {

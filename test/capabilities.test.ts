@@ -2,7 +2,8 @@
 // hosts' lists, and what makes two hosts incompatible.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { autoMode, incompatibility, parseCapabilities, type Capabilities } from '../src/agent/capabilities';
+import { autoMode, incompatibility, type Capabilities } from '../src/agent/capabilities';
+import { checkCapabilities } from '../src/protocol/messages';
 
 const caps = (modes: string[], over: Partial<Capabilities> = {}): Capabilities => ({
   phaulVersion: '0.1.0', criu: { major: 4, minor: 2, sublevel: 1 }, kernel: '6.18.0', arch: 'x64', modes, ...over,
@@ -27,9 +28,9 @@ test('incompatible: architecture, CRIU before and after 4.2, a mode one side lac
 });
 
 test('capabilities from the network are checked before use', () => {
-  assert.ok(parseCapabilities({ caps: caps(['stop-copy']) }));
+  assert.deepEqual(checkCapabilities(caps(['stop-copy'])), caps(['stop-copy']));
   for (const bad of [undefined, 'x', { ...caps([]), modes: 'hybrid' }, { ...caps([]), criu: { major: -1, minor: 0, sublevel: 0 } },
     { ...caps([]), modes: new Array(16).fill('x') }, { ...caps([]), kernel: 5 }]) {
-    assert.equal(parseCapabilities({ caps: bad }), undefined, JSON.stringify(bad));
+    assert.equal(checkCapabilities(bad), undefined, JSON.stringify(bad));
   }
 });

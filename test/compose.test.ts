@@ -14,7 +14,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../src/errors';
-import { native } from '../src/native';
+import { addon } from '../src/native';
 import { composeImages } from '../src/store/compose';
 import { PageStore, defaultStoreRoot, type PageRange } from '../src/store/page-store';
 import { PE_LAZY, PE_PARENT, PE_PRESENT, readPagemapImage, writePagemapImage } from '../src/store/pagemap-image';
@@ -148,7 +148,7 @@ interface LazyDump {
 }
 
 function startLazyDump(criu: string, pid: number, dir: string): LazyDump {
-  const [mine, theirs] = native.streamSocketPair() as [number, number];
+  const [mine, theirs] = addon().streamSocketPair();
   const t0 = performance.now();
   const child = spawn(criu, ['dump', '-t', String(pid), '-D', dir, '--lazy-pages', '--ps-socket', '3', '--status-fd', '4',
     '--leave-stopped', '-o', 'dump.log'], { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe'] });

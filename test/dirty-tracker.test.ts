@@ -29,7 +29,7 @@ import {
   VMA_TRACKED,
   type DirtySet,
 } from '../src/memory';
-import { mem } from '../src/memory/native-memory';
+import { addon } from '../src/native';
 
 const ROOT = path.join(__dirname, '..', '..');
 const SRC = path.join(ROOT, 'test', 'workloads', 'dirtyload.c');
@@ -304,11 +304,11 @@ function registerTests(): void {
       const nspid = Number(/NSpid:\s+([\d\s]+)/.exec(status)![1].trim().split(/\s+/).pop());
       const times: number[] = [];
       for (let i = 0; i < 20; i++) {
-        const r = mem.injectSyscall(w.pid, 39 /* getpid */);
+        const r = addon().injectSyscall(w.pid, 39 /* getpid */);
         assert.equal(r.ret, nspid, 'getpid() run in the target answers its own pid (1 in its namespace)');
         times.push(r.ns / 1e3);
       }
-      const bad = mem.injectSyscall(w.pid, 3 /* close */, [987654]);
+      const bad = addon().injectSyscall(w.pid, 3 /* close */, [987654]);
       assert.equal(bad.ret, -9, 'a failing syscall returns -EBADF, the raw kernel value');
       bench(`injectSyscall(getpid): median ${median(times).toFixed(0)} us, max ${Math.max(...times).toFixed(0)} us (target held by ptrace)`);
       assert.match(await w.cmd('verify'), /^\d+$/);

@@ -13,15 +13,15 @@ function conn() {
 
 test('a message round-trips, several per chunk and split across chunks', async () => {
   const { wire, c } = conn();
-  const a = encodeFrame({ t: 'one', n: 1 });
-  const b = encodeFrame({ t: 'two', data: Buffer.from([1, 2, 3]) });
+  const a = encodeFrame({ t: 'round-ack', round: 1 });
+  const b = encodeFrame({ t: 'image', name: 'core-1.img', data: Buffer.from([1, 2, 3]) });
   const both = Buffer.concat([a, b]);
   wire.write(both.subarray(0, 3));
   wire.write(both.subarray(3, a.length + 5));
   wire.write(both.subarray(a.length + 5));
-  assert.deepEqual(await c.next(1000), { t: 'one', n: 1 });
-  const m = await c.expect('two', 1000);
-  assert.deepEqual([...(m.data as Uint8Array)], [1, 2, 3]);
+  assert.deepEqual(await c.next(1000), { t: 'round-ack', round: 1 });
+  const m = await c.expect('image', 1000);
+  assert.deepEqual([...m.data], [1, 2, 3]);
 });
 
 test('an error from the peer keeps a known code and never an unknown one', async () => {
@@ -54,6 +54,15 @@ test('an oversized frame, a non-message and a wrong type are protocol errors', a
     wire.write(encodeFrame({ t: 'surprise' }));
     await assert.rejects(c.expect('caps', 1000), (e: unknown) => e instanceof PhaulError && e.code === 'protocol');
   }
+});
+
+test('a message the validator refuses fails that read only: the receiver can still say why', async () => {
+  const { wire, c } = conn();
+  wire.write(encodeFrame({ t: 'round', round: -1, batches: 1 }));
+  wire.write(encodeFrame({ t: 'round-ack', round: 2 }));
+  await assert.rejects(c.next(1000), /message 'round' has a bad 'round'/);
+  assert.deepEqual(await c.next(1000), { t: 'round-ack', round: 2 });
+  assert.equal(c.closed, false);
 });
 
 test('a silent peer times out as a network error', async () => {

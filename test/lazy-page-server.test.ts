@@ -8,7 +8,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { native } from '../src/native';
+import { addon } from '../src/native';
 import { PageStore, defaultStoreRoot } from '../src/store/page-store';
 import { serveLazyPages } from '../src/transport/lazy-page-server';
 import { ChainReader } from '../src/store/chain-reader';
@@ -19,7 +19,7 @@ const FORCE_CLOSE = 0x1024;
 const ADD_F_PRESENT = 6 | (4 << 16);
 
 function pair(): [net.Socket, net.Socket] {
-  const [a, b] = native.streamSocketPair() as [number, number];
+  const [a, b] = addon().streamSocketPair();
   return [new net.Socket({ fd: a, readable: true, writable: true }), new net.Socket({ fd: b, readable: true, writable: true })];
 }
 

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { inHost } from '../src/testing/hosts';
 import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
 import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
-import { PROJECT_ROOT } from '../src/criu/binary';
+import { PACKAGE_ROOT } from '../src/package-root';
 import { CLI, netnsOf, netnsOfPath, runCli, startServe, tempDir, useTwoHostsWithServe } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
@@ -37,6 +37,14 @@ function processesWith(needle: string): number[] {
   return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
     try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
   });
+}
+
+/** Lazy-pages servers of this test's two hosts: other checkouts on a shared
+ *  machine run theirs in their own network namespaces. */
+function ourDaemons(needle: string): number[] {
+  const netns = (f: string) => { try { return fs.statSync(f).ino; } catch { return -1; } };
+  const ours = new Set([fx.hosts.a.netnsPath!, fx.hosts.b.netnsPath!].map(netns));
+  return processesWith(needle).filter((p) => ours.has(netns(`/proc/${p}/ns/net`)));
 }
 
 /** Waits until the destination has no session directory left (it removes each when the session ends). */
@@ -88,10 +96,15 @@ test('hybrid moves a 1 GiB workload that resumes before its memory is back; ever
     assert.equal(typeof rep.phases.fill, 'number');
     assert.match(fx.serve.stderr(), /memory filling lazily/);
     assert.match(fx.serve.stderr(), /memory filled \d+ ms after the restore began/);
+    // Our lazy-pages server placed every lazy page and gave the store's copy back as it went.
+    const fill = rep.fill;
+    assert.ok(fill && fill.pages > 0, JSON.stringify(fill));
+    assert.equal(fill.copiedPages + fill.droppedPages, fill.pages, JSON.stringify(fill));
+    assert.ok(fill.punchedBytes >= fill.copiedPages * 4096 * 0.9, `store given back: ${JSON.stringify(fill)}`);
+    for (const k of ['p50', 'p99', 'max']) assert.equal(typeof fill.faultUs[k], 'number');
     await assertMovedIntact(w, restored, 1024);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon ended');
-    assert.deepEqual(processesWith('lazy-source'), [], 'and its page source');
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server ended');
   } finally {
     await w.stop(restored);
   }
@@ -121,7 +134,7 @@ for (const mode of ['precopy', 'hybrid']) test(`${mode}: a 1 GiB mapping with 32
   const dir = tempDir('sparse');
   const report = path.join(dir, 'report.json');
   const read = () => { try { return JSON.parse(fs.readFileSync(report, 'utf8')); } catch { return null; } };
-  const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'sparsework'), '1024', '32', report],
+  const ns = startInPidNamespace([path.join(PACKAGE_ROOT, 'build', 'workloads', 'sparsework'), '1024', '32', report],
     { netns: fx.hosts.a.netnsPath! });
   let pid = -1;
   let restored = 0;
@@ -174,8 +187,8 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
     w.adopt(restored);
     // The daemon and its page source outlive the agent and finish the job.
     const end2 = Date.now() + 60_000;
-    while ((processesWith('lazy-pages').length || processesWith('lazy-source').length) && Date.now() < end2) await sleep(50);
-    assert.deepEqual([...processesWith('lazy-pages'), ...processesWith('lazy-source')], [], 'daemon and source finished');
+    while (ourDaemons('lazy-fill-process').length && Date.now() < end2) await sleep(50);
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server finished');
     await assertMovedIntact(w, restored, 1024);
     assert.equal(procState(restored) === 'T', false, 'not stopped: the fill succeeded');
   } finally {
@@ -184,7 +197,7 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
   }
 });
 
-test('hybrid: the page source killed mid-fill: the resumed tree does not run on, and migrate warns', { skip }, async () => {
+test('hybrid: the lazy-pages server killed mid-fill: the resumed tree does not run on, and migrate warns', { skip }, async () => {
   const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
   let restored = 0;
   const logBefore = fx.serve.stderr().length;
@@ -192,17 +205,17 @@ test('hybrid: the page source killed mid-fill: the resumed tree does not run on,
     const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
     const end = Date.now() + 60_000;
     let m: RegExpExecArray | null = null;
-    while (!(m = /pages from pid (\d+)\)[^]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
+    while (!(m = /lazy-pages server \(pid (\d+)\)[^]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
     assert.ok(m, 'the workload resumed at the destination');
     assert.doesNotMatch(fx.serve.stderr().slice(logBefore), /memory filled/, 'before its memory was complete');
-    process.kill(Number(m[1]), 'SIGKILL'); // a page source we started (through the agent)
+    process.kill(Number(m[1]), 'SIGKILL'); // a server we started (through the agent)
     const r = await run;
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.json!.warning ?? '', /failed after the workload resumed/);
     restored = r.json!.restoredPid;
     assert.match(fx.serve.stderr().slice(logBefore), /the tree is stopped \(SIGSTOP\)/);
     // Stopped by the destination, or already dead of the SIGBUS the kernel
-    // gives a fault pending when the daemon's userfaultfd closed: not running.
+    // gives a fault pending when the server's userfaultfd closed: not running.
     const st = (isAlive(restored) ? procState(restored) : null) ?? 'gone';
     assert.ok(['T', 'Z', 'gone'].includes(st), `the restored tree is ${st}: it must not run on zero pages`);
     assert.ok(await waitGone(w.pid, 5000), 'the original was committed away: the workload cannot go back');
@@ -211,7 +224,7 @@ test('hybrid: the page source killed mid-fill: the resumed tree does not run on,
   }
 });
 
-test('hybrid: a restore that fails after the lazy-pages daemon started rolls back; the daemon and the copy are gone', { skip }, async () => {
+test('hybrid: a restore that fails after the lazy-pages server started rolls back; the server and the copy are gone', { skip }, async () => {
   // The workload listens on a port that, on the destination host, is taken:
   // CRIU's restore cannot bind it, after the daemon was already waiting.
   const port = 7790;
@@ -232,12 +245,11 @@ test('hybrid: a restore that fails after the lazy-pages daemon started rolls bac
     assert.equal(r.json!.ok, false);
     assert.equal(r.json!.rolledBack, true, r.stderr);
     assert.match(r.json!.error.message, /criu restore failed/, 'it failed where meant to');
-    assert.match(fx.serve.stderr(), /criu lazy-pages \(pid \d+, pages from pid \d+\) waits for the restore/, 'after the daemon started');
+    assert.match(fx.serve.stderr(), /lazy-pages server \(pid \d+\) waits for the restore/, 'after the server started');
     assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
     assert.match(fx.serve.stderr(), /migration failed/);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
-    assert.deepEqual(processesWith('lazy-pages'), [], 'the lazy-pages daemon was ended');
-    assert.deepEqual(processesWith('lazy-source'), [], 'and its page source');
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server was ended');
     assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
       [], 'no restored copy anywhere');
   } finally {
@@ -249,7 +261,7 @@ test('hybrid: a restore that fails after the lazy-pages daemon started rolls bac
 
 for (const mode of ['precopy', 'hybrid']) test(`${mode} keeps every page through fork, new mmaps, munmap, mremap, brk and shared memory`, { skip }, async () => {
   const reports = tempDir('churn');
-  const ns = startInPidNamespace([path.join(PROJECT_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: fx.hosts.a.netnsPath! });
+  const ns = startInPidNamespace([path.join(PACKAGE_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: fx.hosts.a.netnsPath! });
   const read = (role: string) => { try { return JSON.parse(fs.readFileSync(path.join(reports, `report-${role}.json`), 'utf8')); } catch { return null; } };
   let pid = -1;
   let restored = 0;
@@ -356,7 +368,7 @@ test('the source agent killed while CRIU holds the frozen tree: the original res
 });
 
 test('a workload that uses userfaultfd itself is not tracked: precopy falls back to stop-copy and says so', { skip }, async () => {
-  const bin = path.join(PROJECT_ROOT, 'build', 'workloads', 'uffdwork');
+  const bin = path.join(PACKAGE_ROOT, 'build', 'workloads', 'uffdwork');
   const ns = startInPidNamespace([bin], { netns: fx.hosts.a.netnsPath! });
   let pid = -1;
   let restored = 0;

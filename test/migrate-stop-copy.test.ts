@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { runIn } from '../src/testing/hosts';
 import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
 import { isAlive, procState, runCmd, sleep, waitGone } from '../src/testing/proc';
-import { PROJECT_ROOT } from '../src/criu/binary';
+import { PACKAGE_ROOT } from '../src/package-root';
 import { ExitCode } from '../src/errors';
 import { netnsOf, netnsOfPath, runCli, startServe, useTwoHostsWithServe, writeToken } from './helpers/agents';
 
@@ -64,7 +64,7 @@ test('a 1 GiB workload moves to the other host and verifies all of its memory', 
 for (const mode of ['stop-copy', 'hybrid']) test(`${mode}: a process tree with an established TCP connection in its own network namespace survives`, { skip }, async () => {
   const report = path.join(fx.dir, `tcp-${mode}.json`);
   // unshare -n inside the pid namespace's launcher: a network namespace of its own.
-  const ns = startInPidNamespace(['unshare', '-n', path.join(PROJECT_ROOT, 'build', 'workloads', 'tcpwork'), report],
+  const ns = startInPidNamespace(['unshare', '-n', path.join(PACKAGE_ROOT, 'build', 'workloads', 'tcpwork'), report],
     { netns: fx.hosts.a.netnsPath! });
   const readReport = () => { try { return JSON.parse(fs.readFileSync(report, 'utf8')); } catch { return null; } };
   let pid = -1;
@@ -214,7 +214,7 @@ test('garbage from the network does not take the agent down', { skip }, async ()
 });
 
 test('after authentication too, bad requests are refused one by one and the agent goes on', { skip }, async () => {
-  const evil = path.join(PROJECT_ROOT, 'dist', 'test', 'helpers', 'evil-client.js');
+  const evil = path.join(PACKAGE_ROOT, 'dist', 'test', 'helpers', 'evil-client.js');
   const expected: Record<string, RegExp> = {
     'path-traversal': /bad image name/,
     'image-overwrite': /EEXIST|exists/,

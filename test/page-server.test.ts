@@ -20,7 +20,8 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { PageServer, streamSocketPair, type PageServerStats } from '../src/transport/page-server';
 import { PhaulError } from '../src/errors';
-import { criuBinary, PROJECT_ROOT } from '../src/criu/binary';
+import { criuBinary } from '../src/criu/binary';
+import { PACKAGE_ROOT } from '../src/package-root';
 import { startInPidNamespace } from '../src/testing/workload';
 import { killPids, runCmd, signal, sleep } from '../src/testing/proc';
 
@@ -60,8 +61,8 @@ after(() => {
 
 /** build/workloads/pagefill, compiled here when missing or stale (node-gyp rebuild wipes build/). */
 async function ensurePagefill(): Promise<string> {
-  const src = path.join(PROJECT_ROOT, 'test', 'workloads', 'pagefill.c');
-  const bin = path.join(PROJECT_ROOT, 'build', 'workloads', 'pagefill');
+  const src = path.join(PACKAGE_ROOT, 'test', 'workloads', 'pagefill.c');
+  const bin = path.join(PACKAGE_ROOT, 'build', 'workloads', 'pagefill');
   const mtime = (p: string) => { try { return fs.statSync(p).mtimeMs; } catch { return -1; } };
   if (mtime(bin) >= mtime(src)) return bin;
   fs.mkdirSync(path.dirname(bin), { recursive: true });

@@ -8,13 +8,13 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import { PROJECT_ROOT } from '../../src/criu/binary';
+import { PACKAGE_ROOT } from '../../src/package-root';
 import { inHost, spawnIn } from '../../src/testing/hosts';
 import { cpuSeconds, runCmd, signal, waitGone } from '../../src/testing/proc';
 import { type PeerContext, type Peer, type RunFigures, type RunHooks, Unavailable } from './types';
 
 // PHAUL_FAST_BENCH_CLI: another build's bin/phaul-fast.js, to measure it with this harness.
-const CLI = [process.execPath, process.env.PHAUL_FAST_BENCH_CLI || path.join(PROJECT_ROOT, 'bin', 'phaul-fast.js')];
+const CLI = [process.execPath, process.env.PHAUL_FAST_BENCH_CLI || path.join(PACKAGE_ROOT, 'bin', 'phaul-fast.js')];
 const EXIT_USAGE = 2;
 const EXIT_UNAVAILABLE = 3;
 

@@ -3,15 +3,10 @@
 import * as os from 'node:os';
 import { criuVersion } from '../criu/rpc';
 import { DirtyTracker } from '../memory/dirty-tracker';
+import type { Capabilities } from '../protocol/messages';
 import { VERSION } from '../version';
 
-export interface Capabilities {
-  phaulVersion: string;
-  criu: { major: number; minor: number; sublevel: number };
-  kernel: string;
-  arch: string;
-  modes: string[];
-}
+export type { Capabilities };
 
 let cached: Promise<Capabilities> | undefined;
 
@@ -58,15 +53,4 @@ export function incompatibility(a: Capabilities, b: Capabilities, mode: string):
   if (!a.modes.includes(mode)) return `mode ${mode} is not available on the source`;
   if (!b.modes.includes(mode)) return `mode ${mode} is not available on the destination`;
   return undefined;
-}
-
-export function parseCapabilities(m: Record<string, unknown>): Capabilities | undefined {
-  const c = m.caps as Capabilities | undefined;
-  if (!c || typeof c !== 'object') return undefined;
-  const v = c.criu;
-  const ok =
-    typeof c.phaulVersion === 'string' && typeof c.kernel === 'string' && typeof c.arch === 'string' &&
-    Array.isArray(c.modes) && c.modes.every((x) => typeof x === 'string') && c.modes.length < 16 &&
-    v && [v.major, v.minor, v.sublevel].every((n) => Number.isInteger(n) && n >= 0 && n < 1000);
-  return ok ? c : undefined;
 }

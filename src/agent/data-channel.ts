@@ -6,7 +6,7 @@
 // only speak to a plain descriptor.
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { native } from '../native';
+import { addon } from '../native';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
 import { PageServer } from '../transport/page-server';
@@ -40,7 +40,7 @@ function rawFd(sock: net.Socket): number {
 
 /** Pumps a TLS socket to and from one end of a new socketpair; returns the other end. */
 function tlsBridge(sock: tls.TLSSocket): number {
-  const [mine, theirs] = native.streamSocketPair() as [number, number];
+  const [mine, theirs] = addon().streamSocketPair();
   const local = new net.Socket({ fd: mine, readable: true, writable: true });
   sock.pipe(local);
   local.pipe(sock);
@@ -59,7 +59,7 @@ export function openDataChannelServer(conn: FrameConn): DataChannel {
   if (sock instanceof tls.TLSSocket) {
     fd = tlsBridge(sock);
   } else {
-    fd = native.dupStreamFd(rawFd(sock));
+    fd = addon().dupStreamFd(rawFd(sock));
     sock.destroy();
   }
   let handle: PageServer | undefined;
@@ -75,7 +75,7 @@ export function openDataChannelServer(conn: FrameConn): DataChannel {
       if (aborted) return;
       aborted = true;
       if (handle) handle.abort('migration aborted');
-      else native.closeFd(fd);
+      else addon().closeFd(fd);
     },
   };
 }
@@ -97,13 +97,13 @@ export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
     });
     return { criuFd, done, abort: () => sock.destroy() };
   }
-  const fd = native.dupFd(rawFd(sock));
+  const fd = addon().dupFd(rawFd(sock));
   sock.destroy();
-  const relay = native.startRelay(fd) as { criuFd: number; abortFd: number; done: Promise<{ sent: number }> };
+  const relay = addon().startRelay(fd);
   let aborted = false;
   // The wake-up pipe is closed by abortRelay, or here once the relay ended by itself.
   relay.done.catch(() => undefined).finally(() => {
-    if (!aborted) native.closeFd(relay.abortFd);
+    if (!aborted) addon().closeFd(relay.abortFd);
     aborted = true;
   });
   return {
@@ -112,7 +112,7 @@ export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
     abort() {
       if (aborted) return;
       aborted = true;
-      native.abortRelay(relay.abortFd);
+      addon().abortRelay(relay.abortFd);
     },
   };
 }

@@ -5,9 +5,11 @@
 //
 // Two-phase switchover (docs/PROTOCOL.md): restore leaves the tree stopped;
 // `commit` resumes it. If the source goes away before committing, the stopped
-// copy never ran and is killed, while the source resumes its original.
-// Hybrid mode receives like pre-copy but restores lazily: CRIU's lazy-pages
-// daemon fills the tree's memory from this host's store after it resumes.
+// copy never ran and is killed, while the source resumes its original. The
+// session's states, what it accepts in each and what a failure does are the
+// tables of destination-states.ts; one StateMachine moves between them.
+// Hybrid mode receives like pre-copy but restores lazily: our lazy-pages
+// server fills the tree's memory from this host's store after it resumes.
 import { EventEmitter } from 'node:events';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -16,18 +18,23 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateServer } from '../protocol/auth';
-import { bin, FrameConn, int, Message, str } from '../protocol/frames';
+import { FrameConn } from '../protocol/frames';
+import type { Image, Message, Prepare, TreeData, TreeEntries } from '../protocol/messages';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
-import { within, withDeadline } from '../util/deadline';
+import { withDeadline } from '../util/deadline';
 import { runCriuOrThrow } from '../criu/rpc';
-import { LocalLazyPages } from '../criu/lazy-pages';
-import { incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
+import { LazyPagesServer } from '../criu/lazy-pages';
+import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
 import { ContainerServeOptions, ContainerTarget } from '../container/target';
 import { criuBinary } from '../criu/binary';
+import { StateMachine, type StateChange } from './state-machine';
+import {
+  copyRan, DESTINATION_ACCEPTS, DESTINATION_FAILURE, DESTINATION_INITIAL, DESTINATION_TRANSITIONS, type DestinationState,
+} from './destination-states';
 
 export interface DestinationOptions {
   host: string;
@@ -47,16 +54,17 @@ export interface DestinationOptions {
   containers?: ContainerServeOptions;
 }
 
-const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const MAX_IMAGES = 100_000;
 const MAX_IMAGE_BYTES = 4 * 1024 ** 3;
-const CRIU_FLAGS = ['tcpEstablished', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
 
-type State = 'handshake' | 'receiving' | 'restoring' | 'restored-stopped' | 'running' | 'aborted';
+/** Emitted by DestinationAgent as 'state' on every change of a session's state. */
+export interface SessionStateEvent extends StateChange<DestinationState> {
+  session: string;
+}
 
 class DestSession {
   readonly id = crypto.randomBytes(12).toString('hex');
-  state: State = 'handshake';
+  private readonly sm: StateMachine<DestinationState>;
   mode = '';
   dir = '';
   /** Stop-copy: the one page-server connection. */
@@ -65,11 +73,10 @@ class DestSession {
   readonly dataPromise = new Promise<DataChannel>((r) => { this.dataArrived = r; });
   /** Pre-copy: the page store and its batch streams. */
   store?: PageStore;
-  /** Hybrid: the daemon filling the restored tree's memory from the store. */
-  lazyPages?: LocalLazyPages;
-  /** Hybrid: the top level of the store's parent-image chain, which the page source process reads. */
+  /** Hybrid: the server filling the restored tree's memory from the store. */
+  lazyPages?: LazyPagesServer;
+  /** Hybrid: the top level of the store's parent-image chain, which the lazy-pages server reads. */
   private chainTop = '';
-  private criuHeaderSize: 24 | 32 = 32;
   expectedStreams = 0;
   private readonly streams: net.Socket[] = [];
   private readonly received = new Map<number, number>();
@@ -79,7 +86,23 @@ class DestSession {
   /** A container migration: its bundle here and the runtime that will own it. */
   container?: ContainerTarget;
 
-  constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {}
+  constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {
+    this.sm = new StateMachine(`destination session ${this.id.slice(0, 8)}`, DESTINATION_TRANSITIONS, DESTINATION_INITIAL,
+      (c) => agent.emit('state', { session: this.id, ...c } satisfies SessionStateEvent));
+  }
+
+  get state(): DestinationState {
+    return this.sm.state;
+  }
+
+  /** The source's next message, if the current state accepts it; its `error` or `abort` ends the session. */
+  private async receive(timeoutMs: number): Promise<Message> {
+    const m = await this.conn.next(timeoutMs);
+    if (m.t === 'error') throw new PhaulError(m.code, `${this.conn.peer}: ${m.message}`);
+    if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
+    if (!DESTINATION_ACCEPTS[this.state].includes(m.t)) throw new PhaulError('protocol', `unexpected '${m.t}' in state ${this.state}`);
+    return m;
+  }
 
   /** Pre-copy and hybrid: pages come as batches on N streams into a page store. */
   private streamsPages(): boolean {
@@ -141,9 +164,9 @@ class DestSession {
     const { conn, agent } = this;
     try {
       const hello = await conn.expect('caps');
-      const theirs = parseCapabilities(hello);
-      if (!theirs) throw new PhaulError('protocol', 'malformed capabilities');
-      const mode = str(hello, 'mode', 32);
+      const theirs = hello.caps;
+      if (hello.mode === undefined) throw new PhaulError('protocol', "message 'caps' has no 'mode'");
+      const mode = hello.mode;
       const ours = await localCapabilities();
       // 'auto': the source picks from both lists; its `prepare` names the mode (checked there).
       const why = mode === 'auto' ? incompatibility(theirs, ours, 'stop-copy') : incompatibility(theirs, ours, mode);
@@ -152,15 +175,12 @@ class DestSession {
         throw new PhaulError('incompatible', why);
       }
       conn.send({ t: 'caps', caps: ours });
-      this.criuHeaderSize = pageServerHeaderSize(ours.criu);
       this.log(`migration from ${theirs.kernel}/${theirs.arch}, CRIU ${theirs.criu.major}.${theirs.criu.minor}, mode ${mode}`);
 
       const prep = await conn.expect('prepare');
-      this.mode = str(prep, 'mode', 32);
+      this.mode = prep.mode;
       if (!ours.modes.includes(this.mode)) throw new PhaulError('incompatible', `mode ${this.mode} is not available here`);
-      const criuFlags: Record<string, boolean> = {};
-      const requested = (prep.criu ?? {}) as Record<string, unknown>;
-      for (const k of CRIU_FLAGS) if (requested[k] === true) criuFlags[k] = true;
+      const criuFlags = prep.criu;
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
       if (prep.container !== undefined) {
@@ -169,28 +189,34 @@ class DestSession {
       }
 
       if (this.streamsPages()) {
-        this.expectedStreams = int(prep, 'streams', 1, 16);
+        this.expectedStreams = streamsOf(prep);
         // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
-        const memBytes = typeof prep.memBytes === 'number' && prep.memBytes > 0 ? Math.min(prep.memBytes, 2 ** 50) : 0;
+        const memBytes = prep.memBytes ?? 0;
         this.store = new PageStore(fs.mkdtempSync(path.join(agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes), 'phaul-fast-store-')),
           { maxBytes: agent.opts.maxStoreBytes });
         conn.send({ t: 'prepared' });
-        this.state = 'receiving';
+        this.sm.to('receiving');
         await this.receivePrecopy();
       } else {
         conn.send({ t: 'prepared' });
-        this.state = 'receiving';
+        this.sm.to('receiving');
         const data = await withDeadline(this.dataPromise, 30_000, 'network', 'the source did not open its data connection');
         const pages = data.servePages(this.dir, pageServerHeaderSize(theirs.criu));
         pages.catch(() => undefined); // awaited below; an abort before then must not go unhandled
-        const count = await this.receiveImages('restore');
+        const count = await this.receiveImages();
         const stats = await withDeadline(pages, 60_000, 'network', 'pages did not finish arriving');
         this.log(`received ${count} images and ${stats.pages} pages`);
       }
       await this.restoreAndCommit(criuFlags);
     } catch (err) {
       const e = asPhaulError(err);
-      if (this.state !== 'running') {
+      if (this.sm.terminal) {
+        this.log(`after the migration: ${e.message}`);
+      } else if (DESTINATION_FAILURE[this.state as keyof typeof DESTINATION_FAILURE] === 'keep') {
+        // The copy runs and is the workload: nothing rolls back.
+        this.log(`after the workload resumed here: ${e.message}`);
+        this.sm.to('done');
+      } else {
         this.log(`migration failed: ${e.message}`);
         await this.rollback();
         try {
@@ -201,8 +227,8 @@ class DestSession {
       this.data?.abort();
       for (const s of this.streams) s.destroy();
       if (this.lazyPages) {
-        // A tree that ran needs the daemon until every page is in; one that never ran does not.
-        if (this.state === 'running') await this.lazyPages.exited;
+        // A tree that ran needs the server until every page is in; one that never ran does not.
+        if (copyRan(this.state)) await this.lazyPages.exited;
         else await this.lazyPages.kill();
       }
       await this.store?.destroy().catch(() => undefined);
@@ -217,31 +243,24 @@ class DestSession {
   private async receivePrecopy(): Promise<void> {
     const store = this.store!;
     for (;;) {
-      const m = await this.conn.next(10 * 60_000);
+      const m = await this.receive(10 * 60_000);
       if (m.t === 'layout') {
-        const ranges = m.ranges;
-        if (!Array.isArray(ranges) || ranges.length > 1 << 20) throw new PhaulError('protocol', 'bad layout');
-        store.setLayout(int(m, 'pid', 1, 1 << 22), ranges as { vaddr: number; nrPages: number }[]);
+        store.setLayout(m.pid, m.ranges);
         this.conn.send({ t: 'layout-ack' });
       } else if (m.t === 'round') {
-        const round = int(m, 'round', 0, 1 << 20);
-        await this.roundComplete(round, int(m, 'batches', 0, 1 << 30), 10 * 60_000);
-        this.conn.send({ t: 'round-ack', round });
+        await this.roundComplete(m.round, m.batches, 10 * 60_000);
+        this.conn.send({ t: 'round-ack', round: m.round });
       } else if (m.t === 'image') {
         this.writeImage(m);
       } else if (m.t === 'tree-entries' || m.t === 'tree-data') {
         this.treeMessage(m);
       } else if (m.t === 'images-done') {
         // CRIU's images are all here, the final round is on its way: a hybrid
-        // restore's daemon can start now, off the pause's critical path.
+        // restore's lazy-pages server can start now, off the pause's critical path.
         if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
-        const ids = (m.imageIds ?? {}) as Record<string, unknown>;
         const imageIds: Record<number, number> = {};
-        for (const [k, v] of Object.entries(ids)) {
-          if (!/^\d{1,7}$/.test(k) || typeof v !== 'number' || !Number.isInteger(v)) throw new PhaulError('protocol', 'bad image ids');
-          imageIds[Number(k)] = v;
-        }
+        for (const [k, v] of Object.entries(m.imageIds)) imageIds[Number(k)] = v;
         await store.finalizeParent();
         // Hybrid keeps CRIU's lazy entries lazy and serves them from the store;
         // still, every one must be there before the restore.
@@ -250,8 +269,6 @@ class DestSession {
         this.log(`composed ${st.mode} images in ${st.ms.toFixed(1)} ms (${st.storePages - st.zeroPages} pages from the store, ` +
           `${st.zeroPages} all-zero pages left unpopulated, ${st.presentPages} present)`);
         return;
-      } else if (m.t === 'abort') {
-        throw new PhaulError('failed', 'source aborted the migration');
       } else {
         throw new PhaulError('protocol', `unexpected '${m.t}' during pre-copy`);
       }
@@ -261,10 +278,9 @@ class DestSession {
   private imageCount = 0;
   private imageBytes = 0;
 
-  private writeImage(m: Message): void {
-    const name = str(m, 'name', 128);
-    if (!IMAGE_NAME.test(name)) throw new PhaulError('protocol', `bad image name '${name.slice(0, 40)}'`);
-    const body = bin(m, 'data');
+  /** One of CRIU's images (its name was checked by the validator: no path, no dot file). */
+  private writeImage(m: Image): void {
+    const { name, data: body } = m;
     const append = m.append === true;
     if (!append && ++this.imageCount > MAX_IMAGES) throw new PhaulError('protocol', 'too many images');
     this.imageBytes += body.length;
@@ -274,37 +290,36 @@ class DestSession {
   }
 
   /** A container's bundle files, in rounds. */
-  private treeMessage(m: Message): void {
+  private treeMessage(m: TreeEntries | TreeData): void {
     if (!this.container) throw new PhaulError('protocol', `'${m.t}' without a container`);
     this.container.handle(m);
   }
 
-  /** Stop-copy: images until `end`. */
-  private async receiveImages(end: string): Promise<number> {
+  /** Stop-copy: images until `restore`. */
+  private async receiveImages(): Promise<number> {
     for (;;) {
-      const m: Message = await this.conn.next(10 * 60_000);
+      const m = await this.receive(10 * 60_000);
       if (m.t === 'image') { this.writeImage(m); continue; }
       if (m.t === 'tree-entries' || m.t === 'tree-data') { this.treeMessage(m); continue; }
-      if (m.t === 'abort') throw new PhaulError('failed', 'source aborted the migration');
-      if (m.t !== end) throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
+      if (m.t !== 'restore') throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
       return this.imageCount;
     }
   }
 
   /**
-   * Hybrid: the lazy-pages daemon, started as soon as CRIU's images are here
+   * Hybrid: the lazy-pages server, started as soon as CRIU's images are here
    * (the source sends them before its final round) so that its start-up
    * overlaps the final round instead of adding to the pause.
    */
-  private startLazyPages(): LocalLazyPages {
-    this.lazyPages = new LocalLazyPages({ imagesDir: this.dir });
+  private startLazyPages(): LazyPagesServer {
+    this.lazyPages = new LazyPagesServer({ imagesDir: this.dir });
     return this.lazyPages;
   }
 
   /** Restore stopped, report, and resume only on the source's commit. */
-  private async restoreAndCommit(criuFlags: Record<string, boolean>): Promise<void> {
+  private async restoreAndCommit(criuFlags: Prepare['criu']): Promise<void> {
     const { conn, agent } = this;
-    this.state = 'restoring';
+    this.sm.to('restoring');
     const t0 = Date.now();
     // Hybrid with nothing in the store to fill lazily (all of it non-lazy memory) restores plainly.
     const lazy = this.mode === 'hybrid' && this.chainTop !== '';
@@ -314,43 +329,40 @@ class DestSession {
     }
     if (lazy) {
       const lp = this.lazyPages ?? this.startLazyPages();
-      await withDeadline(lp.ready, 30_000, 'criu', 'criu lazy-pages did not start');
-      lp.startSource({ chainTop: this.chainTop, headerSize: this.criuHeaderSize,
-        cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
-      this.log(`criu lazy-pages (pid ${lp.pid}, pages from pid ${lp.sourcePid}) waits for the restore ` +
-        `(started ${t0 - lp.startedAt} ms before it)`);
+      await withDeadline(lp.ready, 30_000, 'criu', 'the lazy-pages server did not start');
+      lp.start({ chainTop: this.chainTop, cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
+      this.log(`lazy-pages server (pid ${lp.pid}) waits for the restore (started ${t0 - lp.startedAt} ms before it)`);
     }
     const timeoutMs = agent.opts.restoreTimeoutMs ?? 120_000;
     if (this.container) {
       // The runtime restores it (and owns it); CRIU leaves it stopped as below.
       this.restoredPid = await this.container.restore({ imagesDir: this.dir, criu: criuBinary(), criuFlags, lazy, timeoutMs });
     } else await this.restoreWithCriu(criuFlags, lazy, timeoutMs);
-    this.state = 'restored-stopped';
-    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, container: this.container?.report() });
+    this.sm.to('restored-stopped');
+    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, ...(this.container ? { container: this.container.report() } : {}) });
     this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
     // The store is not needed any more (hybrid: not until the tree's memory is
     // filled from it): free its memory before resuming.
     if (!lazy) await this.store?.destroy().catch(() => undefined);
 
-    const decision = await conn.next(60_000);
-    if (decision.t === 'commit') {
-      signalAll(treePids(this.restoredPid), 'SIGCONT');
-      this.state = 'running';
-      this.container?.committed();
-      conn.send({ t: 'running', pid: this.restoredPid });
-      this.log(`running as pid ${this.restoredPid}`);
-      agent.emit('migrated', { session: this.id, pid: this.restoredPid, ...(this.container ? { container: this.container.report() } : {}) });
-      if (this.lazyPages) await this.fillLazily(this.lazyPages, t0);
-      await conn.next(5_000).catch(() => undefined); // let the source close first
-    } else if (decision.t === 'abort') {
-      throw new PhaulError('failed', 'source aborted the migration');
-    } else {
-      throw new PhaulError('protocol', `unexpected '${decision.t}' after restore`);
+    // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
+    await this.receive(60_000);
+    signalAll(treePids(this.restoredPid), 'SIGCONT');
+    this.sm.to('running');
+    this.container?.committed();
+    conn.send({ t: 'running', pid: this.restoredPid });
+    this.log(`running as pid ${this.restoredPid}`);
+    agent.emit('migrated', { session: this.id, pid: this.restoredPid, ...(this.container ? { container: this.container.report() } : {}) });
+    if (this.lazyPages) {
+      this.sm.to('filling');
+      await this.fillLazily(this.lazyPages, t0);
     }
+    this.sm.to('done');
+    await conn.next(5_000).catch(() => undefined); // let the source close first
   }
 
   /** A process tree: CRIU restores it stopped, and we learn its pid. */
-  private async restoreWithCriu(criuFlags: Record<string, boolean>, lazy: boolean, timeoutMs: number): Promise<void> {
+  private async restoreWithCriu(criuFlags: Prepare['criu'], lazy: boolean, timeoutMs: number): Promise<void> {
     const { agent } = this;
     const res = await runCriuOrThrow(
       {
@@ -382,42 +394,39 @@ class DestSession {
   }
 
   /**
-   * Hybrid, after the tree runs: wait for the daemon to have copied every
+   * Hybrid, after the tree runs: wait for the server to have placed every
    * page, then tell the source (which may already be gone: the workload no
-   * longer needs it). A daemon failing here cannot be rolled back any more.
+   * longer needs it). A server failing here cannot be rolled back any more.
    */
-  private async fillLazily(lazyPages: LocalLazyPages, t0: number): Promise<void> {
+  private async fillLazily(lazyPages: LazyPagesServer, t0: number): Promise<void> {
     const code = await lazyPages.exited;
     const ms = Date.now() - t0;
-    // The daemon's word decides: it exits 0 only once every page is placed (a
-    // page source that fails makes its reads, and so the daemon, fail). The
-    // source has nothing left to do then: a few seconds to say how it went.
-    const served = await within(lazyPages.sourceExited, 5000);
-    if (served === 'late') await lazyPages.kill();
     this.lazyPages = undefined;
+    // It exits 0 only once every page is in place.
     const ok = code === 0;
-    if (ok && served !== 0) this.log(`the page source ended with ${served} after serving every page: ${lazyPages.sourceLogTail()}`);
+    const fill = lazyPages.stats;
     if (ok) {
-      this.log(`memory filled ${ms} ms after the restore began`);
+      this.log(`memory filled ${ms} ms after the restore began` + (fill ? ` (${fill.copiedPages} pages in ${fill.fillMs} ms after ` +
+        `the restore, ${fill.faults} faults, p99 ${fill.faultUs.p99} us, ${Math.round(fill.punchedBytes / 2 ** 20)} MiB of the store given back)` : ''));
     } else {
-      // Pages the daemon never placed now read as zeros. Stop the tree rather
-      // than let it compute (and write out) garbage; a human decides.
+      // Pages never placed would read as zeros. Stop the tree rather than let
+      // it compute (and write out) garbage; a human decides.
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
-      this.log(`criu lazy-pages exited ${code} (its page source ${served}) before the memory of pid ${this.restoredPid} ` +
-        `was filled; the tree is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()} ` +
-        `${lazyPages.sourceLogTail()}`);
+      this.log(`the lazy-pages server exited ${code} before the memory of pid ${this.restoredPid} was filled; the tree ` +
+        `is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
     }
-    this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms });
+    this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms, fill });
     try {
-      this.conn.send({ t: 'filled', ok, ms });
+      this.conn.send({ t: 'filled', ok, ms, ...(fill ? { fill: { ...fill, faultUs: { ...fill.faultUs } } } : {}) });
     } catch { /* the source left; nothing of ours depends on it */ }
   }
 
   /** The restored copy, if any, never ran: kill it so only the source's original lives. */
   private async rollback(): Promise<void> {
-    this.state = 'aborted';
+    const recovery = DESTINATION_FAILURE[this.state as keyof typeof DESTINATION_FAILURE];
+    this.sm.to('aborted');
     this.data?.abort();
-    if (this.restoredPid > 0 && isAlive(this.restoredPid)) {
+    if (recovery === 'kill-copy' && this.restoredPid > 0 && isAlive(this.restoredPid)) {
       const pids = treePids(this.restoredPid);
       signalAll(pids, 'SIGKILL');
       await waitGone(this.restoredPid, 5000);
@@ -427,6 +436,13 @@ class DestSession {
   }
 }
 
+/** Pre-copy modes: the number of data streams `prepare` announced (required there). */
+function streamsOf(prep: Prepare): number {
+  if (prep.streams === undefined) throw new PhaulError('protocol', "message 'prepare' has no 'streams'");
+  return prep.streams;
+}
+
+/** Emits 'log' (string), 'state' (SessionStateEvent), 'migrated' and 'filled' ({ session, pid, ... }). */
 export class DestinationAgent extends EventEmitter {
   readonly sessions = new Map<string, DestSession>();
   private server?: net.Server;

@@ -7,6 +7,8 @@
 // original stopped), tell the destination to resume, and kill the original
 // once the destination confirms it runs. Any failure before the commit makes
 // CRIU (or us) resume the original: a workload is never lost and never runs twice.
+// The session's states and what a failure in each does to the workload are the
+// tables of source-states.ts; one StateMachine moves between them.
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -15,9 +17,10 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
-import { FrameConn, int, Message } from '../protocol/frames';
+import { FrameConn } from '../protocol/frames';
+import type { Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu/rpc';
-import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize, parseCapabilities } from './capabilities';
+import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
 import { LazyDump } from '../criu/lazy-dump';
@@ -27,7 +30,9 @@ import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from '.
 import { WorkloadThrottle } from './throttle';
 import { withDeadline } from '../util/deadline';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
-import { ContainerSource, ContainerSpec } from '../container/source';
+import { StateMachine, type StateChange } from './state-machine';
+import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
+import { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
 import { containerDumpArgs } from '../container/dump-options';
 
 /**
@@ -41,15 +46,15 @@ export type Mode = 'stop-copy' | 'precopy' | 'hybrid';
 export const MODES: readonly Mode[] = ['stop-copy', 'precopy', 'hybrid'];
 
 interface RunState {
+  /** Where the session is; SOURCE_FAILURE says what a failure there does. */
+  sm: StateMachine<SourceState>;
   conn?: FrameConn;
   data?: SourceDataChannel;
   dump?: LazyDump;
   streams?: Socket[];
   throttle?: WorkloadThrottle;
-  /** Pre-copy: CRIU's lazy dump finishing after the commit point. */
+  /** CRIU finishing after it let go of the original (pre-copy: the lazy dump's end). */
   criuDone?: Promise<void>;
-  originalHeldByUs: boolean;
-  commitSent: boolean;
 }
 
 /** What each mode leaves behind at the point where the destination holds a stopped copy. */
@@ -104,6 +109,8 @@ export interface MigrationReport {
   fallback?: string;
   /** Hybrid: from the freeze until every page is in the restored tree's memory. */
   filledMs?: number;
+  /** Hybrid: what the destination's lazy-pages server did (src/criu/lazy-pages.ts FillStats). */
+  fill?: Stats;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
   /** A container: as the destination's runtime knows it now. */
@@ -113,6 +120,8 @@ export interface MigrationReport {
 export interface FailureReport {
   ok: false;
   error: { code: string; message: string };
+  /** The source touched the workload and resumed it: it runs at the source as before. False when
+   *  nothing was touched (usage errors, no such process) and when it could not be resumed (code `lost`). */
   rolledBack: boolean;
 }
 
@@ -131,7 +140,9 @@ export interface PhaseEvent {
   ms: number;
 }
 
-/** One migration. Emits 'phase' ({ phase, ms }), 'round' (RoundEvent, pre-copy) and 'log' (string). */
+export type SourceStateEvent = StateChange<SourceState>;
+
+/** One migration. Emits 'state' (SourceStateEvent), 'phase' ({ phase, ms }), 'round' (RoundEvent, pre-copy) and 'log' (string). */
 export class Migration extends EventEmitter {
   private readonly t0 = Date.now();
   private last = this.t0;
@@ -159,19 +170,21 @@ export class Migration extends EventEmitter {
     const o = this.opts;
     const requested = o.mode ?? 'auto';
     let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
-    if (requested !== 'auto' && !MODES.includes(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), true);
+    // Refused before anything is touched: nothing to roll back.
+    if (requested !== 'auto' && !MODES.includes(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
     if (o.container) {
-      this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), true); });
+      this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
       this.pid = this.container.pid;
     } else {
       this.pid = o.pid ?? 0;
     }
     const pid = this.pid;
-    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${pid}`), true);
-    if (!isAlive(pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${pid}`), true);
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${pid}`), false);
+    if (!isAlive(pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${pid}`), false);
 
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
-    const st: RunState = { originalHeldByUs: false, commitSent: false };
+    const sm = new StateMachine<SourceState>('source', SOURCE_TRANSITIONS, SOURCE_INITIAL, (c) => this.emit('state', c satisfies SourceStateEvent));
+    const st: RunState = { sm };
     let tracker: TreeTracker | undefined;
     let fallback: string | undefined;
     try {
@@ -180,9 +193,9 @@ export class Migration extends EventEmitter {
       const session = await authenticateClient(st.conn, o.token, 'control');
       this.phase('connect');
 
+      sm.to('negotiating');
       st.conn.send({ t: 'caps', caps: ours, mode: requested });
-      const theirs = parseCapabilities(await st.conn.expect('caps'));
-      if (!theirs) throw new PhaulError('protocol', 'destination sent malformed capabilities');
+      const theirs = (await st.conn.expect('caps')).caps;
       if (requested === 'auto') mode = autoMode(ours, theirs);
       const why = incompatibility(ours, theirs, mode);
       if (why) throw new PhaulError('incompatible', why);
@@ -208,20 +221,25 @@ export class Migration extends EventEmitter {
       const conn = st.conn;
       try {
         conn.send({ t: 'commit' });
-        st.commitSent = true;
       } catch (e) {
         throw asPhaulError(e, 'network');
       }
+      sm.to('committing');
       await conn.expect('running', 30_000);
+      sm.to('committed');
       const runningAt = Date.now();
       this.phase('commit');
       // CRIU first lets go of the tree (it still holds it under ptrace), then we end it.
       await st.criuDone?.catch((e) => this.emit('log', `criu after the commit: ${asPhaulError(e).message}`));
       signalAll(result.original, 'SIGKILL');
-      st.originalHeldByUs = false;
       await waitGone(pid, 5000);
       const forgot = await this.container?.forget();
-      const filled = mode === 'hybrid' ? await this.awaitFilled(conn, result.freezeAt) : {};
+      let filled = {};
+      if (mode === 'hybrid') {
+        sm.to('filling');
+        filled = await this.awaitFilled(conn, result.freezeAt);
+      }
+      sm.to('done');
       conn.close();
       const report: MigrationReport = {
         ok: true,
@@ -239,28 +257,7 @@ export class Migration extends EventEmitter {
       if (forgot) report.warning = report.warning ? `${report.warning}; ${forgot}` : forgot;
       return report;
     } catch (err) {
-      const e = asPhaulError(err);
-      st.data?.abort();
-      await st.dump?.rollback();
-      const conn = st.conn;
-      if (conn && !conn.closed) {
-        try { conn.send({ t: 'abort', message: e.message }); } catch { /* gone */ }
-        conn.close();
-      }
-      if (st.originalHeldByUs && !st.commitSent) {
-        // CRIU finished and left the original stopped; the destination never got the commit.
-        // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
-        await st.criuDone?.catch(() => undefined);
-        signalAll(treePids(pid), 'SIGCONT');
-        st.originalHeldByUs = false;
-      }
-      if (st.originalHeldByUs) {
-        const msg = `${e.message}; the destination did not confirm after the commit, so the original is left stopped ` +
-          `(pid ${pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
-        throw new MigrationError(new PhaulError('lost', msg), false);
-      }
-      const resumed = isAlive(pid) && procState(pid) !== 'T';
-      throw new MigrationError(e, resumed);
+      throw await this.recover(st, asPhaulError(err));
     } finally {
       tracker?.close();
       st.throttle?.release();
@@ -270,17 +267,51 @@ export class Migration extends EventEmitter {
   }
 
   /**
+   * A failure, undone as SOURCE_FAILURE says for the state it happened in
+   * (docs/PROTOCOL.md's failure table). Returns the error to throw.
+   */
+  private async recover(st: RunState, e: PhaulError): Promise<MigrationError> {
+    const { sm } = st;
+    const recovery = isLive(sm.state) ? SOURCE_FAILURE[sm.state] : 'none';
+    // Whatever the state: our relay and CRIU's lazy dump end first (a lazy
+    // dump that has not let go of the tree resumes it), then the destination
+    // is told, so that it kills a copy that never ran.
+    st.data?.abort();
+    await st.dump?.rollback();
+    const conn = st.conn;
+    if (conn && !conn.closed) {
+      try { conn.send({ t: 'abort', message: e.message }); } catch { /* gone */ }
+      conn.close();
+    }
+    if (recovery === 'leave-stopped') {
+      sm.to('lost');
+      const msg = `${e.message}; the destination did not confirm after the commit, so the original is left stopped ` +
+        `(pid ${this.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
+      return new MigrationError(new PhaulError('lost', msg), false);
+    }
+    if (recovery === 'resume') {
+      // CRIU finished and left the original stopped; the destination never got the commit.
+      // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
+      await st.criuDone?.catch(() => undefined);
+      signalAll(treePids(this.pid), 'SIGCONT');
+    }
+    const resumed = recovery !== 'none' && isAlive(this.pid) && procState(this.pid) !== 'T';
+    if (!sm.terminal) sm.to(resumed ? 'rolled-back' : 'failed');
+    return new MigrationError(e, resumed);
+  }
+
+  /**
    * Hybrid, after the commit: the destination says when its lazy-pages daemon
    * has filled the tree's memory. The workload runs there already, so nothing
    * here can fail the migration; a problem becomes a warning in the report.
    */
-  private async awaitFilled(conn: FrameConn, freezeAt: number): Promise<{ filledMs?: number; warning?: string }> {
+  private async awaitFilled(conn: FrameConn, freezeAt: number): Promise<{ filledMs?: number; fill?: Stats; warning?: string }> {
     const timeoutMs = 60_000 + this.memBytes / 50e3; // 50 MB/s at worst, a minute of slack
     try {
       const m = await conn.expect('filled', timeoutMs);
       this.phase('fill');
-      if (m.ok !== true) return { warning: 'the destination\'s lazy-pages daemon failed after the workload resumed there (see its log)' };
-      return { filledMs: Date.now() - freezeAt };
+      if (m.ok !== true) return { warning: 'the destination\'s lazy-pages server failed after the workload resumed there (see its log)' };
+      return { filledMs: Date.now() - freezeAt, ...(m.fill ? { fill: m.fill } : {}) };
     } catch (e) {
       return { warning: `no word from the destination on filling the workload's memory: ${asPhaulError(e).message}` };
     }
@@ -299,7 +330,8 @@ export class Migration extends EventEmitter {
     const o = this.opts;
     const conn = st.conn!;
     const criuFlags = this.criuFlags();
-    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, container: this.container?.describe() });
+    st.sm.to('preparing');
+    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, ...this.containerField() });
     await conn.expect('prepared');
     this.syncBundle(conn);
     const dconn = await this.connect();
@@ -311,6 +343,8 @@ export class Migration extends EventEmitter {
     let freezeAt = 0;
     let restoredPid = 0;
     let imageBytes = 0;
+    // From here CRIU has the tree: if anything fails, its dump fails and it resumes the original.
+    st.sm.to('dumping');
     const res = await runCriu(
       {
         type: 'dump',
@@ -339,8 +373,9 @@ export class Migration extends EventEmitter {
             conn.send({ t: 'restore' });
             this.phase('images');
             const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
-            restoredPid = int(r, 'pid', 1, 1 << 22);
-            this.noteContainer(r);
+            restoredPid = r.pid;
+            this.noteContainer(r.container);
+            st.sm.to('restored');
             this.phase('restore');
           }
           return true;
@@ -351,7 +386,8 @@ export class Migration extends EventEmitter {
       const tail = criuLogTail(path.join(workDir, 'dump.log'));
       throw new PhaulError('criu', `criu dump failed: ${tail || res.crErrmsg?.trim() || 'unknown error'}`);
     }
-    st.originalHeldByUs = true;
+    // CRIU finished with leave-stopped: the original is stopped, and ours to resume.
+    st.sm.to('held');
     const original = treePids(this.pid);
     const relayed = await data.done.catch(() => ({ sent: 0 }));
     return { freezeAt, restoredPid, original, bytesSent: relayed.sent + imageBytes };
@@ -366,7 +402,8 @@ export class Migration extends EventEmitter {
     const pid = this.pid;
     const memBytes = treeMemoryBytes(pid);
     this.memBytes = memBytes;
-    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, container: this.container?.describe() });
+    st.sm.to('preparing');
+    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, ...this.containerField() });
     await conn.expect('prepared');
     this.syncBundle(conn);
     st.streams = [];
@@ -377,6 +414,7 @@ export class Migration extends EventEmitter {
       st.streams.push(d.socket as Socket);
     }
     this.phase('handshake');
+    st.sm.to('copying');
 
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
     st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
@@ -394,6 +432,7 @@ export class Migration extends EventEmitter {
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
     const freezeAt = Date.now();
     const ours = await localCapabilities();
+    st.sm.to('dumping');
     st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
       extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
     // A CRIU that never gets its images written must not hold the tree frozen
@@ -413,8 +452,9 @@ export class Migration extends EventEmitter {
     for (const p of original) imageIds[String(nsPid(p))] = p;
     conn.send({ t: 'switchover', imageIds });
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
-    const restoredPid = int(r, 'pid', 1, 1 << 22);
-    this.noteContainer(r);
+    const restoredPid = r.pid;
+    this.noteContainer(r.container);
+    st.sm.to('restored');
     this.phase('restore');
     // The copy exists (stopped). Let CRIU finish; the original stays stopped.
     const dump = st.dump;
@@ -424,11 +464,16 @@ export class Migration extends EventEmitter {
     // so the destination may resume while CRIU is still winding down (its
     // unpinning of the lazy pages took ~150 ms here), instead of after.
     signalAll(original, 'SIGSTOP');
-    st.originalHeldByUs = true;
+    st.sm.to('held');
     st.criuDone = dump.commit();
     st.criuDone.catch(() => undefined);
     this.emit('log', `final round: ${finalPages} pages`);
     return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
+  }
+
+  /** `prepare`'s container field, for a container migration. */
+  private containerField(): { container?: ContainerDescriptor } {
+    return this.container ? { container: this.container.describe() } : {};
   }
 
   /** A container's bundle, while it runs: everything the first time. */
@@ -446,10 +491,8 @@ export class Migration extends EventEmitter {
     this.emit('log', `bundle: last delta ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while frozen`);
   }
 
-  private noteContainer(r: Message): void {
-    const c = r.container as Record<string, unknown> | undefined;
-    if (!this.container || !c) return;
-    this.containerAtDest = { id: String(c.id ?? '').slice(0, 128), runtime: String(c.runtime ?? '').slice(0, 32), bundle: String(c.bundle ?? '').slice(0, 4096) };
+  private noteContainer(c: { id: string; runtime: string; bundle: string } | undefined): void {
+    if (this.container && c) this.containerAtDest = c;
   }
 
   /** Sends every image CRIU wrote locally (pages went to the page server). */

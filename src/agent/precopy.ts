@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import type { Socket } from 'node:net';
 import { PhaulError, asPhaulError } from '../errors';
-import { FrameConn, int } from '../protocol/frames';
+import { FrameConn } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
@@ -281,7 +281,7 @@ export class PrecopySender {
   async endRound(round: number, batchCount: number, final = false): Promise<void> {
     this.control.send({ t: 'round', round, batches: batchCount, final });
     const ack = await this.control.expect('round-ack', 120_000);
-    if (int(ack, 'round', 0, 1 << 30) !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
+    if (ack.round !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
   }
 }
 

@@ -2,6 +2,7 @@
 // `criu check` say, whether the addon's libcriu path talks to it, and CRIU's
 // own view of the kernel features we care about (`criu check --feature`).
 import { criuBinary } from '../criu/binary';
+import { criuCheck } from '../criu/libcriu';
 import { exec, oneLine } from './exec';
 
 export interface CriuReport {
@@ -35,8 +36,6 @@ function findBinary(override?: string): string | null {
 
 async function rpcCheck(binary: string): Promise<{ ok: boolean; detail: string }> {
   try {
-    // Loaded here so a missing addon is a reported fact, not a crash of `check`.
-    const { criuCheck } = require('../criu/libcriu') as typeof import('../criu/libcriu');
     await criuCheck({ criuBinary: binary, timeoutMs: 60_000 });
     return { ok: true, detail: 'ok' };
   } catch (err) {

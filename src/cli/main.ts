@@ -1,19 +1,20 @@
 // The phaul-fast command line: one module per subcommand under commands/.
 // Every error ends as one line on stderr and a distinct exit code (src/errors.ts).
+// A command's module is loaded only when that command runs, so `--help` and
+// `check` work without the addon and the bench harness (bench/, not part of the
+// package) is loaded only for `bench`.
 import { asPhaulError, ExitCode } from '../errors';
 import { VERSION } from '../version';
-import * as check from './commands/check';
-import * as serve from './commands/serve';
-import * as migrate from './commands/migrate';
-import * as bench from './commands/bench';
 
-type Command = { about: string; mod: { run(argv: string[]): Promise<number> } };
+type CommandModule = { run(argv: string[]): Promise<number> };
+type Command = { about: string; load(): CommandModule };
 
 const commands: Record<string, Command> = {
-  check: { about: 'probe this machine: CRIU, kernel features, which migration modes work', mod: check },
-  serve: { about: 'run the destination agent that receives migrations', mod: serve },
-  migrate: { about: 'move a process tree to a destination agent', mod: migrate },
-  bench: { about: 'measure downtime against CRIU\'s own migration paths', mod: bench },
+  check: { about: 'probe this machine: CRIU, kernel features, which migration modes work', load: () => require('./commands/check') as CommandModule },
+  setup: { about: 'as root: install what is missing (Debian packages, CRIU, sysctls) and build the addon', load: () => require('./commands/setup') as CommandModule },
+  serve: { about: 'run the destination agent that receives migrations', load: () => require('./commands/serve') as CommandModule },
+  migrate: { about: 'move a process tree to a destination agent', load: () => require('./commands/migrate') as CommandModule },
+  bench: { about: 'measure downtime against CRIU\'s own migration paths (source checkout only)', load: () => require('./commands/bench') as CommandModule },
 };
 
 function usage(): string {
@@ -45,7 +46,7 @@ export async function main(argv: string[]): Promise<number> {
     return ExitCode.usage;
   }
   try {
-    return await c.mod.run(rest);
+    return await c.load().run(rest);
   } catch (err) {
     const e = asPhaulError(err);
     process.stderr.write(`phaul-fast ${cmd}: ${e.message}\n`);

@@ -15,7 +15,7 @@
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { native } from '../native';
+import { addon } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
 import { criuLogTail } from './rpc';
@@ -48,7 +48,7 @@ export class LazyDump {
   readonly exited: Promise<number | null>;
 
   constructor(readonly opts: LazyDumpOptions) {
-    const [mine, theirs] = native.streamSocketPair() as [number, number];
+    const [mine, theirs] = addon().streamSocketPair();
     this.sock = mine;
     const args = ['dump', '-t', String(opts.pid), '-D', opts.imagesDir, '--lazy-pages', '--ps-socket', '3',
       '--status-fd', '4', '--leave-stopped', '-o', 'dump.log'];
@@ -79,7 +79,7 @@ export class LazyDump {
 
   private closeSocket(): void {
     if (this.sock >= 0) {
-      native.closeFd(this.sock);
+      addon().closeFd(this.sock);
       this.sock = -1;
     }
   }

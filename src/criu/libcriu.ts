@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
-import { native } from '../native';
+import { addon, type CriuOpsArgs, type CriuOpsNative } from '../native';
 import { criuBinary } from './binary';
 
 export type NetworkLock = 'iptables' | 'nftables' | 'skip';
@@ -72,15 +72,16 @@ export interface CriuFailure {
   logPath?: string;
 }
 
-function base(opts: CriuCallOptions, call: string): Record<string, unknown> {
+function base(opts: CriuCallOptions, call: string): CriuOpsArgs {
   if (opts.logFile !== undefined && (opts.logFile === '' || opts.logFile.includes('/')))
     throw new PhaulError('usage', `logFile must be a bare file name, got '${opts.logFile}'`);
   return { ...opts, criuBinary: opts.criuBinary ?? criuBinary(), logFile: opts.logFile ?? `${call}.log` };
 }
 
-async function call<T>(fn: string, args: Record<string, unknown>, onError?: (e: PhaulError) => PhaulError): Promise<T> {
+async function call<K extends keyof CriuOpsNative>(fn: K, args: CriuOpsArgs, onError?: (e: PhaulError) => PhaulError): Promise<Awaited<ReturnType<CriuOpsNative[K]>>> {
+  const a = addon();
   try {
-    return await native[fn](args);
+    return (await a[fn](args)) as Awaited<ReturnType<CriuOpsNative[K]>>;
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
     const e = new PhaulError(err instanceof TypeError ? 'usage' : 'criu', msg, { cause: err });
@@ -95,7 +96,7 @@ async function call<T>(fn: string, args: Record<string, unknown>, onError?: (e: 
 export async function criuCheck(opts: CriuCheckOptions = {}): Promise<void> {
   const tmp = opts.imagesDir ? undefined : await fs.promises.mkdtemp(path.join(os.tmpdir(), 'phaul-check-'));
   try {
-    await call<void>('criuCheck', { ...base(opts, 'check'), imagesDir: opts.imagesDir ?? tmp });
+    await call('criuCheck', { ...base(opts, 'check'), imagesDir: opts.imagesDir ?? tmp });
   } finally {
     if (tmp) await fs.promises.rm(tmp, { recursive: true, force: true });
   }
@@ -104,7 +105,7 @@ export async function criuCheck(opts: CriuCheckOptions = {}): Promise<void> {
 /** Dumps the tree rooted at opts.pid into opts.imagesDir (killed unless leaveRunning/leaveStopped). */
 export async function criuDump(opts: CriuDumpOptions): Promise<void> {
   if (!Number.isInteger(opts.pid) || opts.pid <= 0) throw new PhaulError('usage', `pid must be a positive integer, got ${opts.pid}`);
-  await call<void>('criuDump', base(opts, 'dump'), (e) =>
+  await call('criuDump', base(opts, 'dump'), (e) =>
     // Say plainly when the cause is simply that the process is gone.
     fs.existsSync(`/proc/${opts.pid}`) ? e : new PhaulError('notFound', `no process ${opts.pid}: ${e.message}`, { cause: e.cause }),
   );
@@ -116,7 +117,7 @@ export async function criuDump(opts: CriuDumpOptions): Promise<void> {
  * restored root, in this process's pid namespace.
  */
 export async function criuRestore(opts: CriuRestoreOptions): Promise<number> {
-  return call<number>('criuRestore', { ...base(opts, 'restore'), timeoutMs: opts.timeoutMs ?? 120_000 });
+  return call('criuRestore', { ...base(opts, 'restore'), timeoutMs: opts.timeoutMs ?? 120_000 });
 }
 
 export interface CriuVersion {
@@ -129,6 +130,6 @@ export interface CriuVersion {
 
 /** The version of the CRIU binary itself (not of libcriu), over RPC. */
 export async function criuVersion(opts: Pick<CriuCallOptions, 'criuBinary' | 'timeoutMs'> = {}): Promise<CriuVersion> {
-  const code = await call<number>('criuVersion', { criuBinary: opts.criuBinary ?? criuBinary(), timeoutMs: opts.timeoutMs ?? 30_000 });
+  const code = await call('criuVersion', { criuBinary: opts.criuBinary ?? criuBinary(), timeoutMs: opts.timeoutMs ?? 30_000 });
   return { major: Math.floor(code / 10000), minor: Math.floor(code / 100) % 100, sublevel: code % 100, code };
 }

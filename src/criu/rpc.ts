@@ -3,7 +3,7 @@
 // CRIU at a decision point (after post-dump: kill the source, or resume it).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { native } from '../native';
+import { addon, type CriuRpcMessage } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
 
@@ -63,18 +63,6 @@ export interface CriuResult {
  *  Resolve true to let CRIU go on, false (or throw) to make the action fail. */
 export type NotifyHandler = (script: string, pid?: number) => boolean | Promise<boolean>;
 
-interface RawMessage {
-  eof: boolean;
-  type?: string;
-  success?: boolean;
-  script?: string;
-  pid?: number;
-  restorePid?: number;
-  crErrno?: number;
-  crErrmsg?: string;
-  version?: { major: number; minor: number; sublevel: number };
-}
-
 export interface RunOptions {
   inheritFds?: number[];
   onNotify?: NotifyHandler;
@@ -100,11 +88,11 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
   let dirFd = -1;
   const opts: Record<string, unknown> = { ...(req.opts ?? {}) };
   if (req.imagesDir) {
-    dirFd = native.openDir(req.imagesDir);
+    dirFd = addon().openDir(req.imagesDir);
     opts.imagesDirFd = dirFd;
   }
   if (req.logFile) opts.logFile = req.logFile;
-  const session = new native.CriuSwrk(bin, ro.inheritFds ?? []);
+  const session = new (addon().CriuSwrk)(bin, ro.inheritFds ?? []);
   let hookError: unknown;
   let timedOut = false;
   const timer = ro.timeoutMs
@@ -113,7 +101,7 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
   try {
     session.request({ type: req.type, opts: req.type === 'version' || req.type === 'check' ? undefined : opts });
     for (;;) {
-      const m: RawMessage = await session.next();
+      const m: CriuRpcMessage = await session.next();
       if (m.eof) {
         if (timedOut) throw new PhaulError('criu', `criu ${req.type} did not finish within ${Math.round(ro.timeoutMs! / 1000)} s and was killed${logHint(req)}`);
         throw new PhaulError('criu', `criu ${req.type} ended without an answer${logHint(req)}`);
@@ -141,7 +129,7 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
     if (timer) clearTimeout(timer);
     session.close();
     await session.wait().catch(() => undefined);
-    if (dirFd >= 0) native.closeFd(dirFd);
+    if (dirFd >= 0) addon().closeFd(dirFd);
   }
 }
 

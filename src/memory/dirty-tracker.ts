@@ -2,7 +2,7 @@
 // section 3). One per process: the tracking is per address space, and fork
 // children are not covered (TreeTracker tracks a whole tree).
 import { DirtyTrackingError, fromNative } from './errors';
-import { mem, type NativeDirtyTracker, type NativeStats } from './native-memory';
+import { addon, type NativeDirtyTracker, type NativeStats } from '../native';
 
 export interface DirtySet {
   pid: number;
@@ -49,13 +49,13 @@ export class DirtyTracker {
 
   /** Kernel support for tracking: { ok, reason }. */
   static support(): { ok: boolean; features: number; reason: string } {
-    return mem.dirtyTrackingSupport();
+    return addon().dirtyTrackingSupport();
   }
 
   constructor(pid: number) {
     if (!Number.isInteger(pid) || pid <= 0) throw new DirtyTrackingError('failed', pid, `invalid pid ${pid}`);
     this.pid = pid;
-    this.t = new mem.DirtyTracker(pid);
+    this.t = new (addon().DirtyTracker)(pid);
   }
 
   /**

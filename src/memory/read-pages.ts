@@ -1,7 +1,7 @@
 // readPages: copies pages of another process into a buffer with
 // process_vm_readv on the libuv pool (the event loop never blocks).
 import { fromNative } from './errors';
-import { mem } from './native-memory';
+import { addon } from '../native';
 import { pairBytes, PAGE_SIZE } from './ranges';
 
 export interface ReadPagesOptions {
@@ -36,7 +36,7 @@ export async function readPages(pid: number, ranges: BigUint64Array, opts: ReadP
   const offset = opts.offset ?? 0;
   const buffer = opts.buffer ?? Buffer.allocUnsafe(bytes);
   try {
-    const r = await mem.readPages(pid, ranges, buffer, { offset, zeroMap: !!opts.zeroMap });
+    const r = await addon().readPages(pid, ranges, buffer, { offset, zeroMap: !!opts.zeroMap });
     return { buffer, bytes: r.bytes, missing: r.missing, zeroMap: r.zeroMap, zeroPages: r.zeroPages, calls: r.calls, ms: r.ns / 1e6 };
   } catch (e) {
     throw fromNative(e, pid);

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 
 import { DirtyTracker, type DirtySet } from './dirty-tracker';
 import { DirtyTrackingError } from './errors';
-import { mem } from './native-memory';
+import { addon } from '../native';
 
 export interface TreeScan {
   /** One dirty set per tracked process. */
@@ -146,7 +146,7 @@ export class TreeTracker {
   private sharesMmWith(pid: number): number | undefined {
     for (const p of this.trackers.keys()) {
       try {
-        if (mem.sameMm(pid, p)) return p;
+        if (addon().sameMm(pid, p)) return p;
       } catch {
         // one of them is gone
       }

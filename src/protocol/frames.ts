@@ -1,14 +1,21 @@
 // The control channel's framing: a u32 big-endian length, then one msgpack
 // message (an object whose `t` names its type). Nothing a peer sends is
 // trusted: frames over MAX_FRAME, non-objects and messages without a string `t`
-// end the connection with a protocol error.
+// end the connection with a protocol error. A frame that decodes is then
+// checked by the one message validator (messages.ts): a message of an unknown
+// type or with a bad field is refused on its own (`next` rejects), so the
+// receiver can still tell the peer why before it closes.
 import type { Duplex } from 'node:stream';
 import { Packr, Unpackr } from 'msgpackr';
-import { ErrorCode, ExitCode, PhaulError } from '../errors';
+import { PhaulError } from '../errors';
+import { parseMessage, type Message, type MessageOf, type MessageType } from './messages';
+
+export type { Message, MessageOf, MessageType };
 
 export const MAX_FRAME = 64 * 1024 * 1024;
 
-export interface Message {
+/** A decoded frame before validation: an object with a string `t`. */
+interface RawMessage {
   t: string;
   [k: string]: unknown;
 }
@@ -16,7 +23,7 @@ export interface Message {
 const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false });
 
-export function encodeFrame(msg: Message): Buffer {
+export function encodeFrame(msg: Message | RawMessage): Buffer {
   const body = packr.pack(msg);
   const head = Buffer.allocUnsafe(4);
   head.writeUInt32BE(body.length, 0);
@@ -27,8 +34,8 @@ export function encodeFrame(msg: Message): Buffer {
 export class FrameConn {
   readonly socket: Duplex;
   private buf: Buffer = Buffer.alloc(0);
-  private queue: Message[] = [];
-  private waiters: { resolve: (m: Message) => void; reject: (e: Error) => void }[] = [];
+  private queue: RawMessage[] = [];
+  private waiters: { resolve: (m: RawMessage) => void; reject: (e: Error) => void }[] = [];
   private failure: PhaulError | undefined;
   private detached = false;
 
@@ -58,14 +65,14 @@ export class FrameConn {
       } catch {
         msg = undefined;
       }
-      if (!msg || typeof msg !== 'object' || typeof (msg as Message).t !== 'string') {
+      if (!msg || typeof msg !== 'object' || typeof (msg as RawMessage).t !== 'string') {
         this.fail(new PhaulError('protocol', `${this.peer} sent a malformed message`));
         this.socket.destroy();
         return;
       }
       const w = this.waiters.shift();
-      if (w) w.resolve(msg as Message);
-      else this.queue.push(msg as Message);
+      if (w) w.resolve(msg as RawMessage);
+      else this.queue.push(msg as RawMessage);
     }
   }
 
@@ -84,8 +91,12 @@ export class FrameConn {
     this.socket.write(encodeFrame(msg));
   }
 
-  /** Waits for the next message; rejects on close, error or timeout. */
-  next(timeoutMs = 30_000): Promise<Message> {
+  /** Waits for the next message; rejects on close, error or timeout, and for a message the validator refuses. */
+  async next(timeoutMs = 30_000): Promise<Message> {
+    return parseMessage(await this.nextFrame(timeoutMs));
+  }
+
+  private nextFrame(timeoutMs: number): Promise<RawMessage> {
     const queued = this.queue.shift();
     if (queued) return Promise.resolve(queued);
     if (this.failure) return Promise.reject(this.failure);
@@ -96,7 +107,7 @@ export class FrameConn {
         reject(new PhaulError('network', `${this.peer} did not answer within ${Math.round(timeoutMs / 1000)} s`));
       }, timeoutMs);
       const w = {
-        resolve: (m: Message) => { clearTimeout(timer); resolve(m); },
+        resolve: (m: RawMessage) => { clearTimeout(timer); resolve(m); },
         reject: (e: Error) => { clearTimeout(timer); reject(e); },
       };
       this.waiters.push(w);
@@ -104,16 +115,10 @@ export class FrameConn {
   }
 
   /** Waits for a message of type `t`; an `error` message from the peer becomes a thrown error. */
-  async expect(t: string, timeoutMs?: number): Promise<Message> {
+  async expect<T extends MessageType>(t: T, timeoutMs?: number): Promise<MessageOf<T>> {
     const m = await this.next(timeoutMs);
-    if (m.t === t) return m;
-    if (m.t === 'error') {
-      // The peer's code is only kept when it is one of ours: an unknown one must
-      // not turn into an undefined exit code.
-      const code = typeof m.code === 'string' && Object.hasOwn(ExitCode, m.code) ? (m.code as ErrorCode) : 'failed';
-      const message = typeof m.message === 'string' ? m.message.slice(0, 1000).replace(/\s+/g, ' ') : 'unspecified error';
-      throw new PhaulError(code, `${this.peer}: ${message}`);
-    }
+    if (m.t === t) return m as MessageOf<T>;
+    if (m.t === 'error') throw new PhaulError(m.code, `${this.peer}: ${m.message}`);
     throw new PhaulError('protocol', `${this.peer} sent '${m.t}' where '${t}' was expected`);
   }
 
@@ -137,23 +142,28 @@ export class FrameConn {
   }
 }
 
+/** A field of a validated message by name (for readers written before messages.ts typed them). */
+function field(m: Message, k: string): unknown {
+  return (m as unknown as Record<string, unknown>)[k];
+}
+
 /** Reads a string field of a peer message, bounded in length. */
 export function str(m: Message, k: string, max = 4096): string {
-  const v = m[k];
+  const v = field(m, k);
   if (typeof v !== 'string' || v.length > max) throw new PhaulError('protocol', `message '${m.t}' has a bad '${k}'`);
   return v;
 }
 
 /** Reads an integer field of a peer message within [min, max]. */
 export function int(m: Message, k: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
-  const v = m[k];
+  const v = field(m, k);
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
     throw new PhaulError('protocol', `message '${m.t}' has a bad '${k}'`);
   return v;
 }
 
 export function bin(m: Message, k: string, max = MAX_FRAME): Buffer {
-  const v = m[k];
+  const v = field(m, k);
   if (!(v instanceof Uint8Array) || v.length > max) throw new PhaulError('protocol', `message '${m.t}' has a bad '${k}'`);
   return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
 }

@@ -4,27 +4,31 @@
 // levels' ranges PE_PARENT; each level's `parent` link names the one below.
 //
 // It lets a process other than the agent answer for the store (hybrid mode's
-// page source, src/transport/lazy-source-process.ts): once the restored tree
-// runs, its memory must not depend on the agent staying alive.
+// lazy-pages server, src/transport/lazy-fill-process.ts): once the restored
+// tree runs, its memory must not depend on the agent staying alive.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { PAGE_SIZE, PE_PARENT, PE_PRESENT, readPagemapImage } from './pagemap-image';
 import { firstEndingAfter } from './page-store';
 
-/** A run of pages of one image id with its data at `filePage` of `fd`. */
-interface Piece {
+/** A run of pages [start, end) of one image id with its data at `filePage` of files[file] (fd: its open descriptor). */
+export interface ChainPiece {
   start: number;
   end: number;
   fd: number;
+  file: number;
   filePage: number;
 }
+type Piece = ChainPiece;
 
 const MAX_LEVELS = 64;
 
 export class ChainReader {
   private readonly pieces = new Map<number, Piece[]>();
   private readonly fds: number[] = [];
+  /** The pages files the pieces point into, by index. */
+  readonly files: string[] = [];
 
   /** topDir: the chain's top level (what an image directory's `parent` link points at). */
   constructor(topDir: string) {
@@ -47,18 +51,21 @@ export class ChainReader {
     // Ranges still to find, top down: a level's PE_PARENT entries are looked up below it.
     let wanted: Array<[number, number]> | null = null;
     for (const dir of levels) {
-      const file = path.join(dir, `pagemap-${id}.img`);
-      if (!fs.existsSync(file)) break;
-      const img = readPagemapImage(file);
-      const fd = fs.openSync(path.join(dir, `pages-${img.pagesId}.img`), 'r');
+      const pagemap = path.join(dir, `pagemap-${id}.img`);
+      if (!fs.existsSync(pagemap)) break;
+      const img = readPagemapImage(pagemap);
+      const pagesFile = path.join(dir, `pages-${img.pagesId}.img`);
+      const fd = fs.openSync(pagesFile, 'r');
+      const file = this.files.length;
       this.fds.push(fd);
+      this.files.push(pagesFile);
       const next: Array<[number, number]> = [];
       let filePage = 0;
       for (const e of img.entries) {
         const s = e.vaddr / PAGE_SIZE;
         const t = s + e.nrPages;
         if (e.flags & PE_PRESENT) {
-          for (const [a, b] of clip(wanted, s, t)) out.push({ start: a, end: b, fd, filePage: filePage + (a - s) });
+          for (const [a, b] of clip(wanted, s, t)) out.push({ start: a, end: b, fd, file, filePage: filePage + (a - s) });
           filePage += e.nrPages;
         } else if (e.flags & PE_PARENT) {
           next.push(...clip(wanted, s, t));
@@ -68,6 +75,16 @@ export class ChainReader {
       if (!wanted.length) break;
     }
     return out.sort((a, b) => a.start - b.start);
+  }
+
+  /** Image ids the chain has pages of. */
+  ids(): number[] {
+    return [...this.pieces.keys()];
+  }
+
+  /** Image `id`'s pieces, ascending and disjoint. */
+  piecesOf(id: number): readonly ChainPiece[] {
+    return this.pieces.get(id) ?? [];
   }
 
   /** Same contract as PageStore.firstMissing: the first page not held, or -1. */

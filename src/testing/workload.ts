@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { PROJECT_ROOT } from '../criu/binary';
+import { PACKAGE_ROOT } from '../package-root';
 import { PhaulError } from '../errors';
 import { childrenOf, isAlive, procComm, runCmd, signal, sleep, waitGone } from './proc';
 
@@ -37,8 +37,8 @@ export interface MemWorkloadOptions {
   startTimeoutMs?: number;
 }
 
-export const MEMWORK_BIN = path.join(PROJECT_ROOT, 'build', 'workloads', 'memwork');
-const MEMWORK_SRC = path.join(PROJECT_ROOT, 'test', 'workloads', 'memwork.c');
+export const MEMWORK_BIN = path.join(PACKAGE_ROOT, 'build', 'workloads', 'memwork');
+const MEMWORK_SRC = path.join(PACKAGE_ROOT, 'test', 'workloads', 'memwork.c');
 
 /**
  * The memwork binary, compiled here when missing or older than its source:

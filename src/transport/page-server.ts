@@ -13,7 +13,7 @@
 // close command on both paths. Always check criu's own exit status too.
 import type * as net from 'node:net';
 import { PhaulError, type ErrorCode } from '../errors';
-import { native } from '../native';
+import { addon, type NativePageServer } from '../native';
 
 export interface PageServerOptions {
   /** Wire header of the dumping CRIU: 24 for <= 4.1, 32 for >= 4.2. With 32 the
@@ -37,11 +37,6 @@ export interface PageServerStats {
   images: string[];
 }
 
-interface NativeHandle {
-  done: Promise<PageServerStats>;
-  abort(reason?: string): void;
-}
-
 /** error.code set by the addon -> our error codes. */
 const CODES: Record<string, ErrorCode> = {
   protocol: 'protocol', // the peer sent something malformed or out of bounds
@@ -54,9 +49,9 @@ const CODES: Record<string, ErrorCode> = {
 export class PageServer {
   /** Resolves after the peer's CLOSE with what was written; rejects with a PhaulError. */
   readonly done: Promise<PageServerStats>;
-  private readonly handle: NativeHandle;
+  private readonly handle: NativePageServer;
 
-  private constructor(handle: NativeHandle) {
+  private constructor(handle: NativePageServer) {
     this.handle = handle;
     this.done = handle.done.then(
       (s) => ({ ...s, images: [...s.images] }),
@@ -75,7 +70,7 @@ export class PageServer {
    * because fd is not a stream socket.
    */
   static start(fd: number, dir: string, opts: PageServerOptions): PageServer {
-    return new PageServer(native.servePages(fd, dir, opts) as NativeHandle);
+    return new PageServer(addon().servePages(fd, dir, opts));
   }
 
   /**
@@ -105,12 +100,12 @@ export function takeSocketFd(sock: net.Socket): number {
     throw new PhaulError('protocol', `${sock.readableLength} bytes already read from the socket would be lost`);
   }
   sock.pause();
-  const dup = native.dupStreamFd(fd) as number;
+  const dup = addon().dupStreamFd(fd);
   sock.destroy();
   return dup;
 }
 
 /** A connected AF_UNIX stream pair (blocking, close-on-exec), e.g. for `criu dump --ps-socket`. */
 export function streamSocketPair(): [number, number] {
-  return native.streamSocketPair() as [number, number];
+  return addon().streamSocketPair();
 }

@@ -6,10 +6,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { after, before } from 'node:test';
-import { PROJECT_ROOT } from '../../src/criu/binary';
+import { PACKAGE_ROOT } from '../../src/package-root';
 import { createTwoHosts, Host, spawnIn, TwoHosts } from '../../src/testing/hosts';
 
-export const CLI = path.join(PROJECT_ROOT, 'dist', 'src', 'cli', 'main.js');
+export const CLI = path.join(PACKAGE_ROOT, 'dist', 'src', 'cli', 'main.js');
 
 export function tempDir(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `phaul-test-${tag}-`));

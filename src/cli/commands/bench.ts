@@ -1,103 +1,16 @@
-// `phaul-fast bench`: the downtime benchmark against CRIU's own migration
-// paths (bench/, docs/BENCH.md). Progress goes to stderr; with --json the last
-// line of stdout is { machine, rows }.
+// `phaul-fast bench`: the benchmark harness lives in bench/ (docs/BENCH.md),
+// which is part of the source checkout, not of the package; it is loaded only
+// here, only for this command.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { formatHelp, intFlag, parseArgs } from '../args';
 import { PhaulError } from '../../errors';
-import { criuBinary, PROJECT_ROOT } from '../../criu/binary';
-import { buildMatrix, cellLabel, estimateSeconds, LINKS, STRATEGIES, type LinkName, type StrategyName } from '../../../bench/matrix';
-import { abortCleanup, runMatrix } from '../../../bench/runner';
-import { describeMachine } from '../../../bench/machine';
-import { BASELINE, markdown, svgChart } from '../../../bench/report';
-import { addPauseRatios } from '../../../bench/stats';
-
-const spec = {
-  quick: { type: 'boolean', help: 'the small matrix (under 3 minutes; includes a 1 GiB workload)' },
-  json: { type: 'boolean', help: 'print { machine, rows } as JSON on the last line of stdout' },
-  out: { type: 'string', help: 'directory for results.json, results.md and pause-vs-memory.svg', default: 'bench/results' },
-  runs: { type: 'string', help: 'runs per cell (default: 2 quick, 3 full)' },
-  strategies: { type: 'string', help: `comma-separated subset of: ${STRATEGIES.join(', ')}` },
-  links: { type: 'string', help: `comma-separated subset of: ${Object.keys(LINKS).join(', ')}` },
-  mem: { type: 'string', help: 'only workloads of these sizes, comma-separated MiB (e.g. 1024,4096)' },
-  write: { type: 'string', help: 'only workloads writing at these rates, comma-separated MB/s (e.g. 0,20,200)' },
-  list: { type: 'boolean', help: 'print the matrix and its expected duration, run nothing' },
-  help: { type: 'boolean', help: 'this text' },
-} as const;
-
-function numbers(v: string | boolean | undefined, flag: string): number[] | undefined {
-  if (typeof v !== 'string') return undefined;
-  return v.split(',').map((x) => intFlag(x.trim(), flag, 0, 1 << 20)!);
-}
-
-function subset<T extends string>(v: string | boolean | undefined, all: readonly T[], flag: string): T[] | undefined {
-  if (typeof v !== 'string') return undefined;
-  const xs = v.split(',').map((s) => s.trim()).filter(Boolean);
-  for (const x of xs) if (!all.includes(x as T)) throw new PhaulError('usage', `--${flag}: unknown '${x}' (have ${all.join(', ')})`);
-  return xs as T[];
-}
+import { PACKAGE_ROOT } from '../../package-root';
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags, positionals } = parseArgs(argv, spec);
-  if (flags.help) {
-    process.stdout.write(formatHelp('phaul-fast bench [--quick] [--json] [--out DIR]',
-      'Migrates self-verifying workloads (memwork at several sizes and write rates, memcached) with every\n' +
-      'phaul-fast mode and with CRIU\'s page server and lazy pages, over loopback and tbf-shaped veth links,\n' +
-      'and reports the pause each workload saw. Needs root. The full matrix takes about an hour (--list).', spec));
-    return 0;
+  const entry = path.join(PACKAGE_ROOT, 'dist', 'bench', 'cli.js');
+  if (!fs.existsSync(entry)) {
+    throw new PhaulError('unavailable', 'the benchmark ships with the source checkout, not the package: clone the repository and run `npm run bench`');
   }
-  if (positionals.length) throw new PhaulError('usage', `unexpected argument '${positionals[0]}'`);
-  const quick = !!flags.quick;
-  const cells = buildMatrix({
-    quick,
-    runs: intFlag(flags.runs, 'runs', 1, 50),
-    strategies: subset(flags.strategies, STRATEGIES, 'strategies') as StrategyName[] | undefined,
-    links: subset(flags.links, Object.keys(LINKS) as LinkName[], 'links'),
-    memMiB: numbers(flags.mem, 'mem'),
-    writeMBps: numbers(flags.write, 'write'),
-  });
-  if (cells.length === 0) throw new PhaulError('usage', 'no cell of the matrix matches those filters (see --list)');
-  const est = estimateSeconds(cells);
-  if (flags.list) {
-    for (const c of cells) process.stdout.write(`${cellLabel(c)} x${c.runs}\n`);
-    process.stdout.write(`${cells.length} cells, about ${Math.ceil(est / 60)} min if every strategy is available\n`);
-    return 0;
-  }
-  if (process.getuid?.() !== 0) throw new PhaulError('unavailable', 'bench needs root (CRIU, network namespaces)');
-  const criu = criuBinary();
-  const outDir = path.resolve(PROJECT_ROOT, flags.out as string);
-  const progress = (m: string) => process.stderr.write(`bench: ${m}\n`);
-  progress(`${cells.length} cells, about ${Math.ceil(est / 60)} min if every strategy is available; results in ${outDir}`);
-
-  const machine = await describeMachine(criu);
-  const t0 = Date.now();
-  // Interrupted: remove what the current run has live, then leave.
-  const onSignal = (sig: NodeJS.Signals) => {
-    progress(`${sig}: cleaning up`);
-    void abortCleanup().finally(() => process.exit(130));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  let rows;
-  try {
-    rows = addPauseRatios(await runMatrix(cells, { criu, scratch: '/dev/shm', progress }), BASELINE);
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
-  const seconds = (Date.now() - t0) / 1000;
-  const command = ['phaul-fast bench', ...argv].join(' ');
-
-  fs.mkdirSync(outDir, { recursive: true });
-  const result = { machine, command, seconds: Math.round(seconds), rows };
-  fs.writeFileSync(path.join(outDir, 'results.json'), JSON.stringify(result, null, 2) + '\n');
-  const md = markdown(rows, machine, command, seconds);
-  fs.writeFileSync(path.join(outDir, 'results.md'), md);
-  fs.writeFileSync(path.join(outDir, 'pause-vs-memory.svg'), svgChart(rows, machine));
-  progress(`done in ${Math.round(seconds)} s; wrote results.json, results.md, pause-vs-memory.svg to ${outDir}`);
-
-  if (flags.json) process.stdout.write(JSON.stringify({ machine, rows }) + '\n');
-  else process.stdout.write(md);
-  const failed = rows.filter((r) => r.status === 'failed').length;
-  return failed ? 1 : 0;
+  const harness = require(entry) as { run(argv: string[]): Promise<number> };
+  return harness.run(argv);
 }

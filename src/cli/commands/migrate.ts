@@ -106,7 +106,7 @@ export async function run(argv: string[]): Promise<number> {
     if (report.warning) process.stderr.write(`phaul-fast migrate: warning: ${report.warning}\n`);
     return 0;
   } catch (err) {
-    const e = err instanceof MigrationError ? err : new MigrationError(asPhaulError(err), true);
+    const e = err instanceof MigrationError ? err : new MigrationError(asPhaulError(err), false);
     process.stderr.write(`phaul-fast migrate: ${e.message}${e.rolledBack ? ' (the original keeps running at the source)' : ''}\n`);
     if (json) process.stdout.write(JSON.stringify(e.report()) + '\n');
     return e.exitCode;

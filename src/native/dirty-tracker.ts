@@ -1,6 +1,6 @@
-// Types of the native memory exports (native/dirty_tracker.cc, page_reader.cc).
-// Only src/memory talks to these; everything else uses the classes here.
-import { native } from '../native';
+// What native/dirty_tracker_binding.cc exports: the uffd-wp + PAGEMAP_SCAN
+// tracker of one process, the syscall injection it uses, and its constants.
+// Only src/memory talks to these; everything else uses the classes there.
 
 export interface NativeScan {
   ranges: BigUint64Array;
@@ -52,22 +52,10 @@ export interface NativeDirtyTracker {
   close(): void;
 }
 
-export interface NativeRead {
-  bytes: number;
-  missing: BigUint64Array;
-  zeroMap: Uint8Array | null;
-  zeroPages: number;
-  calls: number;
-  ns: number;
-}
-
-export interface NativeMemory {
+export interface DirtyTrackerNative {
   DirtyTracker: new (pid: number) => NativeDirtyTracker;
   injectSyscall(pid: number, nr: number, args?: number[]): { ret: number; ns: number };
   dirtyTrackingSupport(): { ok: boolean; features: number; reason: string };
   sameMm(pid1: number, pid2: number): boolean;
-  readPages(pid: number, ranges: BigUint64Array, buf: Uint8Array, opts?: { offset?: number; zeroMap?: boolean }): Promise<NativeRead>;
   dirtyConstants: Record<string, number>;
 }
-
-export const mem: NativeMemory = native as NativeMemory;

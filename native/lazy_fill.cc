@@ -1,0 +1,769 @@
+// The lazy-pages server's core (lazy_fill.h). One thread answers the restore's
+// socket and every userfaultfd's messages: faults first, each with the
+// 64 KiB around it; `threads` more copy everything else in large chunks,
+// starting where the last fault was (its neighbourhood is likely next).
+//
+// The restore's socket (CRIU's criu/uffd.c): per task an int pid, then, when
+// the pid is positive, the task's userfaultfd as SCM_RIGHTS on one dummy
+// byte; a negative pid is a zombie (no memory). Once the restore is done, the
+// u32 0x52535446; background copies only start then, when every task has
+// registered its lazy ranges.
+//
+// Per userfaultfd ("mm"), the pages still to copy are a map of disjoint
+// extents keyed by address: a fault, a claim and every event cost O(log n)
+// in the number of extents. A copy takes its pages out of the map first
+// (they are "in flight"). Events that change the address space (fork,
+// mremap, munmap, madvise) are only read while no copy of that mm is in
+// flight (its "gate" is closed: background copies wait), so the map is exact
+// when they are applied: after a fork the child needs exactly the parent's
+// missing pages, after MADV_DONTNEED no old copy may land on the zapped range.
+#include "lazy_fill.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "uapi_compat.h"
+
+namespace phaul {
+namespace lazyfill {
+
+static const uint64_t kPage = 4096;
+static const uint32_t kRestoreFinished = 0x52535446;
+static const uint64_t kSlice = 256 << 10;
+
+static int64_t NowUs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+static std::string Errno(const std::string& what, int e) { return what + ": " + strerror(e); }
+
+int Listen(const std::string& path, std::string* err) {
+  struct sockaddr_un sa = {};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(sa.sun_path)) {
+    *err = "lazy-pages socket path too long: " + path;
+    return -1;
+  }
+  memcpy(sa.sun_path, path.c_str(), path.size());
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = Errno("socket", errno);
+    return -1;
+  }
+  unlink(path.c_str());
+  if (bind(fd, (struct sockaddr*)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+    *err = Errno("lazy-pages socket " + path, errno);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+struct Src {
+  int fd = -1;
+  const uint8_t* base = nullptr;
+  uint64_t size = 0;
+};
+
+struct Piece {
+  uint64_t end;
+  uint32_t file;
+  uint64_t off;
+};
+
+// Shared by an mm and the children it forked: they need the same file pages,
+// so those may be given back only while a single mm is left.
+struct Family {
+  int members = 1;
+};
+
+struct Mm {
+  int uffd = -1;
+  int32_t id = 0;
+  std::map<uint64_t, Piece> pending;  // start -> piece
+  uint64_t cursor = 0;                // background copies continue from here
+  int copies = 0;                     // background copies in flight
+  std::atomic<bool> gate{false};      // closed: the event thread owns this mm
+  bool dead = false;
+  int64_t retry_at = 0;  // after EAGAIN: an event is pending, leave it to the event thread a moment
+  std::shared_ptr<Family> family;
+};
+
+// Outcome of placing [dst, dst + len).
+enum class Put { kDone, kAgain, kYield, kGone, kFatal };
+
+class Server {
+ public:
+  Server(const Options& o, Stats* st) : o_(o), st_(st) {}
+  ~Server();
+  bool Run(std::string* err);
+
+ private:
+  bool Setup(std::string* err);
+  bool ReadControl();
+  void AddMm(int uffd, int32_t id, const std::vector<Extent>* ext, std::shared_ptr<Family> fam,
+             const std::map<uint64_t, Piece>* copy);
+  void HandleMm(Mm* mm);
+  void HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::pair<uint64_t, int64_t>>* again);
+  void Worker();
+  bool Claim(Mm* mm, uint64_t at, uint64_t max, uint64_t* s, uint64_t* e, Piece* pc);
+  void Release(Mm* mm, uint64_t s, uint64_t e, const Piece& pc);
+  void Drop(Mm* mm, uint64_t s, uint64_t e, bool count);
+  Put Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, uint64_t* done);
+  void Gone(Mm* mm);
+  void Fatal(const std::string& why);
+  bool Complete();
+  void Wake();
+
+  const Options& o_;
+  Stats* st_;
+  std::vector<Src> src_;
+  std::map<int32_t, const std::vector<Extent>*> by_id_;
+  std::vector<std::unique_ptr<Mm>> mms_;
+  std::map<int, Mm*> by_fd_;
+  int ep_ = -1, ctl_ = -1, wake_ = -1, listen_ = -1;
+  std::string ctl_buf_;
+  std::vector<int> ctl_fds_;
+  bool finished_ = false;
+  int64_t t_accept_ = 0, t_fin_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable work_cv_, gate_cv_;
+  bool stop_ = false;
+  std::string fatal_;
+  size_t rr_ = 0;
+  std::vector<Piece> to_punch_;  // file ranges placed by faults, to give back (end = length)
+  std::atomic<uint64_t> copied_{0}, punched_{0}, copies_{0}, retries_{0}, dropped_{0};
+};
+
+Server::~Server() {
+  for (auto& m : mms_)
+    if (m->uffd >= 0) close(m->uffd);
+  for (int fd : ctl_fds_) close(fd);
+  for (auto& s : src_) {
+    if (s.base) munmap((void*)s.base, s.size);
+    if (s.fd >= 0) close(s.fd);
+  }
+  for (int fd : {ep_, ctl_, wake_, listen_})
+    if (fd >= 0) close(fd);
+}
+
+bool Server::Setup(std::string* err) {
+  listen_ = o_.listen_fd;
+  for (const auto& f : o_.files) {
+    Src s;
+    s.fd = open(f.c_str(), O_RDWR | O_CLOEXEC);
+    if (s.fd < 0) s.fd = open(f.c_str(), O_RDONLY | O_CLOEXEC);  // no punching then
+    if (s.fd < 0) {
+      *err = Errno("page file " + f, errno);
+      return false;
+    }
+    struct stat sb;
+    if (fstat(s.fd, &sb) < 0) {
+      *err = Errno("page file " + f, errno);
+      return false;
+    }
+    s.size = uint64_t(sb.st_size);
+    if (s.size) {
+      void* p = mmap(nullptr, s.size, PROT_READ, MAP_SHARED, s.fd, 0);
+      if (p == MAP_FAILED) {
+        *err = Errno("mmap " + f, errno);
+        return false;
+      }
+      s.base = static_cast<const uint8_t*>(p);
+    }
+    src_.push_back(s);
+  }
+  for (const auto& im : o_.images) {
+    uint64_t prev = 0;
+    for (const auto& e : im.extents) {
+      if (e.start >= e.end || (e.start | e.end | e.off) & (kPage - 1) || e.start < prev || e.file >= src_.size() ||
+          e.off + (e.end - e.start) > src_[e.file].size) {
+        *err = "lazy-pages: extent at 0x" + std::to_string(e.start) + " of image " + std::to_string(im.id) +
+               " is out of order or outside its page file";
+        return false;
+      }
+      prev = e.end;
+      st_->pages += (e.end - e.start) / kPage;
+    }
+    by_id_[im.id] = &im.extents;
+  }
+  ep_ = epoll_create1(EPOLL_CLOEXEC);
+  wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (ep_ < 0 || wake_ < 0) {
+    *err = Errno("epoll", errno);
+    return false;
+  }
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.fd = listen_;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, listen_, &ev);
+  ev.data.fd = wake_;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, wake_, &ev);
+  return true;
+}
+
+void Server::AddMm(int uffd, int32_t id, const std::vector<Extent>* ext, std::shared_ptr<Family> fam,
+                   const std::map<uint64_t, Piece>* copy) {
+  auto m = std::make_unique<Mm>();
+  m->uffd = uffd;
+  m->id = id;
+  m->family = fam ? fam : std::make_shared<Family>();
+  if (ext)
+    for (const auto& e : *ext) m->pending.emplace_hint(m->pending.end(), e.start, Piece{e.end, e.file, e.off});
+  if (copy) m->pending = *copy;
+  int fl = fcntl(uffd, F_GETFL);
+  fcntl(uffd, F_SETFL, fl | O_NONBLOCK);
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.fd = uffd;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, uffd, &ev);
+  std::lock_guard<std::mutex> g(mu_);
+  by_fd_[uffd] = m.get();
+  mms_.push_back(std::move(m));
+}
+
+// Reads what the restore sent; false when the socket closed.
+bool Server::ReadControl() {
+  for (;;) {
+    char data[256];
+    union {
+      char buf[CMSG_SPACE(sizeof(int) * 64)];
+      struct cmsghdr align;
+    } cm;
+    struct iovec iov = {data, sizeof(data)};
+    struct msghdr mh = {};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof(cm.buf);
+    ssize_t n = recvmsg(ctl_, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      return false;
+    }
+    if (n == 0) return false;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k; i++) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        ctl_fds_.push_back(fd);
+      }
+    }
+    ctl_buf_.append(data, size_t(n));
+  }
+  // pid (int32), then a dummy byte carrying the fd when pid > 0; or "finished".
+  for (;;) {
+    if (ctl_buf_.size() < 4) break;
+    int32_t pid;
+    memcpy(&pid, ctl_buf_.data(), 4);
+    if (uint32_t(pid) == kRestoreFinished) {
+      ctl_buf_.erase(0, 4);
+      finished_ = true;
+      t_fin_ = NowUs();
+      st_->restore_ms = (t_fin_ - t_accept_) / 1000;
+      continue;
+    }
+    if (pid <= 0) {
+      ctl_buf_.erase(0, 4);
+      st_->zombies++;
+      continue;
+    }
+    if (ctl_buf_.size() < 5 || ctl_fds_.empty()) break;
+    ctl_buf_.erase(0, 5);
+    int fd = ctl_fds_.front();
+    ctl_fds_.erase(ctl_fds_.begin());
+    auto it = by_id_.find(pid);
+    AddMm(fd, pid, it == by_id_.end() ? nullptr : it->second, nullptr, nullptr);
+    st_->tasks++;
+  }
+  return true;
+}
+
+// Takes up to `max` bytes of pending pages out of the map, from `at` on
+// (wrapping around); mu_ held.
+bool Server::Claim(Mm* mm, uint64_t at, uint64_t max, uint64_t* s, uint64_t* e, Piece* pc) {
+  if (mm->pending.empty()) return false;
+  auto it = mm->pending.upper_bound(at);
+  if (it != mm->pending.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.end > at) it = prev;
+  }
+  if (it == mm->pending.end()) it = mm->pending.begin();
+  uint64_t start = it->first;
+  Piece p = it->second;
+  uint64_t from = at >= start && at < p.end ? at : start;
+  uint64_t to = std::min(p.end, from + max);
+  mm->pending.erase(it);
+  if (from > start) mm->pending.emplace(start, Piece{from, p.file, p.off});
+  if (to < p.end) mm->pending.emplace(to, Piece{p.end, p.file, p.off + (to - start)});
+  *s = from;
+  *e = to;
+  *pc = Piece{to, p.file, p.off + (from - start)};
+  return true;
+}
+
+// Puts [s, e) (data from pc) back into the map; mu_ held.
+void Server::Release(Mm* mm, uint64_t s, uint64_t e, const Piece& pc) {
+  if (s < e && !mm->dead) mm->pending.emplace(s, Piece{e, pc.file, pc.off});
+}
+
+// Forgets pending pages in [s, e); mu_ held.
+void Server::Drop(Mm* mm, uint64_t s, uint64_t e, bool count) {
+  auto it = mm->pending.upper_bound(s);
+  if (it != mm->pending.begin()) --it;
+  while (it != mm->pending.end() && it->first < e) {
+    uint64_t a = it->first;
+    Piece p = it->second;
+    if (p.end <= s) {
+      ++it;
+      continue;
+    }
+    it = mm->pending.erase(it);
+    if (a < s) mm->pending.emplace(a, Piece{s, p.file, p.off});
+    if (p.end > e) it = mm->pending.emplace(e, Piece{p.end, p.file, p.off + (e - a)}).first;
+    if (count) dropped_ += (std::min(p.end, e) - std::max(a, s)) / kPage;
+  }
+}
+
+void Server::Gone(Mm* mm) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (mm->dead) return;
+  mm->dead = true;
+  mm->pending.clear();
+  mm->family->members--;
+  st_->exits++;
+}
+
+void Server::Fatal(const std::string& why) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (fatal_.empty()) fatal_ = why;
+  stop_ = true;
+  work_cv_.notify_all();
+  gate_cv_.notify_all();
+  Wake();
+}
+
+void Server::Wake() {
+  uint64_t one = 1;
+  if (write(wake_, &one, sizeof(one)) < 0) { /* already signalled */ }
+}
+
+// Copies [s, e) from its file into the mm. *done: bytes placed (or skipped
+// because already there) from s. Splits a range the kernel refuses as a whole
+// (ENOENT: it spans VMAs, e.g. after an mprotect) until each part lies in one
+// VMA; a single page without a VMA was unmapped: nothing to place.
+Put Server::Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, uint64_t* done) {
+  *done = 0;
+  uint64_t at = s;
+  while (at < e) {
+    // Background copies go in slices and give way as soon as the event
+    // thread wants this mm: a fault waits for one slice at most.
+    if (!fault && mm->gate.load(std::memory_order_relaxed)) return Put::kYield;
+    uint64_t len = fault ? e - at : std::min(e - at, kSlice);
+    const uint8_t* from = src_[pc.file].base + pc.off + (at - s);
+    // Map the source first: a copy from an unmapped source page takes the
+    // kernel's slow path (drop the locks, fault, retry) page by page.
+    madvise((void*)from, len, MADV_POPULATE_READ);
+    struct uffdio_copy c = {};
+    c.dst = at;
+    c.src = uint64_t(uintptr_t(from));
+    c.len = len;
+    c.mode = 0;
+    copies_++;
+    int rc = ioctl(mm->uffd, UFFDIO_COPY, &c);
+    int err = rc < 0 ? errno : 0;
+    uint64_t n = c.copy > 0 ? uint64_t(c.copy) : 0;
+    if (rc == 0) n = len;
+    if (n) {
+      copied_ += n / kPage;
+      if (fault) st_->fault_pages += n / kPage;
+      at += n;
+      *done = at - s;
+    }
+    if (rc == 0 || at >= e) continue;
+    if ((err == EAGAIN || err == EINTR) && n) continue;  // a partial copy: the rest says why
+    if (err == EAGAIN || err == EINTR) {
+      retries_++;
+      return Put::kAgain;
+    }
+    if (err == ESRCH || err == ENOSPC) return Put::kGone;
+    if (err == EEXIST) {  // already there (placed some other way): skip it
+      at += kPage;
+      *done = at - s;
+      continue;
+    }
+    if (err == ENOENT) {
+      if (e - at == kPage) {
+        dropped_++;
+        at += kPage;
+        *done = at - s;
+        continue;
+      }
+      uint64_t mid = at + ((e - at) / kPage / 2) * kPage;
+      uint64_t d1 = 0, d2 = 0;
+      Put r = Place(mm, at, mid, Piece{mid, pc.file, pc.off + (at - s)}, fault, &d1);
+      *done = (at - s) + d1;
+      if (r != Put::kDone) return r;
+      r = Place(mm, mid, e, Piece{e, pc.file, pc.off + (mid - s)}, fault, &d2);
+      *done = (mid - s) + d2;
+      return r;
+    }
+    Fatal(Errno("UFFDIO_COPY at 0x" + std::to_string(at) + " of image " + std::to_string(mm->id), err));
+    return Put::kFatal;
+  }
+  return Put::kDone;
+}
+
+void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::pair<uint64_t, int64_t>>* again) {
+  uint64_t page = addr & ~(kPage - 1);
+  uint64_t s, e;
+  Piece pc;
+  bool claimed;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    uint64_t base = page & ~(o_.fault_bytes - 1);
+    // The pages around the fault, within the piece holding it.
+    auto it = mm->pending.upper_bound(page);
+    claimed = false;
+    if (it != mm->pending.begin()) {
+      auto p = std::prev(it);
+      if (p->second.end > page) {
+        uint64_t from = std::max(p->first, base);
+        claimed = Claim(mm, from, std::min(o_.fault_bytes, p->second.end - from), &s, &e, &pc);
+      }
+    }
+    if (claimed) mm->cursor = e;  // the background goes on from the fault's neighbourhood
+  }
+  if (!claimed) {
+    // Not pending: a page the images leave empty (zeros), or one placed since
+    // the fault (that copy woke the thread already; EEXIST then).
+    struct uffdio_zeropage z = {};
+    z.range.start = page;
+    z.range.len = kPage;
+    int rc = ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z);
+    if (rc < 0 && errno == EAGAIN) {
+      again->push_back({addr, seen});
+      return;
+    }
+    if (rc < 0 && (errno == ESRCH || errno == ENOSPC)) {
+      Gone(mm);
+      return;
+    }
+    if (rc < 0) {
+      struct uffdio_range r = {page, kPage};
+      ioctl(mm->uffd, UFFDIO_WAKE, &r);
+    }
+    st_->zero_faults++;
+    st_->faults++;
+    st_->fault_us.push_back(uint32_t(std::min<int64_t>(NowUs() - seen, UINT32_MAX)));
+    return;
+  }
+  uint64_t done = 0;
+  Put r = Place(mm, s, e, pc, true, &done);
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (r == Put::kAgain) Release(mm, s + done, e, Piece{e, pc.file, pc.off + done});
+  }
+  if (r == Put::kGone) Gone(mm);
+  if (r == Put::kAgain && page >= s + done) {
+    again->push_back({addr, seen});
+    return;
+  }
+  if (r == Put::kFatal) return;
+  if (o_.punch && done) {
+    // Giving the store's pages back costs TLB flushes: the workers do it.
+    std::lock_guard<std::mutex> g(mu_);
+    if (mm->family->members == 1) to_punch_.push_back(Piece{done, pc.file, pc.off});
+  }
+  st_->faults++;
+  st_->fault_us.push_back(uint32_t(std::min<int64_t>(NowUs() - seen, UINT32_MAX)));
+}
+
+// All messages of one userfaultfd, with its background copies held off.
+void Server::HandleMm(Mm* mm) {
+  int64_t seen = NowUs();
+  {
+    std::unique_lock<std::mutex> g(mu_);
+    mm->gate = true;
+    gate_cv_.wait(g, [&] { return mm->copies == 0 || stop_; });
+  }
+  int64_t waited = NowUs() - seen;
+  st_->gate_us_total += waited;
+  st_->gate_us_max = std::max<int64_t>(st_->gate_us_max, waited);
+  st_->batches++;
+  std::vector<std::pair<uint64_t, int64_t>> again;
+  for (int spins = 0;; spins++) {
+    struct uffd_msg msgs[32];
+    ssize_t n = read(mm->uffd, msgs, sizeof(msgs));
+    if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      Gone(mm);
+      break;
+    }
+    size_t k = n > 0 ? size_t(n) / sizeof(struct uffd_msg) : 0;
+    if (spins) seen = NowUs();  // the first read's messages waited since the wake-up, later ones since their read
+    for (size_t i = 0; i < k && !stop_; i++) {
+      const struct uffd_msg& m = msgs[i];
+      switch (m.event) {
+        case UFFD_EVENT_PAGEFAULT:
+          HandleFault(mm, m.arg.pagefault.address, seen, &again);
+          break;
+        case UFFD_EVENT_FORK: {
+          std::map<uint64_t, Piece> copy;
+          std::shared_ptr<Family> fam;
+          {
+            std::lock_guard<std::mutex> g(mu_);
+            copy = mm->pending;
+            fam = mm->family;
+            fam->members++;
+          }
+          AddMm(int(m.arg.fork.ufd), mm->id, nullptr, fam, &copy);
+          st_->forks++;
+          break;
+        }
+        case UFFD_EVENT_REMAP: {
+          std::lock_guard<std::mutex> g(mu_);
+          uint64_t from = m.arg.remap.from, to = m.arg.remap.to, len = m.arg.remap.len;
+          std::vector<std::pair<uint64_t, Piece>> moved;
+          auto it = mm->pending.upper_bound(from);
+          if (it != mm->pending.begin()) --it;
+          for (; it != mm->pending.end() && it->first < from + len; ++it) {
+            uint64_t a = std::max(it->first, from), b = std::min(it->second.end, from + len);
+            if (a < b) moved.push_back({a, Piece{b, it->second.file, it->second.off + (a - it->first)}});
+          }
+          Drop(mm, from, from + len, false);
+          for (auto& mv : moved) {
+            Drop(mm, mv.first - from + to, mv.second.end - from + to, false);
+            mm->pending.emplace(mv.first - from + to, Piece{mv.second.end - from + to, mv.second.file, mv.second.off});
+          }
+          break;
+        }
+        case UFFD_EVENT_REMOVE:
+        case UFFD_EVENT_UNMAP: {
+          // Zeros from now on (MADV_DONTNEED) or no mapping: nothing to place.
+          std::lock_guard<std::mutex> g(mu_);
+          Drop(mm, m.arg.remove.start, m.arg.remove.end, true);
+          break;
+        }
+        default:
+          Fatal("lazy-pages: unexpected userfaultfd event " + std::to_string(m.event));
+      }
+    }
+    if (stop_ || mm->dead) break;
+    // One read's worth at a time: the background copies get their turn
+    // between batches (epoll brings us back at once if more are queued).
+    if (again.empty()) break;
+    if (k) continue;
+    // A copy found an address-space change under way whose event is not
+    // queued yet: wait for it, then try the faults again.
+    std::vector<std::pair<uint64_t, int64_t>> retry;
+    retry.swap(again);
+    struct pollfd pf = {mm->uffd, POLLIN, 0};
+    poll(&pf, 1, spins < 100 ? 0 : 1);
+    for (auto& f : retry) HandleFault(mm, f.first, f.second, &again);
+    if (mm->dead || stop_) break;
+  }
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    mm->gate = false;
+    mm->retry_at = 0;
+  }
+  work_cv_.notify_all();
+}
+
+void Server::Worker() {
+  // Normal priority (the event thread that started us runs above it).
+  setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 0);
+  for (;;) {
+    Mm* mm = nullptr;
+    uint64_t s = 0, e = 0;
+    Piece pc;
+    {
+      std::unique_lock<std::mutex> g(mu_);
+      for (;;) {
+        if (stop_) return;
+        int64_t now = NowUs();
+        int64_t soonest = 0;
+        for (size_t i = 0; i < mms_.size() && !mm; i++) {
+          Mm* m = mms_[(rr_ + i) % mms_.size()].get();
+          if (m->gate || m->dead || m->pending.empty()) continue;
+          if (m->retry_at > now) {
+            soonest = soonest ? std::min(soonest, m->retry_at) : m->retry_at;
+            continue;
+          }
+          if (Claim(m, m->cursor, o_.chunk_bytes, &s, &e, &pc)) {
+            mm = m;
+            rr_ = (rr_ + i + 1) % mms_.size();
+          }
+        }
+        if (mm) break;
+        if (soonest)
+          work_cv_.wait_for(g, std::chrono::microseconds(std::max<int64_t>(soonest - now, 50)));
+        else
+          work_cv_.wait(g);
+      }
+      mm->cursor = e;
+      mm->copies++;
+    }
+    uint64_t done = 0;
+    Put r = Place(mm, s, e, pc, false, &done);
+    bool alone;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (r == Put::kAgain || r == Put::kYield) {
+        Release(mm, s + done, e, Piece{e, pc.file, pc.off + done});
+        if (r == Put::kAgain) mm->retry_at = NowUs() + 200;
+        mm->cursor = s + done;
+      }
+      alone = mm->family->members == 1;
+      if (--mm->copies == 0) gate_cv_.notify_all();
+    }
+    std::vector<Piece> punch;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      punch.swap(to_punch_);
+    }
+    if (r == Put::kGone) Gone(mm);
+    if (o_.punch && done && alone) punch.push_back(Piece{done, pc.file, pc.off});
+    for (const Piece& p : punch)  // end = length here
+      if (fallocate(src_[p.file].fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(p.off), off_t(p.end)) == 0)
+        punched_ += p.end;
+    if (r == Put::kDone || r == Put::kGone) Wake();  // the event thread checks whether all is in place
+  }
+}
+
+// Everything placed (mu_ held)?
+bool Server::Complete() {
+  if (!finished_) return false;
+  for (auto& m : mms_)
+    if (!m->dead && (!m->pending.empty() || m->copies)) return false;
+  return true;
+}
+
+bool Server::Run(std::string* err) {
+  if (!Setup(err)) return false;
+  // Faults are answered here: ahead of the background copies when the CPUs
+  // are busy (the workload stalls meanwhile). Needs privilege; best effort.
+  setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -10);
+  std::vector<std::thread> workers;
+  int64_t deadline = NowUs() + int64_t(o_.connect_timeout_ms) * 1000;
+  bool ok = true;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (stop_) break;
+      if (Complete()) break;
+    }
+    if (ctl_ < 0 && NowUs() > deadline) {
+      Fatal("lazy-pages: the restore did not connect");
+      break;
+    }
+    struct epoll_event evs[64];
+    int n = epoll_wait(ep_, evs, 64, 200);
+    if (n < 0 && errno != EINTR) {
+      Fatal(Errno("epoll_wait", errno));
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      int fd = evs[i].data.fd;
+      if (fd == wake_) {
+        uint64_t v;
+        if (read(wake_, &v, sizeof(v)) < 0) { /* nothing */ }
+      } else if (fd == listen_) {
+        int c = accept4(listen_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        if (ctl_ >= 0) {  // one restore per server
+          close(c);
+          continue;
+        }
+        ctl_ = c;
+        t_accept_ = NowUs();
+        struct epoll_event ev = {};
+        ev.events = EPOLLIN | EPOLLRDHUP;
+        ev.data.fd = ctl_;
+        epoll_ctl(ep_, EPOLL_CTL_ADD, ctl_, &ev);
+      } else if (fd == ctl_) {
+        bool was = finished_;
+        if (!ReadControl()) {
+          epoll_ctl(ep_, EPOLL_CTL_DEL, ctl_, nullptr);
+          if (!finished_) {
+            Fatal("lazy-pages: the restore went away before it finished");
+            break;
+          }
+        }
+        if (finished_ && !was) {
+          int t = std::max(1, o_.threads);
+          for (int k = 0; k < t; k++) workers.emplace_back([this] { Worker(); });
+        }
+      } else {
+        Mm* mm = nullptr;
+        {
+          std::lock_guard<std::mutex> g(mu_);
+          auto it = by_fd_.find(fd);
+          if (it != by_fd_.end()) mm = it->second;
+        }
+        if (!mm) continue;
+        if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+          epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+          Gone(mm);
+          continue;
+        }
+        if (mm->dead) {
+          epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+          continue;
+        }
+        HandleMm(mm);
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    stop_ = true;
+    if (!fatal_.empty()) {
+      *err = fatal_;
+      ok = false;
+    }
+  }
+  work_cv_.notify_all();
+  gate_cv_.notify_all();
+  for (auto& t : workers) t.join();
+  if (ok) st_->fill_ms = (NowUs() - t_fin_) / 1000;
+  st_->copied_pages = copied_;
+  st_->punched_bytes = punched_;
+  st_->copies = copies_;
+  st_->retries = retries_;
+  st_->dropped_pages = dropped_;
+  return ok;
+}
+
+bool Serve(const Options& o, Stats* st, std::string* err) {
+  Server s(o, st);
+  return s.Run(err);
+}
+
+}  // namespace lazyfill
+}  // namespace phaul

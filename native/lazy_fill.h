@@ -1,0 +1,59 @@
+// The lazy-pages server: fills a lazily restored tree's memory through the
+// userfaultfds `criu restore --lazy-pages` hands over on its lazy-pages
+// socket, from page data already on this host (files mapped read-only). Pure
+// C++ core; the N-API binding is in lazy_fill_napi.cc.
+#pragma once
+#include <stdint.h>
+
+#include <string>
+#include <vector>
+
+namespace phaul {
+namespace lazyfill {
+
+// Pages of one image id at [start, end) (addresses, page-aligned) whose data
+// is at byte `off` of files[file].
+struct Extent {
+  uint64_t start, end;
+  uint32_t file;
+  uint64_t off;
+};
+
+struct Image {
+  int32_t id;  // CRIU's image id: the pid in the tree's namespace, as the restore sends it
+  std::vector<Extent> extents;
+};
+
+struct Options {
+  int listen_fd = -1;  // a listening unix socket (Listen()); closed by Serve
+  std::vector<std::string> files;
+  std::vector<Image> images;
+  int threads = 2;                  // background fill threads (the fault thread is extra)
+  uint64_t chunk_bytes = 1 << 20;   // background UFFDIO_COPY size
+  uint64_t fault_bytes = 64 << 10;  // what a fault brings in (aligned around it)
+  bool punch = true;                // give each file range back once it is in the workload
+  int connect_timeout_ms = 600000;  // for the restore to connect
+};
+
+struct Stats {
+  uint32_t tasks = 0, zombies = 0, forks = 0, exits = 0;
+  uint64_t pages = 0;         // pages the images listed as lazy
+  uint64_t copied_pages = 0;  // placed with UFFDIO_COPY (faults and background)
+  uint64_t fault_pages = 0;   // of which for a fault
+  uint64_t faults = 0, zero_faults = 0, dropped_pages = 0, punched_bytes = 0;
+  uint64_t copies = 0, retries = 0;
+  int64_t restore_ms = 0;  // accept to the restore's "finished"
+  int64_t fill_ms = 0;     // the restore's "finished" to the last page
+  int64_t gate_us_total = 0, gate_us_max = 0, batches = 0;  // waiting for background copies to give way
+  std::vector<uint32_t> fault_us;  // per answered fault: message seen to page in place
+};
+
+// Binds and listens on a unix stream socket at path (relative to the cwd).
+int Listen(const std::string& path, std::string* err);
+
+// Serves one restore until every page is in place (true) or it cannot go on
+// (false, *err says why: the workload must then not run on).
+bool Serve(const Options& o, Stats* st, std::string* err);
+
+}  // namespace lazyfill
+}  // namespace phaul

@@ -1,0 +1,139 @@
+// N-API binding of the lazy-pages server (lazy_fill.h):
+//   lazyFillListen(path) -> fd
+//   lazyFillServe({listenFd, files, images: [{id, extents: Float64Array of (start, end, file, off)...}],
+//                  threads?, chunkBytes?, faultBytes?, punch?, connectTimeoutMs?}) -> Promise<stats>
+// Serving runs on its own threads; the promise settles when every page is in
+// place, or rejects with what stopped it.
+#include <napi.h>
+
+#include <algorithm>
+#include <memory>
+
+#include "lazy_fill.h"
+#include "modules.h"
+
+namespace phaul {
+namespace {
+
+using lazyfill::Options;
+using lazyfill::Stats;
+
+class ServeWorker : public Napi::AsyncWorker {
+ public:
+  ServeWorker(Napi::Env env, std::unique_ptr<Options> o)
+      : Napi::AsyncWorker(env), o_(std::move(o)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { ok_ = lazyfill::Serve(*o_, &st_, &err_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!ok_) {
+      Napi::Error e = Napi::Error::New(env, err_);
+      e.Set("reason", Napi::String::New(env, "failed"));
+      deferred_.Reject(e.Value());
+      return;
+    }
+    Napi::Object r = Napi::Object::New(env);
+    auto num = [&](const char* k, double v) { r.Set(k, Napi::Number::New(env, v)); };
+    num("tasks", st_.tasks);
+    num("zombies", st_.zombies);
+    num("forks", st_.forks);
+    num("exits", st_.exits);
+    num("pages", double(st_.pages));
+    num("copiedPages", double(st_.copied_pages));
+    num("faultPages", double(st_.fault_pages));
+    num("faults", double(st_.faults));
+    num("zeroFaults", double(st_.zero_faults));
+    num("droppedPages", double(st_.dropped_pages));
+    num("punchedBytes", double(st_.punched_bytes));
+    num("copies", double(st_.copies));
+    num("retries", double(st_.retries));
+    num("restoreMs", double(st_.restore_ms));
+    num("fillMs", double(st_.fill_ms));
+    num("batches", double(st_.batches));
+    num("gateWaitUsTotal", double(st_.gate_us_total));
+    num("gateWaitUsMax", double(st_.gate_us_max));
+    std::vector<uint32_t>& us = st_.fault_us;
+    std::sort(us.begin(), us.end());
+    auto pct = [&](double q) { return us.empty() ? 0.0 : double(us[std::min(us.size() - 1, size_t(q * us.size()))]); };
+    Napi::Object lat = Napi::Object::New(env);
+    lat.Set("count", Napi::Number::New(env, double(us.size())));
+    lat.Set("p50", Napi::Number::New(env, pct(0.5)));
+    lat.Set("p99", Napi::Number::New(env, pct(0.99)));
+    lat.Set("max", Napi::Number::New(env, us.empty() ? 0.0 : double(us.back())));
+    r.Set("faultUs", lat);
+    deferred_.Resolve(r);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  std::unique_ptr<Options> o_;
+  Napi::Promise::Deferred deferred_;
+  Stats st_;
+  std::string err_;
+  bool ok_ = false;
+};
+
+Napi::Value Listen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "lazyFillListen(path: string)");
+  std::string err;
+  int fd = lazyfill::Listen(info[0].As<Napi::String>().Utf8Value(), &err);
+  if (fd < 0) throw Napi::Error::New(env, err);
+  return Napi::Number::New(env, fd);
+}
+
+double Opt(Napi::Object o, const char* k, double def) {
+  Napi::Value v = o.Get(k);
+  return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : def;
+}
+
+Napi::Value Serve(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "lazyFillServe(options)");
+  Napi::Object a = info[0].As<Napi::Object>();
+  auto o = std::make_unique<Options>();
+  o->listen_fd = int(Opt(a, "listenFd", -1));
+  if (o->listen_fd < 0) throw Napi::TypeError::New(env, "lazyFillServe: listenFd");
+  o->threads = std::max(1, std::min(16, int(Opt(a, "threads", 2))));
+  o->chunk_bytes = uint64_t(Opt(a, "chunkBytes", 1 << 20)) & ~uint64_t(4095);
+  uint64_t fb = uint64_t(Opt(a, "faultBytes", 64 << 10));
+  o->fault_bytes = 4096;
+  while (o->fault_bytes < fb && o->fault_bytes < (4u << 20)) o->fault_bytes <<= 1;  // a power of two
+  if (o->chunk_bytes < 4096) o->chunk_bytes = 4096;
+  o->connect_timeout_ms = int(Opt(a, "connectTimeoutMs", 600000));
+  Napi::Value punch = a.Get("punch");
+  o->punch = !punch.IsBoolean() || punch.As<Napi::Boolean>().Value();
+  Napi::Value files = a.Get("files");
+  if (!files.IsArray()) throw Napi::TypeError::New(env, "lazyFillServe: files must be an array of paths");
+  Napi::Array fa = files.As<Napi::Array>();
+  for (uint32_t i = 0; i < fa.Length(); i++) o->files.push_back(fa.Get(i).As<Napi::String>().Utf8Value());
+  Napi::Value images = a.Get("images");
+  if (!images.IsArray()) throw Napi::TypeError::New(env, "lazyFillServe: images must be an array");
+  Napi::Array ia = images.As<Napi::Array>();
+  for (uint32_t i = 0; i < ia.Length(); i++) {
+    Napi::Object im = ia.Get(i).As<Napi::Object>();
+    lazyfill::Image img;
+    img.id = int32_t(Opt(im, "id", 0));
+    Napi::Value ev = im.Get("extents");
+    if (!ev.IsTypedArray() || ev.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+      throw Napi::TypeError::New(env, "lazyFillServe: extents must be a Float64Array");
+    Napi::Float64Array ex = ev.As<Napi::Float64Array>();
+    if (ex.ElementLength() % 4) throw Napi::TypeError::New(env, "lazyFillServe: extents come in fours");
+    for (size_t k = 0; k + 3 < ex.ElementLength(); k += 4)
+      img.extents.push_back({uint64_t(ex[k]), uint64_t(ex[k + 1]), uint32_t(ex[k + 2]), uint64_t(ex[k + 3])});
+    o->images.push_back(std::move(img));
+  }
+  ServeWorker* w = new ServeWorker(env, std::move(o));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+void InitLazyFill(Napi::Env env, Napi::Object exports) {
+  exports.Set("lazyFillListen", Napi::Function::New(env, Listen, "lazyFillListen"));
+  exports.Set("lazyFillServe", Napi::Function::New(env, Serve, "lazyFillServe"));
+}
+
+}  // namespace phaul

@@ -1,0 +1,77 @@
+// The process that fills a lazily restored tree's memory (hybrid mode):
+//
+//   node lazy-fill-process.js IMAGES_DIR [THREADS]
+//   stdin:  {"top": CHAIN_TOP_DIR, "cleanup": [DIR...], "agentPid": N}, then end
+//   stdout: "ready" once it listens on IMAGES_DIR/lazy-pages.socket, where
+//           `criu restore --lazy-pages -D IMAGES_DIR` hands over the tasks'
+//           userfaultfds; "filled {stats}" once every page is in place
+//
+// It takes the place of CRIU's `criu lazy-pages` daemon with the addon's
+// server (native/lazy_fill.cc): faults first, everything else in large copies
+// on several threads straight from the page store's chain (mapped, no copy
+// through JS), each store page given back once it is in the workload. It runs
+// in its own session, apart from the agent: a restored workload still gets
+// all of its memory if the agent dies meanwhile. It starts before the chain
+// exists (Node's start-up stays out of the pause) and learns it on stdin; if
+// stdin ends without it, the agent died before any restore, and it exits.
+// Exit 0: every page is in place. Anything else: the tree's memory is not
+// complete, and whoever watches must stop it. If the agent is gone by the
+// end, it removes the cleanup dirs, which nobody else would; an agent still
+// there removes them itself (CRIU's restore may still be writing).
+import * as fs from 'node:fs';
+import { addon } from '../native';
+import { ChainReader } from '../store/chain-reader';
+import { fillPlan } from './lazy-fill-plan';
+
+export const LAZY_SOCKET = 'lazy-pages.socket';
+
+function alive(pid: number): boolean {
+  if (!(pid > 1)) return false;
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
+
+async function readStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) text += chunk;
+  return text;
+}
+
+async function main(): Promise<number> {
+  const [dir, threadsArg] = process.argv.slice(2);
+  if (!dir) {
+    process.stderr.write('usage: lazy-fill-process IMAGES_DIR [THREADS]\n');
+    return 2;
+  }
+  // The restore connects to the socket's name relative to its work dir (the images dir).
+  process.chdir(dir);
+  const listenFd = addon().lazyFillListen(LAZY_SOCKET);
+  process.stdout.write('ready\n');
+  const text = await readStdin();
+  if (!text.trim()) return 3;
+  const o = JSON.parse(text) as { top: string; cleanup?: string[]; agentPid?: number };
+  const chain = new ChainReader(o.top);
+  let code = 0;
+  try {
+    const plan = fillPlan('.', chain);
+    chain.close(); // the server maps the files itself
+    const threads = Number(threadsArg) > 0 ? Number(threadsArg) : 2;
+    const stats = await addon().lazyFillServe({ listenFd, files: plan.files, images: plan.images, threads });
+    process.stderr.write(`lazy-fill: ${JSON.stringify(stats)}\n`);
+    process.stdout.write(`filled ${JSON.stringify(stats)}\n`);
+  } catch (e) {
+    chain.close();
+    process.stderr.write(`lazy-fill: ${(e as Error).message}\n`);
+    code = 1;
+  }
+  if (!alive(Number(o.agentPid) || 0)) {
+    for (const d of o.cleanup ?? []) {
+      try { fs.rmSync(d, { recursive: true, force: true }); } catch (e) { process.stderr.write(`lazy-fill: clean-up of ${d}: ${(e as Error).message}\n`); }
+    }
+  }
+  return code;
+}
+
+main().then((code) => { process.exitCode = code; }, (e) => {
+  process.stderr.write(`lazy-fill: ${(e as Error)?.message ?? e}\n`);
+  process.exitCode = 1;
+});
