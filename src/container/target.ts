@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { criuLogTail } from '../criu/rpc';
-import type { Message } from '../protocol/frames';
+import type { CriuFlags, TreeData, TreeEntries } from '../protocol/messages';
 import { mountsOf, OciConfig, parseOciConfig } from './oci';
 import { CONTAINER_ID, Runc } from './runc';
 import type { ContainerDescriptor } from './source';
@@ -106,7 +106,7 @@ export class ContainerTarget {
   }
 
   /** tree-entries and tree-data messages. */
-  handle(m: Message): void {
+  handle(m: TreeEntries | TreeData): void {
     this.receiver.handle(m);
   }
 
@@ -128,7 +128,7 @@ export class ContainerTarget {
   }
 
   /** runc restore, leaving the tree stopped; resolves with the restored init's pid. */
-  async restore(o: { imagesDir: string; criu: string; criuFlags: Record<string, boolean>; lazy: boolean; timeoutMs: number }): Promise<number> {
+  async restore(o: { imagesDir: string; criu: string; criuFlags: CriuFlags; lazy: boolean; timeoutMs: number }): Promise<number> {
     this.writeConfig();
     const base = ContainerTarget.baseCriuConf();
     // runc's CRIU would use iptables for the network lock by default, which this kind of host may lack.

@@ -7,7 +7,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
-import { bin, FrameConn, int, Message, str } from '../protocol/frames';
+import type { FrameConn } from '../protocol/frames';
+import type { TreeData, TreeEntries } from '../protocol/messages';
 
 export interface TreeEntry {
   /** Path inside the tree, '/'-separated; '' is the tree's root (a single-file tree). */
@@ -149,15 +150,22 @@ function checkedPath(p: string): string {
 }
 
 function parseEntry(raw: unknown): TreeEntry {
-  if (!raw || typeof raw !== 'object') throw new PhaulError('protocol', 'bad tree entry');
-  const m = raw as Message;
-  const k = str(m, 'k', 1);
-  if (k !== 'f' && k !== 'd' && k !== 'l') throw new PhaulError('protocol', 'bad tree entry kind');
-  const e: TreeEntry = {
-    p: checkedPath(str(m, 'p', MAX_PATH)), k, m: int(m, 'm', 0, 0o7777), u: int(m, 'u', 0, 2 ** 32 - 1), g: int(m, 'g', 0, 2 ** 32 - 1),
-    s: int(m, 's', 0, 2 ** 46), t: int(m, 't', 0, 2 ** 50),
+  const m = raw as Record<string, unknown>;
+  const bad = (what: string) => new PhaulError('protocol', `bad tree entry (${what})`);
+  if (!m || typeof m !== 'object') throw bad('not a map');
+  const num = (k: string, max: number) => {
+    const v = m[k];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) throw bad(k);
+    return v;
   };
-  if (k === 'l') e.l = str(m, 'l', MAX_PATH);
+  const k = m.k;
+  if (k !== 'f' && k !== 'd' && k !== 'l') throw bad('kind');
+  if (typeof m.p !== 'string') throw bad('path');
+  const e: TreeEntry = { p: checkedPath(m.p), k, m: num('m', 0o7777), u: num('u', 2 ** 32 - 1), g: num('g', 2 ** 32 - 1), s: num('s', 2 ** 46), t: num('t', 2 ** 50) };
+  if (k === 'l') {
+    if (typeof m.l !== 'string' || m.l.length > MAX_PATH || m.l.includes('\0')) throw bad('link');
+    e.l = m.l;
+  }
   return e;
 }
 
@@ -170,8 +178,8 @@ export class TreeReceiver {
   /** `roots`: tree name -> where it lands (a directory tree's root directory is created here). */
   constructor(readonly roots: Map<string, string>) {}
 
-  private root(m: Message): { name: string; dir: string } {
-    const name = str(m, 'tree', 32);
+  private root(m: TreeEntries | TreeData): { name: string; dir: string } {
+    const name = m.tree;
     const dir = this.roots.get(name);
     if (!dir) throw new PhaulError('protocol', `unknown tree '${name.slice(0, 32)}'`);
     return { name, dir };
@@ -190,13 +198,12 @@ export class TreeReceiver {
     return path.join(dir, p);
   }
 
-  handle(m: Message): void {
+  handle(m: TreeEntries | TreeData): void {
     if (m.t === 'tree-entries') this.entries(m);
-    else if (m.t === 'tree-data') this.data(m);
-    else throw new PhaulError('protocol', `unexpected '${m.t}'`);
+    else this.data(m);
   }
 
-  private entries(m: Message): void {
+  private entries(m: TreeEntries): void {
     const { name, dir } = this.root(m);
     const entries = m.entries;
     const deleted = m.deleted;
@@ -236,14 +243,14 @@ export class TreeReceiver {
     }
   }
 
-  private data(m: Message): void {
+  private data(m: TreeData): void {
     const { name, dir } = this.root(m);
-    const p = checkedPath(str(m, 'p', MAX_PATH));
+    const p = checkedPath(m.p);
     const key = `${name}\0${p}`;
     const f = this.pending.get(key);
     if (!f) throw new PhaulError('protocol', `data for a file that was not announced`);
-    const data = bin(m, 'data', CHUNK);
-    if (f.got + data.length > f.size) throw new PhaulError('protocol', 'tree data beyond the announced size');
+    const data = m.data;
+    if (data.length > CHUNK || f.got + data.length > f.size) throw new PhaulError('protocol', 'tree data beyond the announced size');
     const fd = fs.openSync(this.target(dir, p), fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW);
     try {
       fs.writeSync(fd, data);

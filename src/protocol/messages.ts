@@ -68,7 +68,7 @@ export interface Caps { t: 'caps'; caps: Capabilities; mode?: string }
 export interface Prepare {
   t: 'prepare'; mode: string; criu: CriuFlags; streams?: number; memBytes?: number;
   /** A container migration: what src/container/target.ts checks in full (it needs the host's state to judge). */
-  container?: Record<string, unknown>;
+  container?: object;
 }
 /** D -> S: ready for the data connection(s). */
 export interface Prepared { t: 'prepared' }

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { PROJECT_ROOT } from '../criu/binary';
+import { PACKAGE_ROOT as PROJECT_ROOT } from '../package-root';
 import { PhaulError } from '../errors';
 import { findRunc } from '../container/runc';
 import { isAlive, runCmd, signal, sleep, waitGone } from './proc';
