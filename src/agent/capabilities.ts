@@ -1,7 +1,7 @@
 // What each side tells the other at handshake, and the rules for whether two
 // sides can migrate to each other. Checked before anything is touched.
 import * as os from 'node:os';
-import { criuVersion } from '../criu/rpc';
+import { criuVersion } from '../criu';
 import { DirtyTracker } from '../memory/dirty-tracker';
 import type { Capabilities } from '../protocol/messages';
 import { VERSION } from '../version';
@@ -11,9 +11,9 @@ export type { Capabilities };
 let cached: Promise<Capabilities> | undefined;
 
 export function localCapabilities(): Promise<Capabilities> {
-  cached ??= criuVersion().then((criu) => ({
+  cached ??= criuVersion().then(({ major, minor, sublevel }) => ({
     phaulVersion: VERSION,
-    criu,
+    criu: { major, minor, sublevel },
     kernel: os.release(),
     arch: process.arch,
     // Pre-copy needs our dirty tracker (uffd-wp async + PAGEMAP_SCAN), probed for

@@ -19,11 +19,11 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import { FrameConn } from '../protocol/frames';
 import type { Stats } from '../protocol/messages';
-import { runCriu, criuLogTail } from '../criu/rpc';
+import { runCriu, criuLogTail } from '../criu';
 import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
-import { LazyDump } from '../criu/lazy-dump';
+import { LazyDump } from '../criu';
 import { TreeTracker } from '../memory/tree-tracker';
 import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
@@ -420,7 +420,7 @@ export class Migration extends EventEmitter {
     st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
-    const rounds = await run.rounds(pid, (pct) => {
+    const rounds = await run.rounds((pct) => {
       st.throttle ??= new WorkloadThrottle(pid);
       st.throttle.set(pct);
     });

@@ -56,7 +56,7 @@ export function freezerOf(pid: number): string | undefined {
 export function containerDumpOptions(cfg: OciConfig, rootfs: string, pid: number): ContainerDumpOptions {
   const external: string[] = [];
   const mnt = (key: string, val: string) => external.push(`mnt[${key}]:${val}`);
-  const cgroupns = !!(Array.isArray(cfg.linux?.namespaces) && cfg.linux.namespaces.some((n: any) => n?.type === 'cgroup'));
+  const cgroupns = !!(Array.isArray(cfg.linux?.namespaces) && cfg.linux.namespaces.some((n) => n?.type === 'cgroup'));
   for (const m of mountsOf(cfg)) {
     if (isBindMount(m)) mnt(inContainer(m.destination), inContainer(m.destination));
     // cgroup v1 without a cgroup namespace: runc bind-mounts each hierarchy of the host.

@@ -12,8 +12,27 @@ export interface OciMount {
   options?: string[];
 }
 
-/** The whole config.json stays an opaque object; these accessors read what we use. */
-export type OciConfig = Record<string, any>;
+export interface OciNamespace {
+  type?: string;
+  path?: string;
+}
+
+/** config.json: what we read or rewrite is typed; the rest passes through untouched. */
+export interface OciConfig {
+  root: { path: string; readonly?: boolean };
+  process?: { terminal?: boolean; args?: string[]; [k: string]: unknown };
+  mounts?: OciMount[];
+  annotations?: Record<string, string>;
+  linux?: {
+    namespaces?: OciNamespace[];
+    maskedPaths?: unknown[];
+    devices?: { path?: unknown }[];
+    cgroupsPath?: unknown;
+    resources?: Record<string, unknown>;
+    [k: string]: unknown;
+  };
+  [k: string]: unknown;
+}
 
 export const MAX_CONFIG_BYTES = 4 << 20;
 
@@ -40,6 +59,8 @@ export function parseOciConfig(text: string, where: string): OciConfig {
   if (!c || typeof c !== 'object' || Array.isArray(c)) throw new PhaulError('protocol', `${where} is not an OCI config object`);
   const cfg = c as OciConfig;
   if (!cfg.root || typeof cfg.root.path !== 'string' || cfg.root.path === '') throw new PhaulError('protocol', `${where} has no root.path`);
+  for (const k of ['mounts'] as const) if (cfg[k] !== undefined && !Array.isArray(cfg[k])) throw new PhaulError('protocol', `${where}: ${k} is not a list`);
+  if (cfg.linux !== undefined && (typeof cfg.linux !== 'object' || cfg.linux === null)) throw new PhaulError('protocol', `${where}: linux is not an object`);
   return cfg;
 }
 
@@ -50,7 +71,7 @@ export function rootfsOf(cfg: OciConfig, bundle: string): string {
 
 export function mountsOf(cfg: OciConfig): OciMount[] {
   const ms = Array.isArray(cfg.mounts) ? cfg.mounts : [];
-  return ms.filter((m: any) => m && typeof m.destination === 'string') as OciMount[];
+  return ms.filter((m: unknown) => !!m && typeof (m as OciMount).destination === 'string');
 }
 
 /** runc turns every mount with a bind option into a bind mount, whatever its type says. */
@@ -65,14 +86,15 @@ export function maskedPathsOf(cfg: OciConfig): string[] {
 
 /** The devices runc creates in every container, then the config's own. */
 export function devicePathsOf(cfg: OciConfig): string[] {
-  const own = Array.isArray(cfg.linux?.devices) ? cfg.linux.devices.map((d: any) => d?.path).filter((p: unknown) => typeof p === 'string') : [];
+  const devices: unknown[] = Array.isArray(cfg.linux?.devices) ? cfg.linux.devices : [];
+  const own = devices.map((d) => (d as { path?: unknown } | null)?.path).filter((p): p is string => typeof p === 'string');
   return ['/dev/null', '/dev/random', '/dev/full', '/dev/tty', '/dev/zero', '/dev/urandom', ...own];
 }
 
 /** The path of an existing namespace the container joins (e.g. a CNI-made netns), if any. */
 export function namespacePath(cfg: OciConfig, type: string): string | undefined {
-  const ns = Array.isArray(cfg.linux?.namespaces) ? cfg.linux.namespaces : [];
-  const hit = ns.find((n: any) => n?.type === type);
+  const ns: OciNamespace[] = Array.isArray(cfg.linux?.namespaces) ? cfg.linux.namespaces : [];
+  const hit = ns.find((n) => n?.type === type);
   return hit && typeof hit.path === 'string' && hit.path !== '' ? hit.path : undefined;
 }
 

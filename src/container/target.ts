@@ -41,9 +41,10 @@ function parseDescriptor(raw: unknown): ContainerDescriptor {
   if (d.runtime !== 'runc') throw new PhaulError('incompatible', `container runtime '${String(d.runtime).slice(0, 20)}' is not supported here`);
   const vols = Array.isArray(d.volumes) ? d.volumes : [];
   if (vols.length > 256) throw new PhaulError('protocol', 'too many volumes');
-  const volumes = vols.map((v: any) => {
-    if (!v || !Number.isInteger(v.mount) || v.mount < 0 || v.mount > 4096 || (v.kind !== 'd' && v.kind !== 'f')) throw new PhaulError('protocol', 'bad volume');
-    return { mount: v.mount as number, kind: v.kind as 'd' | 'f' };
+  const volumes = vols.map((raw: unknown) => {
+    const v = raw as { mount?: unknown; kind?: unknown } | null;
+    if (!v || typeof v.mount !== 'number' || !Number.isInteger(v.mount) || v.mount < 0 || v.mount > 4096 || (v.kind !== 'd' && v.kind !== 'f')) throw new PhaulError('protocol', 'bad volume');
+    return { mount: v.mount, kind: v.kind as 'd' | 'f' };
   });
   return { id, runtime: 'runc', config: s('config', 4 << 20), bundle: s('bundle'), rootfs: s('rootfs'), sharedFs: d.sharedFs === true, volumes };
 }

@@ -70,7 +70,7 @@ export async function makeBundle(o: BundleOptions): Promise<string> {
   c.process.args = o.args;
   c.root.readonly = false;
   c.linux.cgroupsPath = o.cgroupsPath;
-  if (o.netnsPath) c.linux.namespaces = c.linux.namespaces.map((n: any) => (n.type === 'network' ? { type: 'network', path: o.netnsPath } : n));
+  if (o.netnsPath) c.linux.namespaces = c.linux.namespaces.map((n: { type: string }) => (n.type === 'network' ? { type: 'network', path: o.netnsPath } : n));
   if (o.mounts) c.mounts.push(...o.mounts);
   const resources: Record<string, unknown> = { ...(c.linux.resources ?? {}) };
   if (o.memoryLimit) resources.memory = { limit: o.memoryLimit };

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
-import { Migration, MigrationError, MODES, Mode, PhaseEvent } from '../../agent/migrate';
+import { Migration, MigrationError, MODES, Mode, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
 import { AUTO_ORDER } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { ProgressDisplay } from '../progress';
@@ -67,7 +67,7 @@ export async function run(argv: string[]): Promise<number> {
     const mode = flags.mode as string;
     if (mode !== 'auto' && !(MODES as readonly string[]).includes(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
-    let tls;
+    let tls: MigrateOptions['tls'];
     if (flags.tls || flags['tls-ca']) {
       let ca: Buffer | undefined;
       if (flags['tls-ca']) {
