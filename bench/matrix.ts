@@ -9,7 +9,10 @@ export const STRATEGIES = [
   'criu:page-server',
   'criu:lazy',
 ] as const;
-export type StrategyName = (typeof STRATEGIES)[number];
+/** Measured only when asked for (bench --strategies): what --encrypt (TLS-PSK on every connection) costs. */
+export const OPTIONAL_STRATEGIES = ['phaul-fast:stop-copy+encrypt', 'phaul-fast:precopy+encrypt', 'phaul-fast:hybrid+encrypt'] as const;
+export const ALL_STRATEGIES = [...STRATEGIES, ...OPTIONAL_STRATEGIES] as const;
+export type StrategyName = (typeof ALL_STRATEGIES)[number];
 
 /** Link name -> tbf rate in Mbit/s (null: loopback, unshaped). */
 export const LINKS = { loopback: null, '10gbit': 10_000, '1gbit': 1_000 } as const;
