@@ -54,13 +54,10 @@ PKGS=(
   iproute2 nftables g++ make python3 util-linux procps openssl
   # the benchmark's memcached workload (bench/workloads/memcached.ts); npm run lint's C++ half
   memcached clang-format
-<<<<<<< HEAD
-  # containers: the runtime, and a registry-free rootfs (busybox-static plus our static workloads)
-  runc busybox-static libc6-dev
-=======
   # fuzzing the native page server with libFuzzer (scripts/fuzz.sh)
   clang libclang-rt-14-dev
->>>>>>> main
+  # containers: the runtime, and a registry-free rootfs (busybox-static plus our static workloads)
+  runc busybox-static libc6-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do
