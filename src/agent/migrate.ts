@@ -18,7 +18,7 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import { type ClientTls, connectTls } from '../protocol/secure-channel';
 import { FrameConn } from '../protocol/frames';
-import type { Stats } from '../protocol/messages';
+import type { Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
 import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
@@ -29,6 +29,7 @@ import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
 import { WorkloadThrottle } from './throttle';
 import { within, withDeadline } from '../util/deadline';
+import { DESTINATION_PHASES } from './phases';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
@@ -206,11 +207,25 @@ export class Migration extends EventEmitter {
       `the workload was frozen for ${Math.round(ms / 1000)} s without the destination confirming its copy (--freeze-timeout)`)), ms);
   }
 
-  private phase(name: string): void {
-    const now = Date.now();
-    this.phases[name] = now - this.last;
-    this.last = now;
+  /** Ends phase `name` at `at` (default now): it took the time since the previous one ended. */
+  private phase(name: string, at = Date.now()): void {
+    this.phases[name] = at - this.last;
+    this.last = at;
     this.emit('phase', { phase: name, ms: this.phases[name] } satisfies PhaseEvent);
+  }
+
+  /**
+   * Ends phase `name` now, reporting the parts of it the destination measured
+   * (in order) as phases of their own and the rest (messages, waiting) as
+   * `name`, so that the phases still add up to the elapsed time.
+   */
+  private phaseWithParts(name: string, parts: Record<string, number>): void {
+    const end = Date.now();
+    for (const [k, ms] of Object.entries(parts)) {
+      if (this.last + ms > end) break;
+      this.phase(k, this.last + ms);
+    }
+    this.phase(name, end);
   }
 
   async run(): Promise<MigrationReport> {
@@ -439,7 +454,7 @@ export class Migration extends EventEmitter {
             restoredPid = r.pid;
             this.noteContainer(r.container);
             st.sm.to('restored');
-            this.phase('restore');
+            this.phaseWithParts('restore', destinationPhases(r));
           }
           // Past the budget the hook answers "fail": CRIU resumes the original.
           if (this.abortReason) throw this.abortReason;
@@ -485,6 +500,12 @@ export class Migration extends EventEmitter {
     this.phase('handshake');
     st.sm.to('copying');
 
+    // CRIU starts now and waits at its pre-dump gate (criu/lazy-dump.ts), so
+    // that its start-up overlaps the rounds instead of lengthening the pause.
+    const ours = await localCapabilities();
+    st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
+      extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
+
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
     st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
@@ -499,25 +520,32 @@ export class Migration extends EventEmitter {
     const unprotected = run.unprotectZeros();
     if (unprotected) this.emit('log', `cleared write protection of ${(unprotected / 2 ** 20).toFixed(0)} MiB of never-populated memory`);
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
-    const freezeAt = Date.now();
-    const ours = await localCapabilities();
     if (this.abortReason) throw this.abortReason;
     st.sm.to('dumping');
-    st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
-      extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
-    this.startFreezeBudget();
     // A CRIU that never gets its images written must not hold the tree frozen
     // forever: past the deadline the catch below rolls it back (SIGALRM).
-    await Promise.race([withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
-    this.phase('freeze-dump');
-    // CRIU's images first: a hybrid destination starts its lazy-pages daemon
+    const dump = st.dump;
+    await Promise.race([withDeadline(dump.freeze(), o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not freeze the tree'), this.aborted]);
+    this.startFreezeBudget();
+    const freezeAt = dump.frozenAt;
+    this.phase('criu-freeze', freezeAt); // CRIU's set-up after the gate opened, the tree still running
+    // The last dirty pages go while CRIU writes its images: they need nothing of CRIU's.
+    const frozen = run.frozenRound();
+    frozen.catch(() => undefined); // awaited below, after CRIU's images
+    await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
+    this.phase('criu-dump', dump.readyAt);
+    // CRIU's images next: a hybrid destination starts its lazy-pages daemon
     // on them while the final round is still on its way.
     this.finalBundleDelta(conn, workDir);
     const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
-    const finalPages = await run.finalRound();
-    this.phase('final-round');
+    await frozen;
+    this.phase('frozen-pages'); // what of that round CRIU's dump did not hide
+    const fin = await run.finalRound();
+    this.phase('final-scan', this.last + fin.scanMs);
+    this.phase('final-pages', this.last + fin.sendMs);
+    this.phase('final-stored');
     const imageIds: Record<string, number> = {};
     const original = treePids(pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
@@ -526,9 +554,8 @@ export class Migration extends EventEmitter {
     const restoredPid = r.pid;
     this.noteContainer(r.container);
     st.sm.to('restored');
-    this.phase('restore');
+    this.phaseWithParts('restore', destinationPhases(r));
     // The copy exists (stopped). Let CRIU finish; the original stays stopped.
-    const dump = st.dump;
     st.dump = undefined;
     // A SIGSTOP queued now (the tree is frozen under CRIU's ptrace) means the
     // original cannot run again without our SIGCONT, whatever CRIU does next:
@@ -538,7 +565,7 @@ export class Migration extends EventEmitter {
     st.sm.to('held');
     st.criuDone = dump.commit();
     st.criuDone.catch(() => undefined);
-    this.emit('log', `final round: ${finalPages} pages`);
+    this.emit('log', `final round: ${fin.pages} pages`);
     return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
   }
 
@@ -570,8 +597,9 @@ export class Migration extends EventEmitter {
   private sendImages(conn: FrameConn, dir: string): number {
     const CHUNK = 16 * 1024 * 1024;
     let bytes = 0;
-    for (const name of fs.readdirSync(dir)) {
-      if (name.endsWith('.log')) continue;
+    for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
+      const name = ent.name;
+      if (name.endsWith('.log') || !ent.isFile()) continue; // not the dump's gate FIFO either
       const body = fs.readFileSync(path.join(dir, name));
       for (let off = 0; off === 0 || off < body.length; off += CHUNK) {
         conn.send({ t: 'image', name, data: body.subarray(off, off + CHUNK), append: off > 0 });
@@ -604,6 +632,16 @@ export class Migration extends EventEmitter {
       });
     });
   }
+}
+
+/** The destination's account of its part of the switchover (`restored.phases`): its known names, sane numbers only. */
+export function destinationPhases(m: Restored): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of DESTINATION_PHASES) {
+    const v = m.phases?.[k];
+    if (typeof v === 'number' && v >= 0 && v < 1e7) out[k] = Math.round(v);
+  }
+  return out;
 }
 
 export async function migrate(opts: MigrateOptions): Promise<MigrationReport> {

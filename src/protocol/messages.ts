@@ -97,7 +97,8 @@ export interface Restore { t: 'restore' }
 /** S -> D, pre-copy modes: the final round is in; compose the images (namespace pid -> host pid of the dumped tree) and restore. */
 export interface Switchover { t: 'switchover'; imageIds: Record<string, number> }
 /** D -> S: the copy exists, stopped: it has not run. `pid` is its root on the destination. */
-export interface Restored { t: 'restored'; pid: number; restoreMs?: number; container?: ContainerName }
+/** phases: what the destination's side of the switchover spent, ms by name (src/agent/phases.ts). */
+export interface Restored { t: 'restored'; pid: number; restoreMs?: number; phases?: Stats; container?: ContainerName }
 
 /** A moved container as the destination's runtime knows it. */
 export interface ContainerName { id: string; runtime: string; bundle: string }
@@ -312,6 +313,7 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
   restored: (f) => {
     const m: Omit<Restored, 't'> = { pid: f.int('pid', 1, PID_MAX) };
     if (f.has('restoreMs')) m.restoreMs = f.int('restoreMs', 0, 2 ** 40);
+    if (f.has('phases')) m.phases = f.stats('phases');
     if (f.has('container')) {
       const c = new Fields(f.obj('container'), 'restored.container');
       m.container = { id: c.str('id', 128), runtime: c.str('runtime', 32), bundle: c.str('bundle', 4096) };
