@@ -208,6 +208,10 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
     args[args.indexOf('--to') + 1] = `${fx.hosts.b.addr}:${own.port}`;
     const run = runCli(fx.hosts.a, args);
     server = await holdLazyServer(() => own.stderr());
+    // Only once the source heard 'running' (it then ends the original): the
+    // agent logs before its message is flushed, so killing it at the log line
+    // could leave the source without it.
+    assert.ok(await waitGone(w.pid, 60_000), 'the source committed');
     own.proc.kill('SIGKILL');
     process.kill(server, 'SIGCONT');
     const r = await run;
