@@ -1,15 +1,14 @@
 // The benchmark matrix: workloads x strategies x links, and a rough duration
 // model so the full run can say up front how long it will take.
+import { MODES, type Mode } from '../src/agent/capabilities';
 
-export const STRATEGIES = [
-  'phaul-fast:stop-copy',
-  'phaul-fast:precopy',
-  'phaul-fast:hybrid',
-  'phaul-fast:postcopy',
+/** Every migrate mode of the capability model, then CRIU's own two paths to compare with. */
+export type StrategyName = `phaul-fast:${Mode}` | 'criu:page-server' | 'criu:lazy';
+export const STRATEGIES: readonly StrategyName[] = [
+  ...MODES.map((m) => `phaul-fast:${m}` as const),
   'criu:page-server',
   'criu:lazy',
-] as const;
-export type StrategyName = (typeof STRATEGIES)[number];
+];
 
 /** Link name -> tbf rate in Mbit/s (null: loopback, unshaped). */
 export const LINKS = { loopback: null, '10gbit': 10_000, '1gbit': 1_000 } as const;

@@ -20,7 +20,7 @@ import { authenticateClient } from '../protocol/auth';
 import { FrameConn } from '../protocol/frames';
 import type { Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu/rpc';
-import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
+import { autoMode, incompatibility, isMode, localCapabilities, MODES, pageServerHeaderSize, type Mode } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
 import { LazyDump } from '../criu/lazy-dump';
@@ -33,15 +33,6 @@ import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } fr
 import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
 
-/**
- * stop-copy: freeze, dump into the destination's page server, restore.
- * precopy: copy memory while the tree runs, freeze, send the last dirty pages, restore.
- * hybrid: pre-copy, then a lazy restore: the tree resumes before its memory is
- *   back in place and CRIU's lazy-pages daemon fills it from the destination's
- *   own store (never from the source), so the pause does not grow with memory.
- */
-export type Mode = 'stop-copy' | 'precopy' | 'hybrid';
-export const MODES: readonly Mode[] = ['stop-copy', 'precopy', 'hybrid'];
 
 interface RunState {
   /** Where the session is; SOURCE_FAILURE says what a failure there does. */
@@ -159,7 +150,7 @@ export class Migration extends EventEmitter {
     const requested = o.mode ?? 'auto';
     let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
     // Refused before anything is touched: nothing to roll back.
-    if (requested !== 'auto' && !MODES.includes(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
+    if (requested !== 'auto' && !isMode(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
     if (!Number.isInteger(o.pid) || o.pid <= 1 || o.pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${o.pid}`), false);
     if (!isAlive(o.pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${o.pid}`), false);
 
