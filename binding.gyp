@@ -21,9 +21,12 @@
       ],
       "libraries": [
         "<!@(pkg-config --libs criu)",
-        "-lprotobuf-c",
-        "-Wl,-rpath,<!@(pkg-config --variable=libdir criu)"
+        "-lprotobuf-c"
       ],
+      # No absolute path baked in: scripts/build-addon.js copies libcriu next to
+      # the addon, found through $ORIGIN, so the build can move (and the package
+      # be installed anywhere).
+      "ldflags": ["-Wl,-rpath,'$$ORIGIN'"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fexceptions"],
       "cflags_cc!": ["-fno-exceptions"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"]

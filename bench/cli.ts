@@ -8,7 +8,7 @@ import { PhaulError } from '../src/errors';
 import { criuBinary } from '../src/criu/binary';
 import { PACKAGE_ROOT } from '../src/package-root';
 import { buildMatrix, cellLabel, estimateSeconds, LINKS, STRATEGIES, type LinkName, type StrategyName } from './matrix';
-import { abortCleanup, runMatrix } from './runner';
+import { abortCleanup, runMatrix, type Row } from './runner';
 import { describeMachine } from './machine';
 import { BASELINE, markdown, svgChart } from './report';
 import { addPauseRatios } from './stats';
@@ -79,7 +79,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  let rows;
+  let rows: Row[];
   try {
     rows = addPauseRatios(await runMatrix(cells, { criu, scratch: '/dev/shm', progress }), BASELINE);
   } finally {

@@ -51,13 +51,14 @@ struct Job {
   Napi::Promise::Deferred deferred;
   // Results, written by the call's thread, read on the main thread.
   bool ok = false;
-  int value = 0;        // restore: pid; version: major*10000+minor*100+sublevel
-  int criuRet = 0;      // libcriu's negative return code on failure
-  int criuErrno = 0;    // errno libcriu reported (CRIU's cr_errno for -EBADE)
+  int value = 0;      // restore: pid; version: major*10000+minor*100+sublevel
+  int criuRet = 0;    // libcriu's negative return code on failure
+  int criuErrno = 0;  // errno libcriu reported (CRIU's cr_errno for -EBADE)
   bool timedOut = false;
   std::string logPath;
   std::string message;  // one line
-  Job(Kind k, CallOptions opts, Napi::Env env) : kind(k), o(std::move(opts)), deferred(Napi::Promise::Deferred::New(env)) {}
+  Job(Kind k, CallOptions opts, Napi::Env env)
+      : kind(k), o(std::move(opts)), deferred(Napi::Promise::Deferred::New(env)) {}
 };
 
 // ------------------------------------------------------------------ helpers
@@ -306,7 +307,8 @@ std::string RetText(int ret) {
 // Runs one libcriu call on the current (dedicated) thread.
 void Run(Job* j) {
   const CallOptions& o = j->o;
-  std::string head = std::string("criu ") + KindName(j->kind) + (j->kind == Kind::kDump ? " of pid " + std::to_string(o.pid) : "");
+  std::string head =
+      std::string("criu ") + KindName(j->kind) + (j->kind == Kind::kDump ? " of pid " + std::to_string(o.pid) : "");
   int imagesFd = -1, workFd = -1;
   if (!o.imagesDir.empty()) {
     imagesFd = open(o.imagesDir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -427,7 +429,8 @@ int64_t Int(const Napi::Object& o, const char* k, int64_t dflt, int64_t min, int
   if (v.IsUndefined() || v.IsNull()) return dflt;
   double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1e300;
   if (d != static_cast<double>(static_cast<int64_t>(d)) || d < min || d > max)
-    throw Napi::TypeError::New(o.Env(), std::string(k) + " must be an integer in " + std::to_string(min) + ".." + std::to_string(max));
+    throw Napi::TypeError::New(
+        o.Env(), std::string(k) + " must be an integer in " + std::to_string(min) + ".." + std::to_string(max));
   return static_cast<int64_t>(d);
 }
 
@@ -440,14 +443,17 @@ CallOptions Parse(const Napi::Object& o, Kind kind) {
   if (c.imagesDir.empty() && kind != Kind::kVersion) throw Napi::TypeError::New(env, "imagesDir is required");
   c.workDir = Str(o, "workDir");
   c.logFile = Str(o, "logFile");
-  if (c.logFile.find('/') != std::string::npos) throw Napi::TypeError::New(env, "logFile must be a bare file name (it goes in workDir)");
+  if (c.logFile.find('/') != std::string::npos)
+    throw Napi::TypeError::New(env, "logFile must be a bare file name (it goes in workDir)");
   c.logLevel = static_cast<int>(Int(o, "logLevel", -1, 0, 4));
   c.pid = static_cast<int>(Int(o, "pid", 0, 1, 0x7fffffff));
-  if (kind == Kind::kDump && c.pid == 0) throw Napi::TypeError::New(env, "pid is required (without it CRIU would dump this process)");
+  if (kind == Kind::kDump && c.pid == 0)
+    throw Napi::TypeError::New(env, "pid is required (without it CRIU would dump this process)");
   c.parentImages = Str(o, "parentImages");
   c.leaveRunning = Bool(o, "leaveRunning");
   c.leaveStopped = Bool(o, "leaveStopped");
-  if (c.leaveRunning && c.leaveStopped) throw Napi::TypeError::New(env, "leaveRunning and leaveStopped exclude each other");
+  if (c.leaveRunning && c.leaveStopped)
+    throw Napi::TypeError::New(env, "leaveRunning and leaveStopped exclude each other");
   c.shellJob = Bool(o, "shellJob");
   c.tcpEstablished = Bool(o, "tcpEstablished");
   c.tcpClose = Bool(o, "tcpClose");
@@ -462,13 +468,20 @@ CallOptions Parse(const Napi::Object& o, Kind kind) {
     c.manageCgroups = mc.As<Napi::Boolean>().Value() ? CgroupMode::kSoft : CgroupMode::kOff;
   } else if (mc.IsString()) {
     std::string m = mc.As<Napi::String>().Utf8Value();
-    if (m == "ignore") c.manageCgroups = CgroupMode::kIgnore;
-    else if (m == "none") c.manageCgroups = CgroupMode::kNone;
-    else if (m == "props") c.manageCgroups = CgroupMode::kProps;
-    else if (m == "soft") c.manageCgroups = CgroupMode::kSoft;
-    else if (m == "full") c.manageCgroups = CgroupMode::kFull;
-    else if (m == "strict") c.manageCgroups = CgroupMode::kStrict;
-    else throw Napi::TypeError::New(env, "manageCgroups must be a boolean or ignore|none|props|soft|full|strict");
+    if (m == "ignore")
+      c.manageCgroups = CgroupMode::kIgnore;
+    else if (m == "none")
+      c.manageCgroups = CgroupMode::kNone;
+    else if (m == "props")
+      c.manageCgroups = CgroupMode::kProps;
+    else if (m == "soft")
+      c.manageCgroups = CgroupMode::kSoft;
+    else if (m == "full")
+      c.manageCgroups = CgroupMode::kFull;
+    else if (m == "strict")
+      c.manageCgroups = CgroupMode::kStrict;
+    else
+      throw Napi::TypeError::New(env, "manageCgroups must be a boolean or ignore|none|props|soft|full|strict");
   } else if (!mc.IsUndefined() && !mc.IsNull()) {
     throw Napi::TypeError::New(env, "manageCgroups must be a boolean or a mode name");
   }
@@ -492,7 +505,8 @@ Napi::Value Start(const Napi::CallbackInfo& info, Kind kind) {
     }).detach();
   } catch (const std::system_error& e) {
     tsfn.Release();
-    j->deferred.Reject(Napi::Error::New(env, std::string("criu ") + KindName(kind) + ": cannot start a thread: " + e.what()).Value());
+    j->deferred.Reject(
+        Napi::Error::New(env, std::string("criu ") + KindName(kind) + ": cannot start a thread: " + e.what()).Value());
     delete j;
   }
   return promise;
@@ -506,10 +520,18 @@ Napi::Value Start(const Napi::CallbackInfo& info, Kind kind) {
 // Rejections are Errors with a one-line message plus criuRet, errno, timedOut, logPath.
 void InitCriuOps(Napi::Env env, Napi::Object exports) {
   using criu_ops::Kind;
-  exports.Set("criuCheck", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kCheck); }, "criuCheck"));
-  exports.Set("criuDump", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kDump); }, "criuDump"));
-  exports.Set("criuRestore", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kRestore); }, "criuRestore"));
-  exports.Set("criuVersion", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kVersion); }, "criuVersion"));
+  exports.Set("criuCheck",
+              Napi::Function::New(
+                  env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kCheck); }, "criuCheck"));
+  exports.Set("criuDump",
+              Napi::Function::New(
+                  env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kDump); }, "criuDump"));
+  exports.Set("criuRestore",
+              Napi::Function::New(
+                  env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kRestore); }, "criuRestore"));
+  exports.Set("criuVersion",
+              Napi::Function::New(
+                  env, [](const Napi::CallbackInfo& i) { return criu_ops::Start(i, Kind::kVersion); }, "criuVersion"));
 }
 
 }  // namespace phaul

@@ -21,13 +21,13 @@ enum class CgroupMode { kDefault, kOff, kIgnore, kNone, kProps, kSoft, kFull, kS
 
 // Options of one call, copied out of the JS object on the main thread.
 struct CallOptions {
-  std::string criuBinary;   // path (or name on PATH) of the criu binary
-  std::string imagesDir;    // required for dump/restore; check/version use it as scratch
-  std::string workDir;      // CRIU's cwd and log location; defaults to imagesDir
-  std::string logFile;      // a bare file name inside workDir (CRIU refuses '/')
-  int logLevel = -1;        // 0..4; -1 = CRIU's default
-  int pid = 0;              // dump: root of the tree
-  std::string parentImages; // dump: --prev-images-dir, relative to imagesDir
+  std::string criuBinary;    // path (or name on PATH) of the criu binary
+  std::string imagesDir;     // required for dump/restore; check/version use it as scratch
+  std::string workDir;       // CRIU's cwd and log location; defaults to imagesDir
+  std::string logFile;       // a bare file name inside workDir (CRIU refuses '/')
+  int logLevel = -1;         // 0..4; -1 = CRIU's default
+  int pid = 0;               // dump: root of the tree
+  std::string parentImages;  // dump: --prev-images-dir, relative to imagesDir
   bool leaveRunning = false;
   bool leaveStopped = false;
   bool shellJob = false;
@@ -39,7 +39,7 @@ struct CallOptions {
   std::string networkLock;  // "", "iptables", "nftables", "skip"
   CgroupMode manageCgroups = CgroupMode::kDefault;
   std::string freezeCgroup;
-  unsigned timeoutMs = 0;   // our watchdog: kill swrk (and its children) after this; 0 = none
+  unsigned timeoutMs = 0;  // our watchdog: kill swrk (and its children) after this; 0 = none
 };
 
 }  // namespace criu_ops

@@ -15,9 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "rpc.pb-c.h"  // from CRIU (pkg-config criu)
-
 #include "modules.h"
+#include "rpc.pb-c.h"  // from CRIU (pkg-config criu)
 
 namespace phaul {
 namespace {
@@ -96,10 +95,14 @@ struct OptsBuilder {
     if (Present(o, "networkLock")) {
       std::string m = o.Get("networkLock").ToString().Utf8Value();
       opts.has_network_lock = 1;
-      if (m == "iptables") opts.network_lock = CRIU_NETWORK_LOCK_METHOD__IPTABLES;
-      else if (m == "nftables") opts.network_lock = CRIU_NETWORK_LOCK_METHOD__NFTABLES;
-      else if (m == "skip") opts.network_lock = CRIU_NETWORK_LOCK_METHOD__SKIP;
-      else throw Napi::TypeError::New(env, "networkLock must be iptables, nftables or skip");
+      if (m == "iptables")
+        opts.network_lock = CRIU_NETWORK_LOCK_METHOD__IPTABLES;
+      else if (m == "nftables")
+        opts.network_lock = CRIU_NETWORK_LOCK_METHOD__NFTABLES;
+      else if (m == "skip")
+        opts.network_lock = CRIU_NETWORK_LOCK_METHOD__SKIP;
+      else
+        throw Napi::TypeError::New(env, "networkLock must be iptables, nftables or skip");
     }
     if (Present(o, "psFd") || Present(o, "psPort")) {
       Int(o, "psFd", &ps.has_fd, &ps.fd);
@@ -152,8 +155,14 @@ Message Receive(int sk) {
   ssize_t len;
   do len = recv(sk, nullptr, 0, MSG_PEEK | MSG_TRUNC);
   while (len < 0 && errno == EINTR);
-  if (len == 0) { m.eof = true; return m; }
-  if (len < 0) { m.error = Errno("recv from criu"); return m; }
+  if (len == 0) {
+    m.eof = true;
+    return m;
+  }
+  if (len < 0) {
+    m.error = Errno("recv from criu");
+    return m;
+  }
   std::vector<uint8_t> buf(len);
   char cbuf[CMSG_SPACE(sizeof(int))];
   struct iovec iov = {buf.data(), buf.size()};
@@ -164,12 +173,19 @@ Message Receive(int sk) {
   mh.msg_controllen = sizeof(cbuf);
   do len = recvmsg(sk, &mh, MSG_CMSG_CLOEXEC);
   while (len < 0 && errno == EINTR);
-  if (len <= 0) { m.error = len == 0 ? "criu closed the connection" : Errno("recvmsg from criu"); m.eof = len == 0; return m; }
+  if (len <= 0) {
+    m.error = len == 0 ? "criu closed the connection" : Errno("recvmsg from criu");
+    m.eof = len == 0;
+    return m;
+  }
   // CRIU may attach a descriptor to a notification; we never need one.
   for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) close(*reinterpret_cast<int*>(CMSG_DATA(c)));
   CriuResp* r = criu_resp__unpack(nullptr, len, buf.data());
-  if (!r) { m.error = "criu sent a message that does not decode"; return m; }
+  if (!r) {
+    m.error = "criu sent a message that does not decode";
+    return m;
+  }
   m.type = r->type;
   m.success = r->success;
   if (r->notify) {
@@ -178,7 +194,10 @@ Message Receive(int sk) {
     if (r->notify->has_pid) m.notify_pid = r->notify->pid;
   }
   if (r->restore) m.restore_pid = r->restore->pid;
-  if (r->has_cr_errno) { m.has_errno = true; m.cr_errno = r->cr_errno; }
+  if (r->has_cr_errno) {
+    m.has_errno = true;
+    m.cr_errno = r->cr_errno;
+  }
   if (r->cr_errmsg) m.errmsg = r->cr_errmsg;
   if (r->version) {
     m.has_version = true;
@@ -192,7 +211,8 @@ Message Receive(int sk) {
 
 class ReceiveWorker : public Napi::AsyncWorker {
  public:
-  ReceiveWorker(Napi::Env env, int sk) : Napi::AsyncWorker(env), sk_(sk), deferred_(Napi::Promise::Deferred::New(env)) {}
+  ReceiveWorker(Napi::Env env, int sk)
+      : Napi::AsyncWorker(env), sk_(sk), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override { msg_ = Receive(sk_); }
   void OnOK() override {
@@ -204,8 +224,9 @@ class ReceiveWorker : public Napi::AsyncWorker {
     Napi::Object o = Napi::Object::New(env);
     o.Set("eof", msg_.eof);
     if (!msg_.eof) {
-      static const char* names[] = {"empty", "dump", "restore", "check", "pre-dump", "page-server", "notify",
-                                    "cpuinfo-dump", "cpuinfo-check", "feature-check", "version"};
+      static const char* names[] = {"empty",         "dump",          "restore", "check",
+                                    "pre-dump",      "page-server",   "notify",  "cpuinfo-dump",
+                                    "cpuinfo-check", "feature-check", "version"};
       o.Set("type", msg_.type >= 0 && msg_.type <= 10 ? names[msg_.type] : "unknown");
       o.Set("success", msg_.success);
       if (msg_.has_notify) {
@@ -234,7 +255,8 @@ class ReceiveWorker : public Napi::AsyncWorker {
 
 class WaitWorker : public Napi::AsyncWorker {
  public:
-  WaitWorker(Napi::Env env, pid_t pid) : Napi::AsyncWorker(env), pid_(pid), deferred_(Napi::Promise::Deferred::New(env)) {}
+  WaitWorker(Napi::Env env, pid_t pid)
+      : Napi::AsyncWorker(env), pid_(pid), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
     int r;

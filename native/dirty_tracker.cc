@@ -6,8 +6,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdlib.h>
 #include <linux/kcmp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -83,7 +83,10 @@ void Intervals::IntersectWith(const Intervals& o) {
   while (i < v_.size() && j < o.v_.size()) {
     uint64_t s = std::max(v_[i].first, o.v_[j].first), e = std::min(v_[i].second, o.v_[j].second);
     if (s < e) out.emplace_back(s, e);
-    if (v_[i].second < o.v_[j].second) i++; else j++;
+    if (v_[i].second < o.v_[j].second)
+      i++;
+    else
+      j++;
   }
   v_.swap(out);
 }
@@ -366,7 +369,8 @@ bool Tracker::Start(Failure* f) {
   stats_.user_mode_only = ctx.user_mode_only;
   if (r < 0) {
     std::string msg = "syscall injection into " + std::to_string(pid_) + " failed at " + ctx.where + ": " + Errno(-r);
-    const char* code = r == -ESRCH ? "process-gone" : (r == -EPERM ? "ptrace-denied" : (r == -ENOEXEC ? "unsupported" : "failed"));
+    const char* code =
+        r == -ESRCH ? "process-gone" : (r == -EPERM ? "ptrace-denied" : (r == -ENOEXEC ? "unsupported" : "failed"));
     Fail(f, code, msg, -r);
     if (ctx.ours >= 0) close(ctx.ours);
     Close();
@@ -433,12 +437,8 @@ int Tracker::Register(const Vma& v, Failure* f) {
     case EINVAL:  // VM_PFNMAP/VM_IO/droppable and other kinds uffd refuses
     case ENOMEM:  // unmapped since we read maps: the next round sees it
       return 0;
-    case ESRCH:
-      Fail(f, "process-gone", "process " + std::to_string(pid_) + " is gone", e);
-      return -1;
-    default:
-      Fail(f, "failed", "UFFDIO_REGISTER " + v.name + ": " + Errno(e), e);
-      return -1;
+    case ESRCH: Fail(f, "process-gone", "process " + std::to_string(pid_) + " is gone", e); return -1;
+    default: Fail(f, "failed", "UFFDIO_REGISTER " + v.name + ": " + Errno(e), e); return -1;
   }
 }
 
@@ -534,7 +534,8 @@ bool Tracker::Recheck(ScanResult* out, Failure* f) {
   if (!fixed) {
     // Every VMA we scan carries "uw", yet the kernel says one is not async-wp:
     // it belongs to another userfaultfd.
-    Fail(f, "uffd-in-use", "a mapping of process " + std::to_string(pid_) + " is write-protected by another userfaultfd", EBUSY);
+    Fail(f, "uffd-in-use",
+         "a mapping of process " + std::to_string(pid_) + " is write-protected by another userfaultfd", EBUSY);
     return false;
   }
   return true;
@@ -576,7 +577,8 @@ bool Tracker::Scan(ScanResult* out, Failure* f, bool protect) {
     return false;
   }
   if (!MmAlive()) {
-    Fail(f, "process-gone", "process " + std::to_string(pid_) + " exited or called execve: its tracked memory is gone", ESRCH);
+    Fail(f, "process-gone", "process " + std::to_string(pid_) + " exited or called execve: its tracked memory is gone",
+         ESRCH);
     return false;
   }
   out->first = first_;
@@ -620,7 +622,8 @@ bool Tracker::Scan(ScanResult* out, Failure* f, bool protect) {
           last = vec_[i].end;
         }
         if (++out->retries > 32) {
-          Fail(f, "failed", "PAGEMAP_SCAN keeps failing with EPERM (mappings change faster than we can register them)", err);
+          Fail(f, "failed", "PAGEMAP_SCAN keeps failing with EPERM (mappings change faster than we can register them)",
+               err);
           return false;
         }
         stats_.eperm_retries++;
@@ -809,11 +812,12 @@ class PromiseWorker : public Napi::AsyncWorker {
 class DirtyTrackerWrap : public Napi::ObjectWrap<DirtyTrackerWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "DirtyTracker",
-                       {InstanceMethod("start", &DirtyTrackerWrap::Start), InstanceMethod("scan", &DirtyTrackerWrap::Scan),
-                        InstanceMethod("present", &DirtyTrackerWrap::Present), InstanceMethod("unprotect", &DirtyTrackerWrap::Unprotect),
-                        InstanceMethod("vmas", &DirtyTrackerWrap::Vmas),
-                        InstanceMethod("stats", &DirtyTrackerWrap::Stats), InstanceMethod("close", &DirtyTrackerWrap::Close)});
+    return DefineClass(
+        env, "DirtyTracker",
+        {InstanceMethod("start", &DirtyTrackerWrap::Start), InstanceMethod("scan", &DirtyTrackerWrap::Scan),
+         InstanceMethod("present", &DirtyTrackerWrap::Present),
+         InstanceMethod("unprotect", &DirtyTrackerWrap::Unprotect), InstanceMethod("vmas", &DirtyTrackerWrap::Vmas),
+         InstanceMethod("stats", &DirtyTrackerWrap::Stats), InstanceMethod("close", &DirtyTrackerWrap::Close)});
   }
 
   explicit DirtyTrackerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DirtyTrackerWrap>(info) {
@@ -912,7 +916,8 @@ class DirtyTrackerWrap : public Napi::ObjectWrap<DirtyTrackerWrap> {
   // per tracked range the pairs touch, meant for the switchover.
   Napi::Value Unprotect(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
       throw Napi::TypeError::New(env, "unprotect(pairs: BigUint64Array)");
     auto arr = info[0].As<Napi::TypedArrayOf<uint64_t>>();
     std::vector<uint64_t> pairs(arr.Data(), arr.Data() + arr.ElementLength());
@@ -992,7 +997,8 @@ Napi::Value InjectSyscall(const Napi::CallbackInfo& info) {
   long ret = 0;
   int64_t ns = 0;
   std::string err;
-  int r = inject::InjectOne(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int64Value(), args, &ret, &err, &ns);
+  int r = inject::InjectOne(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int64Value(), args,
+                            &ret, &err, &ns);
   if (r < 0) {
     Failure f;
     f.code = r == -ESRCH ? "process-gone" : (r == -EPERM ? "ptrace-denied" : "failed");
@@ -1025,7 +1031,8 @@ Napi::Value SameMm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
     throw Napi::TypeError::New(env, "sameMm(pid1: number, pid2: number)");
-  long r = syscall(SYS_kcmp, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int32Value(), KCMP_VM, 0, 0);
+  long r = syscall(SYS_kcmp, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int32Value(), KCMP_VM,
+                   0, 0);
   if (r < 0) {
     Failure f{errno == ESRCH ? "process-gone" : "failed", std::string("kcmp: ") + strerror(errno), errno};
     throw MakeError(env, f);

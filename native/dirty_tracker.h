@@ -33,11 +33,11 @@ enum VmaFlag : uint64_t {
   kVmaRead = 1,
   kVmaWrite = 2,
   kVmaExec = 4,
-  kVmaShared = 8,     // MAP_SHARED (shmem, memfd, SysV, shared file): others may write it unseen
-  kVmaFile = 16,      // backed by a file (incl. memfd / SysV shm)
-  kVmaSpecial = 32,   // [vdso] [vvar] [vvar_vclock] [vsyscall]: never registered
-  kVmaTracked = 64,   // registered with our uffd: its writes are reported
-  kVmaNew = 128,      // registered during the last Start()/Scan()
+  kVmaShared = 8,    // MAP_SHARED (shmem, memfd, SysV, shared file): others may write it unseen
+  kVmaFile = 16,     // backed by a file (incl. memfd / SysV shm)
+  kVmaSpecial = 32,  // [vdso] [vvar] [vvar_vclock] [vsyscall]: never registered
+  kVmaTracked = 64,  // registered with our uffd: its writes are reported
+  kVmaNew = 128,     // registered during the last Start()/Scan()
   kVmaStack = 256,
   kVmaHeap = 512,
 };
@@ -90,14 +90,14 @@ struct ScanResult {
 };
 
 struct Stats {
-  int64_t inject_ns = 0;      // target held by ptrace during start()
-  int64_t start_ns = 0;       // whole start()
+  int64_t inject_ns = 0;  // target held by ptrace during start()
+  int64_t start_ns = 0;   // whole start()
   uint64_t rounds = 0;
   uint64_t pages_reported = 0;
   int64_t last_scan_ns = 0;
   uint64_t registrations = 0;
   uint64_t eperm_retries = 0;
-  uint64_t features = 0;      // UFFD features enabled
+  uint64_t features = 0;  // UFFD features enabled
   bool user_mode_only = false;
   pid_t borrowed_tid = 0;
 };

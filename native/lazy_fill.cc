@@ -370,7 +370,8 @@ void Server::Fatal(const std::string& why) {
 
 void Server::Wake() {
   uint64_t one = 1;
-  if (write(wake_, &one, sizeof(one)) < 0) { /* already signalled */ }
+  if (write(wake_, &one, sizeof(one)) < 0) { /* already signalled */
+  }
 }
 
 // Copies [s, e) from its file into the mm. *done: bytes placed (or skipped
@@ -529,9 +530,7 @@ void Server::HandleMm(Mm* mm) {
     for (size_t i = 0; i < k && !stop_; i++) {
       const struct uffd_msg& m = msgs[i];
       switch (m.event) {
-        case UFFD_EVENT_PAGEFAULT:
-          HandleFault(mm, m.arg.pagefault.address, seen, &again);
-          break;
+        case UFFD_EVENT_PAGEFAULT: HandleFault(mm, m.arg.pagefault.address, seen, &again); break;
         case UFFD_EVENT_FORK: {
           std::map<uint64_t, Piece> copy;
           std::shared_ptr<Family> fam;
@@ -569,8 +568,7 @@ void Server::HandleMm(Mm* mm) {
           Drop(mm, m.arg.remove.start, m.arg.remove.end, true);
           break;
         }
-        default:
-          Fatal("lazy-pages: unexpected userfaultfd event " + std::to_string(m.event));
+        default: Fatal("lazy-pages: unexpected userfaultfd event " + std::to_string(m.event));
       }
     }
     if (stop_ || mm->dead) break;
@@ -692,7 +690,8 @@ bool Server::Run(std::string* err) {
       int fd = evs[i].data.fd;
       if (fd == wake_) {
         uint64_t v;
-        if (read(wake_, &v, sizeof(v)) < 0) { /* nothing */ }
+        if (read(wake_, &v, sizeof(v)) < 0) { /* nothing */
+        }
       } else if (fd == listen_) {
         int c = accept4(listen_, nullptr, nullptr, SOCK_CLOEXEC);
         if (c < 0) continue;

@@ -44,7 +44,8 @@ static void AddMissing(std::vector<uint64_t>* m, uint64_t s, uint64_t e) {
   m->push_back(e);
 }
 
-bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t buflen, bool zero_map, ReadResult* out) {
+bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t buflen, bool zero_map,
+                ReadResult* out) {
   int64_t t0 = Now();
   uint64_t total = 0;
   for (size_t i = 0; i < n; i++) {
@@ -177,7 +178,9 @@ class ReadWorker : public Napi::AsyncWorker {
     buf_ = Napi::Persistent(buf.As<Napi::Object>());
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { ok_ = pages::ReadRanges(pid_, pairs_.data(), pairs_.size() / 2, data_, len_, zero_map_, &r_); }
+  void Execute() override {
+    ok_ = pages::ReadRanges(pid_, pairs_.data(), pairs_.size() / 2, data_, len_, zero_map_, &r_);
+  }
   void OnOK() override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);

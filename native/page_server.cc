@@ -46,8 +46,15 @@ namespace {
 
 // ---- protocol constants (CRIU page-xfer.c, images/pagemap.proto, magic.h)
 enum : uint32_t {
-  kOpAdd = 1, kOpHole = 2, kOpOpen = 3, kOpOpen2 = 4, kOpParent = 5, kOpAddF = 6, kOpGet = 7,
-  kOpClose = 0x1023, kOpForceClose = 0x1024,
+  kOpAdd = 1,
+  kOpHole = 2,
+  kOpOpen = 3,
+  kOpOpen2 = 4,
+  kOpParent = 5,
+  kOpAddF = 6,
+  kOpGet = 7,
+  kOpClose = 0x1023,
+  kOpForceClose = 0x1024,
 };
 enum : uint32_t { kPeParent = 1, kPeLazy = 2, kPePresent = 4 };
 enum : uint32_t { kTypePid = 1, kTypeShmem = 2 };
@@ -57,10 +64,10 @@ constexpr uint32_t kPagemapMagic = 0x56084025;
 // with the ids the dumping criu allocates itself in the same directory
 // (CRIU: up_page_ids_base()). Matching it keeps our images identical to CRIU's.
 constexpr uint32_t kFirstPagesId = 0x10001;
-constexpr uint64_t kPidMax = 1u << 22;             // PID_MAX_LIMIT
-constexpr uint64_t kUserAddrLimit = 1ull << 57;    // 5-level paging user space
-constexpr size_t kMaxPagemaps = 1 << 16;           // OPENs per session
-constexpr size_t kPagemapFlush = 64 << 10;         // buffered pagemap bytes
+constexpr uint64_t kPidMax = 1u << 22;           // PID_MAX_LIMIT
+constexpr uint64_t kUserAddrLimit = 1ull << 57;  // 5-level paging user space
+constexpr size_t kMaxPagemaps = 1 << 16;         // OPENs per session
+constexpr size_t kPagemapFlush = 64 << 10;       // buffered pagemap bytes
 
 // One failure, carried out of the protocol loop. `code` becomes error.code in JS.
 struct Fail {
@@ -81,7 +88,10 @@ std::string Hex(uint64_t v) {
 
 // ---- tiny protobuf writer: only varint fields are needed
 void PutVarint(std::string& out, uint64_t v) {
-  while (v >= 0x80) { out.push_back(char(v | 0x80)); v >>= 7; }
+  while (v >= 0x80) {
+    out.push_back(char(v | 0x80));
+    v >>= 7;
+  }
   out.push_back(char(v));
 }
 void PutField(std::string& out, uint32_t field, uint64_t v) {
@@ -192,10 +202,8 @@ class Session {
           Send(&status, sizeof status);
           return std::move(stats_);
         }
-        case kOpGet:
-          Throw("protocol", "GET (lazy-pages request) is not supported: this server only receives pages");
-        default:
-          Throw("protocol", "unknown op " + Hex(cmd));
+        case kOpGet: Throw("protocol", "GET (lazy-pages request) is not supported: this server only receives pages");
+        default: Throw("protocol", "unknown op " + Hex(cmd));
       }
     }
   }
@@ -253,8 +261,8 @@ class Session {
       if (r < 0) NetError("recv");
       if (r == 0) {
         if (got == 0) return false;
-        Throw("network", "connection closed inside a header (" + std::to_string(got) + " of " +
-                             std::to_string(want) + " bytes)");
+        Throw("network",
+              "connection closed inside a header (" + std::to_string(got) + " of " + std::to_string(want) + " bytes)");
       }
       got += size_t(r);
     }
@@ -350,10 +358,12 @@ class Session {
     // Restore walks each pagemap forward only (seek_pagemap), so entries must
     // ascend without overlap; CRIU's dump emits them in VMA order.
     if (vaddr < nextVaddr_)
-      Throw("protocol", op + " at " + Hex(vaddr) + " overlaps or precedes the previous entry (ends " + Hex(nextVaddr_) + ")");
+      Throw("protocol",
+            op + " at " + Hex(vaddr) + " overlaps or precedes the previous entry (ends " + Hex(nextVaddr_) + ")");
     if (nr > maxTotalPages_ - stats_.pages)
-      Throw("nospace", "peer sends more than the " + std::to_string(o_.maxBytes >> 20) + " MiB this server may write (" +
-                           Progress() + ", next entry " + std::to_string(nr) + " pages)");
+      Throw("nospace", "peer sends more than the " + std::to_string(o_.maxBytes >> 20) +
+                           " MiB this server may write (" + Progress() + ", next entry " + std::to_string(nr) +
+                           " pages)");
     nextVaddr_ = vaddr + nr * page_;
 
     // pagemap_entry, fields in number order as protobuf-c packs them:
@@ -558,12 +568,12 @@ Napi::Value ServePages(const Napi::CallbackInfo& info) {
   handle.Set("done", promise);
   // abort(): wake the worker out of recv/splice; it then fails with "aborted".
   handle.Set("abort", Napi::Function::New(env, [st](const Napi::CallbackInfo& ci) {
-    std::lock_guard<std::mutex> g(st->mu);
-    if (st->closed || st->aborted) return;
-    st->aborted = true;
-    if (ci.Length() > 0 && ci[0].IsString()) st->abortReason = ": " + ci[0].As<Napi::String>().Utf8Value();
-    shutdown(st->fd, SHUT_RDWR);
-  }));
+               std::lock_guard<std::mutex> g(st->mu);
+               if (st->closed || st->aborted) return;
+               st->aborted = true;
+               if (ci.Length() > 0 && ci[0].IsString()) st->abortReason = ": " + ci[0].As<Napi::String>().Utf8Value();
+               shutdown(st->fd, SHUT_RDWR);
+             }));
   return handle;
 }
 

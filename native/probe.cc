@@ -208,8 +208,8 @@ Result WpTracking() {
   // mapping goes away so nothing of the probe outlives it.
   ioctl(uffd.fd, UFFDIO_UNREGISTER, &reg.range);
   r.ok = first.size() == n && dirty == std::vector<size_t>{3, 5} && clean.empty();
-  r.detail = "first scan " + std::to_string(first.size()) + "/" + std::to_string(n) + " written, after writing pages 3,5: " +
-             List(dirty) + ", then: " + List(clean);
+  r.detail = "first scan " + std::to_string(first.size()) + "/" + std::to_string(n) +
+             " written, after writing pages 3,5: " + List(dirty) + ", then: " + List(clean);
   return r;
 }
 
@@ -288,8 +288,9 @@ Result ZeroPage() {
   }
   long grew = after - before;
   r.ok = sum == 0 && grew < static_cast<long>(n / 4);
-  r.detail = "reading " + std::to_string(n) + " untouched pages made " + std::to_string(grew < 0 ? 0 : grew) +
-             " resident" + (r.ok ? " (the shared zero page is mapped)" : " (reads allocate: no shared zero page, e.g. pvm_no_zero_page=1)");
+  r.detail =
+      "reading " + std::to_string(n) + " untouched pages made " + std::to_string(grew < 0 ? 0 : grew) + " resident" +
+      (r.ok ? " (the shared zero page is mapped)" : " (reads allocate: no shared zero page, e.g. pvm_no_zero_page=1)");
   return r;
 }
 

@@ -94,9 +94,12 @@ class RelayWorker : public Napi::AsyncWorker {
   bool Move(int from, Pipe& p, int to, bool* eof, uint64_t* total) {
     if (!*eof && p.held == 0) {
       ssize_t n = splice(from, nullptr, p.w, nullptr, 1 << 30, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n == 0) *eof = true;
-      else if (n > 0) p.held += n;
-      else if (errno == ECONNRESET) *eof = true;
+      if (n == 0)
+        *eof = true;
+      else if (n > 0)
+        p.held += n;
+      else if (errno == ECONNRESET)
+        *eof = true;
       else if (errno != EAGAIN && errno != EINTR) {
         SetError(std::string("relay read: ") + strerror(errno));
         return false;
@@ -160,7 +163,8 @@ Napi::Value StartRelay(const Napi::CallbackInfo& info) {
 Napi::Value AbortRelay(const Napi::CallbackInfo& info) {
   int fd = info[0].ToNumber().Int32Value();
   char c = 1;
-  if (write(fd, &c, 1) < 0) { /* already ended */ }
+  if (write(fd, &c, 1) < 0) { /* already ended */
+  }
   close(fd);
   return info.Env().Undefined();
 }

@@ -270,8 +270,7 @@ int Session::Park() {
     where_ = "restore registers";
     return -errno;
   }
-  if (ptrace(PTRACE_INTERRUPT, t_.tid, nullptr, nullptr) < 0 ||
-      ptrace(PTRACE_CONT, t_.tid, nullptr, nullptr) < 0) {
+  if (ptrace(PTRACE_INTERRUPT, t_.tid, nullptr, nullptr) < 0 || ptrace(PTRACE_CONT, t_.tid, nullptr, nullptr) < 0) {
     where_ = "park (PTRACE_INTERRUPT/CONT)";
     return -errno;
   }
@@ -388,7 +387,8 @@ int RunDetached(int (*body)(void*), void* arg) {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  pid_t pid = clone(TrampolineMain, static_cast<char*>(stack) + kStack, CLONE_VM | CLONE_FILES | CLONE_VFORK | SIGCHLD, &t);
+  pid_t pid =
+      clone(TrampolineMain, static_cast<char*>(stack) + kStack, CLONE_VM | CLONE_FILES | CLONE_VFORK | SIGCHLD, &t);
   int e = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) {

@@ -45,8 +45,8 @@ struct pm_scan_arg {
 };
 
 #define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
-#define PM_SCAN_WP_MATCHING (1 << 0)   // write-protect the pages matched
-#define PM_SCAN_CHECK_WPASYNC (1 << 1) // fail (EPERM) on a VMA not registered for async wp
+#define PM_SCAN_WP_MATCHING (1 << 0)    // write-protect the pages matched
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)  // fail (EPERM) on a VMA not registered for async wp
 #define PAGE_IS_WPALLOWED (1 << 0)
 #define PAGE_IS_WRITTEN (1 << 1)
 #define PAGE_IS_FILE (1 << 2)

@@ -2,6 +2,7 @@
 # Brings a fresh Debian 12 machine to a working phaul-fast checkout, idempotently:
 # Debian packages, a CRIU that passes `criu check`, the sysctls the engine needs,
 # npm dependencies, the native addon, the TypeScript build and the test workloads.
+# Run from an installed package (`npx phaul-fast setup`), it stops after the addon.
 # When everything is already in place it only checks, in a few seconds.
 #
 #   bash scripts/setup.sh [--quiet] [--force-criu]
@@ -22,7 +23,7 @@ for a in "$@"; do
   case "$a" in
     --quiet) QUIET=1 ;;
     --force-criu) FORCE_CRIU=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +52,8 @@ PKGS=(
   uuid-dev pkgconf python3-protobuf xz-utils dpkg-dev
   # two-host tests, network lock, addon build
   iproute2 nftables g++ make python3 util-linux procps openssl
+  # the benchmark's memcached workload (bench/workloads/memcached.ts); npm run lint's C++ half
+  memcached clang-format
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -160,7 +163,12 @@ newer() { # is any file under $2.. newer than $1 (or $1 missing)?
   [ -n "$(find "$@" -newer "$stamp" -type f -print -quit 2>/dev/null)" ]
 }
 
-if newer node_modules/.package-lock.json package-lock.json package.json; then
+# A checkout (tests, bench, TypeScript sources) or an installed package
+# (node_modules/phaul-fast: dist/ is built, npm installed the dependencies).
+CHECKOUT=0
+[ -f tsconfig.test.json ] && CHECKOUT=1
+
+if [ "$CHECKOUT" = 1 ] && newer node_modules/.package-lock.json package-lock.json package.json; then
   loud "installing npm dependencies"
   npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed"
 fi
@@ -169,21 +177,21 @@ export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PAT
 ADDON=build/Release/phaul_fast.node
 if newer "$ADDON" native binding.gyp "$PREFIX/lib/pkgconfig/criu.pc"; then
   loud "building the native addon"
-  flock /tmp/phaul-build.lock npx --no-install node-gyp rebuild >build-native.log 2>&1 || { tail -30 build-native.log >&2; die "addon build failed (build-native.log)"; }
-  rm -f build-native.log
+  # Through npm, so node-gyp sees npm's configuration (nodedir, proxy, cafile).
+  flock /tmp/phaul-build.lock npm run --silent build:native || die "addon build failed"
 fi
 
-if newer dist/.stamp src test bench tsconfig.json; then
+if [ "$CHECKOUT" = 1 ] && newer dist/.stamp src test bench tsconfig.json tsconfig.test.json; then
   loud "compiling TypeScript"
   # From scratch: tsc never removes the output of a deleted or moved source file,
   # and a stale dist/src/x.js would shadow a new dist/src/x/index.js.
   rm -rf dist
-  npx --no-install tsc -p tsconfig.json || die "TypeScript build failed"
+  npx --no-install tsc -p tsconfig.test.json || die "TypeScript build failed"
   touch dist/.stamp
 fi
 
 # Test and benchmark workloads: small C programs, so CRIU has nothing exotic to dump.
-mkdir -p build/workloads
+[ "$CHECKOUT" = 1 ] && mkdir -p build/workloads
 for c in test/workloads/*.c; do
   [ -f "$c" ] || continue
   out="build/workloads/$(basename "$c" .c)"

@@ -33,7 +33,10 @@ async function assertMovedIntact(w: MemWorkload, restored: number, mib: number):
 }
 
 /** Processes whose command line mentions `needle` (zombies aside). */
-function processesWith(needle: string): number[] {
+/** Live processes whose command line names this checkout's copy of `script`
+ *  (other checkouts on the machine may run their own at the same time). */
+function processesWith(script: string): number[] {
+  const needle = path.join(PACKAGE_ROOT, 'dist', 'src', 'transport', `${script}.js`);
   return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
     try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
   });
@@ -205,7 +208,7 @@ test('hybrid: the lazy-pages server killed mid-fill: the resumed tree does not r
     const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
     const end = Date.now() + 60_000;
     let m: RegExpExecArray | null = null;
-    while (!(m = /lazy-pages server \(pid (\d+)\)[^]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
+    while (!(m = /lazy-pages server \(pid (\d+)\)[\s\S]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
     assert.ok(m, 'the workload resumed at the destination');
     assert.doesNotMatch(fx.serve.stderr().slice(logBefore), /memory filled/, 'before its memory was complete');
     process.kill(Number(m[1]), 'SIGKILL'); // a server we started (through the agent)
@@ -292,7 +295,8 @@ for (const mode of ['precopy', 'hybrid']) test(`${mode} keeps every page through
     const before = { parent: read('parent')?.seq ?? 0, child: read('child')?.seq ?? 0 };
     process.kill(restored, 'SIGUSR1');
     const end2 = Date.now() + 10_000;
-    let p, c;
+    let p: any = null;
+    let c: any = null;
     while (Date.now() < end2) {
       p = read('parent');
       c = read('child');

@@ -730,7 +730,7 @@ async function dumpVia(w: Workload, who: Receiver, link: Link, base: string, ext
   const dst = path.join(base, 'dst');
   for (const d of [src, dst]) { fs.rmSync(d, { recursive: true, force: true }); fs.mkdirSync(d, { recursive: true }); }
   let receiverDone: Promise<unknown>;
-  let cleanup = () => undefined as void;
+  let cleanup: () => void = () => undefined;
   let dumpLink: string[];
   let dumpFd: number | null = null;
   if (link === 'socketpair') {

@@ -79,6 +79,7 @@ test('not a TTY: one plain line per round, no control characters', () => {
   const lines = s.out.split('\n');
   assert.deepEqual(lines, [formatRound(ev({ round: 0 })), 'a log line', formatRound(ev({ round: 1, action: 'switchover' })),
     formatSummary([ev({ round: 0 }), ev({ round: 1, action: 'switchover' })]), '']);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: the test looks for terminal control bytes
   assert.ok(!/[\r\x1b]/.test(s.out));
 });
 

@@ -24,25 +24,11 @@ const PORT = 11211;
 const VALUE_SIZE = 4000;
 const AGENT = [process.execPath, path.join(__dirname, 'mc-agent.js')];
 
-let installed: Promise<string> | null = null;
-
-/** memcached's path, installing Debian's package when missing (root, apt). */
-export function ensureMemcached(log: (m: string) => void): Promise<string> {
-  installed ??= (async () => {
-    const which = await runCmd(['sh', '-c', 'command -v memcached']);
-    if (which.code === 0) return which.stdout.trim();
-    log('installing memcached (apt-get install memcached)');
-    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-    let r = await runCmd(['apt-get', 'install', '-y', '-qq', '--no-install-recommends', 'memcached'], { env, timeoutMs: 300_000 });
-    if (r.code !== 0) {
-      await runCmd(['apt-get', 'update', '-qq'], { env, timeoutMs: 300_000 });
-      r = await runCmd(['apt-get', 'install', '-y', '-qq', '--no-install-recommends', 'memcached'], { env, timeoutMs: 300_000 });
-    }
-    const again = await runCmd(['sh', '-c', 'command -v memcached']);
-    if (again.code !== 0) throw new Error(`could not install memcached: ${r.stderr.trim().split('\n').pop()}`);
-    return again.stdout.trim();
-  })();
-  return installed;
+/** memcached's path. It comes from Debian's package, which scripts/setup.sh installs: nothing is installed at run time. */
+export async function findMemcached(): Promise<string> {
+  const which = await runCmd(['sh', '-c', 'command -v memcached']);
+  if (which.code !== 0) throw new Error('memcached is not installed: run `npm run setup` (its package list has it)');
+  return which.stdout.trim();
 }
 
 function lastJson(out: string): Record<string, number> {
@@ -50,7 +36,7 @@ function lastJson(out: string): Record<string, number> {
 }
 
 export async function startMemcached(spec: WorkloadSpec, env: WorkloadEnv): Promise<BenchWorkload> {
-  const bin = await ensureMemcached(() => {});
+  const bin = await findMemcached();
   const items = Math.floor((spec.memMiB * 2 ** 20) / VALUE_SIZE);
   const cacheMiB = Math.ceil(spec.memMiB * 1.6) + 64; // slab overhead: nothing may be evicted
   const ns = startInPidNamespace([bin, '-u', 'root', '-l', '0.0.0.0', '-p', String(PORT), '-m', String(cacheMiB), '-t', '2', '-c', '256'],

@@ -383,7 +383,7 @@ export class Migration extends EventEmitter {
     st.throttle = pc.autoConverge ? new WorkloadThrottle(o.pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
-    const rounds = await run.rounds(o.pid, (pct) => {
+    const rounds = await run.rounds((pct) => {
       st.throttle ??= new WorkloadThrottle(o.pid);
       st.throttle.set(pct);
     });

@@ -119,7 +119,6 @@ export class PrecopySender {
   private next = 0;
   private compress = false;
   bytesSent = 0;
-  readonly rounds: RoundRecord[] = [];
   /** Per pid: the never-populated (or zapped) anonymous ranges sent as zeros so far, as [start, end) pairs. */
   readonly zeroRanges = new Map<number, bigint[]>();
 
@@ -355,7 +354,7 @@ export class PrecopyRun {
     return bytes;
   }
 
-  async rounds(pid: number, throttle: (pct: number) => Promise<void> | void): Promise<RoundRecord[]> {
+  async rounds(throttle: (pct: number) => Promise<void> | void): Promise<RoundRecord[]> {
     let memBytes = 0;
     for (;;) {
       // Decide BEFORE scanning: a scan re-arms write-protection, so every page

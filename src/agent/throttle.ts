@@ -94,7 +94,10 @@ export class WorkloadThrottle {
   /** Runs the tree at most (100 - pct)% of the time; 0 releases. pct in [0, 99]. */
   set(pct: number): void {
     if (!(Number.isInteger(pct) && pct >= 0 && pct <= 99)) throw new PhaulError('usage', `throttle must be an integer 0..99 %, got ${pct}`);
-    if (pct === 0) return this.release();
+    if (pct === 0) {
+      this.release();
+      return;
+    }
     if (this.mode === null) {
       if (procState(this.rootPid) === undefined) throw new PhaulError('notFound', `cannot throttle pid ${this.rootPid}: no such process`);
       this.choose();
@@ -191,7 +194,10 @@ export class WorkloadThrottle {
     this.timer = null;
     if (this.mode !== 'signals') return;
     const pids = treePids(this.rootPid);
-    if (pids.length === 0) return this.release(); // the tree is gone
+    if (pids.length === 0) {
+      this.release(); // the tree is gone
+      return;
+    }
     for (const pid of pids) {
       const st = startTime(pid);
       if (st === undefined || this.stoppedNow.has(pid)) continue;
@@ -299,14 +305,14 @@ function cgroupMounts(): CgroupMount[] {
   const out: CgroupMount[] = [];
   let text = '';
   try { text = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch { return out; }
-  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const unoctal = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   for (const line of text.split('\n')) {
     const [pre, post] = line.split(' - ');
     if (!post) continue;
     const f = pre.split(' ');
     const [fstype, , superOpts = ''] = post.split(' ');
     if (fstype !== 'cgroup2' && fstype !== 'cgroup') continue;
-    out.push({ dir: unescape(f[4]), root: unescape(f[3]), v2: fstype === 'cgroup2', controllers: fstype === 'cgroup' ? superOpts.split(',') : [] });
+    out.push({ dir: unoctal(f[4]), root: unoctal(f[3]), v2: fstype === 'cgroup2', controllers: fstype === 'cgroup' ? superOpts.split(',') : [] });
   }
   return out;
 }

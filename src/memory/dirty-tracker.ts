@@ -2,7 +2,7 @@
 // section 3). One per process: the tracking is per address space, and fork
 // children are not covered (TreeTracker tracks a whole tree).
 import { DirtyTrackingError, fromNative } from './errors';
-import { addon, type NativeDirtyTracker, type NativeStats } from '../native';
+import { addon, type NativeDirtyTracker, type NativeScan, type NativeStats } from '../native';
 
 export interface DirtySet {
   pid: number;
@@ -83,7 +83,7 @@ export class DirtyTracker {
   async scan(opts: { protect?: boolean } = {}): Promise<DirtySet> {
     const t = this.live();
     if (!this.started) throw new DirtyTrackingError('failed', this.pid, 'DirtyTracker.scan() before start()');
-    let r;
+    let r: NativeScan;
     try {
       r = await t.scan(opts.protect ?? true);
     } catch (e) {

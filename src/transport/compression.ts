@@ -72,8 +72,10 @@ export function syntheticPages(bytes = 8 * 1024 * 1024): Buffer {
       // 8-byte slots: pointers into one region, small integers, zeros.
       for (let o = 0; o < PAGE; o += 8) {
         const r = rnd[p + o];
-        if (r < 96) buf.writeUInt32LE(0x5600_0000 + (rnd.readUInt16LE(p + o + 2) << 4), p + o), buf.writeUInt16LE(0x7f, p + o + 4);
-        else if (r < 192) buf.writeUInt32LE(rnd[p + o + 1], p + o);
+        if (r < 96) {
+          buf.writeUInt32LE(0x5600_0000 + (rnd.readUInt16LE(p + o + 2) << 4), p + o);
+          buf.writeUInt16LE(0x7f, p + o + 4);
+        } else if (r < 192) buf.writeUInt32LE(rnd[p + o + 1], p + o);
       }
     } else if (kind === 1) {
       let o = 0;

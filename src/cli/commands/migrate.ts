@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
-import { Migration, MigrationError, PhaseEvent } from '../../agent/migrate';
+import { Migration, MigrationError, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
 import { AUTO_ORDER, isMode, MODES } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { ProgressDisplay } from '../progress';
@@ -54,7 +54,7 @@ export async function run(argv: string[]): Promise<number> {
     const mode = flags.mode as string;
     if (mode !== 'auto' && !isMode(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
-    let tls;
+    let tls: MigrateOptions['tls'];
     if (flags.tls || flags['tls-ca']) {
       let ca: Buffer | undefined;
       if (flags['tls-ca']) {
