@@ -12,16 +12,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "async_job.h"
 #include "modules.h"
 #include "rpc.pb-c.h"  // from CRIU (pkg-config criu)
 
 namespace phaul {
 namespace {
 
-std::string Errno(const std::string& what) { return what + ": " + strerror(errno); }
+std::string Errno(const std::string& what, int err = errno) { return what + ": " + strerror(err); }
 
 // Owns the strings and sub-messages a CriuOpts points into until it is packed.
 struct OptsBuilder {
@@ -209,74 +211,33 @@ Message Receive(int sk) {
   return m;
 }
 
-class ReceiveWorker : public Napi::AsyncWorker {
- public:
-  ReceiveWorker(Napi::Env env, int sk)
-      : Napi::AsyncWorker(env), sk_(sk), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { msg_ = Receive(sk_); }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (!msg_.error.empty() && !msg_.eof) {
-      deferred_.Reject(Napi::Error::New(env, msg_.error).Value());
-      return;
+// One message from CRIU as the JS object src/native/criu-rpc.ts types.
+Napi::Value MessageObject(Napi::Env env, const Message& m) {
+  if (!m.error.empty() && !m.eof) throw Napi::Error::New(env, m.error);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("eof", m.eof);
+  if (!m.eof) {
+    static const char* names[] = {"empty",  "dump",         "restore",       "check",         "pre-dump", "page-server",
+                                  "notify", "cpuinfo-dump", "cpuinfo-check", "feature-check", "version"};
+    o.Set("type", m.type >= 0 && m.type <= 10 ? names[m.type] : "unknown");
+    o.Set("success", m.success);
+    if (m.has_notify) {
+      o.Set("script", m.script);
+      if (m.notify_pid) o.Set("pid", m.notify_pid);
     }
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("eof", msg_.eof);
-    if (!msg_.eof) {
-      static const char* names[] = {"empty",         "dump",          "restore", "check",
-                                    "pre-dump",      "page-server",   "notify",  "cpuinfo-dump",
-                                    "cpuinfo-check", "feature-check", "version"};
-      o.Set("type", msg_.type >= 0 && msg_.type <= 10 ? names[msg_.type] : "unknown");
-      o.Set("success", msg_.success);
-      if (msg_.has_notify) {
-        o.Set("script", msg_.script);
-        if (msg_.notify_pid) o.Set("pid", msg_.notify_pid);
-      }
-      if (msg_.restore_pid) o.Set("restorePid", msg_.restore_pid);
-      if (msg_.has_errno) o.Set("crErrno", msg_.cr_errno);
-      if (!msg_.errmsg.empty()) o.Set("crErrmsg", msg_.errmsg);
-      if (msg_.has_version) {
-        Napi::Object v = Napi::Object::New(env);
-        v.Set("major", msg_.major);
-        v.Set("minor", msg_.minor);
-        v.Set("sublevel", msg_.sublevel);
-        o.Set("version", v);
-      }
+    if (m.restore_pid) o.Set("restorePid", m.restore_pid);
+    if (m.has_errno) o.Set("crErrno", m.cr_errno);
+    if (!m.errmsg.empty()) o.Set("crErrmsg", m.errmsg);
+    if (m.has_version) {
+      Napi::Object v = Napi::Object::New(env);
+      v.Set("major", m.major);
+      v.Set("minor", m.minor);
+      v.Set("sublevel", m.sublevel);
+      o.Set("version", v);
     }
-    deferred_.Resolve(o);
   }
-
- private:
-  int sk_;
-  Message msg_;
-  Napi::Promise::Deferred deferred_;
-};
-
-class WaitWorker : public Napi::AsyncWorker {
- public:
-  WaitWorker(Napi::Env env, pid_t pid)
-      : Napi::AsyncWorker(env), pid_(pid), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    int r;
-    do r = waitpid(pid_, &status_, 0);
-    while (r < 0 && errno == EINTR);
-    if (r < 0) SetError(Errno("waitpid criu"));
-  }
-  void OnOK() override {
-    Napi::Object o = Napi::Object::New(Env());
-    if (WIFEXITED(status_)) o.Set("code", WEXITSTATUS(status_));
-    if (WIFSIGNALED(status_)) o.Set("signal", WTERMSIG(status_));
-    deferred_.Resolve(o);
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  pid_t pid_;
-  int status_ = 0;
-  Napi::Promise::Deferred deferred_;
-};
+  return o;
+}
 
 class CriuSwrk : public Napi::ObjectWrap<CriuSwrk> {
  public:
@@ -366,10 +327,10 @@ class CriuSwrk : public Napi::ObjectWrap<CriuSwrk> {
 
   Napi::Value Next(const Napi::CallbackInfo& info) {
     if (sk_ < 0) throw Napi::Error::New(info.Env(), "criu session is closed");
-    auto* w = new ReceiveWorker(info.Env(), sk_);
-    Napi::Promise p = w->Promise();
-    w->Queue();
-    return p;
+    auto msg = std::make_shared<Message>();
+    int sk = sk_;
+    return AsyncJob::Run(
+        info.Env(), [msg, sk] { *msg = Receive(sk); }, [msg](Napi::Env env) { return MessageObject(env, *msg); });
   }
 
   // Answers a notify: true lets CRIU go on; false makes it fail the action
@@ -385,10 +346,27 @@ class CriuSwrk : public Napi::ObjectWrap<CriuSwrk> {
   }
 
   Napi::Value Wait(const Napi::CallbackInfo& info) {
-    auto* w = new WaitWorker(info.Env(), pid_);
-    Napi::Promise p = w->Promise();
-    w->Queue();
-    return p;
+    struct Exit {
+      int status = 0;
+      int err = 0;
+    };
+    auto ex = std::make_shared<Exit>();
+    pid_t pid = pid_;
+    return AsyncJob::Run(
+        info.Env(),
+        [ex, pid] {
+          int r;
+          do r = waitpid(pid, &ex->status, 0);
+          while (r < 0 && errno == EINTR);
+          if (r < 0) ex->err = errno;
+        },
+        [ex](Napi::Env env) -> Napi::Value {
+          if (ex->err) throw Napi::Error::New(env, Errno("waitpid criu", ex->err));
+          Napi::Object o = Napi::Object::New(env);
+          if (WIFEXITED(ex->status)) o.Set("code", WEXITSTATUS(ex->status));
+          if (WIFSIGNALED(ex->status)) o.Set("signal", WTERMSIG(ex->status));
+          return o;
+        });
   }
 
   Napi::Value Kill(const Napi::CallbackInfo& info) {

@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "intervals.h"
+#include "proc_maps.h"
 #include "uapi_compat.h"
 
 namespace phaul {
@@ -28,51 +30,12 @@ enum RangeFlag : uint64_t {
                       // zeros for anonymous memory, backing-file content for file mappings
 };
 
-// Flags of a VMA (vmas() triples).
-enum VmaFlag : uint64_t {
-  kVmaRead = 1,
-  kVmaWrite = 2,
-  kVmaExec = 4,
-  kVmaShared = 8,    // MAP_SHARED (shmem, memfd, SysV, shared file): others may write it unseen
-  kVmaFile = 16,     // backed by a file (incl. memfd / SysV shm)
-  kVmaSpecial = 32,  // [vdso] [vvar] [vvar_vclock] [vsyscall]: never registered
-  kVmaTracked = 64,  // registered with our uffd: its writes are reported
-  kVmaNew = 128,     // registered during the last Start()/Scan()
-  kVmaStack = 256,
-  kVmaHeap = 512,
-};
-
 // A typed failure the caller can act on (e.g. fall back to another mode).
 struct Failure {
   std::string code;  // "uffd-in-use", "no-kernel-support", "ptrace-denied",
                      // "process-gone", "unsupported", "failed"
   std::string message;
   int err = 0;  // errno
-};
-
-struct Vma {
-  uint64_t start = 0, end = 0, offset = 0, inode = 0;
-  uint64_t flags = 0;
-  std::string name;
-};
-
-// Sorted, disjoint, merged [start, end) intervals.
-class Intervals {
- public:
-  void Add(uint64_t s, uint64_t e);
-  void Subtract(uint64_t s, uint64_t e);
-  void IntersectWith(const Intervals& o);
-  bool Covers(uint64_t s, uint64_t e) const;
-  bool Overlaps(uint64_t s, uint64_t e) const;
-  // First interval ending after pos, clipped to start at >= pos.
-  bool NextFrom(uint64_t pos, uint64_t* s, uint64_t* e) const;
-  Intervals Minus(const Intervals& o) const;
-  const std::vector<std::pair<uint64_t, uint64_t>>& items() const { return v_; }
-  uint64_t Bytes() const;
-  void Clear() { v_.clear(); }
-
- private:
-  std::vector<std::pair<uint64_t, uint64_t>> v_;
 };
 
 struct ScanResult {
@@ -148,9 +111,6 @@ class Tracker {
   bool first_ = true;
   Stats stats_;
 };
-
-// Kernel support for the recipe: 0 if usable, else -errno with *why.
-int ProbeSupport(uint64_t* features, std::string* why);
 
 }  // namespace dirty
 }  // namespace phaul

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "async_job.h"
 #include "modules.h"
 
 namespace phaul {
@@ -164,69 +165,6 @@ bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t
 // ======================================================================== N-API
 namespace {
 
-class ReadWorker : public Napi::AsyncWorker {
- public:
-  ReadWorker(Napi::Env env, pid_t pid, std::vector<uint64_t> pairs, Napi::Uint8Array buf, size_t offset, bool zero_map)
-      : Napi::AsyncWorker(env),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        pid_(pid),
-        pairs_(std::move(pairs)),
-        data_(buf.Data() + offset),
-        len_(buf.ByteLength() - offset),
-        zero_map_(zero_map) {
-    // The buffer must outlive the read: hold it until we settle.
-    buf_ = Napi::Persistent(buf.As<Napi::Object>());
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    ok_ = pages::ReadRanges(pid_, pairs_.data(), pairs_.size() / 2, data_, len_, zero_map_, &r_);
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    buf_.Reset();
-    if (!ok_) {
-      Napi::Error e = Napi::Error::New(env, r_.message);
-      e.Set("reason", Napi::String::New(env, r_.reason));
-      e.Set("errno", Napi::Number::New(env, r_.err));
-      deferred_.Reject(e.Value());
-      return;
-    }
-    auto o = Napi::Object::New(env);
-    o.Set("bytes", Napi::Number::New(env, double(r_.bytes)));
-    auto ab = Napi::ArrayBuffer::New(env, r_.missing.size() * 8);
-    if (!r_.missing.empty()) memcpy(ab.Data(), r_.missing.data(), r_.missing.size() * 8);
-    o.Set("missing", Napi::TypedArrayOf<uint64_t>::New(env, r_.missing.size(), ab, 0, napi_biguint64_array));
-    if (zero_map_) {
-      auto zb = Napi::Uint8Array::New(env, r_.zero_map.size());
-      if (!r_.zero_map.empty()) memcpy(zb.Data(), r_.zero_map.data(), r_.zero_map.size());
-      o.Set("zeroMap", zb);
-      o.Set("zeroPages", Napi::Number::New(env, double(r_.zero_pages)));
-    } else {
-      o.Set("zeroMap", env.Null());
-      o.Set("zeroPages", Napi::Number::New(env, 0));
-    }
-    o.Set("calls", Napi::Number::New(env, r_.calls));
-    o.Set("ns", Napi::Number::New(env, double(r_.ns)));
-    deferred_.Resolve(o);
-  }
-  void OnError(const Napi::Error& e) override {
-    buf_.Reset();
-    deferred_.Reject(e.Value());
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  pid_t pid_;
-  std::vector<uint64_t> pairs_;
-  uint8_t* data_;
-  size_t len_;
-  bool zero_map_;
-  Napi::ObjectReference buf_;
-  pages::ReadResult r_;
-  bool ok_ = false;
-};
-
 // readPages(pid, ranges: BigUint64Array of [start,end) pairs, buf: Uint8Array,
 //           opts?: { offset?: number, zeroMap?: boolean })
 //   -> Promise<{ bytes, missing: BigUint64Array, zeroMap: Uint8Array|null, zeroPages, calls, ns }>
@@ -250,10 +188,47 @@ Napi::Value ReadPages(const Napi::CallbackInfo& info) {
   }
   if (offset > buf.ByteLength()) throw Napi::RangeError::New(env, "offset beyond the buffer");
   std::vector<uint64_t> pairs(ranges.Data(), ranges.Data() + ranges.ElementLength());
-  auto* w = new ReadWorker(env, info[0].As<Napi::Number>().Int32Value(), std::move(pairs), buf, offset, zero_map);
-  auto p = w->Promise();
-  w->Queue();
-  return p;
+  struct Job {
+    bool ok = false;
+    pages::ReadResult r;
+  };
+  auto job = std::make_shared<Job>();
+  pid_t pid = info[0].As<Napi::Number>().Int32Value();
+  uint8_t* data = buf.Data() + offset;
+  size_t len = buf.ByteLength() - offset;
+  return AsyncJob::Run(
+      env,
+      [job, pid, pairs = std::move(pairs), data, len, zero_map] {
+        job->ok = pages::ReadRanges(pid, pairs.data(), pairs.size() / 2, data, len, zero_map, &job->r);
+      },
+      [job, zero_map](Napi::Env env) -> Napi::Value {
+        const pages::ReadResult& r = job->r;
+        if (!job->ok) {
+          Napi::Error e = Napi::Error::New(env, r.message);
+          e.Set("reason", Napi::String::New(env, r.reason));
+          e.Set("errno", Napi::Number::New(env, r.err));
+          throw e;
+        }
+        auto o = Napi::Object::New(env);
+        o.Set("bytes", Napi::Number::New(env, double(r.bytes)));
+        auto ab = Napi::ArrayBuffer::New(env, r.missing.size() * 8);
+        if (!r.missing.empty()) memcpy(ab.Data(), r.missing.data(), r.missing.size() * 8);
+        o.Set("missing", Napi::TypedArrayOf<uint64_t>::New(env, r.missing.size(), ab, 0, napi_biguint64_array));
+        if (zero_map) {
+          auto zb = Napi::Uint8Array::New(env, r.zero_map.size());
+          if (!r.zero_map.empty()) memcpy(zb.Data(), r.zero_map.data(), r.zero_map.size());
+          o.Set("zeroMap", zb);
+          o.Set("zeroPages", Napi::Number::New(env, double(r.zero_pages)));
+        } else {
+          o.Set("zeroMap", env.Null());
+          o.Set("zeroPages", Napi::Number::New(env, 0));
+        }
+        o.Set("calls", Napi::Number::New(env, r.calls));
+        o.Set("ns", Napi::Number::New(env, double(r.ns)));
+        return o;
+      },
+      // The buffer being filled must outlive the read.
+      {buf.As<Napi::Object>()});
 }
 
 }  // namespace

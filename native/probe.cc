@@ -294,6 +294,26 @@ Result ZeroPage() {
   return r;
 }
 
+const TrackerSupport& DirtyTrackingSupport() {
+  // A function-local static: initialized once, thread-safely, on first use.
+  static const TrackerSupport s = [] {
+    TrackerSupport t;
+    UffdResult u = Userfaultfd();
+    t.features = u.features;
+    if (!u.available) {
+      t.reason = "userfaultfd unavailable: " + u.detail;
+    } else if (!u.wpAsync || !u.wpUnpopulated) {
+      t.reason = "kernel lacks UFFD_FEATURE_WP_ASYNC / WP_UNPOPULATED (needs Linux >= 6.7)";
+    } else {
+      Result pm = PagemapScan();
+      if (!pm.ok) t.reason = "PAGEMAP_SCAN unsupported: " + pm.detail + " (needs Linux >= 6.7)";
+      t.ok = pm.ok;
+    }
+    return t;
+  }();
+  return s;
+}
+
 }  // namespace probe
 
 namespace {

@@ -30,5 +30,14 @@ Result PagemapScan();  // a real PAGEMAP_SCAN over a small mapping of our own
 Result WpTracking();   // uffd-wp async + PAGEMAP_SCAN finding exactly the written pages
 Result SoftDirty();    // clear_refs=4 then a write must set pagemap bit 55
 
+// What the dirty tracker needs: userfaultfd with WP_ASYNC and WP_UNPOPULATED,
+// and PAGEMAP_SCAN. Probed once per process (the first call), then cached.
+struct TrackerSupport {
+  bool ok = false;
+  uint64_t features = 0;  // the kernel's userfaultfd features
+  std::string reason;     // why not, when !ok
+};
+const TrackerSupport& DirtyTrackingSupport();
+
 }  // namespace probe
 }  // namespace phaul

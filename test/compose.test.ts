@@ -22,7 +22,7 @@ import { criuBinary } from '../src/criu/binary';
 import { isAlive, killPids, procState, runCmd, signal, sleep } from '../src/testing/proc';
 import { startMemWorkload } from '../src/testing/workload';
 
-const P = 4096;
+import { PAGE_SIZE as P } from '../src/util/page-size';
 const BASE = defaultStoreRoot(4 * 2 ** 30);
 const ZERO_PAGE = Buffer.alloc(P);
 

@@ -13,7 +13,7 @@ import { PageStore, defaultStoreRoot } from '../src/store/page-store';
 import { serveLazyPages } from '../src/transport/lazy-page-server';
 import { ChainReader } from '../src/store/chain-reader';
 
-const P = 4096;
+import { PAGE_SIZE as P } from '../src/util/page-size';
 const GET = 7;
 const FORCE_CLOSE = 0x1024;
 const ADD_F_PRESENT = 6 | (4 << 16);

@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import * as path from 'node:path';
-import { addonStatus, explainLoadFailure } from '../src/native';
+import { addon, addonStatus, explainLoadFailure } from '../src/native';
+import * as ranges from '../src/memory/ranges';
 
 const MAIN = path.join(__dirname, '..', 'src', 'cli', 'main.js');
 
@@ -60,4 +61,14 @@ test('an addon built for another Node ABI is named as such (Node\'s own message)
   const line = explainLoadFailure(__filename, new Error(msg));
   assert.match(line, /^the native addon was built for another Node\.js \(ABI 108; this Node v\d+\.\d+\.\d+ needs 115\): rebuild it: run `npx phaul-fast setup`/);
   assert.doesNotMatch(line, /\n/);
+});
+
+test('the range and VMA flags src/memory/ranges.ts names are the addon\'s', () => {
+  const c = addon().dirtyConstants;
+  const ts: Record<string, number> = {
+    RANGE_PRESENT: ranges.RANGE_PRESENT, RANGE_SWAPPED: ranges.RANGE_SWAPPED, RANGE_ZERO: ranges.RANGE_ZERO,
+    VMA_READ: ranges.VMA_READ, VMA_WRITE: ranges.VMA_WRITE, VMA_EXEC: ranges.VMA_EXEC, VMA_SHARED: ranges.VMA_SHARED,
+    VMA_FILE: ranges.VMA_FILE, VMA_SPECIAL: ranges.VMA_SPECIAL, VMA_TRACKED: ranges.VMA_TRACKED,
+  };
+  assert.deepEqual(ts, { ...c });
 });

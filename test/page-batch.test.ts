@@ -21,7 +21,7 @@ import {
 import { BatchDecoder, attachBatchStream } from '../src/transport/batch-stream';
 import { HEADROOM, chooseCompression, measureLz4, syntheticPages } from '../src/transport/compression';
 
-const P = 4096;
+import { PAGE_SIZE as P } from '../src/util/page-size';
 const GiB = 1024 ** 3;
 
 /** Deterministic pseudo-random generator (xorshift32), so failures reproduce. */

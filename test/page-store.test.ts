@@ -13,7 +13,7 @@ import {
   IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PE_LAZY, PE_PARENT, PE_PRESENT, decodePagemap, encodePagemap, readPagemapImage,
 } from '../src/store/pagemap-image';
 
-const P = 4096;
+import { PAGE_SIZE as P } from '../src/util/page-size';
 // tmpfs when there is one: docs/IMAGES.md says why the store belongs there.
 const BASE = defaultStoreRoot(4 * 2 ** 30);
 

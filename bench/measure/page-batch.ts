@@ -11,7 +11,7 @@ import { MAX_RAW_BYTES, encodeBatch, encodeBatchAsync, type PageBatch } from '..
 import { BatchDecoder } from '../../src/transport/batch-stream';
 import { syntheticPages } from '../../src/transport/compression';
 
-const P = 4096;
+import { PAGE_SIZE as P } from '../../src/util/page-size';
 
 async function main(): Promise<void> {
   const n = MAX_RAW_BYTES / P;

@@ -7,7 +7,7 @@
 // engine in src/agent/migrate.ts).
 import * as os from 'node:os';
 import { LAZY_PIPE_BYTES, pipeMaxSize } from '../check/kernel';
-import { criuVersion } from '../criu/rpc';
+import { criuVersion } from '../criu';
 import { DirtyTracker } from '../memory/dirty-tracker';
 import type { Capabilities } from '../protocol/messages';
 import { VERSION } from '../version';
@@ -148,8 +148,9 @@ let cached: Promise<Capabilities> | undefined;
 
 /** This host as the handshake describes it; fails (once) if CRIU is unusable. */
 export function localCapabilities(): Promise<Capabilities> {
-  cached ??= criuVersion().then((criu) => {
-    const facts = probeHostFacts({ ok: true, detail: `CRIU ${criu.major}.${criu.minor}.${criu.sublevel}` });
+  cached ??= criuVersion().then(({ major, minor, sublevel }) => {
+    const criu = { major, minor, sublevel };
+    const facts = probeHostFacts({ ok: true, detail: `CRIU ${major}.${minor}.${sublevel}` });
     return {
       phaulVersion: VERSION,
       criu,

@@ -1,8 +1,7 @@
 // CRIU as this machine really has it: which binary, what `criu --version` and
 // `criu check` say, whether the addon's libcriu path talks to it, and CRIU's
 // own view of the kernel features we care about (`criu check --feature`).
-import { criuBinary } from '../criu/binary';
-import { criuCheck } from '../criu/libcriu';
+import { criuBinary, criuCheck } from '../criu';
 import { exec, oneLine } from './exec';
 
 export interface CriuReport {

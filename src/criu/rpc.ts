@@ -148,9 +148,3 @@ export async function runCriuOrThrow(req: CriuRequest, ro: RunOptions = {}): Pro
   }
   return res;
 }
-
-export async function criuVersion(criu?: string): Promise<{ major: number; minor: number; sublevel: number }> {
-  const r = await runCriu({ type: 'version' }, { criu });
-  if (!r.success || !r.version) throw new PhaulError('criu', 'criu did not report its version');
-  return r.version;
-}

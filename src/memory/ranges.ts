@@ -5,7 +5,9 @@
 //  - plain ranges: BigUint64Array of [start, end) pairs.
 // One typed array per round instead of an object per page: 1 GiB all dirty
 // in one range is 24 bytes.
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE } from '../util/page-size';
+
+export { PAGE_SIZE };
 
 /** Pages in RAM: read them. */
 export const RANGE_PRESENT = 1;
@@ -24,9 +26,6 @@ export const VMA_FILE = 16;
 /** [vdso], [vvar], [vvar_vclock], [vsyscall], [uprobes]: never tracked. */
 export const VMA_SPECIAL = 32;
 export const VMA_TRACKED = 64;
-export const VMA_NEW = 128;
-export const VMA_STACK = 256;
-export const VMA_HEAP = 512;
 
 export interface Range {
   start: bigint;

@@ -11,7 +11,9 @@ import { PhaulError } from '../errors';
 
 export const IMG_COMMON_MAGIC = 0x54564319;
 export const PAGEMAP_MAGIC = 0x56084025;
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE } from '../util/page-size';
+
+export { PAGE_SIZE };
 
 /** pagemap_entry flags (criu/include/pagemap.h). */
 export const PE_PARENT = 1;

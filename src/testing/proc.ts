@@ -2,7 +2,8 @@
 // Everything acts on explicit pids: we never signal processes by name.
 import * as fs from 'node:fs';
 import { spawn, type SpawnOptions } from 'node:child_process';
-import { isAlive, procState as engineProcState } from '../agent/process-tree';
+import { isAlive, procState as engineProcState, waitGone } from '../agent/process-tree';
+import { childrenOf } from '../memory/tree-tracker';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -14,20 +15,17 @@ export function procState(pid: number): string | null {
 /** Alive = exists and is not a zombie (a restored tree's parent may reap late). */
 export { isAlive };
 
+/** Waits until pid is gone or a zombie; false on timeout. */
+export { waitGone };
+
+/** Direct children of every thread of pid. */
+export { childrenOf };
+
 export function procComm(pid: number): string | null {
   try {
     return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
   } catch {
     return null;
-  }
-}
-
-/** Direct children of pid (its main thread's children list). */
-export function childrenOf(pid: number): number[] {
-  try {
-    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
   }
 }
 
@@ -51,16 +49,6 @@ export function signal(pid: number, sig: NodeJS.Signals): boolean {
   } catch {
     return false;
   }
-}
-
-/** Waits until pid is gone or a zombie; false on timeout. */
-export async function waitGone(pid: number, timeoutMs: number): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
-  while (isAlive(pid)) {
-    if (Date.now() > end) return false;
-    await sleep(10);
-  }
-  return true;
 }
 
 export interface RunResult {

@@ -41,7 +41,9 @@ import { MAX_PID, MAX_ROUND, USER_ADDR_LIMIT, type PageBatch, type PageRange } f
 
 export type { PageBatch, PageRange };
 
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE } from '../util/page-size';
+
+export { PAGE_SIZE };
 export const BATCH_MAGIC = 0x42504650;
 export const BATCH_VERSION = 1;
 export const HEADER_SIZE = 32;

@@ -5,7 +5,7 @@
 // missing that can be seen without it).
 import { checkSystem, formatReport, MODES } from '../../check';
 import { LAZY_PIPE_BYTES, pipeMaxSize } from '../../check/kernel';
-import { criuBinary } from '../../criu/binary';
+import { criuBinary } from '../../criu';
 import { ExitCode } from '../../errors';
 import { addonStatus } from '../../native';
 import { formatHelp, parseArgs, type FlagSpec } from '../args';
