@@ -57,7 +57,7 @@ export const MODE_HOW: Readonly<Record<Mode, string>> = {
   hybrid: 'pre-copy, then a lazy restore: the workload resumes before its memory is back',
 };
 
-/** What mode 'auto' tries, best first: the shortest pause where both hosts allow it (docs/DESIGN.md, "Modes"). */
+/** What mode 'auto' tries, best first: the shortest pause where both hosts allow it (docs/DESIGN.md section 7). */
 export const AUTO_ORDER: readonly Mode[] = ['hybrid', 'precopy', 'stop-copy'];
 
 export function isMode(m: string): m is Mode {

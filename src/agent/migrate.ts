@@ -270,7 +270,7 @@ export class Migration extends EventEmitter {
   }
 
   /**
-   * Hybrid, after the commit: the destination says when its lazy-pages daemon
+   * Hybrid, after the commit: the destination says when its lazy-pages server
    * has filled the tree's memory. The workload runs there already, so nothing
    * here can fail the migration; a problem becomes a warning in the report.
    */
@@ -401,7 +401,7 @@ export class Migration extends EventEmitter {
     // forever: past the deadline the catch below rolls it back (SIGALRM).
     await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
     this.phase('freeze-dump');
-    // CRIU's images first: a hybrid destination starts its lazy-pages daemon
+    // CRIU's images first: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
     const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'images-done' });

@@ -1,7 +1,7 @@
 // The source side of pre-copy: copy memory while the workload runs, round
 // after round, until the policy says the rest fits in the downtime limit; then
 // switch over with CRIU's lazy dump, so the pause holds only the last dirty
-// pages, CRIU's small images and a restore (design.md 5b).
+// pages, CRIU's small images and a restore (docs/DESIGN.md section 6).
 //
 // Round r: scan every process of the tree (uffd-wp + PAGEMAP_SCAN), announce
 // mappings the destination's store has not seen, read the dirty pages
