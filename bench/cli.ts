@@ -7,7 +7,7 @@ import { formatHelp, intFlag, parseArgs } from '../src/cli/args';
 import { PhaulError } from '../src/errors';
 import { criuBinary } from '../src/criu/binary';
 import { PACKAGE_ROOT } from '../src/package-root';
-import { buildMatrix, cellLabel, estimateSeconds, LINKS, STRATEGIES, type LinkName, type StrategyName } from './matrix';
+import { ALL_STRATEGIES, buildMatrix, cellLabel, estimateSeconds, LINKS, STRATEGIES, type LinkName, type StrategyName } from './matrix';
 import { abortCleanup, runMatrix, type Row } from './runner';
 import { describeMachine } from './machine';
 import { BASELINE, markdown, svgChart } from './report';
@@ -18,7 +18,7 @@ const spec = {
   json: { type: 'boolean', help: 'print { machine, rows } as JSON on the last line of stdout' },
   out: { type: 'string', help: 'directory for results.json, results.md and pause-vs-memory.svg', default: 'bench/results' },
   runs: { type: 'string', help: 'runs per cell (default: 2 quick, 3 full)' },
-  strategies: { type: 'string', help: `comma-separated subset of: ${STRATEGIES.join(', ')}` },
+  strategies: { type: 'string', help: `comma-separated subset of: ${ALL_STRATEGIES.join(', ')} (the default: ${STRATEGIES.join(', ')})` },
   links: { type: 'string', help: `comma-separated subset of: ${Object.keys(LINKS).join(', ')}` },
   mem: { type: 'string', help: 'only workloads of these sizes, comma-separated MiB (e.g. 1024,4096)' },
   write: { type: 'string', help: 'only workloads writing at these rates, comma-separated MB/s (e.g. 0,20,200)' },
@@ -52,7 +52,7 @@ export async function run(argv: string[]): Promise<number> {
   const cells = buildMatrix({
     quick,
     runs: intFlag(flags.runs, 'runs', 1, 50),
-    strategies: subset(flags.strategies, STRATEGIES, 'strategies') as StrategyName[] | undefined,
+    strategies: subset(flags.strategies, ALL_STRATEGIES, 'strategies') as StrategyName[] | undefined,
     links: subset(flags.links, Object.keys(LINKS) as LinkName[], 'links'),
     memMiB: numbers(flags.mem, 'mem'),
     writeMBps: numbers(flags.write, 'write'),

@@ -3,12 +3,15 @@
 import { MODES, type Mode } from '../src/agent/capabilities';
 
 /** Every migrate mode of the capability model, then CRIU's own two paths to compare with. */
-export type StrategyName = `phaul-fast:${Mode}` | 'criu:page-server' | 'criu:lazy';
+export type StrategyName = `phaul-fast:${Mode}` | `phaul-fast:${Mode}+encrypt` | 'criu:page-server' | 'criu:lazy';
 export const STRATEGIES: readonly StrategyName[] = [
   ...MODES.map((m) => `phaul-fast:${m}` as const),
   'criu:page-server',
   'criu:lazy',
 ];
+/** Measured only when asked for (bench --strategies): what --encrypt (TLS-PSK on every connection) costs. */
+export const OPTIONAL_STRATEGIES: readonly StrategyName[] = MODES.map((m) => `phaul-fast:${m}+encrypt` as const);
+export const ALL_STRATEGIES: readonly StrategyName[] = [...STRATEGIES, ...OPTIONAL_STRATEGIES];
 
 /** Link name -> tbf rate in Mbit/s (null: loopback, unshaped). */
 export const LINKS = { loopback: null, '10gbit': 10_000, '1gbit': 1_000 } as const;

@@ -2,7 +2,7 @@
 // against memory size per strategy (drawn by hand: no dependencies).
 import type { Machine } from './machine';
 import type { Row } from './runner';
-import { STRATEGIES, type LinkName } from './matrix';
+import { ALL_STRATEGIES, type LinkName } from './matrix';
 
 export function machineLine(m: Machine): string {
   return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}`;
@@ -104,7 +104,7 @@ export function svgChart(rows: Row[], m: Machine): string {
       out.push(`<text x="${X(s)}" y="${H - MB + 14}" text-anchor="middle">${s >= 1024 ? `${s / 1024} GiB` : `${s} MiB`}</text>`);
     }
     out.push(`<text x="${ox + ML + (W - ML - MR) / 2}" y="${H - 10}" text-anchor="middle">memory size</text>`);
-    for (const strat of STRATEGIES) {
+    for (const strat of ALL_STRATEGIES) {
       const line = pts.filter((r) => r.link === link && r.strategy === strat).sort((a, b) => a.memMiB - b.memMiB);
       if (!line.length) continue;
       const c = COLORS[strat];
@@ -116,7 +116,7 @@ export function svgChart(rows: Row[], m: Machine): string {
       }
     }
   });
-  const present = STRATEGIES.filter((s) => pts.some((r) => r.strategy === s));
+  const present = ALL_STRATEGIES.filter((s) => pts.some((r) => r.strategy === s));
   present.forEach((s, i) => {
     const x = links.length * W + 10, y = MT + 10 + i * 18;
     out.push(`<rect x="${x}" y="${y - 8}" width="14" height="4" fill="${COLORS[s]}"/><text x="${x + 20}" y="${y}">${esc(s)}</text>`);

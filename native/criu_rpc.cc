@@ -276,6 +276,9 @@ class CriuSwrk : public Napi::ObjectWrap<CriuSwrk> {
       throw Napi::Error::New(env, Errno("fork criu"));
     }
     if (pid == 0) {
+      // Its own process group: a Ctrl-C at the terminal reaches our agent,
+      // which rolls back and tells CRIU, not CRIU in the middle of a dump.
+      setpgid(0, 0);
       sigset_t all;
       sigemptyset(&all);
       sigprocmask(SIG_SETMASK, &all, nullptr);

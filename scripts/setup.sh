@@ -54,6 +54,8 @@ PKGS=(
   iproute2 nftables g++ make python3 util-linux procps openssl
   # the benchmark's memcached workload (bench/workloads/memcached.ts); npm run lint's C++ half
   memcached clang-format
+  # fuzzing the native page server with libFuzzer (scripts/fuzz.sh)
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,6 +13,7 @@ export const ExitCode = {
   criu: 8,            // CRIU failed
   notFound: 9,        // no such process / file
   lost: 10,           // we could not prove the workload is alive anywhere: investigate
+  busy: 11,           // the destination refused a session up front: too many, or no room; nothing was touched
 } as const;
 
 export type ErrorCode = keyof typeof ExitCode;

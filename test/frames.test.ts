@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { Packr } from 'msgpackr';
-import { encodeFrame, FrameConn, MAX_FRAME } from '../src/protocol/frames';
+import { encodeFrame, FrameConn, FrameSplitter, MAX_FRAME, MAX_UNAUTH_BUFFERED, MAX_UNAUTH_FRAME } from '../src/protocol/frames';
 import { ExitCode, PhaulError } from '../src/errors';
 
 function conn() {
@@ -34,12 +34,19 @@ test('an error from the peer keeps a known code and never an unknown one', async
 });
 
 test('an oversized frame, a non-message and a wrong type are protocol errors', async () => {
-  {
+  for (const len of [MAX_UNAUTH_FRAME + 1, MAX_FRAME + 1, 64 * 1024 * 1024]) {
     const { wire, c } = conn();
     const head = Buffer.alloc(4);
-    head.writeUInt32BE(MAX_FRAME + 1);
+    head.writeUInt32BE(len);
     wire.write(head);
-    await assert.rejects(c.next(1000), (e: unknown) => e instanceof PhaulError && e.code === 'protocol');
+    await assert.rejects(c.next(1000), (e: unknown) => e instanceof PhaulError && e.code === 'protocol' && /limit 4096/.test(e.message));
+  }
+  {
+    // Many small frames before authentication: the unread bytes are capped too.
+    const { wire, c } = conn();
+    for (let i = 0; i * 1000 <= MAX_UNAUTH_BUFFERED; i++) wire.write(encodeFrame({ t: 'hello', pad: 'x'.repeat(1000) }));
+    await new Promise((r) => setImmediate(r));
+    await assert.rejects(c.expect('commit', 1000), (e: unknown) => e instanceof PhaulError && e.code === 'protocol');
   }
   {
     const { wire, c } = conn();
@@ -68,4 +75,21 @@ test('a message the validator refuses fails that read only: the receiver can sti
 test('a silent peer times out as a network error', async () => {
   const { c } = conn();
   await assert.rejects(c.next(50), (e: unknown) => e instanceof PhaulError && e.code === 'network');
+});
+
+test('the splitter copies a frame that arrives in many chunks once, whole', () => {
+  const sp = new FrameSplitter(MAX_FRAME);
+  const body = Buffer.alloc(8 << 20);
+  for (let i = 0; i < body.length; i += 4096) body[i] = i & 0xff;
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(body.length);
+  const wire = Buffer.concat([head, body, head.subarray(0, 2)]);
+  for (let off = 0; off < wire.length; off += 65536) {
+    sp.push(wire.subarray(off, Math.min(wire.length, off + 65536)));
+    if (off + 65536 < 4 + body.length) assert.equal(sp.next(), undefined);
+  }
+  const got = sp.next();
+  assert.ok(got && got.equals(body));
+  assert.equal(sp.next(), undefined);
+  assert.equal(sp.buffered, 2);
 });

@@ -46,8 +46,8 @@ test('every message type passes the validator unchanged', () => {
 
 test('unknown fields are dropped, unknown CRIU flags ignored', () => {
   assert.deepEqual(parseMessage({ t: 'commit', evil: { __proto__: { x: 1 } } }), { t: 'commit' });
-  assert.deepEqual(parseMessage({ t: 'prepare', mode: 'stop-copy', criu: { tcpEstablished: true, exec: 'rm -rf /', shellJob: 1 } }),
-    { t: 'prepare', mode: 'stop-copy', criu: { tcpEstablished: true } });
+  assert.deepEqual(parseMessage({ t: 'prepare', mode: 'stop-copy', criu: { tcpEstablished: true, exec: 'rm -rf /', shellJob: 1 }, memBytes: 4096 }),
+    { t: 'prepare', mode: 'stop-copy', criu: { tcpEstablished: true }, memBytes: 4096 });
 });
 
 test('bad messages are refused with a protocol error naming the message and field', () => {
@@ -61,8 +61,10 @@ test('bad messages are refused with a protocol error naming the message and fiel
     [{ t: 'caps', caps: { ...caps, modes: 'hybrid' } }, /'caps' has a bad 'caps'/],
     [{ t: 'caps', caps: { ...caps, criu: { major: -1, minor: 0, sublevel: 0 } } }, /'caps' has a bad 'caps'/],
     [{ t: 'caps', caps, mode: 'x'.repeat(100) }, /'caps' has a bad 'mode'/],
-    [{ t: 'prepare', mode: 'precopy', criu: {}, streams: 1_000_000 }, /'prepare' has a bad 'streams'/],
-    [{ t: 'prepare', mode: 'precopy', criu: 'all' }, /'prepare' has a bad 'criu'/],
+    [{ t: 'prepare', mode: 'precopy', criu: {}, memBytes: 0, streams: 1_000_000 }, /'prepare' has a bad 'streams'/],
+    [{ t: 'prepare', mode: 'precopy', criu: {}, streams: 1 }, /'prepare' has a bad 'memBytes'/],
+    [{ t: 'prepare', mode: 'precopy', criu: {}, memBytes: 0, freezeTimeoutMs: 5 }, /'prepare' has a bad 'freezeTimeoutMs'/],
+    [{ t: 'prepare', mode: 'precopy', criu: 'all', memBytes: 0 }, /'prepare' has a bad 'criu'/],
     [{ t: 'prepare', criu: {} }, /'prepare' has a bad 'mode'/],
     [{ t: 'layout', pid: 0, ranges: [] }, /'layout' has a bad 'pid'/],
     [{ t: 'layout', pid: 1, ranges: [{ vaddr: -4096, nrPages: 1 }] }, /'layout' has a bad 'ranges'/],

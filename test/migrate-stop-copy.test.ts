@@ -150,7 +150,7 @@ function pagesBytes(d: string): number {
 test('a wrong token is refused and the workload is untouched', { skip }, async () => {
   const w = await startMemWorkload({ mib: 32, netns: fx.hosts.a.netnsPath! });
   try {
-    const bad = writeToken(fx.dir, 'not-the-right-token-at-all');
+    const bad = writeToken(fx.dir, 'not-the-right-token-at-all-but-long-enough');
     const r = await runCli(fx.hosts.a, migrateArgs(w.pid, [], bad));
     assert.equal(r.code, 4, r.stderr);
     assert.equal(r.json?.error?.code, 'auth');
@@ -221,6 +221,7 @@ test('after authentication too, bad requests are refused one by one and the agen
     'too-many-streams': /streams/,
     'bad-layout': /layout|user space|outside/,
     'unknown-mode': /mode/,
+    'too-big': /free|memory|budget/,
   };
   for (const [scenario, re] of Object.entries(expected)) {
     const r = await runIn(fx.hosts.a, [process.execPath, evil, fx.hosts.b.addr, String(fx.serve.port), fx.token, scenario], { timeoutMs: 30_000 });

@@ -55,8 +55,14 @@ export class PhaulFastPeer implements Peer {
   /** serve's port: the one of the cell's context, not of each run's. */
   private port = 0;
 
-  constructor(readonly mode: string) {
-    this.name = `phaul-fast:${mode}`;
+  readonly mode: string;
+  /** '+encrypt': both agents run with --encrypt (TLS keyed by the token). */
+  private readonly encrypt: string[];
+
+  constructor(strategy: string) {
+    this.name = `phaul-fast:${strategy}`;
+    this.mode = strategy.replace(/\+encrypt$/, '');
+    this.encrypt = strategy.endsWith('+encrypt') ? ['--encrypt'] : [];
   }
 
   async open(ctx: PeerContext): Promise<void> {
@@ -68,7 +74,7 @@ export class PhaulFastPeer implements Peer {
     this.port = ctx.port;
     fs.writeFileSync(this.tokenFile, crypto.randomBytes(24).toString('hex') + '\n', { mode: 0o600 });
     const serve = spawnIn(ctx.dst, [...CLI, 'serve', '--listen', `${ctx.dst.addr}:${ctx.port}`, '--dir', dir,
-      '--token-file', this.tokenFile], { stdio: ['ignore', 'ignore', 'pipe'], env: engineEnv(ctx) });
+      '--token-file', this.tokenFile, ...this.encrypt], { stdio: ['ignore', 'ignore', 'pipe'], env: engineEnv(ctx) });
     this.serve = serve;
     serve.stderr!.on('data', (d) => { this.serveLog = (this.serveLog + d).slice(-4000); });
     // Ready when it says it listens (serve logs to stderr).
@@ -93,7 +99,7 @@ export class PhaulFastPeer implements Peer {
     const serveCpu0 = cpuSeconds(servePid);
     const t0 = performance.now();
     const r = await runCmd(inHost(ctx.src, [...CLI, 'migrate', '--pid', String(pid), '--to', `${ctx.dst.addr}:${this.port}`,
-      '--token-file', this.tokenFile, '--mode', this.mode, '--json']), { timeoutMs: 120_000 + ctx.memMiB * 100, env: engineEnv(ctx) });
+      '--token-file', this.tokenFile, '--mode', this.mode, '--json', ...this.encrypt]), { timeoutMs: 120_000 + ctx.memMiB * 100, env: engineEnv(ctx) });
     const wall = performance.now() - t0;
     const serveCpu = cpuSeconds(servePid) - serveCpu0;
     const last = r.stdout.trim().split('\n').pop() ?? '';

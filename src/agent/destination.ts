@@ -14,10 +14,13 @@ import { EventEmitter } from 'node:events';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
-import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
-import { authenticateServer } from '../protocol/auth';
+import { authenticateServer, HANDSHAKE_MS } from '../protocol/auth';
+import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
+import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
+import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
 import type { Image, Message, Prepare } from '../protocol/messages';
 import { composeImages } from '../store/compose';
@@ -40,14 +43,15 @@ export interface DestinationOptions {
   /** Where sessions keep their images while a migration runs. */
   dir: string;
   token: Buffer;
-  tls?: { cert: Buffer; key: Buffer };
+  /** TLS on every connection: with a certificate, or `{ psk: true }` keyed by the token. */
+  tls?: ServerTls;
   keepImages?: boolean;
+  /** Caps and budgets (admission.ts); unset fields take DEFAULT_LIMITS. */
+  limits?: Partial<AdmissionLimits>;
   /** Upper bound for one CRIU restore (it can spin forever on bad images). */
   restoreTimeoutMs?: number;
   /** Where pre-copy page stores live (default: /dev/shm when it has room). */
   storeDir?: string;
-  /** Cap on one pre-copy store's size. */
-  maxStoreBytes?: number;
 }
 
 const MAX_IMAGES = 100_000;
@@ -79,6 +83,9 @@ class DestSession {
   private streamError?: PhaulError;
   private progress?: () => void;
   restoredPid = 0;
+  private reservation?: Reservation;
+  /** How long a restored copy waits for `commit` before it is discarded. */
+  private commitWaitMs = 60_000;
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {
     this.sm = new StateMachine(`destination session ${this.id.slice(0, 8)}`, DESTINATION_TRANSITIONS, DESTINATION_INITIAL,
@@ -175,15 +182,22 @@ class DestSession {
       this.mode = prep.mode;
       if (!ours.modes.includes(this.mode)) throw new PhaulError('incompatible', `mode ${this.mode} is not available here`);
       const criuFlags = prep.criu;
+      // The declared size is the source's word: it decides admission (a liar
+      // fails later, at the store's or the page server's own limits).
+      const memBytes = prep.memBytes;
+      // The source's freeze budget: past it the source has rolled back, so a copy
+      // still waiting for its commit is discarded then (and never resumed).
+      if (prep.freezeTimeoutMs !== undefined) this.commitWaitMs = prep.freezeTimeoutMs;
+      // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
+      const storeRoot = this.streamsPages() ? agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes) : agent.opts.dir;
+      this.reservation = agent.budget.reserve(memBytes, storeRoot);
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
 
       if (this.streamsPages()) {
         this.expectedStreams = streamsOf(prep);
-        // tmpfs when it can hold the workload (twice the room: the store, then the restore), else disk.
-        const memBytes = prep.memBytes ?? 0;
-        this.store = new PageStore(fs.mkdtempSync(path.join(agent.opts.storeDir ?? defaultStoreRoot(2 * memBytes), 'phaul-fast-store-')),
-          { maxBytes: agent.opts.maxStoreBytes });
+        this.store = new PageStore(fs.mkdtempSync(path.join(storeRoot, STORE_PREFIX)),
+          agent.limits.maxStoreBytes < Infinity ? { maxBytes: agent.limits.maxStoreBytes - agent.budget.reservedBytes + memBytes } : {});
         conn.send({ t: 'prepared' });
         this.sm.to('receiving');
         await this.receivePrecopy();
@@ -224,6 +238,7 @@ class DestSession {
       await this.store?.destroy().catch(() => undefined);
       if (this.dir && !agent.opts.keepImages) fs.rmSync(this.dir, { recursive: true, force: true });
       conn.close();
+      this.reservation?.release();
       agent.sessions.delete(this.id);
     }
   }
@@ -342,6 +357,8 @@ class DestSession {
     );
     this.restoredPid = res.restorePid ?? this.restoredPid;
     this.sm.to('restored-stopped');
+    // Should this agent die now, the next one kills the copy (it never ran): sweep.ts.
+    recordStoppedCopy(this.dir, this.restoredPid);
     conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
     this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
     // The store is not needed any more (hybrid: not until the tree's memory is
@@ -349,8 +366,9 @@ class DestSession {
     if (!lazy) await this.store?.destroy().catch(() => undefined);
 
     // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
-    await this.receive(60_000);
+    await this.receive(this.commitWaitMs);
     signalAll(treePids(this.restoredPid), 'SIGCONT');
+    forgetStoppedCopy(this.dir);
     this.sm.to('running');
     conn.send({ t: 'running', pid: this.restoredPid });
     this.log(`running as pid ${this.restoredPid}`);
@@ -414,20 +432,29 @@ function streamsOf(prep: Prepare): number {
 /** Emits 'log' (string), 'state' (SessionStateEvent), 'migrated' and 'filled' ({ session, pid, ... }). */
 export class DestinationAgent extends EventEmitter {
   readonly sessions = new Map<string, DestSession>();
+  readonly limits: AdmissionLimits;
+  readonly budget: SessionBudget;
+  readonly pending: PendingConnections;
   private server?: net.Server;
 
   constructor(readonly opts: DestinationOptions) {
     super();
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.budget = new SessionBudget(this.limits);
+    this.pending = new PendingConnections(this.limits);
   }
 
   async listen(): Promise<{ host: string; port: number }> {
     fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
     await localCapabilities(); // fail now, not mid-migration, if CRIU is unusable
-    const onConn = (sock: net.Socket) => { this.accept(sock).catch(() => undefined); };
-    this.server = this.opts.tls
-      ? tls.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }, onConn)
-      : net.createServer(onConn);
-    const srv = this.server;
+    claimDir(this.opts.dir);
+    const swept = sweepLeftovers(this.opts.dir, [...new Set([this.opts.storeDir ?? '/dev/shm', os.tmpdir()])]);
+    if (swept.sessionDirs + swept.stores + swept.stoppedCopies)
+      this.emit('log', `removed what earlier agents left: ${swept.stoppedCopies} stopped copies (they never ran), ` +
+        `${swept.sessionDirs} session directories, ${swept.stores} page stores`);
+    // TLS is layered by hand on every accepted socket, so that connections
+    // still in their TLS handshake count as pending too.
+    const srv = this.server = net.createServer((sock) => { this.accept(sock).catch(() => undefined); });
     await new Promise<void>((resolve, reject) => {
       srv.once('error', (e: NodeJS.ErrnoException) =>
         reject(new PhaulError('network', `cannot listen on ${this.opts.host}:${this.opts.port}: ${e.code ?? e.message}`)));
@@ -437,34 +464,58 @@ export class DestinationAgent extends EventEmitter {
     return { host: a.address, port: a.port };
   }
 
-  private async accept(sock: net.Socket): Promise<void> {
-    sock.setNoDelay(true);
-    const peer = `${sock.remoteAddress}:${sock.remotePort}`;
-    const conn = new FrameConn(sock, `source ${peer}`);
+  private async accept(raw: net.Socket): Promise<void> {
+    raw.setNoDelay(true);
+    // A source gone silent (a partition) is noticed, and its session ended, in seconds.
+    raw.setKeepAlive(true, 5000);
+    raw.on('error', () => undefined); // reported through FrameConn, or irrelevant before it
+    const peer = `${raw.remoteAddress}:${raw.remotePort}`;
+    this.pending.admit(raw);
+    const deadline = setTimeout(() => raw.destroy(), HANDSHAKE_MS);
+    let conn: FrameConn | undefined;
     try {
-      const { role, session } = await authenticateServer(conn, this.opts.token);
-      if (role === 'control') {
+      let sock: net.Socket = raw;
+      if (this.opts.tls) {
+        const t = wrapServerSocket(raw, this.opts.tls, this.opts.token);
+        await new Promise<void>((resolve, reject) => {
+          t.once('secure', () => resolve());
+          t.once('error', (e) => reject(new PhaulError('auth', `TLS handshake failed: ${e.message}`)));
+          t.once('close', () => reject(new PhaulError('network', 'closed during the TLS handshake')));
+        });
+        sock = t;
+      }
+      conn = new FrameConn(sock, `source ${peer}`);
+      const auth = await authenticateServer(conn, this.opts.token);
+      clearTimeout(deadline);
+      this.pending.settle(raw);
+      if (auth.role === 'control') {
+        if (this.sessions.size >= this.limits.maxSessions) {
+          conn.send({ t: 'error', code: 'busy', message: `the destination already runs ${this.sessions.size} sessions (serve --max-sessions)` });
+          throw new PhaulError('busy', `refused a session from ${peer}: ${this.sessions.size} already running`);
+        }
         const s = new DestSession(this, conn);
         this.sessions.set(s.id, s);
-        conn.send({ t: 'welcome', session: s.id });
+        auth.welcome(s.id);
         await s.run();
         return;
       }
-      const s = this.sessions.get(session);
+      const s = this.sessions.get(auth.session);
       if (!s || !s.wantsData()) {
         conn.send({ t: 'error', code: 'protocol', message: 'no session is waiting for this data connection' });
         throw new PhaulError('protocol', `data connection for unknown session from ${peer}`);
       }
-      conn.send({ t: 'welcome', session });
+      auth.welcome(auth.session);
       s.attachData(conn);
     } catch (err) {
+      clearTimeout(deadline);
       this.emit('log', `connection from ${peer}: ${asPhaulError(err).message}`);
-      conn.close();
+      if (conn) conn.close();
+      else raw.destroy();
     }
   }
 
   async close(): Promise<void> {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    releaseDir(this.opts.dir);
   }
 }
-

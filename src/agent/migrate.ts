@@ -14,9 +14,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as tls from 'node:tls';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
+import { type ClientTls, connectTls } from '../protocol/secure-channel';
 import { FrameConn } from '../protocol/frames';
 import type { Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
@@ -28,11 +28,13 @@ import { TreeTracker } from '../memory/tree-tracker';
 import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
 import { WorkloadThrottle } from './throttle';
-import { withDeadline } from '../util/deadline';
+import { within, withDeadline } from '../util/deadline';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
 
+/** How long the workload may stay frozen before the migration gives up and resumes it. */
+export const DEFAULT_FREEZE_TIMEOUT_MS = 30_000;
 
 interface RunState {
   /** Where the session is; SOURCE_FAILURE says what a failure there does. */
@@ -44,6 +46,8 @@ interface RunState {
   throttle?: WorkloadThrottle;
   /** CRIU finishing after it let go of the original (pre-copy: the lazy dump's end). */
   criuDone?: Promise<void>;
+  /** Stop-copy: CRIU's dump, settled once CRIU let go of the tree (resumed, or left it stopped). */
+  criuRun?: Promise<unknown>;
 }
 
 /** What each mode leaves behind at the point where the destination holds a stopped copy. */
@@ -61,8 +65,8 @@ export interface MigrateOptions {
   token: Buffer;
   /** Default 'auto': the first of AUTO_ORDER (capabilities.ts) that both hosts offer. */
   mode?: Mode | 'auto';
-  /** TLS to the destination; `ca` pins its certificate authority. */
-  tls?: { ca?: Buffer; insecure?: boolean; servername?: string };
+  /** TLS to the destination: with a certificate (`ca` pins its authority), or `{ psk: true }` keyed by the token. */
+  tls?: ClientTls;
   /** Dump established TCP connections (needs the nftables network lock). */
   tcpEstablished?: boolean;
   extUnixSk?: boolean;
@@ -74,6 +78,9 @@ export interface MigrateOptions {
   keepImages?: boolean;
   connectTimeoutMs?: number;
   restoreTimeoutMs?: number;
+  /** The longest the workload may stay frozen without the destination confirming its copy
+   *  (default 30 s): past it the migration rolls back and the original resumes. */
+  freezeTimeoutMs?: number;
   /** Pre-copy: how long CRIU may take to freeze the tree and write its images. */
   dumpTimeoutMs?: number;
   /** Pre-copy tuning (modes 'precopy' and 'hybrid'). */
@@ -134,8 +141,47 @@ export class Migration extends EventEmitter {
   /** The tree's memory when a pre-copy began (sizes the wait for a hybrid fill). */
   private memBytes = 0;
 
+  /** Why abort() ended the migration, if it did. */
+  private abortReason?: PhaulError;
+  private rejectAborted!: (e: PhaulError) => void;
+  /** Rejects on abort(): raced against waits that no connection can cut (CRIU writing its images). */
+  private readonly aborted = new Promise<never>((_, reject) => { this.rejectAborted = reject; });
+  /** Cuts every connection of the running migration; set while it runs. */
+  private cut?: () => void;
+  private freezeTimer?: NodeJS.Timeout;
+  private commitSent = false;
+
   constructor(readonly opts: MigrateOptions) {
     super();
+    this.aborted.catch(() => undefined);
+  }
+
+  /**
+   * Ends the migration from outside (SIGINT, SIGTERM, the freeze budget): every
+   * connection is cut, so whatever waits fails, and the usual rollback runs
+   * (CRIU resumes the original, or we do). Once `commit` is sent the outcome is
+   * the destination's: then this only logs that it is too late.
+   */
+  abort(reason: PhaulError): void {
+    if (this.commitSent) {
+      this.emit('log', `${reason.message}: too late to roll back (commit sent), waiting for the destination`);
+      return;
+    }
+    if (this.abortReason) return;
+    this.abortReason = reason;
+    this.rejectAborted(reason);
+    this.cut?.();
+  }
+
+  private get freezeTimeoutMs(): number {
+    return this.opts.freezeTimeoutMs ?? DEFAULT_FREEZE_TIMEOUT_MS;
+  }
+
+  /** The freeze budget starts when the workload stops running. */
+  private startFreezeBudget(): void {
+    const ms = this.freezeTimeoutMs;
+    this.freezeTimer = setTimeout(() => this.abort(new PhaulError('network',
+      `the workload was frozen for ${Math.round(ms / 1000)} s without the destination confirming its copy (--freeze-timeout)`)), ms);
   }
 
   private phase(name: string): void {
@@ -159,9 +205,15 @@ export class Migration extends EventEmitter {
     const st: RunState = { sm };
     let tracker: TreeTracker | undefined;
     let fallback: string | undefined;
+    this.cut = () => {
+      st.data?.abort();
+      st.conn?.socket.destroy();
+      for (const sock of st.streams ?? []) sock.destroy();
+    };
     try {
       const ours = await localCapabilities();
       st.conn = await this.connect();
+      if (this.abortReason) this.cut();
       const session = await authenticateClient(st.conn, o.token, 'control');
       this.phase('connect');
 
@@ -191,8 +243,10 @@ export class Migration extends EventEmitter {
         ? await this.stopCopy(st, session, workDir)
         : await this.precopy(st, session, workDir, tracker!, mode);
       const conn = st.conn;
+      if (this.abortReason) throw this.abortReason;
       try {
         conn.send({ t: 'commit' });
+        this.commitSent = true;
       } catch (e) {
         throw asPhaulError(e, 'network');
       }
@@ -226,8 +280,10 @@ export class Migration extends EventEmitter {
       Object.assign(report, filled);
       return report;
     } catch (err) {
-      throw await this.recover(st, asPhaulError(err));
+      throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : asPhaulError(err));
     } finally {
+      clearTimeout(this.freezeTimer);
+      this.cut = undefined;
       tracker?.close();
       st.throttle?.release();
       for (const sock of st.streams ?? []) sock.destroy();
@@ -247,6 +303,9 @@ export class Migration extends EventEmitter {
     // is told, so that it kills a copy that never ran.
     st.data?.abort();
     await st.dump?.rollback();
+    // Stop-copy: CRIU resumes the tree when its dump fails; let it finish first.
+    if (st.criuRun && (await within(st.criuRun.catch(() => undefined), 30_000)) === 'late')
+      this.emit('log', 'criu did not end within 30 s of the failure');
     const conn = st.conn;
     if (conn && !conn.closed) {
       try { conn.send({ t: 'abort', message: e.message }); } catch { /* gone */ }
@@ -300,7 +359,7 @@ export class Migration extends EventEmitter {
     const conn = st.conn!;
     const criuFlags = this.criuFlags();
     st.sm.to('preparing');
-    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags });
+    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, memBytes: treeMemoryBytes(this.opts.pid), freezeTimeoutMs: this.freezeTimeoutMs });
     await conn.expect('prepared');
     const dconn = await this.connect();
     await authenticateClient(dconn, o.token, 'data', session);
@@ -311,9 +370,10 @@ export class Migration extends EventEmitter {
     let freezeAt = 0;
     let restoredPid = 0;
     let imageBytes = 0;
+    if (this.abortReason) throw this.abortReason;
     // From here CRIU has the tree: if anything fails, its dump fails and it resumes the original.
     st.sm.to('dumping');
-    const res = await runCriu(
+    const criuRun = runCriu(
       {
         type: 'dump',
         imagesDir: workDir,
@@ -332,6 +392,7 @@ export class Migration extends EventEmitter {
         onNotify: async (script) => {
           if (script === 'pre-dump') {
             freezeAt = Date.now();
+            this.startFreezeBudget();
             this.phase('criu-start');
           } else if (script === 'post-dump') {
             this.phase('dump');
@@ -343,10 +404,15 @@ export class Migration extends EventEmitter {
             st.sm.to('restored');
             this.phase('restore');
           }
+          // Past the budget the hook answers "fail": CRIU resumes the original.
+          if (this.abortReason) throw this.abortReason;
           return true;
         },
       },
     );
+    st.criuRun = criuRun;
+    const res = await criuRun;
+    if (this.abortReason) throw this.abortReason;
     if (!res.success) {
       const tail = criuLogTail(path.join(workDir, 'dump.log'));
       throw new PhaulError('criu', `criu dump failed: ${tail || res.crErrmsg?.trim() || 'unknown error'}`);
@@ -367,7 +433,7 @@ export class Migration extends EventEmitter {
     const memBytes = treeMemoryBytes(o.pid);
     this.memBytes = memBytes;
     st.sm.to('preparing');
-    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes });
+    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, freezeTimeoutMs: this.freezeTimeoutMs });
     await conn.expect('prepared');
     st.streams = [];
     for (let i = 0; i < nStreams; i++) {
@@ -395,11 +461,13 @@ export class Migration extends EventEmitter {
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
     const freezeAt = Date.now();
     const ours = await localCapabilities();
+    if (this.abortReason) throw this.abortReason;
     st.sm.to('dumping');
     st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
+    this.startFreezeBudget();
     // A CRIU that never gets its images written must not hold the tree frozen
     // forever: past the deadline the catch below rolls it back (SIGALRM).
-    await withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images');
+    await Promise.race([withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
     this.phase('freeze-dump');
     // CRIU's images first: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
@@ -450,9 +518,7 @@ export class Migration extends EventEmitter {
     const o = this.opts;
     const peer = `destination ${o.to.host}:${o.to.port}`;
     return new Promise((resolve, reject) => {
-      const sock = o.tls
-        ? tls.connect({ host: o.to.host, port: o.to.port, ca: o.tls.ca, rejectUnauthorized: !o.tls.insecure, servername: o.tls.servername })
-        : net.connect({ host: o.to.host, port: o.to.port });
+      const sock = o.tls ? connectTls(o.to.host, o.to.port, o.tls, o.token) : net.connect({ host: o.to.host, port: o.to.port });
       const timer = setTimeout(() => {
         sock.destroy();
         reject(new PhaulError('network', `cannot reach ${peer}: timed out`));
@@ -461,6 +527,8 @@ export class Migration extends EventEmitter {
         clearTimeout(timer);
         sock.removeAllListeners('error');
         (sock as net.Socket).setNoDelay(true);
+        // A peer gone silent (a partition) is noticed while we wait, not after TCP's ~15 min.
+        (sock as net.Socket).setKeepAlive(true, 5000);
         resolve(new FrameConn(sock, peer));
       });
       sock.once('error', (e: NodeJS.ErrnoException) => {

@@ -56,7 +56,9 @@ export class LazyDump {
     if (opts.fileLocks) args.push('--file-locks');
     if (opts.linkRemap) args.push('--link-remap');
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine] });
+      // detached: its own session, so a Ctrl-C at the terminal reaches only our
+      // agent, which rolls back and tells CRIU (its parent-death signal stays).
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });

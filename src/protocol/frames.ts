@@ -1,18 +1,30 @@
 // The control channel's framing: a u32 big-endian length, then one msgpack
-// message (an object whose `t` names its type). Nothing a peer sends is
-// trusted: frames over MAX_FRAME, non-objects and messages without a string `t`
-// end the connection with a protocol error. A frame that decodes is then
-// checked by the one message validator (messages.ts): a message of an unknown
-// type or with a bad field is refused on its own (`next` rejects), so the
-// receiver can still tell the peer why before it closes.
+// message (an object whose `t` names its type). After authentication every
+// frame also carries a MAC over its sequence number and body (`protect`), so
+// an on-path attacker can neither inject, drop, reorder nor replay a frame.
+// Nothing a peer sends is trusted: oversized frames (a few KiB before
+// authentication), non-objects, messages without a string `t` and frames that
+// fail their MAC end the connection with a protocol error. A frame that
+// decodes is then checked by the one message validator (messages.ts): a
+// message of an unknown type or with a bad field is refused on its own (`next`
+// rejects), so the receiver can still tell the peer why before it closes.
+import * as crypto from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { Packr, Unpackr } from 'msgpackr';
-import { PhaulError } from '../errors';
+import { asPhaulError, PhaulError } from '../errors';
 import { parseMessage, type Message, type MessageOf, type MessageType } from './messages';
 
 export type { Message, MessageOf, MessageType };
 
+/** Largest frame from an authenticated peer (images travel in 16 MiB chunks). */
 export const MAX_FRAME = 64 * 1024 * 1024;
+/** Largest frame, and most unread bytes, from a peer that has not authenticated yet. */
+export const MAX_UNAUTH_FRAME = 4096;
+export const MAX_UNAUTH_BUFFERED = 4 * MAX_UNAUTH_FRAME;
+/** Unread frames from an authenticated peer past which we stop reading its socket. */
+const READ_AHEAD_BYTES = 2 * MAX_FRAME;
+/** HMAC-SHA256 truncated to 128 bits. */
+export const TAG_BYTES = 16;
 
 /** A decoded frame before validation: an object with a string `t`. */
 interface RawMessage {
@@ -23,6 +35,7 @@ interface RawMessage {
 const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false });
 
+/** A frame without a MAC (before authentication, and in tests). */
 export function encodeFrame(msg: Message | RawMessage): Buffer {
   const body = packr.pack(msg);
   const head = Buffer.allocUnsafe(4);
@@ -30,55 +43,171 @@ export function encodeFrame(msg: Message | RawMessage): Buffer {
   return Buffer.concat([head, body]);
 }
 
+/** Directional keys of an authenticated connection (src/protocol/auth.ts). */
+export interface FrameKeys {
+  send: Buffer;
+  receive: Buffer;
+}
+
+function tag(key: Buffer, seq: bigint, body: Buffer): Buffer {
+  const s = Buffer.allocUnsafe(8);
+  s.writeBigUInt64BE(seq);
+  return crypto.createHmac('sha256', key).update(s).update(body).digest().subarray(0, TAG_BYTES);
+}
+
+/**
+ * Splits a byte stream into frame bodies. Chunks are kept as they come and
+ * copied once, when a whole frame is there: a large frame costs its size in
+ * memory and one copy, not one concatenation per chunk.
+ */
+export class FrameSplitter {
+  private chunks: Buffer[] = [];
+  private have = 0;
+
+  constructor(public limit: number, private readonly peer = 'peer') {}
+
+  get buffered(): number {
+    return this.have;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.have += chunk.length;
+  }
+
+  /** The next whole frame's body, undefined if it has not all arrived; throws on an oversized length. */
+  next(): Buffer | undefined {
+    if (this.have < 4) return undefined;
+    const len = this.peekLength();
+    if (len > this.limit) throw new PhaulError('protocol', `${this.peer} sent a ${len}-byte frame (limit ${this.limit})`);
+    if (this.have < 4 + len) return undefined;
+    return this.take(4 + len).subarray(4);
+  }
+
+  private peekLength(): number {
+    const first = this.chunks[0];
+    if (first.length >= 4) return first.readUInt32BE(0);
+    const head = Buffer.allocUnsafe(4);
+    let got = 0;
+    for (const c of this.chunks) {
+      got += c.copy(head, got, 0, Math.min(c.length, 4 - got));
+      if (got === 4) break;
+    }
+    return head.readUInt32BE(0);
+  }
+
+  private take(n: number): Buffer {
+    this.have -= n;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let got = 0;
+    while (got < n) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length, n - got);
+      c.copy(out, got, 0, k);
+      got += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    return out;
+  }
+}
+
 /** A message connection over any byte stream (TCP or TLS). */
 export class FrameConn {
   readonly socket: Duplex;
-  private buf: Buffer = Buffer.alloc(0);
-  private queue: RawMessage[] = [];
+  private readonly splitter: FrameSplitter;
+  /** Whole frames not yet asked for, undecoded: a MAC check applies to them once `protect` is called. */
+  private frames: Buffer[] = [];
+  private framedBytes = 0;
+  private paused = false;
   private waiters: { resolve: (m: RawMessage) => void; reject: (e: Error) => void }[] = [];
   private failure: PhaulError | undefined;
   private detached = false;
+  private keys?: FrameKeys;
+  private sendSeq = 0n;
+  private receiveSeq = 0n;
 
   constructor(socket: Duplex, readonly peer = 'peer') {
     this.socket = socket;
+    this.splitter = new FrameSplitter(MAX_UNAUTH_FRAME, peer);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (e) => this.fail(new PhaulError('network', `connection to ${peer} failed: ${e.message}`)));
     socket.on('close', () => this.fail(new PhaulError('network', `connection to ${peer} closed`)));
   }
 
+  /** From now on every frame, both ways, carries a MAC with these keys; frames may be MAX_FRAME. */
+  protect(keys: FrameKeys): void {
+    this.keys = keys;
+    this.splitter.limit = MAX_FRAME;
+  }
+
+  get authenticated(): boolean {
+    return this.keys !== undefined;
+  }
+
   private onData(chunk: Buffer): void {
-    if (this.detached) return;
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
-    while (this.buf.length >= 4) {
-      const len = this.buf.readUInt32BE(0);
-      if (len > MAX_FRAME) {
-        this.fail(new PhaulError('protocol', `${this.peer} sent a ${len}-byte frame (limit ${MAX_FRAME})`));
-        this.socket.destroy();
-        return;
+    if (this.detached || this.failure) return;
+    this.splitter.push(chunk);
+    try {
+      for (let body = this.splitter.next(); body; body = this.splitter.next()) {
+        if (this.waiters.length) {
+          const m = this.decode(body); // a throw leaves the waiter to abort() to reject
+          this.waiters.shift()!.resolve(m);
+        } else {
+          this.frames.push(body);
+          this.framedBytes += body.length;
+        }
       }
-      if (this.buf.length < 4 + len) return;
-      const body = this.buf.subarray(4, 4 + len);
-      this.buf = this.buf.subarray(4 + len);
-      let msg: unknown;
-      try {
-        msg = unpackr.unpack(body);
-      } catch {
-        msg = undefined;
-      }
-      if (!msg || typeof msg !== 'object' || typeof (msg as RawMessage).t !== 'string') {
-        this.fail(new PhaulError('protocol', `${this.peer} sent a malformed message`));
-        this.socket.destroy();
-        return;
-      }
-      const w = this.waiters.shift();
-      if (w) w.resolve(msg as RawMessage);
-      else this.queue.push(msg as RawMessage);
+      if (!this.keys && this.framedBytes + this.splitter.buffered > MAX_UNAUTH_BUFFERED)
+        throw new PhaulError('protocol', `${this.peer} sent more than ${MAX_UNAUTH_BUFFERED} bytes before authenticating`);
+    } catch (e) {
+      this.abort(e);
+      return;
     }
+    if (this.framedBytes > READ_AHEAD_BYTES && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  private decode(frame: Buffer): RawMessage {
+    let body = frame;
+    if (this.keys) {
+      body = frame.subarray(0, Math.max(0, frame.length - TAG_BYTES));
+      const want = tag(this.keys.receive, this.receiveSeq, body);
+      if (frame.length < TAG_BYTES || !crypto.timingSafeEqual(want, frame.subarray(frame.length - TAG_BYTES)))
+        throw new PhaulError('protocol', `${this.peer} sent a frame that fails its integrity check (altered, replayed or injected on the way)`);
+      this.receiveSeq++;
+    }
+    let msg: unknown;
+    try {
+      msg = unpackr.unpack(body);
+    } catch {
+      msg = undefined;
+    }
+    if (!msg || typeof msg !== 'object' || typeof (msg as RawMessage).t !== 'string')
+      throw new PhaulError('protocol', `${this.peer} sent a malformed message`);
+    return msg as RawMessage;
+  }
+
+  /** Ends the connection for something the peer sent. */
+  private abort(e: unknown): void {
+    this.fail(asPhaulError(e, 'protocol'));
+    this.socket.destroy();
   }
 
   private fail(e: PhaulError): void {
     if (this.failure) return;
     this.failure = e;
+    this.frames = [];
+    this.framedBytes = 0;
     for (const w of this.waiters.splice(0)) w.reject(e);
   }
 
@@ -88,7 +217,20 @@ export class FrameConn {
 
   send(msg: Message): void {
     if (this.failure) throw this.failure;
-    this.socket.write(encodeFrame(msg));
+    const body = packr.pack(msg);
+    const head = Buffer.allocUnsafe(4);
+    if (!this.keys) {
+      head.writeUInt32BE(body.length, 0);
+      this.socket.write(Buffer.concat([head, body]));
+      return;
+    }
+    head.writeUInt32BE(body.length + TAG_BYTES, 0);
+    const mac = tag(this.keys.send, this.sendSeq++, body);
+    this.socket.cork();
+    this.socket.write(head);
+    this.socket.write(body);
+    this.socket.write(mac);
+    process.nextTick(() => this.socket.uncork());
   }
 
   /** Waits for the next message; rejects on close, error or timeout, and for a message the validator refuses. */
@@ -97,8 +239,20 @@ export class FrameConn {
   }
 
   private nextFrame(timeoutMs: number): Promise<RawMessage> {
-    const queued = this.queue.shift();
-    if (queued) return Promise.resolve(queued);
+    const queued = this.frames.shift();
+    if (queued) {
+      this.framedBytes -= queued.length;
+      if (this.paused && this.framedBytes <= READ_AHEAD_BYTES / 2 && !this.detached) {
+        this.paused = false;
+        this.socket.resume();
+      }
+      try {
+        return Promise.resolve(this.decode(queued));
+      } catch (e) {
+        this.abort(e);
+        return Promise.reject(e);
+      }
+    }
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -133,7 +287,7 @@ export class FrameConn {
       const h = (this.socket as unknown as { _handle?: { readStop?: () => void } })._handle;
       h?.readStop?.();
     }
-    if (this.buf.length || this.queue.length) throw new PhaulError('protocol', `${this.peer} sent data before it was asked to`);
+    if (this.splitter.buffered || this.frames.length) throw new PhaulError('protocol', `${this.peer} sent data before it was asked to`);
   }
 
   close(): void {

@@ -65,7 +65,9 @@ export interface ErrorMessage { t: 'error'; code: ErrorCode; message: string }
 /** S -> D: the source's capabilities and the mode asked for (`auto` or a mode); D -> S: the destination's (no mode). */
 export interface Caps { t: 'caps'; caps: Capabilities; mode?: string }
 /** S -> D: the mode chosen and how to restore; pre-copy modes add their stream count and the tree's memory size. */
-export interface Prepare { t: 'prepare'; mode: string; criu: CriuFlags; streams?: number; memBytes?: number }
+/** memBytes: the source's estimate of the pages it will send (admission, admission.ts);
+ *  freezeTimeoutMs: its freeze budget, which bounds the destination's wait for `commit`. */
+export interface Prepare { t: 'prepare'; mode: string; criu: CriuFlags; streams?: number; memBytes: number; freezeTimeoutMs?: number }
 /** D -> S: ready for the data connection(s). */
 export interface Prepared { t: 'prepared' }
 
@@ -251,9 +253,9 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
     const requested = f.has('criu') ? f.obj('criu') : {};
     const criu: CriuFlags = {};
     for (const k of CRIU_FLAGS) if (requested[k] === true) criu[k] = true;
-    const m: Omit<Prepare, 't'> = { mode: f.str('mode', 32), criu };
+    const m: Omit<Prepare, 't'> = { mode: f.str('mode', 32), criu, memBytes: f.int('memBytes', 0, 2 ** 50) };
     if (f.has('streams')) m.streams = f.int('streams', 1, 16);
-    if (f.has('memBytes')) m.memBytes = f.int('memBytes', 0, 2 ** 50);
+    if (f.has('freezeTimeoutMs')) m.freezeTimeoutMs = f.int('freezeTimeoutMs', 1000, 3_600_000);
     return m;
   },
   prepared: () => ({}),

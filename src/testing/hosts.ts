@@ -41,7 +41,7 @@ export function inHost(host: Host, argv: string[]): string[] {
   return host.netnsPath ? ['nsenter', `--net=${host.netnsPath}`, ...argv] : argv;
 }
 
-export function runIn(host: Host, argv: string[], opts: SpawnOptions & { timeoutMs?: number } = {}): Promise<RunResult> {
+export function runIn(host: Host, argv: string[], opts: SpawnOptions & { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
   return runCmd(inHost(host, argv), opts);
 }
 

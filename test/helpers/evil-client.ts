@@ -31,6 +31,10 @@ const scenarios: Record<string, Scenario> = {
     await prepare(c, { mode: 'precopy', streams: 1 });
     c.send({ t: 'layout', pid: 1, ranges: [{ vaddr: 2 ** 52, nrPages: 1 << 30 }] });
   },
+  // A session that claims more memory than the host has: refused up front.
+  'too-big': async (c) => {
+    await prepare(c, { mode: 'precopy', streams: 1, memBytes: 2 ** 50 });
+  },
   // A mode nobody offered.
   'unknown-mode': async (c) => {
     await prepare(c, { mode: 'teleport' });
@@ -42,7 +46,7 @@ async function prepare(c: FrameConn, extra: Record<string, unknown>): Promise<vo
   c.send({ t: 'caps', caps: await localCapabilities(), mode });
   await c.expect('caps');
   // Bad on purpose: not a well-typed Message.
-  c.send({ t: 'prepare', criu: {}, ...extra } as unknown as Message);
+  c.send({ t: 'prepare', criu: {}, memBytes: 1 << 20, ...extra } as unknown as Message);
 }
 
 async function main(): Promise<void> {

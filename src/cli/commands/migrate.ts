@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
-import { Migration, MigrationError, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
+import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
 import { AUTO_ORDER, isMode, MODES } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { ProgressDisplay } from '../progress';
@@ -14,6 +14,7 @@ const spec = {
   to: { type: 'string', help: 'destination agent, HOST:PORT' },
   'token-file': { type: 'string', help: 'file holding the shared secret' },
   mode: { type: 'string', help: `how to move memory: auto, ${MODES.join(', ')} (auto: the first of ${AUTO_ORDER.join(', ')} both hosts offer)`, default: 'auto' },
+  encrypt: { type: 'boolean', help: 'TLS keyed by the token (no certificate or CA); the destination runs serve --encrypt' },
   tls: { type: 'boolean', help: 'connect with TLS' },
   'tls-ca': { type: 'string', help: 'PEM CA (or self-signed certificate) that the destination\'s certificate must chain to' },
   'tls-servername': { type: 'string', help: 'name to check the destination\'s certificate against' },
@@ -28,6 +29,7 @@ const spec = {
   streams: { type: 'string', help: 'precopy, hybrid: parallel data connections', default: '2' },
   compress: { type: 'string', help: 'precopy, hybrid: lz4 per batch: auto (when the link is slower than lz4), lz4, none', default: 'auto' },
   'auto-converge': { type: 'boolean', help: 'precopy, hybrid: throttle the workload\'s CPU in steps when it dirties memory faster than the link' },
+  'freeze-timeout': { type: 'string', help: 'longest the workload may stay frozen before the migration rolls back, S', default: String(DEFAULT_FREEZE_TIMEOUT_MS / 1000) },
   json: { type: 'boolean', help: 'print the report as one JSON object on the last line of stdout' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
@@ -42,7 +44,7 @@ export async function run(argv: string[]): Promise<number> {
       'dirty pages while frozen); hybrid (precopy, then the destination resumes it before its memory is back\n' +
       'in place and fills it from its own copy: the pause no longer grows with memory).\n' +
       'Exit codes: 0 moved, 1 failed and rolled back, 2 usage, 3 unavailable, 4 auth, 5 incompatible, 6 network,\n' +
-      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message).', spec));
+      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message), 11 destination busy (nothing touched).', spec));
     return 0;
   }
   const json = !!flags.json;
@@ -55,6 +57,8 @@ export async function run(argv: string[]): Promise<number> {
     if (mode !== 'auto' && !isMode(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
     let tls: MigrateOptions['tls'];
+    if (flags.encrypt && (flags.tls || flags['tls-ca'])) throw new PhaulError('usage', '--encrypt and --tls are alternatives: pick one');
+    if (flags.encrypt) tls = { psk: true };
     if (flags.tls || flags['tls-ca']) {
       let ca: Buffer | undefined;
       if (flags['tls-ca']) {
@@ -77,9 +81,18 @@ export async function run(argv: string[]): Promise<number> {
       tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,
+      freezeTimeoutMs: intFlag(flags['freeze-timeout'], 'freeze-timeout', 1, 3600)! * 1000,
     });
     const tty = process.stderr.isTTY && !json;
     const progress = new ProgressDisplay(process.stderr);
+    // Ctrl-C or a kill: roll back (CRIU resumes the original, the throttle is
+    // released) and exit with the report; a second signal does not cut that short.
+    const onSignal = (sig: NodeJS.Signals) => {
+      progress.note(`phaul-fast migrate: ${sig}: rolling back`);
+      m.abort(new PhaulError('failed', `interrupted by ${sig}`));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     m.on('phase', (e: PhaseEvent) => {
       if (!tty) process.stderr.write(`phaul-fast migrate: ${e.phase} ${e.ms} ms\n`);
     });
