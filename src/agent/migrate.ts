@@ -303,6 +303,9 @@ export class Migration extends EventEmitter {
     // is told, so that it kills a copy that never ran.
     st.data?.abort();
     await st.dump?.rollback();
+    // A throttle stopping the tree by duty cycle would make it look stopped
+    // (not resumed) below; it is released here, before that judgement.
+    st.throttle?.release();
     // Stop-copy: CRIU resumes the tree when its dump fails; let it finish first.
     if (st.criuRun && (await within(st.criuRun.catch(() => undefined), 30_000)) === 'late')
       this.emit('log', 'criu did not end within 30 s of the failure');
