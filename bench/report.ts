@@ -3,6 +3,7 @@
 import type { Machine } from './machine';
 import type { Row } from './runner';
 import { ALL_STRATEGIES, type LinkName } from './matrix';
+import { OUTSIDE_PAUSE } from '../src/agent/phases';
 
 export function machineLine(m: Machine): string {
   return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}`;
@@ -30,7 +31,7 @@ function ratio(r: Row): string {
 
 export function markdown(rows: Row[], m: Machine, command: string, seconds: number): string {
   const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', `pause vs ${BASELINE}`, 'downtime ms', 'total ms',
-    'sent MiB', 'rounds', 'source free ms', 'agent CPU s', 'runs', 'status'];
+    'sent MiB', 'rounds', 'source free ms', 'CPU s', 'CPU s/GiB', 'runs', 'status'];
   const lines = [
     `Measured ${m.date.slice(0, 10)} with \`${command}\` in ${Math.round(seconds)} s on: ${machineLine(m)}.`,
     '',
@@ -47,9 +48,34 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
     const status = r.status === 'ok' ? 'ok' : `${r.status}${r.note ? `: ${r.note.replace(/\|/g, '/').slice(0, 200)}` : ''}`;
     lines.push(`| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'pauseMs'), ratio(r), cell(r, 'downtimeMs'),
       cell(r, 'totalMs'), cell(r, 'bytes', 2 ** 20), cell(r, 'rounds'), cell(r, 'sourceFreeMs'), cell(r, 'cpuS', 1, 2),
-      r.runs, status].join(' | ')} |`);
+      cell(r, 'cpuSPerGiB', 1, 2), r.runs, status].join(' | ')} |`);
   }
+  lines.push(...pauseBudget(rows));
   return lines.join('\n') + '\n';
+}
+
+/**
+ * Where each phaul-fast pause went: the median of every phase inside it
+ * (src/agent/phases.ts), in the engine's order. Medians of parts need not
+ * add up to the median downtime exactly.
+ */
+function pauseBudget(rows: Row[]): string[] {
+  const withPhases = rows.filter((r) => r.status === 'ok' && r.phases);
+  if (!withPhases.length) return [];
+  const names: string[] = [];
+  for (const r of withPhases) {
+    for (const n of Object.keys(r.phases!)) if (!(OUTSIDE_PAUSE as readonly string[]).includes(n) && !names.includes(n)) names.push(n);
+  }
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'downtime ms', ...names];
+  return [
+    '',
+    'Where the pause goes (phaul-fast): median ms of each phase between the freeze and the resume (docs/BENCH.md).',
+    '',
+    `| ${head.join(' | ')} |`,
+    `|${head.map((_h, i) => (i < 5 ? '---' : '---:')).join('|')}|`,
+    ...withPhases.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, fmt(r.downtimeMs),
+      ...names.map((n) => (r.phases![n] === undefined ? '' : String(r.phases![n])))].join(' | ')} |`),
+  ];
 }
 
 const COLORS: Record<string, string> = {
@@ -59,6 +85,7 @@ const COLORS: Record<string, string> = {
   'phaul-fast:postcopy': '#17becf',
   'criu:page-server': '#d62728',
   'criu:lazy': '#ff7f0e',
+  'criu:local': '#8c564b',
 };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');

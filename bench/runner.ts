@@ -24,6 +24,9 @@ export interface RunSample {
   rounds: number;
   sourceFreeMs: number;
   cpuS: number;
+  /** CPU seconds per GiB sent (cpuS over bytes): what moving memory costs, comparable across sizes. */
+  cpuSPerGiB: number;
+  phases?: Record<string, number>;
 }
 
 export interface Row {
@@ -41,6 +44,9 @@ export interface Row {
   rounds: number | null;
   sourceFreeMs: number | null;
   cpuS: number | null;
+  cpuSPerGiB: number | null;
+  /** Median of each phase the engine reported, in the engine's order. */
+  phases?: Record<string, number>;
   /** Runs measured (all verified when status is ok). */
   runs: number;
   spread: Record<string, { min: number; max: number }>;
@@ -80,17 +86,25 @@ function track(f: () => Promise<void>): () => Promise<void> {
   return g;
 }
 
-const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS'] as const;
+const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB'] as const;
 
 function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: string): Row {
   const w = cell.workload;
   const row: Row = {
     strategy: cell.strategy, workload: w.kind, memMiB: w.memMiB, writeMBps: w.writeMBps, link: cell.link, status,
-    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null,
+    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null,
     runs: samples.length, spread: {}, ...(note ? { note } : {}),
-    samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, round(v)])) as unknown as RunSample),
+    samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, typeof v === 'number' ? round(v) : v])) as unknown as RunSample),
   };
   if (status !== 'ok') return row;
+  const names = [...new Set(samples.flatMap((x) => Object.keys(x.phases ?? {})))];
+  if (names.length) {
+    row.phases = {};
+    for (const n of names) {
+      const s = summarize(samples.map((x) => x.phases?.[n] ?? 0));
+      if (s) row.phases[n] = round(s.median);
+    }
+  }
   for (const k of KEYS) {
     const s: Summary | null = summarize(samples.map((x) => x[k]));
     if (!s) continue;
@@ -144,8 +158,9 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     const verdict = await wl.verify(fig.restoredPid);
     const sample: RunSample = {
       pauseMs: verdict.pauseMs ?? NaN, downtimeMs: fig.downtimeMs, totalMs: fig.totalMs, bytes,
-      rounds: fig.rounds, sourceFreeMs: fig.sourceFreeMs, cpuS: fig.cpuS,
+      rounds: fig.rounds, sourceFreeMs: fig.sourceFreeMs, cpuS: fig.cpuS, cpuSPerGiB: bytes > 0 ? fig.cpuS / (bytes / 2 ** 30) : NaN,
       ...(fig.engineBytes !== undefined ? { engineBytes: fig.engineBytes } : {}),
+      ...(fig.phases ? { phases: fig.phases } : {}),
     };
     return { sample, verdict };
   } finally {

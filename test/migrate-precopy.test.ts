@@ -351,10 +351,10 @@ test('the source agent killed while CRIU holds the frozen tree: the original res
     let err = '';
     child.stderr!.on('data', (d) => { err += d; });
     const exited = new Promise((r) => child.on('exit', r));
-    // The phase line comes when CRIU's images are written and the tree is frozen.
+    // The phase line comes when CRIU's images are written (the tree frozen).
     const t0 = Date.now();
-    while (!/freeze-dump/.test(err) && Date.now() - t0 < 60_000) await sleep(1);
-    assert.match(err, /freeze-dump/, 'reached the switchover');
+    while (!/criu-dump/.test(err) && Date.now() - t0 < 60_000) await sleep(1);
+    assert.match(err, /criu-dump/, 'reached the switchover');
     child.kill('SIGKILL');
     await exited;
     const end = Date.now() + 10_000;

@@ -127,6 +127,7 @@ export class PhaulFastPeer implements Peer {
       // Pre-copy reports each round (the last is the final one, frozen); stop-copy is one pass.
       rounds: Array.isArray(rep.rounds) ? rep.rounds.length : 1,
       cpuS: r.cpuS + serveCpu,
+      phases: rep.phases,
     };
   }
 

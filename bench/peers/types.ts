@@ -35,8 +35,10 @@ export interface RunFigures {
   /** Bytes the engine says it sent, when it says. */
   engineBytes?: number;
   rounds: number;
-  /** user+sys CPU seconds of the agents (not of the workload). */
+  /** user+sys CPU seconds of the agents and every CRIU they ran, at both ends (not of the workload). */
   cpuS: number;
+  /** The engine's phases in ms, in order, when it reports them (phaul-fast: migrate --json phases). */
+  phases?: Record<string, number>;
 }
 
 export interface Peer {

@@ -1,7 +1,7 @@
 // What each side tells the other at handshake, and the rules for whether two
 // sides can migrate to each other. Checked before anything is touched.
 import * as os from 'node:os';
-import { criuVersion } from '../criu';
+import { criuBinary, criuVersion, ensureKerndatCache } from '../criu';
 import { DirtyTracker } from '../memory/dirty-tracker';
 import type { Capabilities } from '../protocol/messages';
 import { VERSION } from '../version';
@@ -11,6 +11,10 @@ export type { Capabilities };
 let cached: Promise<Capabilities> | undefined;
 
 export function localCapabilities(): Promise<Capabilities> {
+  // Once per agent, before any migration: CRIU's kernel probe cached (else every CRIU run probes again).
+  if (!cached) {
+    try { ensureKerndatCache(criuBinary()); } catch { /* no CRIU at all: criuVersion says so below */ }
+  }
   cached ??= criuVersion().then(({ major, minor, sublevel }) => ({
     phaulVersion: VERSION,
     criu: { major, minor, sublevel },
