@@ -449,11 +449,8 @@ class DestSession {
    * longer needs it). A server failing here cannot be rolled back any more.
    */
   private async fillLazily(lazyPages: LazyPagesServer, t0: number): Promise<void> {
-    const code = await lazyPages.exited;
+    const { ok, why } = await lazyPages.outcome;
     const ms = Date.now() - t0;
-    this.lazyPages = undefined;
-    // It exits 0 only once every page is in place.
-    const ok = code === 0;
     const fill = lazyPages.stats;
     if (ok) {
       this.log(`memory filled ${ms} ms after the restore began` + (fill ? ` (${fill.copiedPages} pages in ${fill.fillMs} ms after ` +
@@ -461,10 +458,13 @@ class DestSession {
     } else {
       // Pages never placed would read as zeros. Stop the tree rather than let
       // it compute (and write out) garbage; a human decides.
+      // The server holds the tree's userfaultfds until it ends (faults wait meanwhile): stop first, then end it.
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
-      this.log(`the lazy-pages server exited ${code} before the memory of pid ${this.restoredPid} was filled; the tree ` +
-        `is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
+      await lazyPages.kill();
+      this.log(`the lazy-pages server failed before the memory of pid ${this.restoredPid} was filled (${why}); the tree ` +
+        `is stopped (SIGSTOP) because unfilled pages would read as zeros`);
     }
+    this.lazyPages = undefined;
     this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms, fill });
     try {
       this.conn.send({ t: 'filled', ok, ms, ...(fill ? { fill: { ...fill, faultUs: { ...fill.faultUs } } } : {}) });

@@ -40,7 +40,7 @@ import { containerDumpArgs } from '../container/dump-options';
  * stop-copy: freeze, dump into the destination's page server, restore.
  * precopy: copy memory while the tree runs, freeze, send the last dirty pages, restore.
  * hybrid: pre-copy, then a lazy restore: the tree resumes before its memory is
- *   back in place and CRIU's lazy-pages daemon fills it from the destination's
+ *   back in place and our lazy-pages server fills it from the destination's
  *   own store (never from the source), so the pause does not grow with memory.
  */
 export type Mode = 'stop-copy' | 'precopy' | 'hybrid';
@@ -118,7 +118,7 @@ export interface MigrationReport {
   fallback?: string;
   /** Hybrid: from the freeze until every page is in the restored tree's memory. */
   filledMs?: number;
-  /** Hybrid: what the destination's lazy-pages server did (src/criu/lazy-pages.ts FillStats). */
+  /** Hybrid: what the destination's lazy-pages server did (src/native/lazy-fill.ts FillStats). */
   fill?: Stats;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
