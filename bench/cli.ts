@@ -15,6 +15,7 @@ import { addPauseRatios } from './stats';
 
 const spec = {
   quick: { type: 'boolean', help: 'the small matrix (under 3 minutes; includes a 1 GiB workload)' },
+  switchover: { type: 'boolean', help: 'the switchover matrix: 32 MiB to 1 GiB and memcached, against CRIU\'s own paths (~15 min)' },
   json: { type: 'boolean', help: 'print { machine, rows } as JSON on the last line of stdout' },
   out: { type: 'string', help: 'directory for results.json, results.md and pause-vs-memory.svg', default: 'bench/results' },
   runs: { type: 'string', help: 'runs per cell (default: 2 quick, 3 full)' },
@@ -51,6 +52,7 @@ export async function run(argv: string[]): Promise<number> {
   const quick = !!flags.quick;
   const cells = buildMatrix({
     quick,
+    switchover: !!flags.switchover,
     runs: intFlag(flags.runs, 'runs', 1, 50),
     strategies: subset(flags.strategies, ALL_STRATEGIES, 'strategies') as StrategyName[] | undefined,
     links: subset(flags.links, Object.keys(LINKS) as LinkName[], 'links'),

@@ -3,11 +3,12 @@
 import { MODES, type Mode } from '../src/agent/capabilities';
 
 /** Every migrate mode of the capability model, then CRIU's own two paths to compare with. */
-export type StrategyName = `phaul-fast:${Mode}` | `phaul-fast:${Mode}+encrypt` | 'criu:page-server' | 'criu:lazy';
+export type StrategyName = `phaul-fast:${Mode}` | `phaul-fast:${Mode}+encrypt` | 'criu:page-server' | 'criu:lazy' | 'criu:local';
 export const STRATEGIES: readonly StrategyName[] = [
   ...MODES.map((m) => `phaul-fast:${m}` as const),
   'criu:page-server',
   'criu:lazy',
+  'criu:local',
 ];
 /** Measured only when asked for (bench --strategies): what --encrypt (TLS-PSK on every connection) costs. */
 export const OPTIONAL_STRATEGIES: readonly StrategyName[] = MODES.map((m) => `phaul-fast:${m}+encrypt` as const);
@@ -34,6 +35,8 @@ export interface Cell {
 
 export interface MatrixOptions {
   quick?: boolean;
+  /** The switchover matrix (issue 12): small and real workloads, default mode against CRIU's own paths. */
+  switchover?: boolean;
   runs?: number;
   strategies?: StrategyName[];
   links?: LinkName[];
@@ -66,10 +69,23 @@ const FULL: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> =
   runs: 3,
 }));
 
+// --switchover: the pause's fixed cost (a small workload, where it is all of
+// the pause), pre-copy's data path (1 GiB idle: the first round is all of
+// memory) and the hybrid pause at 256 MiB and 1 GiB, against CRIU's own dump
+// and restore (criu:local), page server and lazy pages, plus memcached with
+// its data set over a 10 Gbit/s link (see docs/BENCH.md).
+const SWITCHOVER: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> = [
+  { link: 'loopback', workloads: [mw(32, 5), mw(256, 20), mw(1024, 0), mw(1024, 20)], runs: 3 },
+  { link: '10gbit', workloads: [mc(256, 20)], runs: 3 },
+];
+
+/** Strategies only the switchover matrix runs unless asked for (--strategies): the others' matrices keep their length. */
+export const SWITCHOVER_ONLY: readonly StrategyName[] = ['criu:local'];
+
 export function buildMatrix(o: MatrixOptions = {}): Cell[] {
   const cells: Cell[] = [];
-  const strategies = o.strategies ?? [...STRATEGIES];
-  for (const g of o.quick ? QUICK : FULL) {
+  const strategies = o.strategies ?? STRATEGIES.filter((s) => o.switchover || !SWITCHOVER_ONLY.includes(s));
+  for (const g of o.switchover ? SWITCHOVER : o.quick ? QUICK : FULL) {
     if (o.links && !o.links.includes(g.link)) continue;
     for (const workload of g.workloads) {
       if (o.memMiB && !o.memMiB.includes(workload.memMiB)) continue;

@@ -3,6 +3,7 @@
 import type { Machine } from './machine';
 import type { Row } from './runner';
 import { ALL_STRATEGIES, type LinkName } from './matrix';
+import { OUTSIDE_PAUSE } from '../src/agent/phases';
 
 export function machineLine(m: Machine): string {
   return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}`;
@@ -14,8 +15,8 @@ export const BASELINE = 'criu:page-server';
 const fmt = (x: number | null, scale = 1, digits = 0) => (x === null ? '' : (x / scale).toFixed(digits));
 
 function cell(r: Row, k: keyof Row['spread'] & keyof Row, scale = 1, digits = 0): string {
-  const v = r[k] as number | null;
-  if (v === null) return '–';
+  const v = r[k] as number | null | undefined;
+  if (v === null || v === undefined) return '–';
   const s = r.spread[k];
   if (!s || r.runs < 2 || s.min === s.max) return fmt(v, scale, digits);
   return `${fmt(v, scale, digits)} (${fmt(s.min, scale, digits)}–${fmt(s.max, scale, digits)})`;
@@ -30,7 +31,7 @@ function ratio(r: Row): string {
 
 export function markdown(rows: Row[], m: Machine, command: string, seconds: number): string {
   const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', `pause vs ${BASELINE}`, 'downtime ms', 'total ms',
-    'sent MiB', 'rounds', 'source free ms', 'agent CPU s', 'runs', 'status'];
+    'sent MiB', 'rounds', 'source free ms', 'CPU s', 'CPU s/GiB', 'runs', 'status'];
   const lines = [
     `Measured ${m.date.slice(0, 10)} with \`${command}\` in ${Math.round(seconds)} s on: ${machineLine(m)}.`,
     '',
@@ -47,9 +48,65 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
     const status = r.status === 'ok' ? 'ok' : `${r.status}${r.note ? `: ${r.note.replace(/\|/g, '/').slice(0, 200)}` : ''}`;
     lines.push(`| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'pauseMs'), ratio(r), cell(r, 'downtimeMs'),
       cell(r, 'totalMs'), cell(r, 'bytes', 2 ** 20), cell(r, 'rounds'), cell(r, 'sourceFreeMs'), cell(r, 'cpuS', 1, 2),
-      r.runs, status].join(' | ')} |`);
+      cell(r, 'cpuSPerGiB', 1, 2), r.runs, status].join(' | ')} |`);
   }
+  lines.push(...pauseBudget(rows));
+  lines.push(...fillTable(rows));
   return lines.join('\n') + '\n';
+}
+
+/**
+ * The destination's side: its peak memory against the workload's, and for a
+ * fill after resume (hybrid) how long it took against this machine writing
+ * as much fresh memory (the floor for any fill), its rate, and how long a
+ * fault waited.
+ */
+function fillTable(rows: Row[]): string[] {
+  const ok = rows.filter((r) => r.status === 'ok' && r.destPeakMiB != null);
+  if (!ok.length) return [];
+  const head = ['workload', 'MiB', 'link', 'strategy', 'dest peak MiB', 'peak / workload', 'fresh write ms', 'fill ms',
+    'fill / fresh', 'fill MB/s', 'fault p50 us', 'fault p99 us', 'fault max us'];
+  const out = [
+    '',
+    'Destination: peak = page data on tmpfs (store or images) + the restored processes\' RSS, sampled every 100 ms;',
+    'fresh write = this machine allocating and writing that much memory once, measured next to the runs;',
+    'fill = from the restore\'s end until the lazy-pages server placed the last page (hybrid), fault = a fault\'s',
+    'message to its page in place.',
+    '',
+    `| ${head.join(' | ')} |`,
+    `|${head.map((_h, i) => (i < 4 ? '---' : '---:')).join('|')}|`,
+  ];
+  for (const r of ok) {
+    const per = r.destPeakMiB != null ? `${(r.destPeakMiB / r.memMiB).toFixed(2)}x` : '–';
+    const vsFresh = r.fillMs != null && r.freshWriteMs ? `${(r.fillMs / r.freshWriteMs).toFixed(2)}x` : '–';
+    out.push(`| ${[r.workload, r.memMiB, r.link, r.strategy, cell(r, 'destPeakMiB'), per, r.freshWriteMs ?? '–', cell(r, 'fillMs'),
+      vsFresh, cell(r, 'fillMBps'), cell(r, 'faultP50Us'), cell(r, 'faultP99Us'), cell(r, 'faultMaxUs')].join(' | ')} |`);
+  }
+  return out;
+}
+
+/**
+ * Where each phaul-fast pause went: the median of every phase inside it
+ * (src/agent/phases.ts), in the engine's order. Medians of parts need not
+ * add up to the median downtime exactly.
+ */
+function pauseBudget(rows: Row[]): string[] {
+  const withPhases = rows.filter((r) => r.status === 'ok' && r.phases);
+  if (!withPhases.length) return [];
+  const names: string[] = [];
+  for (const r of withPhases) {
+    for (const n of Object.keys(r.phases!)) if (!(OUTSIDE_PAUSE as readonly string[]).includes(n) && !names.includes(n)) names.push(n);
+  }
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'downtime ms', ...names];
+  return [
+    '',
+    'Where the pause goes (phaul-fast): median ms of each phase between the freeze and the resume (docs/BENCH.md).',
+    '',
+    `| ${head.join(' | ')} |`,
+    `|${head.map((_h, i) => (i < 5 ? '---' : '---:')).join('|')}|`,
+    ...withPhases.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, fmt(r.downtimeMs),
+      ...names.map((n) => (r.phases![n] === undefined ? '' : String(r.phases![n])))].join(' | ')} |`),
+  ];
 }
 
 const COLORS: Record<string, string> = {
@@ -58,6 +115,7 @@ const COLORS: Record<string, string> = {
   'phaul-fast:hybrid': '#9467bd',
   'criu:page-server': '#d62728',
   'criu:lazy': '#ff7f0e',
+  'criu:local': '#8c564b',
 };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');

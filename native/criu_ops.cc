@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "modules.h"
+#include "thread_job.h"
 
 extern "C" {
 #include <criu.h>
@@ -48,7 +49,6 @@ const char* KindName(Kind k) {
 struct Job {
   Kind kind;
   CallOptions o;
-  Napi::Promise::Deferred deferred;
   // Results, written by the call's thread, read on the main thread.
   bool ok = false;
   int value = 0;      // restore: pid; version: major*10000+minor*100+sublevel
@@ -57,8 +57,7 @@ struct Job {
   bool timedOut = false;
   std::string logPath;
   std::string message;  // one line
-  Job(Kind k, CallOptions opts, Napi::Env env)
-      : kind(k), o(std::move(opts)), deferred(Napi::Promise::Deferred::New(env)) {}
+  Job(Kind k, CallOptions opts) : kind(k), o(std::move(opts)) {}
 };
 
 // ------------------------------------------------------------------ helpers
@@ -389,26 +388,19 @@ void Run(Job* j) {
 
 // ------------------------------------------------------------------ JS glue
 
-void Settle(Napi::Env env, Napi::Function, std::nullptr_t*, Job* j) {
-  if (env != nullptr) {
-    if (j->ok) {
-      if (j->kind == Kind::kRestore || j->kind == Kind::kVersion)
-        j->deferred.Resolve(Napi::Number::New(env, j->value));
-      else
-        j->deferred.Resolve(env.Undefined());
-    } else {
-      Napi::Error e = Napi::Error::New(env, j->message);
-      e.Set("criuRet", Napi::Number::New(env, j->criuRet));
-      e.Set("errno", Napi::Number::New(env, j->criuErrno));
-      e.Set("timedOut", Napi::Boolean::New(env, j->timedOut));
-      if (!j->logPath.empty()) e.Set("logPath", Napi::String::New(env, j->logPath));
-      j->deferred.Reject(e.Value());
-    }
+// The call's result as JS sees it, on the JS thread.
+Napi::Value Result(Napi::Env env, const Job& j) {
+  if (!j.ok) {
+    Napi::Error e = Napi::Error::New(env, j.message);
+    e.Set("criuRet", Napi::Number::New(env, j.criuRet));
+    e.Set("errno", Napi::Number::New(env, j.criuErrno));
+    e.Set("timedOut", Napi::Boolean::New(env, j.timedOut));
+    if (!j.logPath.empty()) e.Set("logPath", Napi::String::New(env, j.logPath));
+    throw e;
   }
-  delete j;
+  if (j.kind == Kind::kRestore || j.kind == Kind::kVersion) return Napi::Number::New(env, j.value);
+  return env.Undefined();
 }
-
-using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Job, Settle>;
 
 std::string Str(const Napi::Object& o, const char* k) {
   Napi::Value v = o.Get(k);
@@ -493,23 +485,11 @@ CallOptions Parse(const Napi::Object& o, Kind kind) {
 Napi::Value Start(const Napi::CallbackInfo& info, Kind kind) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "expected an options object");
-  Job* j = new Job(kind, Parse(info[0].As<Napi::Object>(), kind), env);
-  Napi::Promise promise = j->deferred.Promise();
-  // The thread-safe function keeps the event loop alive until the call settles.
-  Tsfn tsfn = Tsfn::New(env, std::string("phaul-criu-") + KindName(kind), 0, 1);
-  try {
-    std::thread([j, tsfn]() mutable {
-      Run(j);
-      if (tsfn.BlockingCall(j) != napi_ok) delete j;  // env is gone: nobody to tell
-      tsfn.Release();
-    }).detach();
-  } catch (const std::system_error& e) {
-    tsfn.Release();
-    j->deferred.Reject(
-        Napi::Error::New(env, std::string("criu ") + KindName(kind) + ": cannot start a thread: " + e.what()).Value());
-    delete j;
-  }
-  return promise;
+  auto j = std::make_shared<Job>(kind, Parse(info[0].As<Napi::Object>(), kind));
+  // A thread of its own: a dump can take minutes (thread_job.h).
+  return ThreadJob::Start(
+      env, (std::string("phaul-criu-") + KindName(kind)).c_str(), [j] { Run(j.get()); },
+      [j](Napi::Env env) { return Result(env, *j); });
 }
 
 }  // namespace

@@ -366,7 +366,7 @@ void Tracker::Emit(ScanResult* out, uint64_t s, uint64_t e, uint64_t cat) {
   r.push_back(fl);
 }
 
-bool Tracker::Scan(ScanResult* out, Failure* f, bool protect) {
+bool Tracker::Scan(ScanResult* out, Failure* f, bool protect, bool sync) {
   int64_t t0 = NowNs();
   if (uffd_ < 0) {
     Fail(f, "failed", "tracker is not started (or closed)");
@@ -378,9 +378,11 @@ bool Tracker::Scan(ScanResult* out, Failure* f, bool protect) {
     return false;
   }
   out->first = first_;
-  out->new_vmas = std::move(pending_new_);
-  pending_new_.clear();
-  if (!Sync(out, f)) return false;
+  if (sync) {
+    out->new_vmas = std::move(pending_new_);
+    pending_new_.clear();
+    if (!Sync(out, f)) return false;
+  }
 
   int64_t t1 = NowNs();
   size_t dirty = 0;  // entries of vec_ the kernel may have written

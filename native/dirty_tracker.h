@@ -76,7 +76,11 @@ class Tracker {
   // protect=false (the last scan, with the tree frozen): report without
   // write-protecting again; re-protecting never-populated ranges would install
   // a marker per page, inside the pause, for nothing.
-  bool Scan(ScanResult* out, Failure* f, bool protect = true);
+  // sync=false: scan only what is registered already, without reading the
+  // maps (no new mapping is registered or reported, none is dropped): for a
+  // frozen tree while CRIU's parasite is mapped into it; a later scan with
+  // sync picks up whatever mappings this one did not look at.
+  bool Scan(ScanResult* out, Failure* f, bool protect = true, bool sync = true);
   // Present/swapped pages of [start,end) without touching protection (for
   // untracked or shared ranges at switchover). Triples like Scan().
   bool Present(uint64_t start, uint64_t end, std::vector<uint64_t>* out, Failure* f);

@@ -96,13 +96,14 @@ class DirtyTrackerWrap : public Napi::ObjectWrap<DirtyTrackerWrap> {
     Napi::Env env = info.Env();
     if (Busy(env)) throw Napi::Error::New(env, "DirtyTracker: another operation is running");
     bool protect = info.Length() < 1 || info[0].IsUndefined() || info[0].ToBoolean().Value();
+    bool sync = info.Length() < 2 || info[1].IsUndefined() || info[1].ToBoolean().Value();
     auto res = std::make_shared<dirty::ScanResult>();
     auto st = std::make_shared<Outcome>();
     return AsyncJob::Run(
         env,
-        [this, st, res, protect] {
+        [this, st, res, protect, sync] {
           std::lock_guard<std::mutex> g(mu_);
-          st->ok = t_->Scan(res.get(), &st->f, protect);
+          st->ok = t_->Scan(res.get(), &st->f, protect, sync);
         },
         [st, res](Napi::Env env) -> Napi::Value {
           if (!st->ok) throw MakeError(env, st->f);

@@ -11,6 +11,7 @@
 
 #include "lazy_fill.h"
 #include "modules.h"
+#include "thread_job.h"
 
 namespace phaul {
 namespace {
@@ -18,60 +19,53 @@ namespace {
 using lazyfill::Options;
 using lazyfill::Stats;
 
-class ServeWorker : public Napi::AsyncWorker {
- public:
-  ServeWorker(Napi::Env env, std::unique_ptr<Options> o)
-      : Napi::AsyncWorker(env), o_(std::move(o)), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { ok_ = lazyfill::Serve(*o_, &st_, &err_); }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (!ok_) {
-      Napi::Error e = Napi::Error::New(env, err_);
-      e.Set("reason", Napi::String::New(env, "failed"));
-      deferred_.Reject(e.Value());
-      return;
-    }
-    Napi::Object r = Napi::Object::New(env);
-    auto num = [&](const char* k, double v) { r.Set(k, Napi::Number::New(env, v)); };
-    num("tasks", st_.tasks);
-    num("zombies", st_.zombies);
-    num("forks", st_.forks);
-    num("exits", st_.exits);
-    num("pages", double(st_.pages));
-    num("copiedPages", double(st_.copied_pages));
-    num("faultPages", double(st_.fault_pages));
-    num("faults", double(st_.faults));
-    num("zeroFaults", double(st_.zero_faults));
-    num("droppedPages", double(st_.dropped_pages));
-    num("punchedBytes", double(st_.punched_bytes));
-    num("copies", double(st_.copies));
-    num("retries", double(st_.retries));
-    num("restoreMs", double(st_.restore_ms));
-    num("fillMs", double(st_.fill_ms));
-    num("batches", double(st_.batches));
-    num("gateWaitUsTotal", double(st_.gate_us_total));
-    num("gateWaitUsMax", double(st_.gate_us_max));
-    std::vector<uint32_t>& us = st_.fault_us;
-    std::sort(us.begin(), us.end());
-    auto pct = [&](double q) { return us.empty() ? 0.0 : double(us[std::min(us.size() - 1, size_t(q * us.size()))]); };
-    Napi::Object lat = Napi::Object::New(env);
-    lat.Set("count", Napi::Number::New(env, double(us.size())));
-    lat.Set("p50", Napi::Number::New(env, pct(0.5)));
-    lat.Set("p99", Napi::Number::New(env, pct(0.99)));
-    lat.Set("max", Napi::Number::New(env, us.empty() ? 0.0 : double(us.back())));
-    r.Set("faultUs", lat);
-    deferred_.Resolve(r);
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  std::unique_ptr<Options> o_;
-  Napi::Promise::Deferred deferred_;
-  Stats st_;
-  std::string err_;
-  bool ok_ = false;
+// What the serving thread leaves for the JS thread.
+struct Served {
+  bool ok = false;
+  Stats st;
+  std::string err;
 };
+
+// The promise's value (src/native/lazy-fill.ts FillStats), or its rejection.
+Napi::Value Result(Napi::Env env, Served& s) {
+  if (!s.ok) {
+    Napi::Error e = Napi::Error::New(env, s.err);
+    // 'restore': it failed before the restore finished (no tree ran on it).
+    e.Set("reason", Napi::String::New(env, s.st.restored ? "failed" : "restore"));
+    throw e;
+  }
+  const Stats& st_ = s.st;
+  Napi::Object r = Napi::Object::New(env);
+  auto num = [&](const char* k, double v) { r.Set(k, Napi::Number::New(env, v)); };
+  num("tasks", st_.tasks);
+  num("zombies", st_.zombies);
+  num("forks", st_.forks);
+  num("exits", st_.exits);
+  num("pages", double(st_.pages));
+  num("copiedPages", double(st_.copied_pages));
+  num("faultPages", double(st_.fault_pages));
+  num("faults", double(st_.faults));
+  num("zeroFaults", double(st_.zero_faults));
+  num("droppedPages", double(st_.dropped_pages));
+  num("punchedBytes", double(st_.punched_bytes));
+  num("copies", double(st_.copies));
+  num("retries", double(st_.retries));
+  num("restoreMs", double(st_.restore_ms));
+  num("fillMs", double(st_.fill_ms));
+  num("batches", double(st_.batches));
+  num("gateWaitUsTotal", double(st_.gate_us_total));
+  num("gateWaitUsMax", double(st_.gate_us_max));
+  std::vector<uint32_t>& us = s.st.fault_us;
+  std::sort(us.begin(), us.end());
+  auto pct = [&](double q) { return us.empty() ? 0.0 : double(us[std::min(us.size() - 1, size_t(q * us.size()))]); };
+  Napi::Object lat = Napi::Object::New(env);
+  lat.Set("count", Napi::Number::New(env, double(us.size())));
+  lat.Set("p50", Napi::Number::New(env, pct(0.5)));
+  lat.Set("p99", Napi::Number::New(env, pct(0.99)));
+  lat.Set("max", Napi::Number::New(env, us.empty() ? 0.0 : double(us.back())));
+  r.Set("faultUs", lat);
+  return r;
+}
 
 Napi::Value Listen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -123,10 +117,12 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
       img.extents.push_back({uint64_t(ex[k]), uint64_t(ex[k + 1]), uint32_t(ex[k + 2]), uint64_t(ex[k + 3])});
     o->images.push_back(std::move(img));
   }
-  ServeWorker* w = new ServeWorker(env, std::move(o));
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  // Serving lasts until every page is in place: a thread of its own (thread_job.h).
+  std::shared_ptr<Options> opts(std::move(o));
+  auto out = std::make_shared<Served>();
+  return ThreadJob::Start(
+      env, "phaul-lazy-fill", [opts, out] { out->ok = lazyfill::Serve(*opts, &out->st, &out->err); },
+      [out](Napi::Env env) { return Result(env, *out); });
 }
 
 }  // namespace

@@ -36,10 +36,10 @@
 #include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "modules.h"
+#include "thread_job.h"
 
 namespace phaul {
 namespace {
@@ -451,56 +451,49 @@ class Session {
   Stats stats_;
 };
 
-// Completion record handed from the worker thread to the JS thread.
-struct Job {
-  std::shared_ptr<SockState> st;
-  Napi::Promise::Deferred deferred;
-  Napi::ThreadSafeFunction tsfn;
+// What the server thread leaves for the JS thread.
+struct Outcome {
   bool ok = false;
   Stats stats;
   Fail fail{"io", "no result"};
-  explicit Job(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
 };
 
-void Worker(std::shared_ptr<Job> job, std::string dir, Options o) {
+// The server thread's work (thread_job.h): serve until CLOSE, EOF or abort,
+// then close the socket.
+void Serve(const std::shared_ptr<SockState>& st, Outcome* out, std::string dir, Options o) {
   try {
-    Session s(job->st, std::move(dir), o);
-    job->stats = s.Run();
-    job->ok = true;
+    Session s(st, std::move(dir), o);
+    out->stats = s.Run();
+    out->ok = true;
   } catch (const Fail& f) {
-    job->fail = f;
+    out->fail = f;
   } catch (const std::exception& e) {
-    job->fail = Fail{"io", e.what()};
+    out->fail = Fail{"io", e.what()};
   } catch (...) {
-    job->fail = Fail{"io", "unknown failure"};
+    out->fail = Fail{"io", "unknown failure"};
   }
-  {
-    // Close under the lock so abort() never shuts down a recycled fd number.
-    std::lock_guard<std::mutex> g(job->st->mu);
-    if (job->st->aborted && !job->ok) job->fail = Fail{"aborted", "aborted" + job->st->abortReason};
-    close(job->st->fd);
-    job->st->closed = true;
+  // Close under the lock so abort() never shuts down a recycled fd number.
+  std::lock_guard<std::mutex> g(st->mu);
+  if (st->aborted && !out->ok) out->fail = Fail{"aborted", "aborted" + st->abortReason};
+  close(st->fd);
+  st->closed = true;
+}
+
+// The result as JS sees it, on the JS thread.
+Napi::Value Settle(Napi::Env env, const Outcome& out) {
+  if (!out.ok) {
+    Napi::Error err = Napi::Error::New(env, "page server: " + out.fail.msg);
+    err.Set("code", Napi::String::New(env, out.fail.code));
+    throw err;
   }
-  auto settle = [job](Napi::Env env, Napi::Function) {
-    if (job->ok) {
-      Napi::Object r = Napi::Object::New(env);
-      r.Set("entries", Napi::Number::New(env, double(job->stats.entries)));
-      r.Set("pages", Napi::Number::New(env, double(job->stats.pages)));
-      r.Set("bytes", Napi::Number::New(env, double(job->stats.bytes)));
-      Napi::Array imgs = Napi::Array::New(env, job->stats.images.size());
-      for (size_t i = 0; i < job->stats.images.size(); i++) imgs.Set(uint32_t(i), job->stats.images[i]);
-      r.Set("images", imgs);
-      job->deferred.Resolve(r);
-    } else {
-      Napi::Error err = Napi::Error::New(env, "page server: " + job->fail.msg);
-      err.Set("code", Napi::String::New(env, job->fail.code));
-      job->deferred.Reject(err.Value());
-    }
-  };
-  // If the environment is already gone (process exiting) the call fails and
-  // there is nobody left to tell; the shared_ptr keeps job valid either way.
-  job->tsfn.BlockingCall(settle);
-  job->tsfn.Release();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("entries", Napi::Number::New(env, double(out.stats.entries)));
+  r.Set("pages", Napi::Number::New(env, double(out.stats.pages)));
+  r.Set("bytes", Napi::Number::New(env, double(out.stats.bytes)));
+  Napi::Array imgs = Napi::Array::New(env, out.stats.images.size());
+  for (size_t i = 0; i < out.stats.images.size(); i++) imgs.Set(uint32_t(i), out.stats.images[i]);
+  r.Set("images", imgs);
+  return r;
 }
 
 uint64_t OptU64(Napi::Object o, const char* k, uint64_t def, uint64_t max) {
@@ -549,19 +542,16 @@ Napi::Value ServePages(const Napi::CallbackInfo& info) {
 
   auto st = std::make_shared<SockState>();
   st->fd = fd;
-  auto job = std::make_shared<Job>(env);
-  job->st = st;
-  // The thread-safe function keeps the event loop alive while the server runs
-  // and carries the result back to the JS thread.
-  job->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
-                                            "phaul-page-server", 0, 1);
-  Napi::Promise promise = job->deferred.Promise();
+  auto out = std::make_shared<Outcome>();
+  std::string dir = info[1].As<Napi::String>().Utf8Value();
+  Napi::Promise promise;
   try {
-    std::thread(Worker, job, info[1].As<Napi::String>().Utf8Value(), o).detach();
+    promise = ThreadJob::Start(
+        env, "phaul-page-server", [st, out, dir, o] { Serve(st, out.get(), dir, o); },
+        [out](Napi::Env env) { return Settle(env, *out); });
   } catch (...) {
     close(fd);
-    job->tsfn.Release();
-    throw Napi::Error::New(env, "servePages: cannot start a thread");
+    throw;
   }
 
   Napi::Object handle = Napi::Object::New(env);

@@ -17,10 +17,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <memory>
 #include <string>
 
 #include "modules.h"
+#include "thread_job.h"
 
 namespace phaul {
 namespace {
@@ -50,20 +51,24 @@ struct Pipe {
   }
 };
 
-class RelayWorker : public Napi::AsyncWorker {
+// Moves bytes both ways between CRIU's end of a socketpair (local) and the
+// TCP socket until CRIU is done, the peer goes away, or the wake-up pipe
+// fires. Runs on a thread of its own (thread_job.h); owns the three fds.
+class Relay {
  public:
-  RelayWorker(Napi::Env env, int local, int tcp, int wake)
-      : Napi::AsyncWorker(env), local_(local), tcp_(tcp), wake_(wake), deferred_(Napi::Promise::Deferred::New(env)) {}
-  ~RelayWorker() override {
+  Relay(int local, int tcp, int wake) : local_(local), tcp_(tcp), wake_(wake) {}
+  ~Relay() {
     close(local_);
     close(tcp_);
     close(wake_);
   }
-  Napi::Promise Promise() { return deferred_.Promise(); }
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
 
-  void Execute() override {
+  // Empty on success, else what failed.
+  std::string Run() {
     Pipe up, down;  // up: CRIU -> network, down: network -> CRIU
-    if (!up.Open() || !down.Open()) return SetError(std::string("pipe: ") + strerror(errno));
+    if (!up.Open() || !down.Open()) return std::string("pipe: ") + strerror(errno);
     bool local_eof = false, tcp_eof = false;
     for (;;) {
       if (local_eof && up.held == 0) break;  // CRIU is done and everything it wrote has left
@@ -79,19 +84,25 @@ class RelayWorker : public Napi::AsyncWorker {
       int n = poll(p, 3, -1);
       if (n < 0) {
         if (errno == EINTR) continue;
-        return SetError(std::string("poll: ") + strerror(errno));
+        return std::string("poll: ") + strerror(errno);
       }
-      if (p[2].revents) return SetError("relay aborted");
-      if (!Move(local_, up, tcp_, &local_eof, &up_bytes_)) return;
-      if (!Move(tcp_, down, local_, &tcp_eof, &down_bytes_)) return;
+      if (p[2].revents) return "relay aborted";
+      std::string err = Move(local_, up, tcp_, &local_eof, &up_bytes_);
+      if (err.empty()) err = Move(tcp_, down, local_, &tcp_eof, &down_bytes_);
+      if (!err.empty()) return err;
     }
     shutdown(tcp_, SHUT_WR);
     shutdown(local_, SHUT_RDWR);
+    return "";
   }
 
+  uint64_t up_bytes() const { return up_bytes_; }
+  uint64_t down_bytes() const { return down_bytes_; }
+
+ private:
   // Pulls what is readable from `from` into the pipe, then pushes what the pipe
   // holds into `to`. Both non-blocking; EAGAIN just means "later".
-  bool Move(int from, Pipe& p, int to, bool* eof, uint64_t* total) {
+  std::string Move(int from, Pipe& p, int to, bool* eof, uint64_t* total) {
     if (!*eof && p.held == 0) {
       ssize_t n = splice(from, nullptr, p.w, nullptr, 1 << 30, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n == 0)
@@ -100,10 +111,8 @@ class RelayWorker : public Napi::AsyncWorker {
         p.held += n;
       else if (errno == ECONNRESET)
         *eof = true;
-      else if (errno != EAGAIN && errno != EINTR) {
-        SetError(std::string("relay read: ") + strerror(errno));
-        return false;
-      }
+      else if (errno != EAGAIN && errno != EINTR)
+        return std::string("relay read: ") + strerror(errno);
     }
     while (p.held) {
       ssize_t n = splice(p.r, nullptr, to, nullptr, p.held, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -113,24 +122,13 @@ class RelayWorker : public Napi::AsyncWorker {
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
-      SetError(std::string("relay write: ") + (n == 0 ? "closed" : strerror(errno)));
-      return false;
+      return std::string("relay write: ") + (n == 0 ? "closed" : strerror(errno));
     }
-    return true;
+    return "";
   }
 
-  void OnOK() override {
-    Napi::Object o = Napi::Object::New(Env());
-    o.Set("sent", Napi::Number::New(Env(), (double)up_bytes_));
-    o.Set("received", Napi::Number::New(Env(), (double)down_bytes_));
-    deferred_.Resolve(o);
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
   int local_, tcp_, wake_;
   uint64_t up_bytes_ = 0, down_bytes_ = 0;
-  Napi::Promise::Deferred deferred_;
 };
 
 // startRelay(tcpFd) -> { criuFd, done: Promise<{sent, received}>, abortFd }
@@ -150,12 +148,31 @@ Napi::Value StartRelay(const Napi::CallbackInfo& info) {
   setsockopt(tcp, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   fcntl(tcp, F_SETFL, fcntl(tcp, F_GETFL) | O_NONBLOCK);
   fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK);
-  auto* w = new RelayWorker(env, sv[1], tcp, wake[0]);
+  struct Outcome {
+    std::string error;
+  };
+  auto relay = std::make_shared<Relay>(sv[1], tcp, wake[0]);
+  auto out = std::make_shared<Outcome>();
+  Napi::Promise done;
+  try {
+    done = ThreadJob::Start(
+        env, "phaul-splice-relay", [relay, out] { out->error = relay->Run(); },
+        [relay, out](Napi::Env env) -> Napi::Value {
+          if (!out->error.empty()) throw Napi::Error::New(env, out->error);
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("sent", Napi::Number::New(env, double(relay->up_bytes())));
+          o.Set("received", Napi::Number::New(env, double(relay->down_bytes())));
+          return o;
+        });
+  } catch (...) {
+    close(sv[0]);
+    close(wake[1]);
+    throw;  // relay's destructor closes the rest
+  }
   Napi::Object r = Napi::Object::New(env);
   r.Set("criuFd", sv[0]);
   r.Set("abortFd", wake[1]);
-  r.Set("done", w->Promise());
-  w->Queue();
+  r.Set("done", done);
   return r;
 }
 

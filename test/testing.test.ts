@@ -200,14 +200,18 @@ test('a loopback host is one namespace at 127.0.0.1 with its own byte counter', 
 });
 
 // The benchmark's pure parts: matrix, statistics, report.
-import { buildMatrix, estimateSeconds, STRATEGIES } from '../bench/matrix';
+import { buildMatrix, estimateSeconds, STRATEGIES, SWITCHOVER_ONLY } from '../bench/matrix';
 import { addPauseRatios, median, summarize, type RatioRow } from '../bench/stats';
 import { markdown, svgChart } from '../bench/report';
 import type { Row } from '../bench/runner';
 
 test('bench: the quick matrix covers every strategy, a 1 GiB size and fits 3 minutes', () => {
   const cells = buildMatrix({ quick: true });
-  for (const s of STRATEGIES) assert.ok(cells.some((c) => c.strategy === s), s);
+  for (const s of STRATEGIES) assert.equal(cells.some((c) => c.strategy === s), !SWITCHOVER_ONLY.includes(s), s);
+  const sw = buildMatrix({ switchover: true });
+  for (const s of STRATEGIES) assert.ok(sw.some((c) => c.strategy === s), `switchover matrix: ${s}`);
+  assert.ok(sw.some((c) => c.workload.memMiB === 32 && c.workload.writeMBps === 5 && c.link === 'loopback'));
+  assert.ok(sw.some((c) => c.workload.kind === 'memcached'));
   assert.ok(cells.some((c) => c.workload.memMiB >= 1024));
   assert.ok(cells.some((c) => c.workload.kind === 'memcached'));
   assert.ok(estimateSeconds(cells) < 180, `quick estimate ${estimateSeconds(cells)} s`);
@@ -243,14 +247,19 @@ test('bench: markdown table and SVG chart', () => {
   const machine = { cpu: 'cpu', cores: 2, memGiB: 24, kernel: '6.18', os: 'Debian', criu: '4.1.1', node: 'v20', phaulFast: '0.1.0', date: '2026-01-01T00:00:00Z' };
   const row = (strategy: Row['strategy'], memMiB: number, pauseMs: number): Row => ({
     strategy, workload: 'memwork', memMiB, writeMBps: 50, link: 'loopback', status: 'ok', pauseMs, downtimeMs: pauseMs,
-    totalMs: pauseMs * 2, bytes: memMiB * 2 ** 20, rounds: 1, sourceFreeMs: pauseMs, cpuS: 0.5, runs: 2,
+    totalMs: pauseMs * 2, bytes: memMiB * 2 ** 20, rounds: 1, sourceFreeMs: pauseMs, cpuS: 0.5, cpuSPerGiB: 0.5 / (memMiB / 1024), runs: 2,
     spread: { pauseMs: { min: pauseMs * 0.9, max: pauseMs * 1.1 } }, samples: [],
   });
   const rows = [row('criu:page-server', 256, 600), row('criu:page-server', 1024, 1800), row('criu:lazy', 256, 150),
-    { ...row('phaul-fast:hybrid', 256, 0), status: 'unavailable' as const, pauseMs: null, note: 'not offered' }];
+    { ...row('phaul-fast:hybrid', 256, 0), status: 'unavailable' as const, pauseMs: null, note: 'not offered' },
+    { ...row('phaul-fast:precopy', 256, 300), phases: { precopy: 900, 'criu-dump': 80, 'final-pages': 20, 'criu-restore': 150, commit: 10 } }];
   const md = markdown(rows, machine, 'phaul-fast bench --quick', 100);
   assert.match(md, /\| memwork \| 1024 \| 50 \| loopback \| criu:page-server \| 1800 \(1620–1980\) \| 1x \|/);
+  assert.match(md, /\| 0\.50 \| 0\.50 \| 2 \| ok \|/, 'CPU s and CPU s per GiB moved');
   assert.match(md, /unavailable: not offered/);
+  // The pause budget lists the phases inside the pause only, in the engine's order.
+  assert.match(md, /\| workload \| MiB \| writes MB\/s \| link \| strategy \| downtime ms \| criu-dump \| final-pages \| criu-restore \| commit \|/);
+  assert.match(md, /\| memwork \| 256 \| 50 \| loopback \| phaul-fast:precopy \| 300 \| 80 \| 20 \| 150 \| 10 \|/);
   const svg = svgChart(rows, machine);
   assert.match(svg, /^<svg /);
   assert.match(svg, /<polyline[^>]+stroke="#d62728"/); // page-server: a line over two sizes

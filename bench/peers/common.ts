@@ -1,7 +1,9 @@
 // Helpers the CRIU peers share: a freeze watcher, image copies, log tails.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { procState } from '../../src/testing/proc';
+import { inHost, type Host } from '../../src/testing/hosts';
+import { procState, runCmd, type RunResult } from '../../src/testing/proc';
+import type { RunFigures } from './types';
 
 /**
  * Notes when pid stops running: CRIU seizes the tree with ptrace, so its state
@@ -65,4 +67,31 @@ export function waitStatus(status: NodeJS.ReadableStream, done: Promise<unknown>
     status.once('data', () => { clearTimeout(t); resolve(); });
     done.then(() => { clearTimeout(t); reject(new Error(`${what} exited before it was ready`)); }, reject);
   });
+}
+
+/**
+ * `criu restore -D dir -d` (plus `extra` options) in `host`, as CRIU's own
+ * paths do it: the restored root's pid, when it runs, and CRIU's result (CPU).
+ */
+export async function criuRestore(criu: string, host: Host, dir: string, timeoutMs: number, extra: string[] = []):
+Promise<{ pid: number; runningAt: number; r: RunResult }> {
+  const pidfile = path.join(dir, 'restored.pid');
+  const r = await runCmd(inHost(host, [criu, 'restore', ...extra, '-D', dir, '-d', '--pidfile', pidfile, '-o', 'restore.log']), { timeoutMs });
+  const what = ['criu restore', ...extra].join(' ');
+  if (r.code !== 0) throw new Error(`${what}${r.code === null ? ' timed out' : ''}: ${logTail(path.join(dir, 'restore.log'))}`);
+  return { pid: readPid(pidfile), runningAt: performance.now(), r };
+}
+
+/** The figures of a stop-and-copy run of CRIU's (one pass, then a restore; times from performance.now()). */
+export function stopCopyFigures(t: { start: number; frozen: number; free: number }, restored: { pid: number; runningAt: number },
+  offLinkBytes: number, cpuS: number): RunFigures {
+  return {
+    restoredPid: restored.pid,
+    downtimeMs: restored.runningAt - t.frozen,
+    totalMs: restored.runningAt - t.start,
+    sourceFreeMs: t.free - t.start,
+    offLinkBytes,
+    rounds: 1,
+    cpuS,
+  };
 }

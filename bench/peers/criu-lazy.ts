@@ -8,8 +8,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
-import { runCmd, startCmd, type StartedCmd } from '../../src/testing/proc';
-import { copyImages, logTail, readPid, waitStatus, watchFreeze } from './common';
+import { startCmd, type StartedCmd } from '../../src/testing/proc';
+import { copyImages, criuRestore, logTail, waitStatus, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 
 export class CriuLazy implements Peer {
@@ -47,12 +47,9 @@ export class CriuLazy implements Peer {
       await waitStatus(lazy.status!, lazy.done, 'criu lazy-pages', 10_000)
         .catch((e) => { throw new Error(`${e.message}: ${logTail(path.join(dst, 'lazy-pages.log'))}`); });
 
-      const pidfile = path.join(dst, 'restored.pid');
-      const rs = await runCmd(inHost(ctx.dst, [ctx.criu, 'restore', '--lazy-pages', '-D', dst, '-d', '--pidfile', pidfile,
-        '-o', 'restore.log']), { timeoutMs: big });
-      if (rs.code !== 0) throw new Error(`criu restore --lazy-pages${rs.code === null ? ' timed out' : ''}: ${logTail(path.join(dst, 'restore.log'))}`);
-      const tRun = performance.now();
-      const restoredPid = readPid(pidfile);
+      const rs = await criuRestore(ctx.criu, ctx.dst, dst, big, ['--lazy-pages']);
+      const tRun = rs.runningAt;
+      const restoredPid = rs.pid;
       hooks.onRunning(restoredPid);
 
       const [lz, dp] = await Promise.all([
@@ -68,7 +65,7 @@ export class CriuLazy implements Peer {
         sourceFreeMs: dp.at - t0,
         offLinkBytes: copied,
         rounds: 1,
-        cpuS: dp.r.cpuS + lz.r.cpuS + rs.cpuS,
+        cpuS: dp.r.cpuS + lz.r.cpuS + rs.r.cpuS,
       };
     } finally {
       freeze.stop();

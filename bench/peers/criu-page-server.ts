@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
 import { runCmd, startCmd } from '../../src/testing/proc';
-import { copyImages, logTail, readPid, waitStatus, watchFreeze } from './common';
+import { copyImages, criuRestore, logTail, stopCopyFigures, waitStatus, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 
 export class CriuPageServer implements Peer {
@@ -40,23 +40,10 @@ export class CriuPageServer implements Peer {
       const copied = copyImages(src, dst);
       const tFree = performance.now();
 
-      const pidfile = path.join(dst, 'restored.pid');
-      const rs = await runCmd(inHost(ctx.dst, [ctx.criu, 'restore', '-D', dst, '-d', '--pidfile', pidfile, '-o', 'restore.log']),
-        { timeoutMs: big });
-      if (rs.code !== 0) throw new Error(`criu restore${rs.code === null ? ' timed out' : ''}: ${logTail(path.join(dst, 'restore.log'))}`);
-      const tRun = performance.now();
-      const restoredPid = readPid(pidfile);
-      hooks.onRunning(restoredPid);
-      return {
-        restoredPid,
-        downtimeMs: tRun - frozenAt,
-        totalMs: tRun - t0,
-        sourceFreeMs: tFree - t0,
-        offLinkBytes: copied,
-        rounds: 1,
-        // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
-        cpuS: dump.cpuS + psr.cpuS + rs.cpuS,
-      };
+      const rs = await criuRestore(ctx.criu, ctx.dst, dst, big);
+      hooks.onRunning(rs.pid);
+      // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
+      return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, dump.cpuS + psr.cpuS + rs.r.cpuS);
     } finally {
       ps.kill();
     }

@@ -35,8 +35,23 @@ export interface RunFigures {
   /** Bytes the engine says it sent, when it says. */
   engineBytes?: number;
   rounds: number;
-  /** user+sys CPU seconds of the agents (not of the workload). */
+  /** user+sys CPU seconds of the agents and every CRIU they ran, at both ends (not of the workload). */
   cpuS: number;
+  /** The engine's phases in ms, in order, when it reports them (phaul-fast: migrate --json phases). */
+  phases?: Record<string, number>;
+  /** A fill after resume (hybrid): what the destination's lazy-pages server reported. */
+  fill?: FillFigures;
+}
+
+export interface FillFigures {
+  /** The restore's end until every page was in place (the server's own clock). */
+  fillMs: number;
+  /** Pages placed (faults and background). */
+  pages: number;
+  /** A fault's message to its page in place, microseconds. */
+  faultP50Us: number;
+  faultP99Us: number;
+  faultMaxUs: number;
 }
 
 export interface Peer {

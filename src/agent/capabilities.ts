@@ -7,7 +7,7 @@
 // engine in src/agent/migrate.ts).
 import * as os from 'node:os';
 import { LAZY_PIPE_BYTES, pipeMaxSize } from '../check/kernel';
-import { criuVersion } from '../criu';
+import { criuBinary, criuVersion, ensureKerndatCache } from '../criu';
 import { DirtyTracker } from '../memory/dirty-tracker';
 import type { Capabilities } from '../protocol/messages';
 import { VERSION } from '../version';
@@ -148,6 +148,10 @@ let cached: Promise<Capabilities> | undefined;
 
 /** This host as the handshake describes it; fails (once) if CRIU is unusable. */
 export function localCapabilities(): Promise<Capabilities> {
+  // Once per agent, before any migration: CRIU's kernel probe cached (else every CRIU run probes again).
+  if (!cached) {
+    try { ensureKerndatCache(criuBinary()); } catch { /* no CRIU at all: criuVersion says so below */ }
+  }
   cached ??= criuVersion().then(({ major, minor, sublevel }) => {
     const criu = { major, minor, sublevel };
     const facts = probeHostFacts({ ok: true, detail: `CRIU ${major}.${minor}.${sublevel}` });

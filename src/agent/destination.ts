@@ -22,20 +22,24 @@ import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
 import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
 import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
-import type { Image, Message, Prepare } from '../protocol/messages';
+import type { Image, Message, Prepare, TreeData, TreeEntries } from '../protocol/messages';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { attachBatchStream } from '../transport/batch-stream';
 import { withDeadline } from '../util/deadline';
-import { runCriuOrThrow } from '../criu';
-import { LazyPagesServer } from '../criu';
+import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { DataChannel, openDataChannelServer } from './data-channel';
+import { ContainerServeOptions, ContainerTarget } from '../container/target';
+import { criuBinary } from '../criu/binary';
 import { StateMachine, type StateChange } from './state-machine';
 import {
   copyRan, DESTINATION_ACCEPTS, DESTINATION_FAILURE, DESTINATION_INITIAL, DESTINATION_TRANSITIONS, type DestinationState,
 } from './destination-states';
+import { DESTINATION_PHASES } from './phases';
+
+type DestinationPhase = (typeof DESTINATION_PHASES)[number];
 
 export interface DestinationOptions {
   host: string;
@@ -52,6 +56,8 @@ export interface DestinationOptions {
   restoreTimeoutMs?: number;
   /** Where pre-copy page stores live (default: /dev/shm when it has room). */
   storeDir?: string;
+  /** Where moved containers go (runc's state directory, bundles, cgroups). */
+  containers?: ContainerServeOptions;
 }
 
 const MAX_IMAGES = 100_000;
@@ -83,9 +89,24 @@ class DestSession {
   private streamError?: PhaulError;
   private progress?: () => void;
   restoredPid = 0;
+  /** A container migration: its bundle here and the runtime that will own it. */
+  container?: ContainerTarget;
   private reservation?: Reservation;
   /** How long a restored copy waits for `commit` before it is discarded. */
   private commitWaitMs = 60_000;
+  /** CRIU for the restore, started before the switchover (criu/rpc.ts startCriu). */
+  private criu?: CriuSession;
+  /** What the switchover's destination side spent, in order (sent with `restored`). */
+  private readonly phases: Record<string, number> = {};
+  private phaseFrom = 0;
+
+  /** Ends a destination phase (see DESTINATION_PHASES); the first starts at `from`. */
+  private phase(name: DestinationPhase, from?: number): void {
+    const now = Date.now();
+    if (from !== undefined) this.phaseFrom = from;
+    this.phases[name] = now - this.phaseFrom;
+    this.phaseFrom = now;
+  }
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {
     this.sm = new StateMachine(`destination session ${this.id.slice(0, 8)}`, DESTINATION_TRANSITIONS, DESTINATION_INITIAL,
@@ -193,6 +214,16 @@ class DestSession {
       this.reservation = agent.budget.reserve(memBytes, storeRoot);
       this.dir = path.join(agent.opts.dir, this.id);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      // What the switchover will run, started now so that no process start-up
+      // lands in the pause: CRIU for the restore, and a hybrid restore's
+      // lazy-pages server (a Node process: ~0.2-1 s to start on a loaded host).
+      if (prep.container !== undefined) {
+        this.container = await ContainerTarget.prepare(prep.container, agent.opts.containers ?? {});
+        this.log(`container ${this.container.desc.id} goes to bundle ${this.container.bundle}`);
+      }
+      // (A container's restore is runc's, which runs its own CRIU.)
+      if (!this.container) this.criu = startCriu();
+      if (this.mode === 'hybrid') this.startLazyPages();
 
       if (this.streamsPages()) {
         this.expectedStreams = streamsOf(prep);
@@ -228,6 +259,7 @@ class DestSession {
         } catch { /* connection already gone */ }
       }
     } finally {
+      if (this.criu) await discardCriu(this.criu);
       this.data?.abort();
       for (const s of this.streams) s.destroy();
       if (this.lazyPages) {
@@ -257,18 +289,23 @@ class DestSession {
         this.conn.send({ t: 'round-ack', round: m.round });
       } else if (m.t === 'image') {
         this.writeImage(m);
+      } else if (m.t === 'tree-entries' || m.t === 'tree-data') {
+        this.treeMessage(m);
       } else if (m.t === 'images-done') {
-        // CRIU's images are all here, the final round is on its way: a hybrid
-        // restore's lazy-pages server can start now, off the pause's critical path.
+        // CRIU's images are all here, the final round is on its way (a hybrid
+        // restore's lazy-pages server runs since prepare).
         if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
+        const t0 = Date.now();
         const imageIds: Record<number, number> = {};
         for (const [k, v] of Object.entries(m.imageIds)) imageIds[Number(k)] = v;
         await store.finalizeParent();
+        this.phase('store-flush', t0);
         // Hybrid keeps CRIU's lazy entries lazy and serves them from the store;
         // still, every one must be there before the restore.
         const st = await composeImages({ criuDir: this.dir, store, imageIds, mode: this.mode === 'hybrid' ? 'lazy' : 'chain' });
         this.chainTop = st.chainTop ?? '';
+        this.phase('compose');
         this.log(`composed ${st.mode} images in ${st.ms.toFixed(1)} ms (${st.storePages - st.zeroPages} pages from the store, ` +
           `${st.zeroPages} all-zero pages left unpopulated, ${st.presentPages} present)`);
         return;
@@ -292,20 +329,27 @@ class DestSession {
     fs.writeFileSync(path.join(this.dir, name), body, { flag: append ? 'a' : 'wx' });
   }
 
+  /** A container's bundle files, in rounds. */
+  private treeMessage(m: TreeEntries | TreeData): void {
+    if (!this.container) throw new PhaulError('protocol', `'${m.t}' without a container`);
+    this.container.handle(m);
+  }
+
   /** Stop-copy: images until `restore`. */
   private async receiveImages(): Promise<number> {
     for (;;) {
       const m = await this.receive(10 * 60_000);
       if (m.t === 'image') { this.writeImage(m); continue; }
+      if (m.t === 'tree-entries' || m.t === 'tree-data') { this.treeMessage(m); continue; }
       if (m.t !== 'restore') throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
       return this.imageCount;
     }
   }
 
   /**
-   * Hybrid: the lazy-pages server, started as soon as CRIU's images are here
-   * (the source sends them before its final round) so that its start-up
-   * overlaps the final round instead of adding to the pause.
+   * Hybrid: the lazy-pages server, started at prepare (it needs only the
+   * images directory for its socket, and learns the store's chain at the
+   * switchover) so that its start-up overlaps the rounds, not the pause.
    */
   private startLazyPages(): LazyPagesServer {
     this.lazyPages = new LazyPagesServer({ imagesDir: this.dir });
@@ -317,6 +361,7 @@ class DestSession {
     const { conn, agent } = this;
     this.sm.to('restoring');
     const t0 = Date.now();
+    this.phaseFrom ||= t0;
     // Hybrid with nothing in the store to fill lazily (all of it non-lazy memory) restores plainly.
     const lazy = this.mode === 'hybrid' && this.chainTop !== '';
     if (!lazy && this.lazyPages) {
@@ -328,7 +373,46 @@ class DestSession {
       await withDeadline(lp.ready, 30_000, 'criu', 'the lazy-pages server did not start');
       lp.start({ chainTop: this.chainTop, cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
       this.log(`lazy-pages server (pid ${lp.pid}) waits for the restore (started ${t0 - lp.startedAt} ms before it)`);
+      this.phase('lazy-pages');
     }
+    const timeoutMs = agent.opts.restoreTimeoutMs ?? 120_000;
+    if (this.container) {
+      // The runtime restores it (and owns it); CRIU leaves it stopped as below.
+      this.restoredPid = await this.container.restore({ imagesDir: this.dir, criu: criuBinary(), criuFlags, lazy, timeoutMs });
+    } else await this.restoreWithCriu(criuFlags, lazy, timeoutMs);
+    this.sm.to('restored-stopped');
+    this.phase('criu-restore');
+    // Should this agent die now, the next one kills the copy (it never ran): sweep.ts.
+    recordStoppedCopy(this.dir, this.restoredPid);
+    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, phases: this.phases,
+      ...(this.container ? { container: this.container.report() } : {}) });
+    this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
+    // The store is not needed any more (hybrid: not until the tree's memory is
+    // filled from it): free its memory before resuming.
+    if (!lazy) await this.store?.destroy().catch(() => undefined);
+
+    // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
+    await this.receive(this.commitWaitMs);
+    signalAll(treePids(this.restoredPid), 'SIGCONT');
+    forgetStoppedCopy(this.dir);
+    this.sm.to('running');
+    this.container?.committed();
+    conn.send({ t: 'running', pid: this.restoredPid });
+    this.log(`running as pid ${this.restoredPid}`);
+    agent.emit('migrated', { session: this.id, pid: this.restoredPid, ...(this.container ? { container: this.container.report() } : {}) });
+    if (this.lazyPages) {
+      this.sm.to('filling');
+      await this.fillLazily(this.lazyPages, t0);
+    }
+    this.sm.to('done');
+    await conn.next(5_000).catch(() => undefined); // let the source close first
+  }
+
+  /** A process tree: CRIU (started ahead) restores it stopped, and we learn its pid. */
+  private async restoreWithCriu(criuFlags: Prepare['criu'], lazy: boolean, timeoutMs: number): Promise<void> {
+    const { agent } = this;
+    const criu = this.criu;
+    this.criu = undefined;
     const res = await runCriuOrThrow(
       {
         type: 'restore',
@@ -348,7 +432,8 @@ class DestSession {
         },
       },
       {
-        timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
+        session: criu,
+        timeoutMs,
         onNotify: (_script, pid) => {
           if (pid && !this.restoredPid) this.restoredPid = pid;
           return true;
@@ -356,29 +441,6 @@ class DestSession {
       },
     );
     this.restoredPid = res.restorePid ?? this.restoredPid;
-    this.sm.to('restored-stopped');
-    // Should this agent die now, the next one kills the copy (it never ran): sweep.ts.
-    recordStoppedCopy(this.dir, this.restoredPid);
-    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0 });
-    this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
-    // The store is not needed any more (hybrid: not until the tree's memory is
-    // filled from it): free its memory before resuming.
-    if (!lazy) await this.store?.destroy().catch(() => undefined);
-
-    // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
-    await this.receive(this.commitWaitMs);
-    signalAll(treePids(this.restoredPid), 'SIGCONT');
-    forgetStoppedCopy(this.dir);
-    this.sm.to('running');
-    conn.send({ t: 'running', pid: this.restoredPid });
-    this.log(`running as pid ${this.restoredPid}`);
-    agent.emit('migrated', { session: this.id, pid: this.restoredPid });
-    if (this.lazyPages) {
-      this.sm.to('filling');
-      await this.fillLazily(this.lazyPages, t0);
-    }
-    this.sm.to('done');
-    await conn.next(5_000).catch(() => undefined); // let the source close first
   }
 
   /**
@@ -387,11 +449,8 @@ class DestSession {
    * longer needs it). A server failing here cannot be rolled back any more.
    */
   private async fillLazily(lazyPages: LazyPagesServer, t0: number): Promise<void> {
-    const code = await lazyPages.exited;
+    const { ok, why } = await lazyPages.outcome;
     const ms = Date.now() - t0;
-    this.lazyPages = undefined;
-    // It exits 0 only once every page is in place.
-    const ok = code === 0;
     const fill = lazyPages.stats;
     if (ok) {
       this.log(`memory filled ${ms} ms after the restore began` + (fill ? ` (${fill.copiedPages} pages in ${fill.fillMs} ms after ` +
@@ -399,10 +458,13 @@ class DestSession {
     } else {
       // Pages never placed would read as zeros. Stop the tree rather than let
       // it compute (and write out) garbage; a human decides.
+      // The server holds the tree's userfaultfds until it ends (faults wait meanwhile): stop first, then end it.
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
-      this.log(`the lazy-pages server exited ${code} before the memory of pid ${this.restoredPid} was filled; the tree ` +
-        `is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
+      await lazyPages.kill();
+      this.log(`the lazy-pages server failed before the memory of pid ${this.restoredPid} was filled (${why}); the tree ` +
+        `is stopped (SIGSTOP) because unfilled pages would read as zeros`);
     }
+    this.lazyPages = undefined;
     this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms, fill });
     try {
       this.conn.send({ t: 'filled', ok, ms, ...(fill ? { fill: { ...fill, faultUs: { ...fill.faultUs } } } : {}) });
@@ -420,6 +482,7 @@ class DestSession {
       await waitGone(this.restoredPid, 5000);
     }
     await this.lazyPages?.kill();
+    await this.container?.rollback().catch((e) => this.log(`container clean-up: ${asPhaulError(e).message}`));
   }
 }
 

@@ -18,7 +18,7 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import { type ClientTls, connectTls } from '../protocol/secure-channel';
 import { FrameConn } from '../protocol/frames';
-import type { Stats } from '../protocol/messages';
+import type { Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
 import { autoMode, incompatibility, isMode, localCapabilities, MODES, pageServerHeaderSize, type Mode } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
@@ -29,9 +29,12 @@ import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
 import { WorkloadThrottle } from './throttle';
 import { within, withDeadline } from '../util/deadline';
+import { DESTINATION_PHASES } from './phases';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
+import { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
+import { containerDumpArgs } from '../container/dump-options';
 
 /** How long the workload may stay frozen before the migration gives up and resumes it. */
 export const DEFAULT_FREEZE_TIMEOUT_MS = 30_000;
@@ -60,7 +63,10 @@ interface Switched {
 }
 
 export interface MigrateOptions {
-  pid: number;
+  /** The root of the tree to move; or: */
+  pid?: number;
+  /** a container (its init and descendants, its bundle, runc's ownership). */
+  container?: ContainerSpec;
   to: { host: string; port: number };
   token: Buffer;
   /** Default 'auto': the first of AUTO_ORDER (capabilities.ts) that both hosts offer. */
@@ -102,10 +108,12 @@ export interface MigrationReport {
   fallback?: string;
   /** Hybrid: from the freeze until every page is in the restored tree's memory. */
   filledMs?: number;
-  /** Hybrid: what the destination's lazy-pages server did (src/criu/lazy-pages.ts FillStats). */
+  /** Hybrid: what the destination's lazy-pages server did (src/native/lazy-fill.ts FillStats). */
   fill?: Stats;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
+  /** A container: as the destination's runtime knows it now. */
+  container?: { id: string; runtime: string; bundle: string };
 }
 
 export interface FailureReport {
@@ -140,6 +148,11 @@ export class Migration extends EventEmitter {
   readonly phases: Record<string, number> = {};
   /** The tree's memory when a pre-copy began (sizes the wait for a hybrid fill). */
   private memBytes = 0;
+  /** The tree's root: opts.pid, or the container's init. */
+  private pid = 0;
+  private container?: ContainerSource;
+  /** The destination's name for the moved container (from `restored`). */
+  private containerAtDest?: { id: string; runtime: string; bundle: string };
 
   /** Why abort() ended the migration, if it did. */
   private abortReason?: PhaulError;
@@ -184,11 +197,25 @@ export class Migration extends EventEmitter {
       `the workload was frozen for ${Math.round(ms / 1000)} s without the destination confirming its copy (--freeze-timeout)`)), ms);
   }
 
-  private phase(name: string): void {
-    const now = Date.now();
-    this.phases[name] = now - this.last;
-    this.last = now;
+  /** Ends phase `name` at `at` (default now): it took the time since the previous one ended. */
+  private phase(name: string, at = Date.now()): void {
+    this.phases[name] = at - this.last;
+    this.last = at;
     this.emit('phase', { phase: name, ms: this.phases[name] } satisfies PhaseEvent);
+  }
+
+  /**
+   * Ends phase `name` now, reporting the parts of it the destination measured
+   * (in order) as phases of their own and the rest (messages, waiting) as
+   * `name`, so that the phases still add up to the elapsed time.
+   */
+  private phaseWithParts(name: string, parts: Record<string, number>): void {
+    const end = Date.now();
+    for (const [k, ms] of Object.entries(parts)) {
+      if (this.last + ms > end) break;
+      this.phase(k, this.last + ms);
+    }
+    this.phase(name, end);
   }
 
   async run(): Promise<MigrationReport> {
@@ -197,8 +224,15 @@ export class Migration extends EventEmitter {
     let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
     // Refused before anything is touched: nothing to roll back.
     if (requested !== 'auto' && !isMode(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
-    if (!Number.isInteger(o.pid) || o.pid <= 1 || o.pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${o.pid}`), false);
-    if (!isAlive(o.pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${o.pid}`), false);
+    if (o.container) {
+      this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
+      this.pid = this.container.pid;
+    } else {
+      this.pid = o.pid ?? 0;
+    }
+    const pid = this.pid;
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${pid}`), false);
+    if (!isAlive(pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${pid}`), false);
 
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
     const sm = new StateMachine<SourceState>('source', SOURCE_TRANSITIONS, SOURCE_INITIAL, (c) => this.emit('state', c satisfies SourceStateEvent));
@@ -227,7 +261,7 @@ export class Migration extends EventEmitter {
       if (mode === 'precopy' || mode === 'hybrid') {
         // Tracking starts before anything is promised to the destination: a
         // target we cannot track (e.g. it uses userfaultfd itself) falls back.
-        tracker = new TreeTracker(o.pid);
+        tracker = new TreeTracker(pid);
         try {
           await tracker.start();
         } catch (e) {
@@ -258,7 +292,8 @@ export class Migration extends EventEmitter {
       // CRIU first lets go of the tree (it still holds it under ptrace), then we end it.
       await st.criuDone?.catch((e) => this.emit('log', `criu after the commit: ${asPhaulError(e).message}`));
       signalAll(result.original, 'SIGKILL');
-      await waitGone(o.pid, 5000);
+      await waitGone(pid, 5000);
+      const forgot = await this.container?.forget();
       let filled = {};
       if (mode === 'hybrid') {
         sm.to('filling');
@@ -271,13 +306,15 @@ export class Migration extends EventEmitter {
         mode,
         downtimeMs: runningAt - result.freezeAt,
         totalMs: runningAt - this.t0,
-        bytesSent: result.bytesSent,
+        bytesSent: result.bytesSent + (this.container?.bytesSent ?? 0),
         restoredPid: result.restoredPid,
         phases: this.phases,
       };
       if (result.rounds) report.rounds = result.rounds;
       if (fallback) report.fallback = fallback;
+      if (this.containerAtDest) report.container = this.containerAtDest;
       Object.assign(report, filled);
+      if (forgot) report.warning = report.warning ? `${report.warning}; ${forgot}` : forgot;
       return report;
     } catch (err) {
       throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : asPhaulError(err));
@@ -317,16 +354,16 @@ export class Migration extends EventEmitter {
     if (recovery === 'leave-stopped') {
       sm.to('lost');
       const msg = `${e.message}; the destination did not confirm after the commit, so the original is left stopped ` +
-        `(pid ${this.opts.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
+        `(pid ${this.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
       return new MigrationError(new PhaulError('lost', msg), false);
     }
     if (recovery === 'resume') {
       // CRIU finished and left the original stopped; the destination never got the commit.
       // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
       await st.criuDone?.catch(() => undefined);
-      signalAll(treePids(this.opts.pid), 'SIGCONT');
+      signalAll(treePids(this.pid), 'SIGCONT');
     }
-    const resumed = recovery !== 'none' && isAlive(this.opts.pid) && procState(this.opts.pid) !== 'T';
+    const resumed = recovery !== 'none' && isAlive(this.pid) && procState(this.pid) !== 'T';
     if (!sm.terminal) sm.to(resumed ? 'rolled-back' : 'failed');
     return new MigrationError(e, resumed);
   }
@@ -362,8 +399,10 @@ export class Migration extends EventEmitter {
     const conn = st.conn!;
     const criuFlags = this.criuFlags();
     st.sm.to('preparing');
-    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, memBytes: treeMemoryBytes(this.opts.pid), freezeTimeoutMs: this.freezeTimeoutMs });
+    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, memBytes: treeMemoryBytes(this.pid), freezeTimeoutMs: this.freezeTimeoutMs,
+      ...this.containerField() });
     await conn.expect('prepared');
+    this.syncBundle(conn);
     const dconn = await this.connect();
     await authenticateClient(dconn, o.token, 'data', session);
     const data = openDataChannelClient(dconn);
@@ -382,12 +421,13 @@ export class Migration extends EventEmitter {
         imagesDir: workDir,
         logFile: 'dump.log',
         opts: {
-          pid: o.pid,
+          pid: this.pid,
           psFd: data.criuFd,
           notifyScripts: true,
           leaveStopped: true,
-          networkLock: o.tcpEstablished ? 'nftables' : undefined,
+          networkLock: o.tcpEstablished || this.container ? 'nftables' : undefined,
           ...criuFlags,
+          ...this.container?.dumpOptions(),
         },
       },
       {
@@ -399,13 +439,15 @@ export class Migration extends EventEmitter {
             this.phase('criu-start');
           } else if (script === 'post-dump') {
             this.phase('dump');
+            this.finalBundleDelta(conn, workDir);
             imageBytes = this.sendImages(conn, workDir);
             conn.send({ t: 'restore' });
             this.phase('images');
             const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
             restoredPid = r.pid;
+            this.noteContainer(r.container);
             st.sm.to('restored');
-            this.phase('restore');
+            this.phaseWithParts('restore', destinationPhases(r));
           }
           // Past the budget the hook answers "fail": CRIU resumes the original.
           if (this.abortReason) throw this.abortReason;
@@ -422,7 +464,7 @@ export class Migration extends EventEmitter {
     }
     // CRIU finished with leave-stopped: the original is stopped, and ours to resume.
     st.sm.to('held');
-    const original = treePids(o.pid);
+    const original = treePids(this.pid);
     const relayed = await data.done.catch(() => ({ sent: 0 }));
     return { freezeAt, restoredPid, original, bytesSent: relayed.sent + imageBytes };
   }
@@ -433,11 +475,14 @@ export class Migration extends EventEmitter {
     const pc = { ...o.precopy, lazyRestore: mode === 'hybrid' };
     const conn = st.conn!;
     const nStreams = Math.max(1, Math.min(16, pc.streams ?? 2));
-    const memBytes = treeMemoryBytes(o.pid);
+    const pid = this.pid;
+    const memBytes = treeMemoryBytes(pid);
     this.memBytes = memBytes;
     st.sm.to('preparing');
-    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, freezeTimeoutMs: this.freezeTimeoutMs });
+    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, freezeTimeoutMs: this.freezeTimeoutMs,
+      ...this.containerField() });
     await conn.expect('prepared');
+    this.syncBundle(conn);
     st.streams = [];
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
@@ -448,12 +493,18 @@ export class Migration extends EventEmitter {
     this.phase('handshake');
     st.sm.to('copying');
 
+    // CRIU starts now and waits at its pre-dump gate (criu/lazy-dump.ts), so
+    // that its start-up overlaps the rounds instead of lengthening the pause.
+    const ours = await localCapabilities();
+    st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
+      extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
+
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
-    st.throttle = pc.autoConverge ? new WorkloadThrottle(o.pid) : undefined;
+    st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
     const rounds = await run.rounds((pct) => {
-      st.throttle ??= new WorkloadThrottle(o.pid);
+      st.throttle ??= new WorkloadThrottle(pid);
       st.throttle.set(pct);
     });
     this.phase('precopy');
@@ -462,33 +513,42 @@ export class Migration extends EventEmitter {
     const unprotected = run.unprotectZeros();
     if (unprotected) this.emit('log', `cleared write protection of ${(unprotected / 2 ** 20).toFixed(0)} MiB of never-populated memory`);
     // Switchover: CRIU freezes the tree and writes everything but lazy memory.
-    const freezeAt = Date.now();
-    const ours = await localCapabilities();
     if (this.abortReason) throw this.abortReason;
     st.sm.to('dumping');
-    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
-    this.startFreezeBudget();
     // A CRIU that never gets its images written must not hold the tree frozen
     // forever: past the deadline the catch below rolls it back (SIGALRM).
-    await Promise.race([withDeadline(st.dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
-    this.phase('freeze-dump');
-    // CRIU's images first: a hybrid destination starts its lazy-pages server
+    const dump = st.dump;
+    await Promise.race([withDeadline(dump.freeze(), o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not freeze the tree'), this.aborted]);
+    this.startFreezeBudget();
+    const freezeAt = dump.frozenAt;
+    this.phase('criu-freeze', freezeAt); // CRIU's set-up after the gate opened, the tree still running
+    // The last dirty pages go while CRIU writes its images: they need nothing of CRIU's.
+    const frozen = run.frozenRound();
+    frozen.catch(() => undefined); // awaited below, after CRIU's images
+    await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
+    this.phase('criu-dump', dump.readyAt);
+    // CRIU's images next: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
+    this.finalBundleDelta(conn, workDir);
     const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
-    const finalPages = await run.finalRound();
-    this.phase('final-round');
+    await frozen;
+    this.phase('frozen-pages'); // what of that round CRIU's dump did not hide
+    const fin = await run.finalRound();
+    this.phase('final-scan', this.last + fin.scanMs);
+    this.phase('final-pages', this.last + fin.sendMs);
+    this.phase('final-stored');
     const imageIds: Record<string, number> = {};
-    const original = treePids(o.pid);
+    const original = treePids(pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
     conn.send({ t: 'switchover', imageIds });
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
     const restoredPid = r.pid;
+    this.noteContainer(r.container);
     st.sm.to('restored');
-    this.phase('restore');
+    this.phaseWithParts('restore', destinationPhases(r));
     // The copy exists (stopped). Let CRIU finish; the original stays stopped.
-    const dump = st.dump;
     st.dump = undefined;
     // A SIGSTOP queued now (the tree is frozen under CRIU's ptrace) means the
     // original cannot run again without our SIGCONT, whatever CRIU does next:
@@ -498,16 +558,41 @@ export class Migration extends EventEmitter {
     st.sm.to('held');
     st.criuDone = dump.commit();
     st.criuDone.catch(() => undefined);
-    this.emit('log', `final round: ${finalPages} pages`);
+    this.emit('log', `final round: ${fin.pages} pages`);
     return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
+  }
+
+  /** `prepare`'s container field, for a container migration. */
+  private containerField(): { container?: ContainerDescriptor } {
+    return this.container ? { container: this.container.describe() } : {};
+  }
+
+  /** A container's bundle, while it runs: everything the first time. */
+  private syncBundle(conn: FrameConn): void {
+    if (!this.container) return;
+    const r = this.container.syncRound(conn);
+    this.emit('log', `bundle: ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while the container runs`);
+    this.phase('bundle');
+  }
+
+  /** With the tree frozen: what changed in the bundle since, and runc's descriptors.json for the images. */
+  private finalBundleDelta(conn: FrameConn, workDir: string): void {
+    if (!this.container) return;
+    const r = this.container.finalRound(conn, workDir);
+    this.emit('log', `bundle: last delta ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while frozen`);
+  }
+
+  private noteContainer(c: { id: string; runtime: string; bundle: string } | undefined): void {
+    if (this.container && c) this.containerAtDest = c;
   }
 
   /** Sends every image CRIU wrote locally (pages went to the page server). */
   private sendImages(conn: FrameConn, dir: string): number {
     const CHUNK = 16 * 1024 * 1024;
     let bytes = 0;
-    for (const name of fs.readdirSync(dir)) {
-      if (name.endsWith('.log')) continue;
+    for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
+      const name = ent.name;
+      if (name.endsWith('.log') || !ent.isFile()) continue; // not the dump's gate FIFO either
       const body = fs.readFileSync(path.join(dir, name));
       for (let off = 0; off === 0 || off < body.length; off += CHUNK) {
         conn.send({ t: 'image', name, data: body.subarray(off, off + CHUNK), append: off > 0 });
@@ -540,6 +625,16 @@ export class Migration extends EventEmitter {
       });
     });
   }
+}
+
+/** The destination's account of its part of the switchover (`restored.phases`): its known names, sane numbers only. */
+export function destinationPhases(m: Restored): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of DESTINATION_PHASES) {
+    const v = m.phases?.[k];
+    if (typeof v === 'number' && v >= 0 && v < 1e7) out[k] = Math.round(v);
+  }
+  return out;
 }
 
 export async function migrate(opts: MigrateOptions): Promise<MigrationReport> {

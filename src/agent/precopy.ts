@@ -14,8 +14,10 @@ import { FrameConn } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
+import { DirtyTrackingError } from '../memory/errors';
 import { batches, PAGE_SIZE, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
-import { encodeBatch } from '../transport/page-batch';
+import { encodeBatch, encodeRawHead } from '../transport/page-batch';
+import { BufferPool } from '../transport/buffer-pool';
 import { chooseCompression, measureLz4 } from '../transport/compression';
 import { SwitchoverPolicy } from '../policy/switchover';
 
@@ -51,6 +53,8 @@ export interface RoundRecord {
 }
 
 const BATCH_BYTES = 4 * 1024 * 1024;
+/** Read buffers per data connection: one being written, one being read into. */
+const BUFFERS_PER_STREAM = 2;
 
 /** Namespace pid (last NSpid) of a host pid: how CRIU names the process in its images. */
 export function nsPid(pid: number): number {
@@ -122,8 +126,11 @@ export class PrecopySender {
   /** Per pid: the never-populated (or zapped) anonymous ranges sent as zeros so far, as [start, end) pairs. */
   readonly zeroRanges = new Map<number, bigint[]>();
 
+  private readonly pool: BufferPool;
+
   constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
     this.streams = streams;
+    this.pool = new BufferPool(BATCH_BYTES, BUFFERS_PER_STREAM * streams.length + 1);
   }
 
   async chooseCompression(linkBps?: number): Promise<void> {
@@ -174,12 +181,14 @@ export class PrecopySender {
     if (due > now) await new Promise((r) => setTimeout(r, due - now));
   }
 
-  private async write(buffers: Buffer[]): Promise<void> {
+  /** Writes one batch's buffers to the next stream; `written` runs once the socket is done with them. */
+  private async write(buffers: Buffer[], written?: () => void): Promise<void> {
     await this.pace(buffers.reduce((n, b) => n + b.length, 0));
     const s = this.streams[this.next++ % this.streams.length];
     let ok = true;
-    for (const b of buffers) {
-      ok = s.write(b) && ok;
+    for (let i = 0; i < buffers.length; i++) {
+      const b = buffers[i];
+      ok = (i === buffers.length - 1 && written ? s.write(b, () => written()) : s.write(b)) && ok;
       this.bytesSent += b.length;
     }
     if (!ok) {
@@ -238,8 +247,18 @@ export class PrecopySender {
       count++;
     }
     for (const b of batches(pairs, BATCH_BYTES)) {
-      const res = await readPages(pid, b, { zeroMap: true });
-      const buf = Buffer.from(res.buffer.buffer, res.buffer.byteOffset, res.buffer.byteLength);
+      // Into a buffer used before (buffer-pool.ts: fresh memory is slow to fill), back to the pool once written.
+      const buf = await this.pool.acquire();
+      let res: Awaited<ReturnType<typeof readPages>>;
+      try {
+        res = await readPages(pid, b, { zeroMap: true, buffer: buf });
+      } catch (e) {
+        this.pool.release(buf);
+        // It exited after the scan (a container's short-lived children do):
+        // its pages no longer matter; what was sent of it is counted.
+        if (e instanceof DirtyTrackingError && e.reason === 'process-gone') break;
+        throw e;
+      }
       const ranges: { vaddr: number; nrPages: number; zero?: boolean }[] = [];
       const chunks: Buffer[] = [];
       let page = 0;
@@ -260,9 +279,21 @@ export class PrecopySender {
         page += n;
       }
       pages += page;
-      const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
-      await this.write(encodeBatch({ pid, round, ranges, data }, { compress: this.compress }));
       count++;
+      if (this.compress) {
+        const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+        const wire = encodeBatch({ pid, round, ranges, data }, { compress: true });
+        if (wire[wire.length - 1] !== data || data.buffer !== buf.buffer) {
+          this.pool.release(buf);
+          await this.write(wire);
+          continue;
+        }
+        await this.write(wire, () => this.pool.release(buf));
+        continue;
+      }
+      // Raw: the header, then the non-zero runs straight from the pooled buffer (no concatenation).
+      const head = encodeRawHead({ pid, round, ranges }, chunks.reduce((n, c) => n + c.length, 0));
+      await this.write([head, ...chunks], () => this.pool.release(buf));
     }
     return [pages, count];
   }
@@ -298,12 +329,19 @@ export class PrecopyRun {
   }
 
   /** One scan of the tree, every dirty page sent and acknowledged. */
-  private async sendRound(final: boolean): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sinceLastMs: number }> {
+  /**
+   * live: a round while the tree runs. frozen: the tree is frozen and CRIU is
+   * dumping it (its parasite mapped in): the mappings known so far only,
+   * protected again so that the final scan finds only what it did not send.
+   * final: after CRIU's images, everything left, nothing protected again.
+   */
+  private async sendRound(kind: 'live' | 'frozen' | 'final'): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sendMs: number; sinceLastMs: number }> {
+    const final = kind === 'final';
     const t = Date.now();
     const sinceLastMs = this.lastScanAt ? t - this.lastScanAt : 0;
     this.lastScanAt = t;
     // The last scan, with the tree frozen, need not protect anything again.
-    const scan = await this.tracker.scan({ protect: !final });
+    const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen' });
     const scanMs = Date.now() - t;
     const before = this.sender.bytesSent;
     let pages = 0;
@@ -328,8 +366,9 @@ export class PrecopyRun {
       pages += n;
       count += c;
     }
+    const sendMs = Date.now() - t - scanMs;
     await this.sender.endRound(this.round, count, final);
-    return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sinceLastMs };
+    return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sendMs, sinceLastMs };
   }
 
   /**
@@ -373,7 +412,7 @@ export class PrecopyRun {
         }
         if (d.action === 'throttle' && d.throttlePct) await throttle(d.throttlePct);
       }
-      const r = await this.sendRound(false);
+      const r = await this.sendRound('live');
       if (this.round === 0) {
         memBytes = r.pages * PAGE_SIZE;
         await this.sender.chooseCompression(r.bytes / Math.max(r.ms / 1000, 1e-3));
@@ -385,11 +424,28 @@ export class PrecopyRun {
     }
   }
 
-  /** With the tree frozen: the last dirty pages, plus shared and untracked memory. */
-  async finalRound(): Promise<number> {
-    const r = await this.sendRound(true);
+  /**
+   * With the tree frozen: the last dirty pages, plus shared and untracked
+   * memory. Says how long finding them (scanMs) and reading and sending them
+   * (sendMs) took; the rest of `ms` waited for the destination to store them.
+   */
+  async finalRound(): Promise<{ pages: number; ms: number; scanMs: number; sendMs: number }> {
+    const r = await this.sendRound('final');
     this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
-    return r.pages;
+    return { pages: r.pages, ms: r.ms, scanMs: r.scanMs, sendMs: r.sendMs };
+  }
+
+  /**
+   * As soon as the tree is frozen, while CRIU still dumps it: the pages
+   * written since the last round in the mappings tracked so far, read and
+   * stored in parallel with CRIU's work (the final round then holds only
+   * what this one could not see: new mappings, shared and untracked memory).
+   */
+  async frozenRound(): Promise<{ pages: number; ms: number }> {
+    const r = await this.sendRound('frozen');
+    this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
+    this.round++;
+    return { pages: r.pages, ms: r.ms };
   }
 }
 

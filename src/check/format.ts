@@ -31,6 +31,10 @@ export function formatReport(r: SystemReport): string {
   ];
   const lines = [`phaul-fast ${r.phaulFast} check`, ''];
   for (const [item, value, enables] of rows) lines.push(`  ${item}: ${value}${enables ? ` — enables ${enables}` : ''}`);
+  lines.push('', 'container runtimes:');
+  for (const rt of r.runtimes) {
+    lines.push(`  ${rt.name}: ${rt.path ? `${rt.path}${rt.version ? ` ${rt.version}` : ''}, ${rt.migratable ? 'migratable' : 'not migratable'} (${rt.detail})` : rt.detail}`);
+  }
   lines.push('', 'modes (migrate --mode):');
   for (const mode of MODES) {
     const v = r.modeDetails[mode];

@@ -7,6 +7,7 @@ import { VERSION } from '../version';
 import { checkCriu, type CriuReport } from './criu';
 import { checkFreezer, checkNftCli, cpuInfo, kernelInfo, type CpuInfo, type FreezerReport, type KernelInfo } from './host';
 import { LAZY_PIPE_BYTES, pipeMaxSize, probeKernel } from './kernel';
+import { checkRuntimes, type RuntimeReport } from './runtimes';
 
 /** The CRIU that `npm run setup` builds (scripts/setup.sh CRIU_VERSION). */
 const SETUP_CRIU = '4.2.1';
@@ -60,6 +61,8 @@ export interface SystemReport {
   };
   kernel: KernelInfo;
   cpu: CpuInfo;
+  /** Container runtimes found, and whether migrate --container can move their containers. */
+  runtimes: RuntimeReport[];
   /** Missing things that limit the modes or the workloads, with the fix. */
   missing: Advice[];
 }
@@ -147,6 +150,7 @@ export async function checkSystem(opts: CheckOptions = {}): Promise<SystemReport
     },
     kernel: kernelInfo(),
     cpu: cpuInfo(),
+    runtimes: await checkRuntimes(criu.ok, nftables),
   };
   return { ...base, missing: advise(base) };
 }

@@ -13,6 +13,11 @@
 //     which asks the binary itself (`criu --version`, `criu check --feature`)
 //     so that it can report on CRIU without the addon.
 //
+// A restore's `criu swrk` may be started ahead (startCriu) and the lazy dump
+// waits at a gate (gate.ts) until the switchover, so that CRIU's start-up is
+// no part of the pause; ensureKerndatCache (kerndat-cache.ts) makes CRIU's
+// kernel probe a cache read where /run is not a tmpfs.
+//
 // The lazy-pages server of a hybrid restore (lazy-pages.ts) is ours, not
 // CRIU's: it serves the restored tasks' userfaultfds that CRIU hands over.
 //
@@ -24,8 +29,9 @@ export {
   type CriuRestoreOptions, type CriuVersion, type NetworkLock,
 } from './libcriu';
 export {
-  criuLogTail, runCriu, runCriuOrThrow,
-  type CriuOpts, type CriuRequest, type CriuResult, type NotifyHandler, type RunOptions,
+  criuLogTail, discardCriu, runCriu, runCriuOrThrow, startCriu,
+  type CriuOpts, type CriuRequest, type CriuResult, type CriuSession, type NotifyHandler, type RunOptions,
 } from './rpc';
+export { ensureKerndatCache } from './kerndat-cache';
 export { LazyDump, type LazyDumpOptions } from './lazy-dump';
 export { LAZY_FILL_LOG, LazyPagesServer, type FillSource, type LazyPagesOptions } from './lazy-pages';

@@ -12,23 +12,28 @@
 // The CLI is used (not RPC) because only the CLI takes a page-server socket in
 // lazy mode (--ps-socket); a TCP --port would let anyone who connects end the
 // dump "successfully".
+//
+// CRIU is started before the switchover and waits, not yet having frozen
+// anything, in its pre-dump action (scripts/criu-gate.sh reads a FIFO): its
+// process start-up (tens of ms, more on a loaded host) is then no part of the
+// pause. freeze() opens the gate and resolves when the tree is frozen.
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { addon } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
+import { CriuGate } from './gate';
+import { criuFlagArgs, type CriuFlags } from './cli-flags';
 import { criuLogTail } from './rpc';
 import { encodePsHeader, PS_IOV_CLOSE } from '../transport/lazy-page-server';
+import { procState } from '../agent/process-tree';
 
-export interface LazyDumpOptions {
+export interface LazyDumpOptions extends CriuFlags {
   pid: number;
   imagesDir: string;
-  tcpEstablished?: boolean;
-  extUnixSk?: boolean;
-  shellJob?: boolean;
-  fileLocks?: boolean;
-  linkRemap?: boolean;
+  /** More `criu dump` arguments (a container's root, external mounts, cgroups). */
+  extraArgs?: string[];
   criu?: string;
   /** Page-server header size of this CRIU (24 before 4.2, 32 since). */
   headerSize: 24 | 32;
@@ -38,7 +43,10 @@ export interface LazyDumpOptions {
 export class LazyDump {
   private readonly child: ChildProcess;
   private sock: number;
+  private readonly gate: CriuGate;
   readonly startedAt = Date.now();
+  /** When the tree was seen frozen. */
+  frozenAt = 0;
   readyAt = 0;
   /** Resolves when the images are written and the tree is frozen. */
   readonly ready: Promise<void>;
@@ -48,21 +56,18 @@ export class LazyDump {
   constructor(readonly opts: LazyDumpOptions) {
     const [mine, theirs] = addon().streamSocketPair();
     this.sock = mine;
+    this.gate = new CriuGate(opts.imagesDir, 'pre-dump');
     const args = ['dump', '-t', String(opts.pid), '-D', opts.imagesDir, '--lazy-pages', '--ps-socket', '3',
-      '--status-fd', '4', '--leave-stopped', '-o', 'dump.log'];
-    if (opts.tcpEstablished) args.push('--tcp-established', '--network-lock', 'nftables');
-    if (opts.extUnixSk) args.push('--ext-unix-sk');
-    if (opts.shellJob) args.push('--shell-job');
-    if (opts.fileLocks) args.push('--file-locks');
-    if (opts.linkRemap) args.push('--link-remap');
+      '--status-fd', '4', '--leave-stopped', '-o', 'dump.log', ...this.gate.args, ...criuFlagArgs(opts),
+      ...(opts.extraArgs ?? [])];
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
       // detached: its own session, so a Ctrl-C at the terminal reaches only our
       // agent, which rolls back and tells CRIU (its parent-death signal stays).
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true });
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true, env: this.gate.env(process.env) });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
-    this.exited = new Promise((resolve) => this.child.on('exit', (code) => { this.closeSocket(); resolve(code); }));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => { this.closeSocket(); this.gate.close(); resolve(code); }));
     this.ready = new Promise<void>((resolve, reject) => {
       (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => { this.readyAt = Date.now(); resolve(); });
       void this.exited.then((code) => reject(new PhaulError('criu',
@@ -74,6 +79,36 @@ export class LazyDump {
 
   logTail(): string {
     return criuLogTail(path.join(this.opts.imagesDir, 'dump.log'));
+  }
+
+  /**
+   * Opens the gate: CRIU goes on from its pre-dump action and freezes the
+   * tree. Resolves when the tree's root is seen stopped under CRIU's ptrace
+   * (polled every millisecond: CRIU tells nothing between here and its
+   * images being ready), or when the images are ready, whichever comes first.
+   */
+  async freeze(): Promise<void> {
+    // CRIU waited at its gate since the rounds began; if it gave up meanwhile, say why.
+    if (this.child.exitCode !== null || this.child.signalCode !== null) {
+      throw new PhaulError('criu', `criu dump ended before the switchover (${this.child.exitCode ?? this.child.signalCode}): ${this.logTail() || 'no log'}`);
+    }
+    this.gate.open();
+    const pid = this.opts.pid;
+    await new Promise<void>((resolve) => {
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearInterval(timer);
+        this.frozenAt = Date.now();
+        resolve();
+      };
+      const timer = setInterval(() => {
+        const st = procState(pid);
+        if (st === 't' || st === 'T' || st === undefined) finish();
+      }, 1);
+      this.ready.then(finish, finish);
+    });
   }
 
   private closeSocket(): void {
@@ -94,6 +129,7 @@ export class LazyDump {
 
   /** Makes CRIU resume the tree as it was. Safe to call at any time and twice. */
   async rollback(): Promise<void> {
+    this.gate.close(); // a CRIU still at its gate reads end of file and stops without freezing
     if (this.child.exitCode === null && this.child.signalCode === null && this.child.pid) {
       try { process.kill(this.child.pid, 'SIGALRM'); } catch { /* gone */ }
     }

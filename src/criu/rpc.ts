@@ -3,7 +3,7 @@
 // CRIU at a decision point (after post-dump: kill the source, or resume it).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { addon, type CriuRpcMessage } from '../native';
+import { addon, type CriuRpcMessage, type CriuSwrkSession } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
 
@@ -63,7 +63,28 @@ export interface CriuResult {
  *  Resolve true to let CRIU go on, false (or throw) to make the action fail. */
 export type NotifyHandler = (script: string, pid?: number) => boolean | Promise<boolean>;
 
+/** A `criu swrk` process waiting for its one request (see startCriu). */
+export type CriuSession = CriuSwrkSession;
+
+/**
+ * Starts `criu swrk` now, for a request that runCriu sends later: a
+ * restore then does not wait for CRIU's process start-up (tens of ms, more
+ * on a loaded host) inside the pause. Pass it to runCriu as `session`; one
+ * request per session. discardCriu() ends one that will not be used.
+ */
+export function startCriu(ro: { criu?: string; inheritFds?: number[] } = {}): CriuSession {
+  return new (addon().CriuSwrk)(ro.criu ?? criuBinary(), ro.inheritFds ?? []);
+}
+
+/** Ends a started CRIU that got no request. */
+export async function discardCriu(session: CriuSession): Promise<void> {
+  session.close();
+  await session.wait().catch(() => undefined);
+}
+
 export interface RunOptions {
+  /** A CRIU started earlier with startCriu (else one is started now). */
+  session?: CriuSession;
   inheritFds?: number[];
   onNotify?: NotifyHandler;
   criu?: string;
@@ -92,7 +113,7 @@ export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<Cr
     opts.imagesDirFd = dirFd;
   }
   if (req.logFile) opts.logFile = req.logFile;
-  const session = new (addon().CriuSwrk)(bin, ro.inheritFds ?? []);
+  const session = ro.session ?? new (addon().CriuSwrk)(bin, ro.inheritFds ?? []);
   let hookError: unknown;
   let timedOut = false;
   const timer = ro.timeoutMs

@@ -78,14 +78,16 @@ export class DirtyTracker {
   /**
    * Pages written since the previous scan (every page on the first). One scan
    * at a time. `protect: false` (the last scan, with the process frozen)
-   * reports without write-protecting the pages again.
+   * reports without write-protecting the pages again. `sync: false` scans
+   * only the mappings registered so far, without reading the maps (a frozen
+   * process that CRIU's parasite is in: its mapping is CRIU's, not ours).
    */
-  async scan(opts: { protect?: boolean } = {}): Promise<DirtySet> {
+  async scan(opts: { protect?: boolean; sync?: boolean } = {}): Promise<DirtySet> {
     const t = this.live();
     if (!this.started) throw new DirtyTrackingError('failed', this.pid, 'DirtyTracker.scan() before start()');
     let r: NativeScan;
     try {
-      r = await t.scan(opts.protect ?? true);
+      r = await t.scan(opts.protect ?? true, opts.sync ?? true);
     } catch (e) {
       throw fromNative(e, this.pid);
     }

@@ -64,10 +64,11 @@ export class TreeTracker {
     return this.discover();
   }
 
-  /** One round: picks up new processes, then scans every tracked one (see DirtyTracker.scan for `protect`). */
-  async scan(opts: { protect?: boolean } = {}): Promise<TreeScan> {
+  /** One round: picks up new processes, then scans every tracked one (see DirtyTracker.scan for
+   *  `protect` and `sync`; without sync, no new process is picked up either). */
+  async scan(opts: { protect?: boolean; sync?: boolean } = {}): Promise<TreeScan> {
     if (this.closed) throw new DirtyTrackingError('failed', this.root, 'TreeTracker is closed');
-    const added = await this.discover();
+    const added = opts.sync === false ? [] : await this.discover();
     const sets = new Map<number, DirtySet>();
     const exited: number[] = [];
     const pids = [...this.trackers.keys()];

@@ -44,7 +44,8 @@ export interface NativeStats {
 
 export interface NativeDirtyTracker {
   start(): Promise<NativeStart>;
-  scan(protect?: boolean): Promise<NativeScan>;
+  /** sync false: only what is registered already, maps not read (native/dirty_tracker.h). */
+  scan(protect?: boolean, sync?: boolean): Promise<NativeScan>;
   present(start: bigint, end: bigint): BigUint64Array;
   unprotect(pairs: BigUint64Array): number;
   vmas(): { ranges: BigUint64Array; names: string[] };

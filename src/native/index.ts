@@ -13,10 +13,10 @@
 //   2. src/native/<name>.ts exporting `interface <Name>Native { ... }` with every
 //      export, its arguments and what it resolves to;
 //   3. add <Name>Native to Addon below; callers use `addon().<export>`.
-// A call that blocks (a read, a wait) returns a promise through native/async_job.h
-// (libuv's pool, for jobs of milliseconds); work that lasts as long as a
-// migration (a page server, a relay, a fill) runs on a std::thread of its own
-// and settles its promise through a thread-safe function.
+// A call that blocks returns a promise, through one of two idioms: short jobs
+// (a read, a scan, a wait) through native/async_job.h on libuv's pool; work
+// that lasts as long as a migration (a page server, a relay, a fill, a CRIU
+// call) through native/thread_job.h, on a thread of its own.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';

@@ -14,6 +14,7 @@
 // connection (there is no way to find the next batch in a corrupt stream).
 import type { Readable } from 'node:stream';
 import { PhaulError, asPhaulError } from '../errors';
+import { BufferPool } from './buffer-pool';
 import {
   HEADER_SIZE, RANGE_SIZE, parseHeader, parseRanges, unpackPayload, unpackPayloadAsync,
   type BatchHeader, type PageBatch, type PageRange,
@@ -28,6 +29,8 @@ export interface Frame {
   payload: Buffer;
   /** Bytes on the wire. */
   wireBytes: number;
+  /** The pool buffer the payload was copied into, to release once the batch is stored. */
+  pooled?: Buffer;
 }
 
 /** Bytes received but not yet consumed, as the chunks they came in. */
@@ -42,8 +45,8 @@ class ChunkQueue {
     this.length += b.length;
   }
 
-  /** The next n bytes (n <= length): a view when they lie in one chunk, else one copy. */
-  take(n: number): Buffer {
+  /** The next n bytes (n <= length): a view when they lie in one chunk, else one copy (into `into` when it is big enough). */
+  take(n: number, into?: Buffer): Buffer {
     if (n === 0) return EMPTY;
     this.length -= n;
     const first = this.chunks[0];
@@ -53,7 +56,7 @@ class ChunkQueue {
       if (this.off === first.length) { this.chunks.shift(); this.off = 0; }
       return out;
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = into && into.length >= n ? into.subarray(0, n) : Buffer.allocUnsafe(n);
     let done = 0;
     while (done < n) {
       const c = this.chunks[0];
@@ -70,6 +73,9 @@ class ChunkQueue {
 /** Cuts a byte stream into checked frames; decompression is left to the caller. */
 export class FrameSplitter {
   private readonly q = new ChunkQueue();
+
+  /** With a pool, payloads that span socket chunks are assembled in its buffers (buffer-pool.ts). */
+  constructor(private readonly pool?: BufferPool) {}
   private header?: BatchHeader;
   private ranges?: PageRange[];
   private dead?: PhaulError;
@@ -113,7 +119,11 @@ export class FrameSplitter {
           this.ranges = parseRanges(h, this.q.take(h.nranges * RANGE_SIZE), this.what());
         }
         if (this.q.length < h.payloadLen) break;
-        out.push({ header: h, ranges: this.ranges, payload: this.q.take(h.payloadLen), wireBytes: HEADER_SIZE + h.nranges * RANGE_SIZE + h.payloadLen });
+        const spare = this.pool && h.payloadLen <= this.pool.size ? this.pool.tryAcquire() : undefined;
+        const payload = this.q.take(h.payloadLen, spare);
+        const pooled = spare && payload.buffer === spare.buffer ? spare : undefined;
+        if (spare && !pooled) this.pool!.release(spare);
+        out.push({ header: h, ranges: this.ranges, payload, wireBytes: HEADER_SIZE + h.nranges * RANGE_SIZE + h.payloadLen, pooled });
         this.header = undefined;
         this.ranges = undefined;
         this.count++;
@@ -184,6 +194,8 @@ export interface AttachOptions {
   window?: number;
   /** ... or while their data adds up to this many bytes (default 64 MiB). */
   windowBytes?: number;
+  /** Where payloads spanning socket chunks are assembled (default: a pool of `window` 4 MiB buffers). */
+  pool?: BufferPool;
 }
 
 export interface BatchStreamStats {
@@ -227,7 +239,8 @@ export function attachBatchStream(
 ): BatchStreamHandle {
   const window = Math.max(1, opts.window ?? 4);
   const windowBytes = Math.max(1, opts.windowBytes ?? 64 * 1024 * 1024);
-  const splitter = new FrameSplitter();
+  const pool = opts.pool ?? new BufferPool(4 << 20, window);
+  const splitter = new FrameSplitter(pool);
   const stats: BatchStreamStats = { batches: 0, wireBytes: 0, rawBytes: 0 };
   // Batches cut from the stream, in order, until handed to onBatch.
   const queue: Array<{ frame: Frame; data?: Buffer }> = [];
@@ -287,7 +300,9 @@ export function attachBatchStream(
         p = Promise.reject(e);
       }
       // onBatch failing is a local failure (store, disk) unless it says otherwise.
-      p.then(() => { if (!failed) settle(bytes); }, (e) => fail(asPhaulError(e, 'failed')));
+      // The data is the store's until onBatch settles; then its pool buffer (raw batches) is free again.
+      const free = () => { if (!frame.header.lz4 && frame.pooled) pool.release(frame.pooled); };
+      p.then(() => { free(); if (!failed) settle(bytes); }, (e) => { free(); fail(asPhaulError(e, 'failed')); });
     }
   };
 
@@ -308,7 +323,10 @@ export function attachBatchStream(
       stats.wireBytes += frame.wireBytes;
       const what = `page batch #${splitter.count - frames.length + i + 1}`;
       if (!frame.header.lz4) entry.data = frame.payload;
-      else unpackPayloadAsync(frame.header, frame.payload, what).then((d) => { entry.data = d; deliver(); }, fail);
+      else {
+        const free = () => { if (frame.pooled) pool.release(frame.pooled); };
+        unpackPayloadAsync(frame.header, frame.payload, what).then((d) => { free(); entry.data = d; deliver(); }, (e) => { free(); fail(e); });
+      }
     }
     deliver();
     flow();

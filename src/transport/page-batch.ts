@@ -90,9 +90,19 @@ function bad(msg: string): PhaulError {
 const asBuffer = (u: Uint8Array): Buffer =>
   Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
+/**
+ * The header + range table of a raw batch whose `dataBytes` of payload the
+ * caller writes itself, e.g. as several views of one read buffer (the sender
+ * skips its all-zero pages without concatenating the rest).
+ */
+export function encodeRawHead(batch: Omit<PageBatch, 'data'>, dataBytes: number): Buffer {
+  return encodeHead(batch, dataBytes, false, dataBytes);
+}
+
 /** Header + range table for `batch`, with its payload described by flags/payloadLen. Checks the batch like the decoder will. */
-function encodeHead(batch: PageBatch, lz4Flag: boolean, payloadLen: number): Buffer {
-  const { pid, round, ranges, data } = batch;
+function encodeHead(batch: Omit<PageBatch, 'data'>, dataBytes: number, lz4Flag: boolean, payloadLen: number): Buffer {
+  const { pid, round, ranges } = batch;
+  const data = { byteLength: dataBytes };
   if (!Number.isInteger(pid) || pid < 1 || pid > MAX_PID) throw bad(`pid ${pid} is not a process id`);
   if (!Number.isInteger(round) || round < 0 || round > MAX_ROUND) throw bad(`round ${round} is out of range`);
   const n = ranges.length;
@@ -133,8 +143,8 @@ function worthIt(raw: number, compressed: Buffer, minSaving: number): Buffer | u
 
 function assemble(batch: PageBatch, compressed: Buffer | undefined): Buffer[] {
   const raw = batch.data.byteLength;
-  if (compressed) return [encodeHead(batch, true, compressed.length), compressed];
-  const head = encodeHead(batch, false, raw);
+  if (compressed) return [encodeHead(batch, raw, true, compressed.length), compressed];
+  const head = encodeHead(batch, raw, false, raw);
   // The page data itself is never copied: the socket writes the caller's buffer.
   return raw ? [head, asBuffer(batch.data)] : [head];
 }

@@ -1,0 +1,60 @@
+// The switchover's lazy dump (src/criu/lazy-dump.ts) with real CRIU: started
+// ahead, it waits at its pre-dump gate without freezing anything; freeze()
+// opens the gate and sees the tree stopped; a rollback at either point leaves
+// the workload running and intact, with no CRIU or gate script left behind.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { LazyDump } from '../src/criu/lazy-dump';
+import { procState } from '../src/agent/process-tree';
+import { startMemWorkload } from '../src/testing/workload';
+import { sleep } from '../src/testing/proc';
+
+const root = process.getuid?.() === 0;
+const skip = root ? false : 'needs root (CRIU)';
+
+/** Processes whose command line or environment mentions `needle` (zombies aside): CRIU names the
+ *  images directory in its arguments, the gate script inherits the FIFO's path in its environment. */
+function processesWith(needle: string): number[] {
+  const has = (p: number, f: string) => { try { return fs.readFileSync(`/proc/${p}/${f}`, 'utf8').includes(needle); } catch { return false; } };
+  return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number)
+    .filter((p) => p !== process.pid && (has(p, 'cmdline') || has(p, 'environ')) && procState(p) !== 'Z');
+}
+
+const running = (pid: number) => ['R', 'S', 'D'].includes(procState(pid) ?? '');
+
+for (const when of ['at the gate', 'after the freeze'] as const) {
+  test(`lazy dump: a rollback ${when} leaves the workload running and intact, and no CRIU behind`, { skip, timeout: 120_000 }, async () => {
+    const w = await startMemWorkload({ mib: 16, writeMBps: 5 });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'phaul-test-lazydump-'));
+    let dump: LazyDump | undefined;
+    try {
+      dump = new LazyDump({ pid: w.pid, imagesDir: dir, headerSize: 32 });
+      // Long enough for CRIU to start and reach its gate; it must not freeze the tree meanwhile.
+      await sleep(1500);
+      assert.ok(running(w.pid), `the workload runs while CRIU waits at its gate (state ${procState(w.pid)})`);
+      assert.equal(dump.frozenAt, 0);
+      if (when === 'after the freeze') {
+        await dump.freeze();
+        assert.ok(dump.frozenAt > 0);
+        assert.ok(['t', 'T'].includes(procState(w.pid) ?? ''), `frozen by CRIU (state ${procState(w.pid)})`);
+        await dump.ready;
+      }
+      await dump.rollback();
+      const code = await dump.exited;
+      assert.notEqual(code, 0, 'CRIU did not complete a dump');
+      await sleep(100);
+      assert.ok(running(w.pid), `the workload runs again (state ${procState(w.pid)})`);
+      const rep = await w.report();
+      assert.equal(rep.ok, true, JSON.stringify(rep));
+      assert.equal(rep.badPages, 0);
+      assert.deepEqual(processesWith(dir), [], 'no CRIU or gate script is left');
+    } finally {
+      await dump?.rollback();
+      await w.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
