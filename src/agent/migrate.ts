@@ -349,6 +349,9 @@ export class Migration extends EventEmitter {
     // dump that has not let go of the tree resumes it), then the destination
     // is told, so that it kills a copy that never ran.
     st.data?.abort();
+    // The throttle first: in a stopped window of its duty cycle the tree would
+    // otherwise look (and be reported) as not resumed.
+    st.throttle?.release();
     await st.dump?.rollback();
     // Stop-copy: CRIU resumes the tree when its dump fails; let it finish first.
     if (st.criuRun && (await within(st.criuRun.catch(() => undefined), 30_000)) === 'late')
