@@ -15,8 +15,8 @@ export const BASELINE = 'criu:page-server';
 const fmt = (x: number | null, scale = 1, digits = 0) => (x === null ? '' : (x / scale).toFixed(digits));
 
 function cell(r: Row, k: keyof Row['spread'] & keyof Row, scale = 1, digits = 0): string {
-  const v = r[k] as number | null;
-  if (v === null) return '–';
+  const v = r[k] as number | null | undefined;
+  if (v === null || v === undefined) return '–';
   const s = r.spread[k];
   if (!s || r.runs < 2 || s.min === s.max) return fmt(v, scale, digits);
   return `${fmt(v, scale, digits)} (${fmt(s.min, scale, digits)}–${fmt(s.max, scale, digits)})`;
@@ -51,7 +51,38 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
       cell(r, 'cpuSPerGiB', 1, 2), r.runs, status].join(' | ')} |`);
   }
   lines.push(...pauseBudget(rows));
+  lines.push(...fillTable(rows));
   return lines.join('\n') + '\n';
+}
+
+/**
+ * The destination's side: its peak memory against the workload's, and for a
+ * fill after resume (hybrid) how long it took against this machine writing
+ * as much fresh memory (the floor for any fill), its rate, and how long a
+ * fault waited.
+ */
+function fillTable(rows: Row[]): string[] {
+  const ok = rows.filter((r) => r.status === 'ok' && r.destPeakMiB != null);
+  if (!ok.length) return [];
+  const head = ['workload', 'MiB', 'link', 'strategy', 'dest peak MiB', 'peak / workload', 'fresh write ms', 'fill ms',
+    'fill / fresh', 'fill MB/s', 'fault p50 us', 'fault p99 us', 'fault max us'];
+  const out = [
+    '',
+    'Destination: peak = page data on tmpfs (store or images) + the restored processes\' RSS, sampled every 100 ms;',
+    'fresh write = this machine allocating and writing that much memory once, measured next to the runs;',
+    'fill = from the restore\'s end until the lazy-pages server placed the last page (hybrid), fault = a fault\'s',
+    'message to its page in place.',
+    '',
+    `| ${head.join(' | ')} |`,
+    `|${head.map((_h, i) => (i < 4 ? '---' : '---:')).join('|')}|`,
+  ];
+  for (const r of ok) {
+    const per = r.destPeakMiB != null ? `${(r.destPeakMiB / r.memMiB).toFixed(2)}x` : '–';
+    const vsFresh = r.fillMs != null && r.freshWriteMs ? `${(r.fillMs / r.freshWriteMs).toFixed(2)}x` : '–';
+    out.push(`| ${[r.workload, r.memMiB, r.link, r.strategy, cell(r, 'destPeakMiB'), per, r.freshWriteMs ?? '–', cell(r, 'fillMs'),
+      vsFresh, cell(r, 'fillMBps'), cell(r, 'faultP50Us'), cell(r, 'faultP99Us'), cell(r, 'faultMaxUs')].join(' | ')} |`);
+  }
+  return out;
 }
 
 /**

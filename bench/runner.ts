@@ -13,6 +13,9 @@ import { Unavailable, type PeerContext, type RunFigures } from './peers/types';
 import { round, summarize, type Ratio, type Summary } from './stats';
 import { startMemcached } from './workloads/memcached';
 import { startMemwork } from './workloads/memwork';
+import { sampleDestinationMemory } from './dest-memory';
+import { STORE_DIR } from './peers/phaul-fast';
+import { freshWriteMs } from './fresh-memory';
 import type { BenchWorkload, Verdict } from './workloads/types';
 
 export interface RunSample {
@@ -27,6 +30,14 @@ export interface RunSample {
   /** CPU seconds per GiB sent (cpuS over bytes): what moving memory costs, comparable across sizes. */
   cpuSPerGiB: number;
   phases?: Record<string, number>;
+  /** The destination's peak: page data on tmpfs plus the restored processes' RSS (bench/dest-memory.ts). */
+  destPeakMiB: number;
+  /** Fill after resume (hybrid): restore's end to the last page, its rate, fault latency. NaN when none. */
+  fillMs: number;
+  fillMBps: number;
+  faultP50Us: number;
+  faultP99Us: number;
+  faultMaxUs: number;
 }
 
 export interface Row {
@@ -47,6 +58,14 @@ export interface Row {
   cpuSPerGiB: number | null;
   /** Median of each phase the engine reported, in the engine's order. */
   phases?: Record<string, number>;
+  destPeakMiB?: number | null;
+  fillMs?: number | null;
+  fillMBps?: number | null;
+  faultP50Us?: number | null;
+  faultP99Us?: number | null;
+  faultMaxUs?: number | null;
+  /** This machine writing as much fresh memory as the workload has, measured next to the cell's runs (bench/fresh-memory.ts). */
+  freshWriteMs?: number;
   /** Runs measured (all verified when status is ok). */
   runs: number;
   spread: Record<string, { min: number; max: number }>;
@@ -86,13 +105,15 @@ function track(f: () => Promise<void>): () => Promise<void> {
   return g;
 }
 
-const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB'] as const;
+const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'destPeakMiB', 'fillMs',
+  'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs'] as const;
 
 function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: string): Row {
   const w = cell.workload;
   const row: Row = {
     strategy: cell.strategy, workload: w.kind, memMiB: w.memMiB, writeMBps: w.writeMBps, link: cell.link, status,
     pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null,
+    destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null,
     runs: samples.length, spread: {}, ...(note ? { note } : {}),
     samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, typeof v === 'number' ? round(v) : v])) as unknown as RunSample),
   };
@@ -150,15 +171,27 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     await new Promise((r) => setTimeout(r, 300)); // let the writers reach their rate
     await wl.beforeMigration();
     const bytes0 = await link.linkBytes();
-    const fig: RunFigures = await peer.migrate(wl.pid, ctx, {
-      onRunning: (pid) => { restoredPid = pid; wl.onRunning(pid); },
-    });
+    // criu:* keep the destination's images in the run's dst/, phaul-fast its page stores in the cell's STORE_DIR.
+    const mem = sampleDestinationMemory(wl.pid, [path.join(ctx.runDir, 'dst'), path.join(path.dirname(ctx.runDir), STORE_DIR)],
+      ctx.dst.netnsPath);
+    let fig: RunFigures;
+    let destPeak = 0;
+    try {
+      fig = await peer.migrate(wl.pid, ctx, {
+        onRunning: (pid) => { restoredPid = pid; wl.onRunning(pid); },
+      });
+    } finally {
+      destPeak = mem.stop();
+    }
     restoredPid = fig.restoredPid;
     const bytes = (await link.linkBytes()) - bytes0 + fig.offLinkBytes;
     const verdict = await wl.verify(fig.restoredPid);
     const sample: RunSample = {
       pauseMs: verdict.pauseMs ?? NaN, downtimeMs: fig.downtimeMs, totalMs: fig.totalMs, bytes,
       rounds: fig.rounds, sourceFreeMs: fig.sourceFreeMs, cpuS: fig.cpuS, cpuSPerGiB: bytes > 0 ? fig.cpuS / (bytes / 2 ** 30) : NaN,
+      destPeakMiB: destPeak / 2 ** 20,
+      fillMs: fig.fill?.fillMs ?? NaN, fillMBps: fig.fill ? fig.fill.pages * 4096 / 1e6 / (fig.fill.fillMs / 1000) : NaN,
+      faultP50Us: fig.fill?.faultP50Us ?? NaN, faultP99Us: fig.fill?.faultP99Us ?? NaN, faultMaxUs: fig.fill?.faultMaxUs ?? NaN,
       ...(fig.engineBytes !== undefined ? { engineBytes: fig.engineBytes } : {}),
       ...(fig.phases ? { phases: fig.phases } : {}),
     };
@@ -225,6 +258,7 @@ export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]>
         close: () => Promise<void>;
       }
       const lanes: Lane[] = [];
+      let fresh = NaN;
       const ctx = (cell: Cell, runDir: string): PeerContext => ({
         link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB,
         log: o.progress,
@@ -260,6 +294,9 @@ export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]>
             fail(lane, e);
           }
         }
+        // The floor for any fill of this much memory, measured next to the runs.
+        fresh = await freshWriteMs(first.workload.memMiB);
+        o.progress(`  this machine writes ${first.workload.memMiB} MiB of fresh memory in ${fresh.toFixed(0)} ms`);
         for (let r = 0; r < first.runs; r++) {
           for (const lane of lanes) {
             if (interrupted) throw new Error('interrupted');
@@ -286,6 +323,7 @@ export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]>
           await lane.close();
           fs.rmSync(lane.dir, { recursive: true, force: true });
           rows[lane.ci] = rowOf(lane.cell, lane.status, lane.status === 'ok' ? lane.samples : [], lane.note);
+          if (Number.isFinite(fresh)) rows[lane.ci].freshWriteMs = round(fresh);
         }
       }
     }

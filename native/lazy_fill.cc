@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -58,6 +59,12 @@ static int64_t NowUs() {
 }
 
 static std::string Errno(const std::string& what, int e) { return what + ": " + strerror(e); }
+
+static std::string Hex(uint64_t v) {
+  char b[24];
+  snprintf(b, sizeof(b), "0x%llx", (unsigned long long)v);
+  return b;
+}
 
 int Listen(const std::string& path, std::string* err) {
   struct sockaddr_un sa = {};
@@ -133,6 +140,7 @@ class Server {
   void Drop(Mm* mm, uint64_t s, uint64_t e, bool count);
   Put Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, uint64_t* done);
   void Gone(Mm* mm);
+  void PunchAll(const std::vector<Piece>& punch);
   void Fatal(const std::string& why);
   bool Complete();
   void Wake();
@@ -159,8 +167,10 @@ class Server {
 };
 
 Server::~Server() {
+  // After a failure the userfaultfds stay open (the process keeps them until
+  // it exits): the tree's faults then wait instead of reading zeros.
   for (auto& m : mms_)
-    if (m->uffd >= 0) close(m->uffd);
+    if (m->uffd >= 0 && fatal_.empty()) close(m->uffd);
   for (int fd : ctl_fds_) close(fd);
   for (auto& s : src_) {
     if (s.base) munmap((void*)s.base, s.size);
@@ -201,7 +211,7 @@ bool Server::Setup(std::string* err) {
     for (const auto& e : im.extents) {
       if (e.start >= e.end || (e.start | e.end | e.off) & (kPage - 1) || e.start < prev || e.file >= src_.size() ||
           e.off + (e.end - e.start) > src_[e.file].size) {
-        *err = "lazy-pages: extent at 0x" + std::to_string(e.start) + " of image " + std::to_string(im.id) +
+        *err = "lazy-pages: extent at " + Hex(e.start) + " of image " + std::to_string(im.id) +
                " is out of order or outside its page file";
         return false;
       }
@@ -284,6 +294,7 @@ bool Server::ReadControl() {
     if (uint32_t(pid) == kRestoreFinished) {
       ctl_buf_.erase(0, 4);
       finished_ = true;
+      st_->restored = true;
       t_fin_ = NowUs();
       st_->restore_ms = (t_fin_ - t_accept_) / 1000;
       continue;
@@ -434,7 +445,7 @@ Put Server::Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, u
       *done = (mid - s) + d2;
       return r;
     }
-    Fatal(Errno("UFFDIO_COPY at 0x" + std::to_string(at) + " of image " + std::to_string(mm->id), err));
+    Fatal(Errno("UFFDIO_COPY at " + Hex(at) + " of image " + std::to_string(mm->id), err));
     return Put::kFatal;
   }
   return Put::kDone;
@@ -500,6 +511,7 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
     // Giving the store's pages back costs TLB flushes: the workers do it.
     std::lock_guard<std::mutex> g(mu_);
     if (mm->family->members == 1) to_punch_.push_back(Piece{done, pc.file, pc.off});
+    work_cv_.notify_one();
   }
   st_->faults++;
   st_->fault_us.push_back(uint32_t(std::min<int64_t>(NowUs() - seen, UINT32_MAX)));
@@ -619,10 +631,18 @@ void Server::Worker() {
           }
         }
         if (mm) break;
+        if (!to_punch_.empty()) break;  // nothing to copy now: give back what faults placed
         if (soonest)
           work_cv_.wait_for(g, std::chrono::microseconds(std::max<int64_t>(soonest - now, 50)));
         else
           work_cv_.wait(g);
+      }
+      if (!mm) {
+        std::vector<Piece> punch;
+        punch.swap(to_punch_);
+        g.unlock();
+        PunchAll(punch);
+        continue;
       }
       mm->cursor = e;
       mm->copies++;
@@ -647,11 +667,16 @@ void Server::Worker() {
     }
     if (r == Put::kGone) Gone(mm);
     if (o_.punch && done && alone) punch.push_back(Piece{done, pc.file, pc.off});
-    for (const Piece& p : punch)  // end = length here
-      if (fallocate(src_[p.file].fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(p.off), off_t(p.end)) == 0)
-        punched_ += p.end;
+    PunchAll(punch);
     if (r == Put::kDone || r == Put::kGone) Wake();  // the event thread checks whether all is in place
   }
+}
+
+// Gives file ranges back (Piece.end is the length here).
+void Server::PunchAll(const std::vector<Piece>& punch) {
+  for (const Piece& p : punch)
+    if (fallocate(src_[p.file].fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(p.off), off_t(p.end)) == 0)
+      punched_ += p.end;
 }
 
 // Everything placed (mu_ held)?
@@ -750,6 +775,7 @@ bool Server::Run(std::string* err) {
   work_cv_.notify_all();
   gate_cv_.notify_all();
   for (auto& t : workers) t.join();
+  if (ok && o_.punch) PunchAll(to_punch_);
   if (ok) st_->fill_ms = (NowUs() - t_fin_) / 1000;
   st_->copied_pages = copied_;
   st_->punched_bytes = punched_;

@@ -42,6 +42,7 @@ struct Stats {
   uint64_t fault_pages = 0;   // of which for a fault
   uint64_t faults = 0, zero_faults = 0, dropped_pages = 0, punched_bytes = 0;
   uint64_t copies = 0, retries = 0;
+  bool restored = false;                                    // the restore said it finished (the tree may run from then on)
   int64_t restore_ms = 0;                                   // accept to the restore's "finished"
   int64_t fill_ms = 0;                                      // the restore's "finished" to the last page
   int64_t gate_us_total = 0, gate_us_max = 0, batches = 0;  // waiting for background copies to give way
@@ -52,7 +53,9 @@ struct Stats {
 int Listen(const std::string& path, std::string* err);
 
 // Serves one restore until every page is in place (true) or it cannot go on
-// (false, *err says why: the workload must then not run on).
+// (false, *err says why: the workload must then not run on). After a failure
+// the tree's userfaultfds are left open in this process: until it exits, a
+// fault on a page never placed waits instead of reading zeros.
 bool Serve(const Options& o, Stats* st, std::string* err);
 
 }  // namespace lazyfill

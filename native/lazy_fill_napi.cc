@@ -30,7 +30,8 @@ struct Served {
 Napi::Value Result(Napi::Env env, Served& s) {
   if (!s.ok) {
     Napi::Error e = Napi::Error::New(env, s.err);
-    e.Set("reason", Napi::String::New(env, "failed"));
+    // 'restore': it failed before the restore finished (no tree ran on it).
+    e.Set("reason", Napi::String::New(env, s.st.restored ? "failed" : "restore"));
     throw e;
   }
   const Stats& st_ = s.st;

@@ -56,6 +56,8 @@ PKGS=(
   memcached clang-format
   # fuzzing the native page server with libFuzzer (scripts/fuzz.sh)
   clang libclang-rt-14-dev
+  # containers: the runtime, and a registry-free rootfs (busybox-static plus our static workloads)
+  runc busybox-static libc6-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -201,6 +203,24 @@ for c in test/workloads/*.c; do
     gcc -O2 -Wall -o "$out" "$c" -lpthread || die "could not compile $c"
   fi
 done
+
+# The same workloads built -static, to run inside a busybox container rootfs.
+mkdir -p build/workloads/static
+for w in memwork tcpwork; do
+  out="build/workloads/static/$w"
+  if newer "$out" "test/workloads/$w.c"; then
+    gcc -O2 -static -o "$out" "test/workloads/$w.c" -lpthread || die "could not compile $w -static"
+  fi
+done
+
+# runc asks CRIU to read /etc/criu/runc.conf; CRIU's default network lock
+# (iptables) is absent on hosts like this one, so runc's own checkpoint and
+# restore fail without nftables there.
+if command -v runc >/dev/null && ! grep -qs '^[[:space:]]*network-lock' /etc/criu/runc.conf; then
+  mkdir -p /etc/criu
+  echo 'network-lock nftables' >> /etc/criu/runc.conf
+  loud "added 'network-lock nftables' to /etc/criu/runc.conf (runc's CRIU settings; iptables is not installed)"
+fi
 
 # Where the engine finds CRIU (overridable with PHAUL_FAST_CRIU).
 mkdir -p "$PREFIX"

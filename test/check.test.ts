@@ -154,3 +154,19 @@ test('--help and a bad flag', async () => {
   assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
   assert.match(bad.stderr, /--bogus/);
 });
+
+test('check names the container runtimes it finds and whether migrate --container can move their containers', async () => {
+  const r = await cli(['check', '--json']);
+  const rep: SystemReport = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  const runc = rep.runtimes.find((x) => x.name === 'runc');
+  assert.ok(runc, 'runc is always reported, found or not');
+  const found = (process.env.PATH ?? '').split(':').some((d) => fs.existsSync(path.join(d, 'runc')));
+  assert.equal(runc.path !== null, found, JSON.stringify(runc));
+  if (found) {
+    assert.equal(runc.migratable, rep.criu.ok && rep.features.nftables, runc.detail);
+    assert.match(runc.detail, /network/);
+  }
+  for (const other of rep.runtimes.filter((x) => x.name !== 'runc')) assert.equal(other.migratable, false, other.name);
+  const human = await cli(['check']);
+  assert.match(human.stdout, /^container runtimes:\n {2}runc: /m);
+});

@@ -32,14 +32,17 @@ async function assertMovedIntact(w: MemWorkload, restored: number, mib: number):
   assert.equal(after.pages, mib * 256);
 }
 
-/** Processes whose command line mentions `needle` (zombies aside). */
-/** Live processes whose command line names this checkout's copy of `script`
- *  (other checkouts on the machine may run their own at the same time). */
-function processesWith(script: string): number[] {
-  const needle = path.join(PACKAGE_ROOT, 'dist', 'src', 'transport', `${script}.js`);
+/** Live processes whose command line mentions `needle` (zombies aside). */
+function processesMentioning(needle: string): number[] {
   return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
     try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
   });
+}
+
+/** Live processes running this checkout's copy of `script` (other checkouts
+ *  on the machine may run their own at the same time). */
+function processesWith(script: string): number[] {
+  return processesMentioning(path.join(PACKAGE_ROOT, 'dist', 'src', 'transport', `${script}.js`));
 }
 
 /** Lazy-pages servers of this test's two hosts: other checkouts on a shared
@@ -58,6 +61,31 @@ async function destIsEmpty(ms: number): Promise<boolean> {
     await sleep(50);
   }
   return false;
+}
+
+/**
+ * Hybrid: the lazy-pages server named in `log`, stopped as soon as the
+ * destination says the restore is done (the restore itself needs the server:
+ * CRIU touches some lazy pages): 1 GiB takes the fill more than a second on
+ * any machine, so it cannot end before the test has acted on it. The commit
+ * goes on; the resumed tree waits at its first fault. SIGCONT lets it go on.
+ */
+async function holdLazyServer(log: () => string): Promise<number> {
+  const end = Date.now() + 180_000; // a bound, not a timing: pre-copy of 1 GiB on a busy machine
+  let m: RegExpExecArray | null = null;
+  while (!(m = /lazy-pages server \(pid (\d+)\) waits[^]*restored as pid/.exec(log())) && Date.now() < end) await sleep(1);
+  assert.ok(m, 'the tree was restored, its memory to be filled by the lazy-pages server');
+  const pid = Number(m[1]);
+  process.kill(pid, 'SIGSTOP'); // a process our agent started
+  try {
+    while (!/running as pid/.test(log()) && Date.now() < end) await sleep(2);
+    assert.match(log(), /running as pid/, 'the workload resumed at the destination');
+    assert.doesNotMatch(log(), /memory filled/, 'before its memory was complete');
+  } catch (e) {
+    process.kill(pid, 'SIGCONT');
+    throw e;
+  }
+  return pid;
 }
 
 test('precopy moves a 1 GiB workload with 4 writer threads and every page verifies', { skip }, async () => {
@@ -174,15 +202,14 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
   const own = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest-killed'));
   const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
   let restored = 0;
+  let server = 0;
   try {
     const args = precopyArgs(w.pid, [], 'hybrid');
     args[args.indexOf('--to') + 1] = `${fx.hosts.b.addr}:${own.port}`;
     const run = runCli(fx.hosts.a, args);
-    const end = Date.now() + 60_000;
-    while (!/running as pid/.test(own.stderr()) && Date.now() < end) await sleep(2);
-    assert.match(own.stderr(), /running as pid/, 'the workload resumed at the destination');
-    assert.doesNotMatch(own.stderr(), /memory filled/, 'before its memory was complete');
+    server = await holdLazyServer(() => own.stderr());
     own.proc.kill('SIGKILL');
+    process.kill(server, 'SIGCONT');
     const r = await run;
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.json!.warning ?? '', /filling/, 'the source says it could not hear about the fill');
@@ -195,6 +222,7 @@ test('hybrid: the destination agent killed while the resumed workload\'s memory 
     await assertMovedIntact(w, restored, 1024);
     assert.equal(procState(restored) === 'T', false, 'not stopped: the fill succeeded');
   } finally {
+    if (server > 0 && isAlive(server)) process.kill(server, 'SIGCONT');
     await w.stop(restored);
     await own.stop('SIGKILL');
   }
@@ -206,12 +234,8 @@ test('hybrid: the lazy-pages server killed mid-fill: the resumed tree does not r
   const logBefore = fx.serve.stderr().length;
   try {
     const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
-    const end = Date.now() + 60_000;
-    let m: RegExpExecArray | null = null;
-    while (!(m = /lazy-pages server \(pid (\d+)\)[\s\S]*running as pid/.exec(fx.serve.stderr().slice(logBefore))) && Date.now() < end) await sleep(2);
-    assert.ok(m, 'the workload resumed at the destination');
-    assert.doesNotMatch(fx.serve.stderr().slice(logBefore), /memory filled/, 'before its memory was complete');
-    process.kill(Number(m[1]), 'SIGKILL'); // a server we started (through the agent)
+    const server = await holdLazyServer(() => fx.serve.stderr().slice(logBefore));
+    process.kill(server, 'SIGKILL'); // a server we started (through the agent)
     const r = await run;
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.json!.warning ?? '', /failed after the workload resumed/);
@@ -223,6 +247,38 @@ test('hybrid: the lazy-pages server killed mid-fill: the resumed tree does not r
     assert.ok(['T', 'Z', 'gone'].includes(st), `the restored tree is ${st}: it must not run on zero pages`);
     assert.ok(await waitGone(w.pid, 5000), 'the original was committed away: the workload cannot go back');
   } finally {
+    await w.stop(restored);
+  }
+});
+
+test('hybrid: a store page the lazy-pages server cannot read mid-fill: the tree is stopped, never run on zeros, and migrate warns', { skip }, async () => {
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
+  let restored = 0;
+  let server = 0;
+  const logBefore = fx.serve.stderr().length;
+  try {
+    const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
+    server = await holdLazyServer(() => fx.serve.stderr().slice(logBefore));
+    // The store's pages files, as the server mapped them: cut them short under it.
+    const maps = fs.readFileSync(`/proc/${server}/maps`, 'utf8');
+    const files = [...new Set([...maps.matchAll(/ (\/\S*phaul-fast-store-\S+\/pages-\d+\.img)$/gm)].map((x) => x[1]))];
+    assert.ok(files.length > 0, `the server maps the store: ${maps.slice(0, 300)}`);
+    for (const f of files) fs.truncateSync(f, 0);
+    process.kill(server, 'SIGCONT');
+    const r = await run;
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.json!.warning ?? '', /failed after the workload resumed/);
+    restored = r.json!.restoredPid;
+    const log = fx.serve.stderr().slice(logBefore);
+    assert.match(log, /lazy-pages server failed .*UFFDIO_COPY/, 'the server said why');
+    assert.match(log, /the tree is stopped \(SIGSTOP\)/);
+    const st = (isAlive(restored) ? procState(restored) : null) ?? 'gone';
+    assert.ok(['T', 'Z', 'gone'].includes(st), `the restored tree is ${st}: it must not run on zero pages`);
+    const end2 = Date.now() + 10_000;
+    while (ourDaemons('lazy-fill-process').length && Date.now() < end2) await sleep(50);
+    assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the agent ended the server once the tree was stopped');
+  } finally {
+    if (server > 0 && isAlive(server)) process.kill(server, 'SIGCONT');
     await w.stop(restored);
   }
 });
@@ -253,7 +309,7 @@ test('hybrid: a restore that fails after the lazy-pages server started rolls bac
     assert.match(fx.serve.stderr(), /migration failed/);
     assert.ok(await destIsEmpty(10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
     assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the lazy-pages server was ended');
-    assert.deepEqual(processesWith(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
+    assert.deepEqual(processesMentioning(listener).filter((p) => p !== pid && p !== ns.child.pid && p !== blocker.pid),
       [], 'no restored copy anywhere');
   } finally {
     if (pid > 0 && isAlive(pid)) process.kill(pid, 'SIGKILL');
@@ -364,7 +420,7 @@ test('the source agent killed while CRIU holds the frozen tree: the original res
     const r = await w.report();
     assert.equal(r.ok, true, JSON.stringify(r));
     await sleep(500);
-    const copies = processesWith(w.reportPath).filter((p) => p !== w.pid && p !== w.launcherPid);
+    const copies = processesMentioning(w.reportPath).filter((p) => p !== w.pid && p !== w.launcherPid);
     assert.deepEqual(copies, [], 'no restored copy runs anywhere');
   } finally {
     await w.stop();

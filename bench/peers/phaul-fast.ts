@@ -43,9 +43,14 @@ interface MigrateReport {
   sourceReleasedMs?: number;
   /** Hybrid: from the freeze until the memory was filled. */
   filledMs?: number;
+  /** Hybrid: the destination's lazy-pages server (src/native/lazy-fill.ts FillStats). */
+  fill?: { fillMs?: number; copiedPages?: number; faultUs?: { p50?: number; p99?: number; max?: number } };
   error?: string;
   message?: string;
 }
+
+/** Where serve's page stores go, in the cell's directory (PeerContext.runDir of open()). */
+export const STORE_DIR = 'stores';
 
 export class PhaulFastPeer implements Peer {
   readonly name: string;
@@ -70,11 +75,14 @@ export class PhaulFastPeer implements Peer {
     if (!modes.includes(this.mode)) throw new Unavailable(`phaul-fast migrate offers ${modes.join(', ') || 'no modes'}`);
     const dir = path.join(ctx.runDir, 'serve');
     fs.mkdirSync(dir, { recursive: true });
+    // Page stores inside the cell's directory (tmpfs), where the destination's memory is sampled.
+    const stores = path.join(ctx.runDir, STORE_DIR);
+    fs.mkdirSync(stores, { recursive: true });
     this.tokenFile = path.join(ctx.runDir, 'token');
     this.port = ctx.port;
     fs.writeFileSync(this.tokenFile, crypto.randomBytes(24).toString('hex') + '\n', { mode: 0o600 });
     const serve = spawnIn(ctx.dst, [...CLI, 'serve', '--listen', `${ctx.dst.addr}:${ctx.port}`, '--dir', dir,
-      '--token-file', this.tokenFile, ...this.encrypt], { stdio: ['ignore', 'ignore', 'pipe'], env: engineEnv(ctx) });
+      '--token-file', this.tokenFile, '--store-dir', stores, ...this.encrypt], { stdio: ['ignore', 'ignore', 'pipe'], env: engineEnv(ctx) });
     this.serve = serve;
     serve.stderr!.on('data', (d) => { this.serveLog = (this.serveLog + d).slice(-4000); });
     // Ready when it says it listens (serve logs to stderr).
@@ -128,6 +136,10 @@ export class PhaulFastPeer implements Peer {
       rounds: Array.isArray(rep.rounds) ? rep.rounds.length : 1,
       cpuS: r.cpuS + serveCpu,
       phases: rep.phases,
+      ...(rep.fill ? { fill: {
+        fillMs: Number(rep.fill.fillMs), pages: Number(rep.fill.copiedPages), faultP50Us: Number(rep.fill.faultUs?.p50),
+        faultP99Us: Number(rep.fill.faultUs?.p99), faultMaxUs: Number(rep.fill.faultUs?.max),
+      } } : {}),
     };
   }
 

@@ -39,6 +39,19 @@ export interface RunFigures {
   cpuS: number;
   /** The engine's phases in ms, in order, when it reports them (phaul-fast: migrate --json phases). */
   phases?: Record<string, number>;
+  /** A fill after resume (hybrid): what the destination's lazy-pages server reported. */
+  fill?: FillFigures;
+}
+
+export interface FillFigures {
+  /** The restore's end until every page was in place (the server's own clock). */
+  fillMs: number;
+  /** Pages placed (faults and background). */
+  pages: number;
+  /** A fault's message to its page in place, microseconds. */
+  faultP50Us: number;
+  faultP99Us: number;
+  faultMaxUs: number;
 }
 
 export interface Peer {

@@ -22,7 +22,7 @@ import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
 import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
 import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
-import type { Image, Message, Prepare } from '../protocol/messages';
+import type { Image, Message, Prepare, TreeData, TreeEntries } from '../protocol/messages';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { withDeadline } from '../util/deadline';
@@ -30,6 +30,8 @@ import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCr
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { BatchStream, DataChannel, openBatchStream, openDataChannelServer } from './data-channel';
+import { ContainerServeOptions, ContainerTarget } from '../container/target';
+import { criuBinary } from '../criu/binary';
 import { StateMachine, type StateChange } from './state-machine';
 import {
   copyRan, DESTINATION_ACCEPTS, DESTINATION_FAILURE, DESTINATION_INITIAL, DESTINATION_TRANSITIONS, type DestinationState,
@@ -53,6 +55,8 @@ export interface DestinationOptions {
   restoreTimeoutMs?: number;
   /** Where pre-copy page stores live (default: /dev/shm when it has room). */
   storeDir?: string;
+  /** Where moved containers go (runc's state directory, bundles, cgroups). */
+  containers?: ContainerServeOptions;
 }
 
 const MAX_IMAGES = 100_000;
@@ -84,6 +88,8 @@ class DestSession {
   private streamError?: PhaulError;
   private progress?: () => void;
   restoredPid = 0;
+  /** A container migration: its bundle here and the runtime that will own it. */
+  container?: ContainerTarget;
   private reservation?: Reservation;
   /** How long a restored copy waits for `commit` before it is discarded. */
   private commitWaitMs = 60_000;
@@ -210,7 +216,12 @@ class DestSession {
       // What the switchover will run, started now so that no process start-up
       // lands in the pause: CRIU for the restore, and a hybrid restore's
       // lazy-pages server (a Node process: ~0.2-1 s to start on a loaded host).
-      this.criu = startCriu();
+      if (prep.container !== undefined) {
+        this.container = await ContainerTarget.prepare(prep.container, agent.opts.containers ?? {});
+        this.log(`container ${this.container.desc.id} goes to bundle ${this.container.bundle}`);
+      }
+      // (A container's restore is runc's, which runs its own CRIU.)
+      if (!this.container) this.criu = startCriu();
       if (this.mode === 'hybrid') this.startLazyPages();
 
       if (this.streamsPages()) {
@@ -277,6 +288,8 @@ class DestSession {
         this.conn.send({ t: 'round-ack', round: m.round });
       } else if (m.t === 'image') {
         this.writeImage(m);
+      } else if (m.t === 'tree-entries' || m.t === 'tree-data') {
+        this.treeMessage(m);
       } else if (m.t === 'images-done') {
         // CRIU's images are all here, the final round is on its way (a hybrid
         // restore's lazy-pages server runs since prepare).
@@ -315,11 +328,18 @@ class DestSession {
     fs.writeFileSync(path.join(this.dir, name), body, { flag: append ? 'a' : 'wx' });
   }
 
+  /** A container's bundle files, in rounds. */
+  private treeMessage(m: TreeEntries | TreeData): void {
+    if (!this.container) throw new PhaulError('protocol', `'${m.t}' without a container`);
+    this.container.handle(m);
+  }
+
   /** Stop-copy: images until `restore`. */
   private async receiveImages(): Promise<number> {
     for (;;) {
       const m = await this.receive(10 * 60_000);
       if (m.t === 'image') { this.writeImage(m); continue; }
+      if (m.t === 'tree-entries' || m.t === 'tree-data') { this.treeMessage(m); continue; }
       if (m.t !== 'restore') throw new PhaulError('protocol', `unexpected '${m.t}' while receiving images`);
       return this.imageCount;
     }
@@ -354,6 +374,42 @@ class DestSession {
       this.log(`lazy-pages server (pid ${lp.pid}) waits for the restore (started ${t0 - lp.startedAt} ms before it)`);
       this.phase('lazy-pages');
     }
+    const timeoutMs = agent.opts.restoreTimeoutMs ?? 120_000;
+    if (this.container) {
+      // The runtime restores it (and owns it); CRIU leaves it stopped as below.
+      this.restoredPid = await this.container.restore({ imagesDir: this.dir, criu: criuBinary(), criuFlags, lazy, timeoutMs });
+    } else await this.restoreWithCriu(criuFlags, lazy, timeoutMs);
+    this.sm.to('restored-stopped');
+    this.phase('criu-restore');
+    // Should this agent die now, the next one kills the copy (it never ran): sweep.ts.
+    recordStoppedCopy(this.dir, this.restoredPid);
+    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, phases: this.phases,
+      ...(this.container ? { container: this.container.report() } : {}) });
+    this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
+    // The store is not needed any more (hybrid: not until the tree's memory is
+    // filled from it): free its memory before resuming.
+    if (!lazy) await this.store?.destroy().catch(() => undefined);
+
+    // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
+    await this.receive(this.commitWaitMs);
+    signalAll(treePids(this.restoredPid), 'SIGCONT');
+    forgetStoppedCopy(this.dir);
+    this.sm.to('running');
+    this.container?.committed();
+    conn.send({ t: 'running', pid: this.restoredPid });
+    this.log(`running as pid ${this.restoredPid}`);
+    agent.emit('migrated', { session: this.id, pid: this.restoredPid, ...(this.container ? { container: this.container.report() } : {}) });
+    if (this.lazyPages) {
+      this.sm.to('filling');
+      await this.fillLazily(this.lazyPages, t0);
+    }
+    this.sm.to('done');
+    await conn.next(5_000).catch(() => undefined); // let the source close first
+  }
+
+  /** A process tree: CRIU (started ahead) restores it stopped, and we learn its pid. */
+  private async restoreWithCriu(criuFlags: Prepare['criu'], lazy: boolean, timeoutMs: number): Promise<void> {
+    const { agent } = this;
     const criu = this.criu;
     this.criu = undefined;
     const res = await runCriuOrThrow(
@@ -376,7 +432,7 @@ class DestSession {
       },
       {
         session: criu,
-        timeoutMs: agent.opts.restoreTimeoutMs ?? 120_000,
+        timeoutMs,
         onNotify: (_script, pid) => {
           if (pid && !this.restoredPid) this.restoredPid = pid;
           return true;
@@ -384,30 +440,6 @@ class DestSession {
       },
     );
     this.restoredPid = res.restorePid ?? this.restoredPid;
-    this.sm.to('restored-stopped');
-    this.phase('criu-restore');
-    // Should this agent die now, the next one kills the copy (it never ran): sweep.ts.
-    recordStoppedCopy(this.dir, this.restoredPid);
-    conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, phases: this.phases });
-    this.log(`restored as pid ${this.restoredPid} (stopped${lazy ? ', memory filling lazily' : ''}) in ${Date.now() - t0} ms`);
-    // The store is not needed any more (hybrid: not until the tree's memory is
-    // filled from it): free its memory before resuming.
-    if (!lazy) await this.store?.destroy().catch(() => undefined);
-
-    // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
-    await this.receive(this.commitWaitMs);
-    signalAll(treePids(this.restoredPid), 'SIGCONT');
-    forgetStoppedCopy(this.dir);
-    this.sm.to('running');
-    conn.send({ t: 'running', pid: this.restoredPid });
-    this.log(`running as pid ${this.restoredPid}`);
-    agent.emit('migrated', { session: this.id, pid: this.restoredPid });
-    if (this.lazyPages) {
-      this.sm.to('filling');
-      await this.fillLazily(this.lazyPages, t0);
-    }
-    this.sm.to('done');
-    await conn.next(5_000).catch(() => undefined); // let the source close first
   }
 
   /**
@@ -416,11 +448,8 @@ class DestSession {
    * longer needs it). A server failing here cannot be rolled back any more.
    */
   private async fillLazily(lazyPages: LazyPagesServer, t0: number): Promise<void> {
-    const code = await lazyPages.exited;
+    const { ok, why } = await lazyPages.outcome;
     const ms = Date.now() - t0;
-    this.lazyPages = undefined;
-    // It exits 0 only once every page is in place.
-    const ok = code === 0;
     const fill = lazyPages.stats;
     if (ok) {
       this.log(`memory filled ${ms} ms after the restore began` + (fill ? ` (${fill.copiedPages} pages in ${fill.fillMs} ms after ` +
@@ -428,10 +457,13 @@ class DestSession {
     } else {
       // Pages never placed would read as zeros. Stop the tree rather than let
       // it compute (and write out) garbage; a human decides.
+      // The server holds the tree's userfaultfds until it ends (faults wait meanwhile): stop first, then end it.
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
-      this.log(`the lazy-pages server exited ${code} before the memory of pid ${this.restoredPid} was filled; the tree ` +
-        `is stopped (SIGSTOP) because unfilled pages would read as zeros: ${lazyPages.logTail()}`);
+      await lazyPages.kill();
+      this.log(`the lazy-pages server failed before the memory of pid ${this.restoredPid} was filled (${why}); the tree ` +
+        `is stopped (SIGSTOP) because unfilled pages would read as zeros`);
     }
+    this.lazyPages = undefined;
     this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms, fill });
     try {
       this.conn.send({ t: 'filled', ok, ms, ...(fill ? { fill: { ...fill, faultUs: { ...fill.faultUs } } } : {}) });
@@ -449,6 +481,7 @@ class DestSession {
       await waitGone(this.restoredPid, 5000);
     }
     await this.lazyPages?.kill();
+    await this.container?.rollback().catch((e) => this.log(`container clean-up: ${asPhaulError(e).message}`));
   }
 }
 

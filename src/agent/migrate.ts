@@ -33,12 +33,14 @@ import { DESTINATION_PHASES } from './phases';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
+import { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
+import { containerDumpArgs } from '../container/dump-options';
 
 /**
  * stop-copy: freeze, dump into the destination's page server, restore.
  * precopy: copy memory while the tree runs, freeze, send the last dirty pages, restore.
  * hybrid: pre-copy, then a lazy restore: the tree resumes before its memory is
- *   back in place and CRIU's lazy-pages daemon fills it from the destination's
+ *   back in place and our lazy-pages server fills it from the destination's
  *   own store (never from the source), so the pause does not grow with memory.
  */
 export type Mode = 'stop-copy' | 'precopy' | 'hybrid';
@@ -73,7 +75,10 @@ interface Switched {
 }
 
 export interface MigrateOptions {
-  pid: number;
+  /** The root of the tree to move; or: */
+  pid?: number;
+  /** a container (its init and descendants, its bundle, runc's ownership). */
+  container?: ContainerSpec;
   to: { host: string; port: number };
   token: Buffer;
   /** Default 'auto': the first of AUTO_ORDER (capabilities.ts) that both hosts offer. */
@@ -115,10 +120,12 @@ export interface MigrationReport {
   fallback?: string;
   /** Hybrid: from the freeze until every page is in the restored tree's memory. */
   filledMs?: number;
-  /** Hybrid: what the destination's lazy-pages server did (src/criu/lazy-pages.ts FillStats). */
+  /** Hybrid: what the destination's lazy-pages server did (src/native/lazy-fill.ts FillStats). */
   fill?: Stats;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
+  /** A container: as the destination's runtime knows it now. */
+  container?: { id: string; runtime: string; bundle: string };
 }
 
 export interface FailureReport {
@@ -153,6 +160,11 @@ export class Migration extends EventEmitter {
   readonly phases: Record<string, number> = {};
   /** The tree's memory when a pre-copy began (sizes the wait for a hybrid fill). */
   private memBytes = 0;
+  /** The tree's root: opts.pid, or the container's init. */
+  private pid = 0;
+  private container?: ContainerSource;
+  /** The destination's name for the moved container (from `restored`). */
+  private containerAtDest?: { id: string; runtime: string; bundle: string };
 
   /** Why abort() ended the migration, if it did. */
   private abortReason?: PhaulError;
@@ -224,8 +236,15 @@ export class Migration extends EventEmitter {
     let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
     // Refused before anything is touched: nothing to roll back.
     if (requested !== 'auto' && !MODES.includes(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
-    if (!Number.isInteger(o.pid) || o.pid <= 1 || o.pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${o.pid}`), false);
-    if (!isAlive(o.pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${o.pid}`), false);
+    if (o.container) {
+      this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
+      this.pid = this.container.pid;
+    } else {
+      this.pid = o.pid ?? 0;
+    }
+    const pid = this.pid;
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${pid}`), false);
+    if (!isAlive(pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${pid}`), false);
 
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
     const sm = new StateMachine<SourceState>('source', SOURCE_TRANSITIONS, SOURCE_INITIAL, (c) => this.emit('state', c satisfies SourceStateEvent));
@@ -255,7 +274,7 @@ export class Migration extends EventEmitter {
       if (mode === 'precopy' || mode === 'hybrid') {
         // Tracking starts before anything is promised to the destination: a
         // target we cannot track (e.g. it uses userfaultfd itself) falls back.
-        tracker = new TreeTracker(o.pid);
+        tracker = new TreeTracker(pid);
         try {
           await tracker.start();
         } catch (e) {
@@ -286,7 +305,8 @@ export class Migration extends EventEmitter {
       // CRIU first lets go of the tree (it still holds it under ptrace), then we end it.
       await st.criuDone?.catch((e) => this.emit('log', `criu after the commit: ${asPhaulError(e).message}`));
       signalAll(result.original, 'SIGKILL');
-      await waitGone(o.pid, 5000);
+      await waitGone(pid, 5000);
+      const forgot = await this.container?.forget();
       let filled = {};
       if (mode === 'hybrid') {
         sm.to('filling');
@@ -299,13 +319,15 @@ export class Migration extends EventEmitter {
         mode,
         downtimeMs: runningAt - result.freezeAt,
         totalMs: runningAt - this.t0,
-        bytesSent: result.bytesSent,
+        bytesSent: result.bytesSent + (this.container?.bytesSent ?? 0),
         restoredPid: result.restoredPid,
         phases: this.phases,
       };
       if (result.rounds) report.rounds = result.rounds;
       if (fallback) report.fallback = fallback;
+      if (this.containerAtDest) report.container = this.containerAtDest;
       Object.assign(report, filled);
+      if (forgot) report.warning = report.warning ? `${report.warning}; ${forgot}` : forgot;
       return report;
     } catch (err) {
       throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : asPhaulError(err));
@@ -343,16 +365,16 @@ export class Migration extends EventEmitter {
     if (recovery === 'leave-stopped') {
       sm.to('lost');
       const msg = `${e.message}; the destination did not confirm after the commit, so the original is left stopped ` +
-        `(pid ${this.opts.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
+        `(pid ${this.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
       return new MigrationError(new PhaulError('lost', msg), false);
     }
     if (recovery === 'resume') {
       // CRIU finished and left the original stopped; the destination never got the commit.
       // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
       await st.criuDone?.catch(() => undefined);
-      signalAll(treePids(this.opts.pid), 'SIGCONT');
+      signalAll(treePids(this.pid), 'SIGCONT');
     }
-    const resumed = recovery !== 'none' && isAlive(this.opts.pid) && procState(this.opts.pid) !== 'T';
+    const resumed = recovery !== 'none' && isAlive(this.pid) && procState(this.pid) !== 'T';
     if (!sm.terminal) sm.to(resumed ? 'rolled-back' : 'failed');
     return new MigrationError(e, resumed);
   }
@@ -388,8 +410,10 @@ export class Migration extends EventEmitter {
     const conn = st.conn!;
     const criuFlags = this.criuFlags();
     st.sm.to('preparing');
-    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, memBytes: treeMemoryBytes(this.opts.pid), freezeTimeoutMs: this.freezeTimeoutMs });
+    conn.send({ t: 'prepare', mode: 'stop-copy', criu: criuFlags, memBytes: treeMemoryBytes(this.pid), freezeTimeoutMs: this.freezeTimeoutMs,
+      ...this.containerField() });
     await conn.expect('prepared');
+    this.syncBundle(conn);
     const dconn = await this.connect();
     await authenticateClient(dconn, o.token, 'data', session);
     const data = openDataChannelClient(dconn);
@@ -408,12 +432,13 @@ export class Migration extends EventEmitter {
         imagesDir: workDir,
         logFile: 'dump.log',
         opts: {
-          pid: o.pid,
+          pid: this.pid,
           psFd: data.criuFd,
           notifyScripts: true,
           leaveStopped: true,
-          networkLock: o.tcpEstablished ? 'nftables' : undefined,
+          networkLock: o.tcpEstablished || this.container ? 'nftables' : undefined,
           ...criuFlags,
+          ...this.container?.dumpOptions(),
         },
       },
       {
@@ -425,11 +450,13 @@ export class Migration extends EventEmitter {
             this.phase('criu-start');
           } else if (script === 'post-dump') {
             this.phase('dump');
+            this.finalBundleDelta(conn, workDir);
             imageBytes = this.sendImages(conn, workDir);
             conn.send({ t: 'restore' });
             this.phase('images');
             const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
             restoredPid = r.pid;
+            this.noteContainer(r.container);
             st.sm.to('restored');
             this.phaseWithParts('restore', destinationPhases(r));
           }
@@ -448,7 +475,7 @@ export class Migration extends EventEmitter {
     }
     // CRIU finished with leave-stopped: the original is stopped, and ours to resume.
     st.sm.to('held');
-    const original = treePids(o.pid);
+    const original = treePids(this.pid);
     const relayed = await data.done.catch(() => ({ sent: 0 }));
     return { freezeAt, restoredPid, original, bytesSent: relayed.sent + imageBytes };
   }
@@ -459,11 +486,14 @@ export class Migration extends EventEmitter {
     const pc = { ...o.precopy, lazyRestore: mode === 'hybrid' };
     const conn = st.conn!;
     const nStreams = Math.max(1, Math.min(16, pc.streams ?? 2));
-    const memBytes = treeMemoryBytes(o.pid);
+    const pid = this.pid;
+    const memBytes = treeMemoryBytes(pid);
     this.memBytes = memBytes;
     st.sm.to('preparing');
-    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, freezeTimeoutMs: this.freezeTimeoutMs });
+    conn.send({ t: 'prepare', mode, criu: this.criuFlags(), streams: nStreams, memBytes, freezeTimeoutMs: this.freezeTimeoutMs,
+      ...this.containerField() });
     await conn.expect('prepared');
+    this.syncBundle(conn);
     st.streams = [];
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
@@ -477,15 +507,16 @@ export class Migration extends EventEmitter {
     // CRIU starts now and waits at its pre-dump gate (criu/lazy-dump.ts), so
     // that its start-up overlaps the rounds instead of lengthening the pause.
     const ours = await localCapabilities();
-    st.dump = new LazyDump({ pid: o.pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
+    st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
+      extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
 
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
-    st.throttle = pc.autoConverge ? new WorkloadThrottle(o.pid) : undefined;
+    st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
     st.sender = sender;
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
     const rounds = await run.rounds((pct) => {
-      st.throttle ??= new WorkloadThrottle(o.pid);
+      st.throttle ??= new WorkloadThrottle(pid);
       st.throttle.set(pct);
     });
     this.phase('precopy');
@@ -510,6 +541,7 @@ export class Migration extends EventEmitter {
     this.phase('criu-dump', dump.readyAt);
     // CRIU's images next: a hybrid destination starts its lazy-pages daemon
     // on them while the final round is still on its way.
+    this.finalBundleDelta(conn, workDir);
     const imageBytes = this.sendImages(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
@@ -520,11 +552,12 @@ export class Migration extends EventEmitter {
     this.phase('final-pages', this.last + fin.sendMs);
     this.phase('final-stored');
     const imageIds: Record<string, number> = {};
-    const original = treePids(o.pid);
+    const original = treePids(pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
     conn.send({ t: 'switchover', imageIds });
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
     const restoredPid = r.pid;
+    this.noteContainer(r.container);
     st.sm.to('restored');
     this.phaseWithParts('restore', destinationPhases(r));
     // The copy exists (stopped). Let CRIU finish; the original stays stopped.
@@ -539,6 +572,30 @@ export class Migration extends EventEmitter {
     st.criuDone.catch(() => undefined);
     this.emit('log', `final round: ${fin.pages} pages`);
     return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
+  }
+
+  /** `prepare`'s container field, for a container migration. */
+  private containerField(): { container?: ContainerDescriptor } {
+    return this.container ? { container: this.container.describe() } : {};
+  }
+
+  /** A container's bundle, while it runs: everything the first time. */
+  private syncBundle(conn: FrameConn): void {
+    if (!this.container) return;
+    const r = this.container.syncRound(conn);
+    this.emit('log', `bundle: ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while the container runs`);
+    this.phase('bundle');
+  }
+
+  /** With the tree frozen: what changed in the bundle since, and runc's descriptors.json for the images. */
+  private finalBundleDelta(conn: FrameConn, workDir: string): void {
+    if (!this.container) return;
+    const r = this.container.finalRound(conn, workDir);
+    this.emit('log', `bundle: last delta ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while frozen`);
+  }
+
+  private noteContainer(c: { id: string; runtime: string; bundle: string } | undefined): void {
+    if (this.container && c) this.containerAtDest = c;
   }
 
   /** Sends every image CRIU wrote locally (pages went to the page server). */

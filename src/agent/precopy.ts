@@ -14,6 +14,7 @@ import { FrameConn } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
+import { DirtyTrackingError } from '../memory/errors';
 import { batches, PAGE_SIZE, pairBytes, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
 import { encodeBatch, encodeRawHead } from '../transport/page-batch';
 import { BufferPool } from '../transport/buffer-pool';
@@ -220,10 +221,16 @@ export class PrecopySender {
       }
       // Into a buffer used before (buffer-pool.ts: fresh memory is slow to fill), back to the pool once written.
       const buf = await this.pool.acquire();
-      const res = await readPages(pid, b, { zeroMap: true, buffer: buf }).catch((e) => {
+      let res: Awaited<ReturnType<typeof readPages>>;
+      try {
+        res = await readPages(pid, b, { zeroMap: true, buffer: buf });
+      } catch (e) {
         this.pool.release(buf);
+        // It exited after the scan (a container's short-lived children do):
+        // its pages no longer matter; what was sent of it is counted.
+        if (e instanceof DirtyTrackingError && e.reason === 'process-gone') break;
         throw e;
-      });
+      }
       const ranges: { vaddr: number; nrPages: number; zero?: boolean }[] = [];
       const chunks: Buffer[] = [];
       let page = 0;

@@ -29,6 +29,10 @@ export function formatReport(r: SystemReport): string {
   ];
   const lines = [`phaul-fast ${r.phaulFast} check`, ''];
   for (const [item, value, enables] of rows) lines.push(`  ${item}: ${value}${enables ? ` — enables ${enables}` : ''}`);
+  lines.push('', 'container runtimes:');
+  for (const rt of r.runtimes) {
+    lines.push(`  ${rt.name}: ${rt.path ? `${rt.path}${rt.version ? ` ${rt.version}` : ''}, ${rt.migratable ? 'migratable' : 'not migratable'} (${rt.detail})` : rt.detail}`);
+  }
   lines.push('', 'modes:');
   const how: Record<string, string> = {
     precopy: f.softDirty ? 'soft-dirty' : 'uffd-wp async + PAGEMAP_SCAN',

@@ -4,6 +4,7 @@ import { VERSION } from '../version';
 import { checkCriu, type CriuReport } from './criu';
 import { checkFreezer, checkNftCli, cpuInfo, kernelInfo, type CpuInfo, type FreezerReport, type KernelInfo } from './host';
 import { LAZY_PIPE_BYTES, pipeMaxSize, probeKernel } from './kernel';
+import { checkRuntimes, type RuntimeReport } from './runtimes';
 
 export type Mode = 'stop-copy' | 'precopy' | 'postcopy' | 'hybrid';
 export const MODES: readonly Mode[] = ['stop-copy', 'precopy', 'postcopy', 'hybrid'];
@@ -48,6 +49,8 @@ export interface SystemReport {
   };
   kernel: KernelInfo;
   cpu: CpuInfo;
+  /** Container runtimes found, and whether migrate --container can move their containers. */
+  runtimes: RuntimeReport[];
   /** Missing things that limit the modes or the workloads, with the fix. */
   missing: Advice[];
 }
@@ -140,6 +143,7 @@ export async function checkSystem(opts: CheckOptions = {}): Promise<SystemReport
     },
     kernel: kernelInfo(),
     cpu: cpuInfo(),
+    runtimes: await checkRuntimes(criu.ok, nftables),
   };
   return { ...base, missing: advise(base) };
 }

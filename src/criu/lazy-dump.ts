@@ -32,6 +32,8 @@ import { procState } from '../agent/process-tree';
 export interface LazyDumpOptions extends CriuFlags {
   pid: number;
   imagesDir: string;
+  /** More `criu dump` arguments (a container's root, external mounts, cgroups). */
+  extraArgs?: string[];
   criu?: string;
   /** Page-server header size of this CRIU (24 before 4.2, 32 since). */
   headerSize: 24 | 32;
@@ -56,7 +58,8 @@ export class LazyDump {
     this.sock = mine;
     this.gate = new CriuGate(opts.imagesDir, 'pre-dump');
     const args = ['dump', '-t', String(opts.pid), '-D', opts.imagesDir, '--lazy-pages', '--ps-socket', '3',
-      '--status-fd', '4', '--leave-stopped', '-o', 'dump.log', ...this.gate.args, ...criuFlagArgs(opts)];
+      '--status-fd', '4', '--leave-stopped', '-o', 'dump.log', ...this.gate.args, ...criuFlagArgs(opts),
+      ...(opts.extraArgs ?? [])];
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
       // detached: its own session, so a Ctrl-C at the terminal reaches only our
       // agent, which rolls back and tells CRIU (its parent-death signal stays).

@@ -51,6 +51,13 @@ export class LazyPagesServer {
   readonly exited: Promise<number | null>;
   /** Set when the server says every page is in place. */
   stats?: FillStats;
+  private failedWith!: (why: string) => void;
+  /**
+   * How the fill ended: every page in place (ok, the server exited 0), or
+   * not: the server said it failed (it then holds the tree's userfaultfds,
+   * so faults wait, until it is killed) or died.
+   */
+  readonly outcome: Promise<{ ok: boolean; why: string }>;
 
   /**
    * Starts the server. It waits for start() to name the chain, so it may
@@ -77,11 +84,19 @@ export class LazyPagesServer {
         if (/^ready$/m.test(out)) resolve();
         const m = /^filled (\{.*\})$/m.exec(out);
         if (m && !this.stats) this.stats = JSON.parse(m[1]) as FillStats;
+        const f = /^failed (\{.*\})$/m.exec(out);
+        if (f) this.failedWith(String((JSON.parse(f[1]) as { error?: unknown }).error ?? 'failed'));
       });
       void this.exited.then((code) => reject(new PhaulError('criu',
         `the lazy-pages server exited ${code} before it was ready: ${this.logTail() || 'no log'}`)));
     });
     this.ready.catch(() => undefined);
+    this.outcome = new Promise((resolve) => {
+      this.failedWith = (why) => resolve({ ok: false, why });
+      void this.exited.then((code) => resolve(code === 0 && this.stats
+        ? { ok: true, why: '' }
+        : { ok: false, why: `the lazy-pages server exited ${code}: ${this.logTail() || 'no log'}` }));
+    });
   }
 
   get pid(): number | undefined {

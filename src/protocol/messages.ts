@@ -67,7 +67,11 @@ export interface Caps { t: 'caps'; caps: Capabilities; mode?: string }
 /** S -> D: the mode chosen and how to restore; pre-copy modes add their stream count and the tree's memory size. */
 /** memBytes: the source's estimate of the pages it will send (admission, admission.ts);
  *  freezeTimeoutMs: its freeze budget, which bounds the destination's wait for `commit`. */
-export interface Prepare { t: 'prepare'; mode: string; criu: CriuFlags; streams?: number; memBytes: number; freezeTimeoutMs?: number }
+export interface Prepare {
+  t: 'prepare'; mode: string; criu: CriuFlags; streams?: number; memBytes: number; freezeTimeoutMs?: number;
+  /** A container migration: what src/container/target.ts checks in full (it needs the host's state to judge). */
+  container?: object;
+}
 /** D -> S: ready for the data connection(s). */
 export interface Prepared { t: 'prepared' }
 
@@ -94,7 +98,17 @@ export interface Restore { t: 'restore' }
 export interface Switchover { t: 'switchover'; imageIds: Record<string, number> }
 /** D -> S: the copy exists, stopped: it has not run. `pid` is its root on the destination. */
 /** phases: what the destination's side of the switchover spent, ms by name (src/agent/phases.ts). */
-export interface Restored { t: 'restored'; pid: number; restoreMs?: number; phases?: Stats }
+export interface Restored { t: 'restored'; pid: number; restoreMs?: number; phases?: Stats; container?: ContainerName }
+
+/** A moved container as the destination's runtime knows it. */
+export interface ContainerName { id: string; runtime: string; bundle: string }
+
+// ---- a container's bundle files, in rounds (src/container/tree-sync.ts checks each entry) ----
+
+/** S -> D: entries of tree `tree` that changed (created, truncated to be filled by tree-data) and paths deleted. */
+export interface TreeEntries { t: 'tree-entries'; tree: string; entries: unknown[]; deleted: unknown[] }
+/** S -> D: the next bytes of file `p` of tree `tree`. */
+export interface TreeData { t: 'tree-data'; tree: string; p: string; data: Buffer }
 
 // ---- the two-phase commit ----
 
@@ -115,7 +129,7 @@ export type Message =
   | Hello | Challenge | Auth | Welcome | ErrorMessage
   | Caps | Prepare | Prepared
   | Layout | LayoutAck | Round | RoundAck
-  | Image | ImagesDone | Restore | Switchover | Restored
+  | Image | ImagesDone | Restore | Switchover | Restored | TreeEntries | TreeData
   | Commit | Running | Filled | Abort;
 
 export type MessageType = Message['t'];
@@ -257,6 +271,7 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
     const m: Omit<Prepare, 't'> = { mode: f.str('mode', 32), criu, memBytes: f.int('memBytes', 0, 2 ** 50) };
     if (f.has('streams')) m.streams = f.int('streams', 1, 16);
     if (f.has('freezeTimeoutMs')) m.freezeTimeoutMs = f.int('freezeTimeoutMs', 1000, 3_600_000);
+    if (f.has('container')) m.container = f.obj('container');
     return m;
   },
   prepared: () => ({}),
@@ -295,11 +310,24 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
     }
     return { imageIds };
   },
-  restored: (f) => ({
-    pid: f.int('pid', 1, PID_MAX),
-    ...(f.has('restoreMs') ? { restoreMs: f.int('restoreMs', 0, 2 ** 40) } : {}),
-    ...(f.has('phases') ? { phases: f.stats('phases') } : {}),
-  }),
+  restored: (f) => {
+    const m: Omit<Restored, 't'> = { pid: f.int('pid', 1, PID_MAX) };
+    if (f.has('restoreMs')) m.restoreMs = f.int('restoreMs', 0, 2 ** 40);
+    if (f.has('phases')) m.phases = f.stats('phases');
+    if (f.has('container')) {
+      const c = new Fields(f.obj('container'), 'restored.container');
+      m.container = { id: c.str('id', 128), runtime: c.str('runtime', 32), bundle: c.str('bundle', 4096) };
+    }
+    return m;
+  },
+  'tree-entries': (f) => {
+    const entries = f.get('entries');
+    const deleted = f.get('deleted');
+    if (!Array.isArray(entries) || entries.length > 2000) throw f.bad('entries');
+    if (!Array.isArray(deleted) || deleted.length > 2000) throw f.bad('deleted');
+    return { tree: f.str('tree', 32), entries, deleted };
+  },
+  'tree-data': (f) => ({ tree: f.str('tree', 32), p: f.str('p', 4096), data: f.bin('data', 8 << 20) }),
   commit: () => ({}),
   running: (f) => ({ pid: f.int('pid', 1, PID_MAX) }),
   filled: (f) => ({ ok: f.bool('ok'), ms: f.int('ms', 0, 2 ** 40), ...(f.has('fill') ? { fill: f.stats('fill') } : {}) }),

@@ -138,7 +138,9 @@ function composeChain(dir: string, store: PageStore, plans: Plan[], stats: Compo
     stats.chainTop = top;
     const link = path.join(dir, 'parent');
     fs.rmSync(link, { force: true });
-    fs.symlinkSync(top, link);
+    // Relative: a container's restore opens it after CRIU entered the
+    // container's root, where an absolute path to the store does not exist.
+    fs.symlinkSync(path.relative(dir, top), link);
     stats.levels = store.levels;
   }
   for (const p of users) {

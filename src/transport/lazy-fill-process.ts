@@ -14,8 +14,9 @@
 // all of its memory if the agent dies meanwhile. It starts before the chain
 // exists (Node's start-up stays out of the pause) and learns it on stdin; if
 // stdin ends without it, the agent died before any restore, and it exits.
-// Exit 0: every page is in place. Anything else: the tree's memory is not
-// complete, and whoever watches must stop it. If the agent is gone by the
+// Exit 0: every page is in place. If the fill fails after the tree ran, it
+// says "failed {error}" and keeps the tree's userfaultfds open (its faults
+// wait rather than read zeros) until ended: the agent stops the tree first. If the agent is gone by the
 // end, it removes the cleanup dirs, which nobody else would; an agent still
 // there removes them itself (CRIU's restore may still be writing).
 import * as fs from 'node:fs';
@@ -50,25 +51,40 @@ async function main(): Promise<number> {
   if (!text.trim()) return 3;
   const o = JSON.parse(text) as { top: string; cleanup?: string[]; agentPid?: number };
   const chain = new ChainReader(o.top);
-  let code = 0;
+  let plan;
   try {
-    const plan = fillPlan('.', chain);
+    plan = fillPlan('.', chain);
+  } catch (e) {
+    // Before any tree ran: exiting closes the socket, so the restore fails and is rolled back.
+    process.stderr.write(`lazy-fill: ${(e as Error).message}\n`);
+    return 1;
+  } finally {
     chain.close(); // the server maps the files itself
+  }
+  try {
     const threads = Number(threadsArg) > 0 ? Number(threadsArg) : 2;
     const stats = await addon().lazyFillServe({ listenFd, files: plan.files, images: plan.images, threads });
     process.stderr.write(`lazy-fill: ${JSON.stringify(stats)}\n`);
     process.stdout.write(`filled ${JSON.stringify(stats)}\n`);
   } catch (e) {
-    chain.close();
-    process.stderr.write(`lazy-fill: ${(e as Error).message}\n`);
-    code = 1;
+    const why = (e as Error).message;
+    process.stderr.write(`lazy-fill: ${why}\n`);
+    if ((e as { reason?: string }).reason === 'restore') return 1; // no tree ran on us
+    // The tree ran: its userfaultfds stay open here, so its faults wait
+    // instead of reading zeros, until whoever stops the tree ends us.
+    process.stdout.write(`failed ${JSON.stringify({ error: why })}\n`);
+    if (!alive(Number(o.agentPid) || 0)) {
+      process.stderr.write('lazy-fill: the agent is gone: holding the tree\'s userfaultfds so that it cannot read unfilled ' +
+        'pages as zeros; stop or kill the tree before ending this process\n');
+    }
+    await new Promise(() => setInterval(() => undefined, 60_000));
   }
   if (!alive(Number(o.agentPid) || 0)) {
     for (const d of o.cleanup ?? []) {
       try { fs.rmSync(d, { recursive: true, force: true }); } catch (e) { process.stderr.write(`lazy-fill: clean-up of ${d}: ${(e as Error).message}\n`); }
     }
   }
-  return code;
+  return 0;
 }
 
 main().then((code) => { process.exitCode = code; }, (e) => {

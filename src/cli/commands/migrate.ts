@@ -11,6 +11,11 @@ import type { RoundEvent } from '../../agent/precopy';
 
 const spec = {
   pid: { type: 'string', help: 'root of the process tree to move (may be the init of its own pid namespace)' },
+  container: { type: 'string', help: 'or: the id of a running container to move (its init and descendants, bundle and ownership)' },
+  runtime: { type: 'string', help: 'container runtime', default: 'runc' },
+  'runtime-root': { type: 'string', help: 'the runtime\'s state directory (runc --root; default runc\'s own)' },
+  'shared-fs': { type: 'boolean', help: 'container: the destination sees its rootfs at the same path; do not copy it' },
+  'shared-path': { type: 'string', help: 'container: host directories (comma-separated) both hosts share; volumes under them are not copied' },
   to: { type: 'string', help: 'destination agent, HOST:PORT' },
   'token-file': { type: 'string', help: 'file holding the shared secret' },
   mode: { type: 'string', help: `how to move memory: auto, ${MODES.join(', ')} (auto: the first of ${AUTO_ORDER.join(', ')} both hosts offer)`, default: 'auto' },
@@ -37,7 +42,7 @@ const spec = {
 export async function run(argv: string[]): Promise<number> {
   const { flags } = parseArgs(argv, spec);
   if (flags.help) {
-    process.stdout.write(formatHelp('phaul-fast migrate --pid PID --to HOST:PORT --token-file FILE [options]',
+    process.stdout.write(formatHelp('phaul-fast migrate (--pid PID | --container ID) --to HOST:PORT --token-file FILE [options]',
       'Moves the process tree rooted at PID to the agent at HOST:PORT (`phaul-fast serve`). The original stays\n' +
       'frozen until the destination runs the workload, and is resumed if anything fails before that.\n' +
       'Modes: stop-copy (freeze, copy everything, restore); precopy (copy while it runs, then only the last\n' +
@@ -49,9 +54,17 @@ export async function run(argv: string[]): Promise<number> {
   }
   const json = !!flags.json;
   try {
-    for (const k of ['pid', 'to', 'token-file'] as const)
+    for (const k of ['to', 'token-file'] as const)
       if (typeof flags[k] !== 'string') throw new PhaulError('usage', `--${k} is required (see --help)`);
-    const pid = intFlag(flags.pid, 'pid', 1, 1 << 22)!;
+    if ((typeof flags.pid === 'string') === (typeof flags.container === 'string')) throw new PhaulError('usage', 'give either --pid or --container (see --help)');
+    const pid = intFlag(flags.pid, 'pid', 1, 1 << 22);
+    const runtime = flags.runtime as string;
+    if (runtime !== 'runc') throw new PhaulError('usage', `--runtime must be runc, got '${runtime}'`);
+    const container = typeof flags.container === 'string' ? {
+      id: flags.container, runtime: runtime as 'runc', runtimeRoot: flags['runtime-root'] as string | undefined,
+      sharedFs: !!flags['shared-fs'],
+      sharedPaths: typeof flags['shared-path'] === 'string' ? flags['shared-path'].split(',').filter(Boolean) : [],
+    } : undefined;
     const to = parseHostPort(flags.to as string, '--to');
     const mode = flags.mode as string;
     if (mode !== 'auto' && !(MODES as readonly string[]).includes(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
@@ -77,7 +90,7 @@ export async function run(argv: string[]): Promise<number> {
       autoConverge: !!flags['auto-converge'],
     };
     const m = new Migration({
-      pid, to, token, mode: mode as Mode | 'auto', tls, precopy,
+      pid, container, to, token, mode: mode as Mode | 'auto', tls, precopy,
       tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,
@@ -100,7 +113,7 @@ export async function run(argv: string[]): Promise<number> {
     m.on('log', (line: string) => progress.note(`phaul-fast migrate: ${line}`));
     const report = await m.run().finally(() => progress.end());
     if (json) process.stdout.write(JSON.stringify(report) + '\n');
-    else process.stdout.write(`migrated pid ${pid} -> ${to.host}:${to.port} as pid ${report.restoredPid}: ` +
+    else process.stdout.write(`migrated ${container ? `container ${container.id}` : `pid ${pid}`} -> ${to.host}:${to.port} as pid ${report.restoredPid}: ` +
       `downtime ${report.downtimeMs} ms, total ${report.totalMs} ms, ${(report.bytesSent / 1048576).toFixed(1)} MiB sent` +
       `${report.filledMs !== undefined ? `, memory filled ${report.filledMs} ms after the freeze` : ''}\n`);
     if (report.warning) process.stderr.write(`phaul-fast migrate: warning: ${report.warning}\n`);

@@ -15,10 +15,14 @@ const spec = {
   encrypt: { type: 'boolean', help: 'TLS keyed by the token (no certificate or CA): for untrusted networks' },
   'tls-cert': { type: 'string', help: 'serve TLS with this PEM certificate (for untrusted networks)' },
   'tls-key': { type: 'string', help: 'the PEM private key of --tls-cert' },
+  'runtime-root': { type: 'string', help: 'containers: runc\'s state directory here (default runc\'s own)' },
+  bundles: { type: 'string', help: 'containers: where moved bundles go, one directory per container (default: the source\'s bundle path)' },
+  'cgroup-parent': { type: 'string', help: 'containers: cgroup parent of moved containers (cgroupsPath PARENT/ID; default the source\'s cgroupsPath)' },
   'max-sessions': { type: 'string', help: 'migrations received at once; more are refused (exit 11 at the source)', default: String(DEFAULT_LIMITS.maxSessions) },
   'max-store-bytes': { type: 'string', help: 'pages held at once by all sessions (stores and images), BYTES; sessions that would pass it are refused' },
   'keep-free-memory': { type: 'string', help: 'refuse a session that would leave less memory available, BYTES', default: String(DEFAULT_LIMITS.keepFreeMemory) },
   'keep-images': { type: 'boolean', help: 'keep each migration\'s images after it ends (debugging)' },
+  'store-dir': { type: 'string', help: 'where pre-copy and hybrid page stores go (default: /dev/shm when it has room, else the temp dir)' },
   json: { type: 'boolean', help: 'print one JSON line per event on stdout: listening, migrated, filled (hybrid)' },
   help: { type: 'boolean', help: 'this text' },
 } as const;
@@ -43,12 +47,18 @@ export async function run(argv: string[]): Promise<number> {
     const read = (f: string) => { try { return fs.readFileSync(f); } catch { throw new PhaulError('usage', `cannot read ${f}`); } };
     tlsOpts = { cert: read(flags['tls-cert'] as string), key: read(flags['tls-key'] as string) };
   }
+  const storeDir = flags['store-dir'] as string | undefined;
+  if (storeDir !== undefined && !fs.statSync(storeDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new PhaulError('usage', `--store-dir ${storeDir} is not a directory`);
+  }
   const limits = {
     maxSessions: intFlag(flags['max-sessions'], 'max-sessions', 1, 1000)!,
     maxStoreBytes: intFlag(flags['max-store-bytes'], 'max-store-bytes', 1) ?? Infinity,
     keepFreeMemory: intFlag(flags['keep-free-memory'], 'keep-free-memory', 0)!,
   };
-  const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'], limits });
+  const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'], limits,
+    storeDir, containers: { runtimeRoot: flags['runtime-root'] as string | undefined, bundles: flags.bundles as string | undefined,
+      cgroupParent: flags['cgroup-parent'] as string | undefined } });
   const json = !!flags.json;
   agent.on('log', (line: string) => process.stderr.write(`phaul-fast serve: ${line}\n`));
   agent.on('migrated', (e) => { if (json) process.stdout.write(JSON.stringify({ event: 'migrated', ...e }) + '\n'); });

@@ -1,0 +1,205 @@
+// runc containers moved between two test hosts (network namespaces), with
+// real runc, CRIU and the project's static workloads inside a busybox rootfs.
+// Each host has its own runc --root, bundle directory and cgroup parent; the
+// destination's runc must own the result, and the source's must forget it.
+import { after, before, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createTwoHosts, TwoHosts } from '../src/testing/hosts';
+import { isAlive, procState, runCmd } from '../src/testing/proc';
+import { ExitCode } from '../src/errors';
+import {
+  containerMemReport, makeBundle, removeCgroups, removeContainer, runContainer, runcAvailable, runcState, waitMemReady,
+} from '../src/testing/container';
+import { findRunc } from '../src/container/runc';
+import { runCli, ServeAgent, startServe, tempDir, writeToken } from './helpers/agents';
+
+const root = process.getuid?.() === 0;
+const skip = !root ? 'needs root (runc, CRIU, network namespaces)' : runcAvailable() ?? false;
+
+const tag = crypto.randomBytes(3).toString('hex');
+const cgA = `phaul-test-${tag}-a`;
+const cgB = `phaul-test-${tag}-b`;
+let hosts: TwoHosts;
+let dir = '';
+let token = '';
+let serve: ServeAgent;
+const rootA = () => path.join(dir, 'runc-a');
+const rootB = () => path.join(dir, 'runc-b');
+const bundlesB = () => path.join(dir, 'bundles-b');
+
+before(async () => {
+  if (skip) return;
+  hosts = await createTwoHosts({ prefix: 'pfctr' });
+  dir = tempDir('container');
+  token = writeToken(dir);
+  serve = await startServe(hosts.b, token, path.join(dir, 'dest'),
+    ['--runtime-root', rootB(), '--bundles', bundlesB(), '--cgroup-parent', cgB]);
+});
+
+after(async () => {
+  if (skip) return;
+  await serve?.stop();
+  await hosts?.destroy();
+  removeCgroups(cgA);
+  removeCgroups(cgB);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+interface Started {
+  id: string;
+  bundle: string;
+  pid: number;
+  report: string;
+}
+
+/** A container on host a running memwork (MiB, MB/s) as its init, ready (memory filled). */
+async function startMemContainer(mib: number, mbps: number, extra: { memoryLimit?: number; pidsLimit?: number } = {}): Promise<Started> {
+  const id = `ctr-${crypto.randomBytes(3).toString('hex')}`;
+  const bundle = await makeBundle({
+    dir: path.join(dir, 'bundles-a', id), cgroupsPath: `/${cgA}/${id}`, workloads: ['memwork'],
+    args: ['/bin/memwork', '--mib', String(mib), '--report', '/report.json', '--write-mbps', String(mbps)], ...extra,
+  });
+  const pid = await runContainer(rootA(), bundle, id, hosts.a.netnsPath);
+  const report = path.join(bundle, 'rootfs', 'report.json');
+  await waitMemReady(pid, report, 30_000 + mib * 20);
+  return { id, bundle, pid, report };
+}
+
+async function cleanup(c: Started): Promise<void> {
+  await removeContainer(rootA(), c.id);
+  await removeContainer(rootB(), c.id);
+}
+
+function migrate(id: string, extra: string[] = [], tok = token): string[] {
+  return ['migrate', '--container', id, '--runtime-root', rootA(), '--to', `${hosts.b.addr}:${serve.port}`,
+    '--token-file', tok, '--json', ...extra];
+}
+
+async function expectUntouched(c: Started): Promise<void> {
+  const st = await runcState(rootA(), c.id);
+  assert.equal(st?.status, 'running', 'the source\'s runc still runs it');
+  assert.equal(st?.pid, c.pid);
+  assert.ok(isAlive(c.pid));
+  assert.notEqual(procState(c.pid), 'T', 'not left stopped');
+  const r = await containerMemReport(c.pid, c.report);
+  assert.equal(r.ok, true);
+  assert.equal(r.badPages, 0);
+  assert.equal(await runcState(rootB(), c.id), null, 'the destination\'s runc has no such container');
+  assert.ok(!fs.existsSync(path.join(bundlesB(), c.id)), 'the destination removed the bundle it made');
+}
+
+test('a 256 MiB container moves in the default mode; the destination\'s runc owns it and every page verifies', { skip }, async () => {
+  const c = await startMemContainer(256, 20, { memoryLimit: 512 << 20, pidsLimit: 64 });
+  try {
+    const before = await containerMemReport(c.pid, c.report);
+    const r = await runCli(hosts.a, migrate(c.id), 180_000);
+    assert.equal(r.code, 0, r.stderr);
+    const rep = r.json!;
+    assert.equal(rep.ok, true);
+    assert.equal(rep.mode, 'hybrid', 'auto picks hybrid here');
+    assert.deepEqual(rep.container, { id: c.id, runtime: 'runc', bundle: path.join(bundlesB(), c.id) });
+
+    const dst = await runcState(rootB(), c.id);
+    assert.equal(dst?.status, 'running');
+    assert.equal(dst?.pid, rep.restoredPid);
+    assert.notEqual(dst?.bundle, c.bundle, 'the destination has a bundle of its own');
+    assert.equal(await runcState(rootA(), c.id), null, 'the source\'s runc forgot it');
+    assert.ok(!isAlive(c.pid), 'the original is gone');
+
+    const after = await containerMemReport(dst!.pid, path.join(dst!.bundle, 'rootfs', 'report.json'), 60_000);
+    assert.equal(after.ok, true, JSON.stringify(after));
+    assert.equal(after.pages, 256 * 256);
+    assert.equal(after.badPages, 0);
+    assert.ok(after.iterations > before.iterations, 'it kept running from where it was');
+
+    // Its own cgroup, with the limits of its config.json.
+    const cg = fs.readFileSync(`/proc/${dst!.pid}/cgroup`, 'utf8');
+    assert.match(cg, new RegExp(`memory:/${cgB}/${c.id}\\n`), cg);
+    assert.equal(Number(fs.readFileSync(`/sys/fs/cgroup/memory/${cgB}/${c.id}/memory.limit_in_bytes`, 'utf8')), 512 << 20);
+    assert.equal(fs.readFileSync(`/sys/fs/cgroup/pids/${cgB}/${c.id}/pids.max`, 'utf8').trim(), '64');
+
+    // runc's own verbs work on it.
+    const ex = await runCmd([findRunc()!, '--root', rootB(), 'exec', c.id, '/bin/cat', '/proc/1/comm'], { timeoutMs: 20_000 });
+    assert.equal(ex.code, 0, ex.stderr);
+    assert.equal(ex.stdout.trim(), 'memwork');
+    const kill = await runCmd([findRunc()!, '--root', rootB(), 'kill', c.id, 'KILL'], { timeoutMs: 20_000 });
+    assert.equal(kill.code, 0, kill.stderr);
+    for (let i = 0; i < 100 && (await runcState(rootB(), c.id))?.status !== 'stopped'; i++) await new Promise((res) => setTimeout(res, 50));
+    const del = await runCmd([findRunc()!, '--root', rootB(), 'delete', c.id], { timeoutMs: 20_000 });
+    assert.equal(del.code, 0, del.stderr);
+    assert.equal(await runcState(rootB(), c.id), null);
+  } finally {
+    await cleanup(c);
+  }
+});
+
+for (const mode of ['stop-copy', 'precopy']) {
+  test(`a container moves in ${mode} mode`, { skip }, async () => {
+    const c = await startMemContainer(64, 10);
+    try {
+      const r = await runCli(hosts.a, migrate(c.id, ['--mode', mode]), 120_000);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.json!.mode, mode);
+      const dst = await runcState(rootB(), c.id);
+      assert.equal(dst?.status, 'running');
+      assert.equal(await runcState(rootA(), c.id), null);
+      const after = await containerMemReport(dst!.pid, path.join(dst!.bundle, 'rootfs', 'report.json'));
+      assert.equal(after.ok, true);
+      assert.equal(after.badPages, 0);
+    } finally {
+      await cleanup(c);
+    }
+  });
+}
+
+test('a migration refused for a wrong token leaves the container running and intact at the source', { skip }, async () => {
+  const c = await startMemContainer(64, 10);
+  try {
+    const bad = writeToken(dir);
+    const r = await runCli(hosts.a, migrate(c.id, [], bad));
+    assert.equal(r.code, ExitCode.auth, r.stderr);
+    assert.equal(r.json!.rolledBack, true);
+    await expectUntouched(c);
+  } finally {
+    await cleanup(c);
+  }
+});
+
+test('a container id the destination already has is refused; the source keeps it', { skip }, async () => {
+  const c = await startMemContainer(32, 0);
+  const other = await makeBundle({ dir: path.join(dir, 'bundles-other', c.id), cgroupsPath: `/${cgB}/other-${c.id}`, args: ['/bin/sleep', '1000'] });
+  try {
+    await runContainer(rootB(), other, c.id, hosts.b.netnsPath);
+    const r = await runCli(hosts.a, migrate(c.id, ['--mode', 'stop-copy']));
+    assert.equal(r.code, ExitCode.failed, r.stderr);
+    assert.match(r.json!.error.message, /already exists/);
+    assert.equal(r.json!.rolledBack, true);
+    const st = await runcState(rootA(), c.id);
+    assert.equal(st?.status, 'running');
+    assert.equal((await runcState(rootB(), c.id))?.bundle, other, 'the destination\'s own container is untouched');
+  } finally {
+    await cleanup(c);
+  }
+});
+
+test('a container with a terminal is refused before anything is touched', { skip }, async () => {
+  const id = `ctr-${crypto.randomBytes(3).toString('hex')}`;
+  const bundle = await makeBundle({ dir: path.join(dir, 'bundles-a', id), cgroupsPath: `/${cgA}/${id}`, args: ['/bin/sleep', '1000'] });
+  const cfg = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8'));
+  const c: Started = { id, bundle, pid: 0, report: '' };
+  try {
+    c.pid = await runContainer(rootA(), bundle, id, hosts.a.netnsPath);
+    // The config says terminal only after the start (runc run -d with a terminal needs a console socket).
+    cfg.process.terminal = true;
+    fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(cfg));
+    const r = await runCli(hosts.a, migrate(id));
+    assert.equal(r.code, ExitCode.usage, r.stderr);
+    assert.match(r.stderr, /terminal/);
+    assert.equal((await runcState(rootA(), id))?.status, 'running');
+  } finally {
+    await cleanup(c);
+  }
+});
