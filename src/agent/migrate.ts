@@ -56,6 +56,8 @@ interface RunState {
   data?: SourceDataChannel;
   dump?: LazyDump;
   streams?: Socket[];
+  /** Pre-copy: what writes the data connections (ends them). */
+  sender?: PrecopySender;
   throttle?: WorkloadThrottle;
   /** CRIU finishing after it let go of the original (pre-copy: the lazy dump's end). */
   criuDone?: Promise<void>;
@@ -252,6 +254,7 @@ export class Migration extends EventEmitter {
     this.cut = () => {
       st.data?.abort();
       st.conn?.socket.destroy();
+      st.sender?.abort();
       for (const sock of st.streams ?? []) sock.destroy();
     };
     try {
@@ -333,6 +336,7 @@ export class Migration extends EventEmitter {
       this.cut = undefined;
       tracker?.close();
       st.throttle?.release();
+      st.sender?.close();
       for (const sock of st.streams ?? []) sock.destroy();
       if (!this.opts.keepImages) fs.rmSync(workDir, { recursive: true, force: true });
     }
@@ -512,6 +516,7 @@ export class Migration extends EventEmitter {
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
     st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
+    st.sender = sender;
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
     const rounds = await run.rounds((pct) => {
       st.throttle ??= new WorkloadThrottle(pid);
