@@ -46,6 +46,8 @@ interface RunState {
   data?: SourceDataChannel;
   dump?: LazyDump;
   streams?: Socket[];
+  /** Pre-copy: what writes the data connections (ends them). */
+  sender?: PrecopySender;
   throttle?: WorkloadThrottle;
   /** CRIU finishing after it let go of the original (pre-copy: the lazy dump's end). */
   criuDone?: Promise<void>;
@@ -242,6 +244,7 @@ export class Migration extends EventEmitter {
     this.cut = () => {
       st.data?.abort();
       st.conn?.socket.destroy();
+      st.sender?.abort();
       for (const sock of st.streams ?? []) sock.destroy();
     };
     try {
@@ -323,6 +326,7 @@ export class Migration extends EventEmitter {
       this.cut = undefined;
       tracker?.close();
       st.throttle?.release();
+      st.sender?.close();
       for (const sock of st.streams ?? []) sock.destroy();
       if (!this.opts.keepImages) fs.rmSync(workDir, { recursive: true, force: true });
     }
@@ -339,10 +343,10 @@ export class Migration extends EventEmitter {
     // dump that has not let go of the tree resumes it), then the destination
     // is told, so that it kills a copy that never ran.
     st.data?.abort();
-    await st.dump?.rollback();
-    // A throttle stopping the tree by duty cycle would make it look stopped
-    // (not resumed) below; it is released here, before that judgement.
+    // The throttle first: in a stopped window of its duty cycle the tree would
+    // otherwise look (and be reported) as not resumed.
     st.throttle?.release();
+    await st.dump?.rollback();
     // Stop-copy: CRIU resumes the tree when its dump fails; let it finish first.
     if (st.criuRun && (await within(st.criuRun.catch(() => undefined), 30_000)) === 'late')
       this.emit('log', 'criu did not end within 30 s of the failure');
@@ -502,6 +506,7 @@ export class Migration extends EventEmitter {
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
     st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
+    st.sender = sender;
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
     const rounds = await run.rounds((pct) => {
       st.throttle ??= new WorkloadThrottle(pid);
