@@ -16,7 +16,8 @@
         "native/syscall_inject.cc",
         "native/page_reader.cc",
         "native/lazy_fill.cc",
-        "native/lazy_fill_napi.cc"
+        "native/lazy_fill_napi.cc",
+        "native/batch_io.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -1,19 +1,18 @@
 // The benchmark matrix: workloads x strategies x links, and a rough duration
 // model so the full run can say up front how long it will take.
+import { MODES, type Mode } from '../src/agent/capabilities';
 
-export const STRATEGIES = [
-  'phaul-fast:stop-copy',
-  'phaul-fast:precopy',
-  'phaul-fast:hybrid',
-  'phaul-fast:postcopy',
+/** Every migrate mode of the capability model, then CRIU's own two paths to compare with. */
+export type StrategyName = `phaul-fast:${Mode}` | `phaul-fast:${Mode}+encrypt` | 'criu:page-server' | 'criu:lazy' | 'criu:local';
+export const STRATEGIES: readonly StrategyName[] = [
+  ...MODES.map((m) => `phaul-fast:${m}` as const),
   'criu:page-server',
   'criu:lazy',
   'criu:local',
-] as const;
+];
 /** Measured only when asked for (bench --strategies): what --encrypt (TLS-PSK on every connection) costs. */
-export const OPTIONAL_STRATEGIES = ['phaul-fast:stop-copy+encrypt', 'phaul-fast:precopy+encrypt', 'phaul-fast:hybrid+encrypt'] as const;
-export const ALL_STRATEGIES = [...STRATEGIES, ...OPTIONAL_STRATEGIES] as const;
-export type StrategyName = (typeof ALL_STRATEGIES)[number];
+export const OPTIONAL_STRATEGIES: readonly StrategyName[] = MODES.map((m) => `phaul-fast:${m}+encrypt` as const);
+export const ALL_STRATEGIES: readonly StrategyName[] = [...STRATEGIES, ...OPTIONAL_STRATEGIES];
 
 /** Link name -> tbf rate in Mbit/s (null: loopback, unshaped). */
 export const LINKS = { loopback: null, '10gbit': 10_000, '1gbit': 1_000 } as const;

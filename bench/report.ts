@@ -113,7 +113,6 @@ const COLORS: Record<string, string> = {
   'phaul-fast:stop-copy': '#1f77b4',
   'phaul-fast:precopy': '#2ca02c',
   'phaul-fast:hybrid': '#9467bd',
-  'phaul-fast:postcopy': '#17becf',
   'criu:page-server': '#d62728',
   'criu:lazy': '#ff7f0e',
   'criu:local': '#8c564b',

@@ -77,7 +77,7 @@ export interface Row {
 
 export interface RunnerOptions {
   criu: string;
-  /** Where runs put images: tmpfs, as CRIU's timings in design.md were taken. */
+  /** Where runs put images: tmpfs, as CRIU's timings in docs/DESIGN.md section 11 were taken. */
   scratch: string;
   progress(msg: string): void;
 }
@@ -135,7 +135,7 @@ function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: s
   return row;
 }
 
-/** Deletes the `inet CRIU-*` nft tables a failed restore can leave (design.md section 2), in our namespaces only. */
+/** Deletes the `inet CRIU-*` nft tables a failed restore can leave (docs/DESIGN.md section 2), in our namespaces only. */
 async function removeCriuNftTables(link: TwoHosts): Promise<void> {
   for (const h of new Set([link.a, link.b])) {
     if (!h.netnsPath) continue;

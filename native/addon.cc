@@ -13,6 +13,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   phaul::InitDirtyTracker(env, exports);
   phaul::InitPageReader(env, exports);
   phaul::InitLazyFill(env, exports);
+  phaul::InitBatchIo(env, exports);
   return exports;
 }
 

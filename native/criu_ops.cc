@@ -84,7 +84,7 @@ std::string LogTail(const std::string& path) {
     size_t at = line.find("Error (");
     if (at == std::string::npos) continue;
     // Root without CAP_SYS_RESOURCE always gets this one and CRIU carries on:
-    // reporting it would hide the real cause (design.md section 2).
+    // reporting it would hide the real cause (docs/DESIGN.md section 2).
     if (line.find("RLIMIT_NOFILE") != std::string::npos) continue;
     size_t colon = line.find("): ", at);
     errors.push_back(colon == std::string::npos ? line.substr(at) : line.substr(colon + 3));

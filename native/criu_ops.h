@@ -9,7 +9,7 @@
 //   - creates its socketpair without CLOEXEC, so a concurrent call's swrk can
 //     inherit another call's socket and keep it open past that call's end,
 //   - hides the swrk pid, so a hung call (a restore spinning forever, see
-//     design.md 5b) could never be killed.
+//     docs/DESIGN.md section 6) could never be killed.
 // The CRIU binary is whatever the caller passes (criuBinary), found by JS.
 #pragma once
 #include <string>

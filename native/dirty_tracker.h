@@ -1,5 +1,5 @@
 // Dirty-page tracking of one process with userfaultfd write-protect (async)
-// and PAGEMAP_SCAN (design.md section 3). Knows nothing of policy or sockets.
+// and PAGEMAP_SCAN (docs/DESIGN.md section 3). Knows nothing of policy or sockets.
 //
 // One Tracker per process (the uffd is per mm; children of fork are not
 // covered: the caller tracks each process). Scan() reports, as compact

@@ -42,9 +42,9 @@ struct Stats {
   uint64_t fault_pages = 0;   // of which for a fault
   uint64_t faults = 0, zero_faults = 0, dropped_pages = 0, punched_bytes = 0;
   uint64_t copies = 0, retries = 0;
-  bool restored = false;                                    // the restore said it finished (the tree may run from then on)
-  int64_t restore_ms = 0;                                   // accept to the restore's "finished"
-  int64_t fill_ms = 0;                                      // the restore's "finished" to the last page
+  bool restored = false;   // the restore said it finished (the tree may run from then on)
+  int64_t restore_ms = 0;  // accept to the restore's "finished"
+  int64_t fill_ms = 0;     // the restore's "finished" to the last page
   int64_t gate_us_total = 0, gate_us_max = 0, batches = 0;  // waiting for background copies to give way
   std::vector<uint32_t> fault_us;                           // per answered fault: message seen to page in place
 };

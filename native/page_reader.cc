@@ -1,4 +1,4 @@
-// process_vm_readv page reader (design.md section 4: the simplest path, needs
+// process_vm_readv page reader (docs/DESIGN.md section 4: the simplest path, needs
 // nothing injected into the target) and its N-API binding. Reads run on the
 // libuv pool: the event loop never waits for them.
 #include "page_reader.h"

@@ -5,7 +5,7 @@
 // socket and writes pagemap-*.img / pages-*.img as `criu page-server` would
 // (byte for byte with 4.1; with 4.2 the one difference is that pagemap field 2
 // holds nr_pages where 4.2 writes 0, so 4.1 readers work too), ready for
-// `criu restore`. Written from the documented format (design.md section 5).
+// `criu restore`. Written from the documented format (docs/DESIGN.md section 5).
 // What a 4.1.1/4.2.1 `criu dump --page-server` sends, observed: OPEN2 per
 // pagemap (shmem ones first), ADD_F with PE_PRESENT or PE_PRESENT|PE_LAZY,
 // then FORCE_CLOSE (--ps-socket) or CLOSE (--address/--port). PARENT comes

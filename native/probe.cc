@@ -188,7 +188,7 @@ Result WpTracking() {
     r.detail = Errno("UFFDIO_REGISTER(MODE_WP)", errno);
     return r;
   }
-  // Same flags as the dirty tracker (design.md section 3): report written pages
+  // Same flags as the dirty tracker (docs/DESIGN.md section 3): report written pages
   // and write-protect them again in the same walk. With async WP a write to a
   // protected page is resolved by the kernel, so no fault reader is needed.
   const uint64_t flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;

@@ -1,7 +1,7 @@
 // Running a few system calls inside another process (ptrace), used to create a
 // userfaultfd in the target's mm. Nothing here knows about dirty tracking.
 //
-// Safety model (design.md section 3): while a borrowed thread runs with our
+// Safety model (docs/DESIGN.md section 3): while a borrowed thread runs with our
 // registers, the death of its tracer kills or corrupts it. So the ptrace
 // session never belongs to the Node process: RunDetached() runs it in a helper
 // process (clone(CLONE_VM|CLONE_FILES|CLONE_VFORK), own session) that finishes

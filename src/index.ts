@@ -5,10 +5,12 @@
 //   const m = new Migration({ pid, to: { host, port }, token: readToken(file) });
 //   m.on('phase', (e) => console.log(e.phase, e.ms));
 //   const report = await m.run();          // throws MigrationError (with .rolledBack)
-export { Migration, MigrationError, migrate, MODES } from './agent/migrate';
-export type { Mode, MigrateOptions, MigrationReport, FailureReport, PhaseEvent } from './agent/migrate';
+export { Migration, MigrationError, migrate } from './agent/migrate';
+export type { MigrateOptions, MigrationReport, FailureReport, PhaseEvent, SourceStateEvent } from './agent/migrate';
+export { AUTO_ORDER, MODES } from './agent/capabilities';
+export type { Mode } from './agent/capabilities';
 export { DestinationAgent } from './agent/destination';
-export type { DestinationOptions } from './agent/destination';
+export type { DestinationOptions, SessionStateEvent } from './agent/destination';
 export { readToken, PROTOCOL_VERSION } from './protocol/auth';
 export { PhaulError, ExitCode } from './errors';
 export type { ErrorCode } from './errors';

@@ -2,7 +2,7 @@
 // hosts' lists, and what makes two hosts incompatible.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { autoMode, incompatibility, type Capabilities } from '../src/agent/capabilities';
+import { AUTO_ORDER, autoMode, incompatibility, isMode, judgeModes, MODES, pickAuto, type Capabilities, type HostFacts } from '../src/agent/capabilities';
 import { checkCapabilities } from '../src/protocol/messages';
 
 const caps = (modes: string[], over: Partial<Capabilities> = {}): Capabilities => ({
@@ -33,4 +33,22 @@ test('capabilities from the network are checked before use', () => {
     { ...caps([]), modes: new Array(16).fill('x') }, { ...caps([]), kernel: 5 }]) {
     assert.equal(checkCapabilities(bad), undefined, JSON.stringify(bad));
   }
+});
+
+test('the mode rules: a mode is available exactly when every fact it needs holds, and says what is missing', () => {
+  const yes = { ok: true, detail: 'fine' };
+  const all: HostFacts = { criu: yes, dirtyTracking: yes, lazyDump: yes, lazyRestore: yes };
+  const avail = (f: HostFacts) => MODES.filter((m) => judgeModes(f)[m].available);
+  assert.deepEqual(avail(all), ['stop-copy', 'precopy', 'hybrid']);
+  assert.deepEqual(avail({ ...all, lazyRestore: { ok: false, detail: 'no uffd events' } }), ['stop-copy', 'precopy']);
+  assert.deepEqual(avail({ ...all, lazyDump: { ok: false, detail: 'pipes' } }), ['stop-copy']);
+  assert.deepEqual(avail({ ...all, dirtyTracking: { ok: false, detail: 'Linux 6.1' } }), ['stop-copy']);
+  const none = judgeModes({ ...all, criu: { ok: false, detail: 'no CRIU binary found' } });
+  for (const m of MODES) assert.match(none[m].why, /CRIU: no CRIU binary found/, m);
+  assert.match(judgeModes({ ...all, dirtyTracking: { ok: false, detail: 'Linux 6.1' } }).hybrid.why, /dirty-page tracking: Linux 6\.1/);
+  for (const m of MODES) assert.ok(isMode(m));
+  assert.equal(isMode('postcopy'), false, 'not a migrate mode (yet)');
+  assert.deepEqual([...AUTO_ORDER].sort(), [...MODES].sort(), 'auto can pick every mode');
+  assert.equal(pickAuto(['stop-copy', 'precopy']), 'precopy');
+  assert.equal(pickAuto([]), 'stop-copy');
 });

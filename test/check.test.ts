@@ -9,7 +9,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { checkSystem, modesFor, MODES, type SystemReport } from '../src/check';
+import { checkSystem, MODES, type SystemReport } from '../src/check';
+import { judgeModes, localCapabilities, pickAuto } from '../src/agent/capabilities';
 import { compareVersions } from '../src/check/criu';
 
 const MAIN = path.join(__dirname, '..', 'src', 'cli', 'main.js');
@@ -54,10 +55,28 @@ test('check --json: the last line of stdout is the report, exit 0 when a mode wo
   for (const m of MODES) assert.equal(typeof report.modes[m], 'boolean', `modes.${m}`);
   assert.equal(typeof report.criu.ok, 'boolean');
   assert.ok('path' in report.criu && 'version' in report.criu);
-  // The modes follow the documented rules from the reported facts.
-  assert.deepEqual(report.modes, modesFor(report.criu.ok, report.features, report.details.wpTracking));
+  // The modes follow the capability model's rules from the reported facts.
+  assert.deepEqual(report.modeDetails, judgeModes(report.facts));
+  for (const m of MODES) assert.equal(report.modes[m], report.modeDetails[m].available, m);
+  assert.deepEqual(Object.keys(report.modes).sort(), [...MODES].sort(), 'exactly the migrate modes');
   const any = MODES.some((m) => report.modes[m]);
   assert.equal(json.code, any ? 0 : 1, json.stderr);
+});
+
+test("check's available modes are exactly those migrate accepts and this host offers a peer", async () => {
+  const available = MODES.filter((m) => report.modes[m]);
+  assert.deepEqual((await localCapabilities()).modes, available, 'the handshake offers what check reports');
+  const help = await cli(['migrate', '--help']);
+  const listed = /how to move memory: auto, ([^(\n]+)/.exec(help.stdout)?.[1].split(',').map((x) => x.trim());
+  assert.deepEqual(listed, [...MODES], help.stdout);
+  for (const m of MODES.filter((x) => !report.modes[x])) assert.match(report.modeDetails[m].why, /./, `${m} says why not`);
+  assert.equal(report.autoMode, available.length ? pickAuto(available) : null);
+  // A mode check does not list is refused by migrate as a usage error, before anything is touched.
+  const r = await cli(['migrate', '--pid', '1', '--to', '127.0.0.1:1', '--token-file', '/dev/null', '--mode', 'postcopy', '--json']);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--mode must be auto or one of stop-copy, precopy, hybrid/);
+  const failure = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  assert.equal(failure.rolledBack, false, 'nothing was touched, so nothing was rolled back');
 });
 
 test('CRIU is found, passes criu check over the CLI and libcriu, and is >= 4.1', (t) => {
@@ -123,15 +142,18 @@ test('the library API gives the same facts as the CLI', async () => {
   assert.equal(lib.criu.version, report.criu.version);
 });
 
-test('human output lists each item with what it enables, and the modes', async () => {
+test('human output lists each item with what it enables, and exactly the migrate modes', async () => {
   const r = await cli(['check']);
   assert.equal(r.code, json.code);
-  for (const item of ['criu', 'soft-dirty', 'uffd-wp async', 'PAGEMAP_SCAN', 'lazy pages', 'freezer', 'nftables', 'kernel', 'cpu'])
+  for (const item of ['criu', 'dirty tracking', 'uffd-wp async', 'PAGEMAP_SCAN', 'lazy dump', 'lazy restore', 'soft-dirty', 'freezer', 'nftables', 'kernel', 'cpu'])
     assert.match(r.stdout, new RegExp(`^  ${item}: `, 'm'), item);
-  assert.match(r.stdout, /— enables postcopy/);
-  for (const m of MODES) assert.match(r.stdout, new RegExp(`^  ${m}\\s+(available|unavailable|this machine could .*not a migrate mode yet)`, 'm'));
-  assert.match(r.stdout, /^  postcopy\s+(unavailable|this machine could .*not a migrate mode yet)/m, 'postcopy is not offered by migrate');
-  assert.match(r.stdout, /migrate --mode auto picks (hybrid|precopy|stop-copy) here/);
+  assert.match(r.stdout, /lazy restore: .* — enables hybrid/);
+  // Nothing claims a path no code has: CRIU's own --track-mem pre-copy, a freezer-based switchover, postcopy.
+  assert.doesNotMatch(r.stdout, /track-mem|pre-dump|freezing a whole|postcopy/);
+  const listed = [...r.stdout.matchAll(/^  (\S+)\s+(available|unavailable) \(/gm)].map((m) => m[1]);
+  assert.deepEqual(listed, [...MODES]);
+  for (const m of MODES) assert.match(r.stdout, new RegExp(`^  ${m}\\s+${report.modes[m] ? 'available' : 'unavailable'} `, 'm'), m);
+  if (report.autoMode) assert.match(r.stdout, new RegExp(`migrate --mode auto picks ${report.autoMode} here`));
 });
 
 test('without a working CRIU no mode is available: exit 1 and what to install', async () => {

@@ -1,4 +1,4 @@
-// design.md 5b end to end on one machine, with real CRIU and real processes,
+// docs/DESIGN.md section 6 end to end on one machine, with real CRIU and real processes,
 // but without the dirty tracker: this test is its own source. Round 0 reads
 // the workload's present pages through /proc/PID/mem into the store; the
 // "final round" is taken after CRIU's lazy dump froze the tree, and holds

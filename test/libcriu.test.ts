@@ -59,7 +59,7 @@ interface Counter { launcher: ChildProcess; init: number; countFile: string }
 /**
  * A shell counting into a file, as init of its own pid namespace: CRIU can
  * restore it with the same pids right after the dump (the VM's init reaps the
- * dumped tree late, design.md section 2). The inner setsid matters: CRIU
+ * dumped tree late, docs/DESIGN.md section 2). The inner setsid matters: CRIU
  * refuses a tree whose session leader is outside its pid namespace. The shell
  * reopens the file for every write, so no open file changes size under CRIU.
  */

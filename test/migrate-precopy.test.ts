@@ -73,7 +73,7 @@ async function destIsEmpty(ms: number): Promise<boolean> {
 async function holdLazyServer(log: () => string): Promise<number> {
   const end = Date.now() + 180_000; // a bound, not a timing: pre-copy of 1 GiB on a busy machine
   let m: RegExpExecArray | null = null;
-  while (!(m = /lazy-pages server \(pid (\d+)\) waits[^]*restored as pid/.exec(log())) && Date.now() < end) await sleep(1);
+  while (!(m = /lazy-pages server \(pid (\d+)\) waits[\s\S]*restored as pid/.exec(log())) && Date.now() < end) await sleep(1);
   assert.ok(m, 'the tree was restored, its memory to be filled by the lazy-pages server');
   const pid = Number(m[1]);
   process.kill(pid, 'SIGSTOP'); // a process our agent started

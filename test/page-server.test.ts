@@ -776,7 +776,7 @@ async function dumpVia(w: Workload, who: Receiver, link: Link, base: string, ext
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
 test('measure: 1 GiB dump through our page server vs criu page-server', { skip: skip || bench, timeout: 1_800_000 }, async () => {
-  // tmpfs, as in design.md's table: the disk is not what is measured here.
+  // tmpfs, as in docs/DESIGN.md section 11's table: the disk is not what is measured here.
   const base = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : tmp, 'phaul-ps-bench-'));
   const rounds = Number(process.env.PHAUL_PS_ROUNDS ?? 5);
   const MIB = Number(process.env.PHAUL_PS_MIB ?? 1024);

@@ -1,4 +1,4 @@
-// criu:lazy — CRIU's post-copy, exactly as design.md section 7:
+// criu:lazy — CRIU's post-copy, as docs/BENCH.md "The matrix" describes it:
 //   S: criu dump -t PID -D src --lazy-pages --address A --port P
 //   copy images;  D: criu lazy-pages --page-server --address A --port P -D dst
 //   D: criu restore --lazy-pages -D dst -d
@@ -16,7 +16,7 @@ export class CriuLazy implements Peer {
   readonly name = 'criu:lazy';
 
   async open(): Promise<void> {
-    // Lazy dumps splice pages into pipes and fail below 4 MiB ones (design.md section 2).
+    // Lazy dumps splice pages into pipes and fail below 4 MiB ones (docs/DESIGN.md section 2).
     const cur = Number(fs.readFileSync('/proc/sys/fs/pipe-max-size', 'utf8'));
     if (cur < 4 << 20) fs.writeFileSync('/proc/sys/fs/pipe-max-size', String(4 << 20));
   }

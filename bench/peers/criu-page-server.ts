@@ -1,4 +1,4 @@
-// criu:page-server — CRIU's own stop-and-copy, exactly as design.md section 7:
+// criu:page-server — CRIU's own stop-and-copy, as docs/BENCH.md "The matrix" describes it:
 //   D: criu page-server -D dst --address A --port P
 //   S: criu dump -t PID -D src --page-server --address A --port P
 //   copy src/* to dst;  D: criu restore -D dst -d

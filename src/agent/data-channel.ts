@@ -1,15 +1,19 @@
-// The data connection of a migration, after authentication: on the source it
-// becomes the socket CRIU's page-server client writes into; on the destination
-// it feeds the native page server. Over plain TCP both ends leave Node and are
-// moved with splice (no user-space copy); over TLS, Node pumps the bytes
-// between the TLS socket and a local socketpair, since CRIU and the page server
-// only speak to a plain descriptor.
+// The data connections of a migration, after authentication. Stop-copy: on
+// the source the socket CRIU's page-server client writes into; on the
+// destination it feeds the native page server. Over plain TCP both ends leave
+// Node and are moved with splice (no user-space copy); over TLS, Node pumps
+// the bytes between the TLS socket and a local socketpair, since CRIU and the
+// page server only speak to a plain descriptor. Pre-copy: page batches, over
+// plain TCP through native BatchConns (native/batch_io.cc: no page byte in
+// JS), over TLS through Node (transport/batch-stream.ts, batch-sender.ts).
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { addon } from '../native';
+import { addon, type NativeBatchConn } from '../native';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
 import { PageServer } from '../transport/page-server';
+import { attachBatchStream, attachNativeBatchStream, type BatchStreamHandle } from '../transport/batch-stream';
+import type { PageBatch } from '../transport/page-batch';
 
 export interface PageStats {
   entries: number;
@@ -32,7 +36,7 @@ export interface SourceDataChannel {
   abort(): void;
 }
 
-function rawFd(sock: net.Socket): number {
+export function rawFd(sock: net.Socket): number {
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd !== 'number' || fd < 0) throw new PhaulError('failed', 'data connection has no descriptor');
   return fd;
@@ -115,4 +119,33 @@ export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
       addon().abortRelay(relay.abortFd);
     },
   };
+}
+
+/** A pre-copy data connection: page batches, JS-read over TLS, natively read over plain TCP. */
+export interface BatchStream {
+  attach(onBatch: (b: PageBatch) => Promise<void>, onError: (e: PhaulError) => void): BatchStreamHandle;
+  close(): void;
+}
+
+/** Takes over an authenticated data connection for page batches (destination). */
+export function openBatchStream(conn: FrameConn): BatchStream {
+  const sock = conn.socket as net.Socket;
+  if (sock instanceof tls.TLSSocket) {
+    conn.detach(false);
+    return { attach: (onBatch, onError) => attachBatchStream(sock, onBatch, onError), close: () => sock.destroy() };
+  }
+  conn.detach(true);
+  const bc = new (addon().BatchConn)(addon().dupFd(rawFd(sock)));
+  sock.destroy();
+  return { attach: (onBatch, onError) => attachNativeBatchStream(bc, onBatch, onError), close: () => bc.close() };
+}
+
+/** Takes over authenticated data connections for sending page batches (source): native over plain TCP. */
+export function nativeBatchConns(socks: net.Socket[]): NativeBatchConn[] | undefined {
+  if (socks.some((s) => s instanceof tls.TLSSocket)) return undefined;
+  return socks.map((s) => {
+    const bc = new (addon().BatchConn)(addon().dupFd(rawFd(s)));
+    s.destroy();
+    return bc;
+  });
 }

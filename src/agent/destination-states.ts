@@ -17,7 +17,7 @@ export type DestinationState =
   | 'restored-stopped'
   /** `commit` received: the copy runs and is the workload. */
   | 'running'
-  /** Hybrid: the copy runs while the lazy-pages daemon fills its memory. */
+  /** Hybrid: the copy runs while the lazy-pages server fills its memory. */
   | 'filling'
   /** Terminal: the workload runs here (filled, for hybrid). */
   | 'done'
@@ -55,7 +55,7 @@ export const DESTINATION_ACCEPTS: Readonly<Record<DestinationState, readonly Mes
 export type DestinationRecovery =
   /** Nothing restored yet: remove the session's images and page store. */
   | 'discard'
-  /** A stopped copy may exist and never ran: kill it (and a lazy-pages daemon), then discard. */
+  /** A stopped copy may exist and never ran: kill it (and a lazy-pages server), then discard. */
   | 'kill-copy'
   /** The copy runs and is the workload: keep it (a failed fill stops it, see destination.ts). */
   | 'keep';

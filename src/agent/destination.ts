@@ -25,12 +25,11 @@ import { FrameConn } from '../protocol/frames';
 import type { Image, Message, Prepare, TreeData, TreeEntries } from '../protocol/messages';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
-import { attachBatchStream } from '../transport/batch-stream';
 import { withDeadline } from '../util/deadline';
 import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
-import { DataChannel, openDataChannelServer } from './data-channel';
+import { BatchStream, DataChannel, openBatchStream, openDataChannelServer } from './data-channel';
 import { ContainerServeOptions, ContainerTarget } from '../container/target';
 import { criuBinary } from '../criu/binary';
 import { StateMachine, type StateChange } from './state-machine';
@@ -84,7 +83,7 @@ class DestSession {
   /** Hybrid: the top level of the store's parent-image chain, which the lazy-pages server reads. */
   private chainTop = '';
   expectedStreams = 0;
-  private readonly streams: net.Socket[] = [];
+  private readonly streams: BatchStream[] = [];
   private readonly received = new Map<number, number>();
   private streamError?: PhaulError;
   private progress?: () => void;
@@ -144,12 +143,12 @@ class DestSession {
       this.dataArrived(this.data);
       return;
     }
-    // Pre-copy: page batches, decoded as they come and written to the store.
-    conn.detach(false);
-    const sock = conn.socket as net.Socket;
-    this.streams.push(sock);
+    // Pre-copy: page batches, decoded as they come and written to the store;
+    // over plain TCP read natively, straight into the store's write buffers.
     const store = this.store!;
-    const h = attachBatchStream(sock, async (b) => {
+    const stream = openBatchStream(conn);
+    this.streams.push(stream);
+    const h = stream.attach(async (b) => {
       await store.write(b);
       this.received.set(b.round, (this.received.get(b.round) ?? 0) + 1);
       this.progress?.();
@@ -261,7 +260,7 @@ class DestSession {
     } finally {
       if (this.criu) await discardCriu(this.criu);
       this.data?.abort();
-      for (const s of this.streams) s.destroy();
+      for (const s of this.streams) s.close();
       if (this.lazyPages) {
         // A tree that ran needs the server until every page is in; one that never ran does not.
         if (copyRan(this.state)) await this.lazyPages.exited;

@@ -20,7 +20,7 @@ import { type ClientTls, connectTls } from '../protocol/secure-channel';
 import { FrameConn } from '../protocol/frames';
 import type { Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
-import { autoMode, incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
+import { autoMode, incompatibility, isMode, localCapabilities, MODES, pageServerHeaderSize, type Mode } from './capabilities';
 import { openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
 import { LazyDump } from '../criu';
@@ -36,18 +36,8 @@ import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type Source
 import { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
 import { containerDumpArgs } from '../container/dump-options';
 
-/**
- * stop-copy: freeze, dump into the destination's page server, restore.
- * precopy: copy memory while the tree runs, freeze, send the last dirty pages, restore.
- * hybrid: pre-copy, then a lazy restore: the tree resumes before its memory is
- *   back in place and our lazy-pages server fills it from the destination's
- *   own store (never from the source), so the pause does not grow with memory.
- */
-export type Mode = 'stop-copy' | 'precopy' | 'hybrid';
-
 /** How long the workload may stay frozen before the migration gives up and resumes it. */
 export const DEFAULT_FREEZE_TIMEOUT_MS = 30_000;
-export const MODES: readonly Mode[] = ['stop-copy', 'precopy', 'hybrid'];
 
 interface RunState {
   /** Where the session is; SOURCE_FAILURE says what a failure there does. */
@@ -56,6 +46,8 @@ interface RunState {
   data?: SourceDataChannel;
   dump?: LazyDump;
   streams?: Socket[];
+  /** Pre-copy: what writes the data connections (ends them). */
+  sender?: PrecopySender;
   throttle?: WorkloadThrottle;
   /** CRIU finishing after it let go of the original (pre-copy: the lazy dump's end). */
   criuDone?: Promise<void>;
@@ -233,7 +225,7 @@ export class Migration extends EventEmitter {
     const requested = o.mode ?? 'auto';
     let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
     // Refused before anything is touched: nothing to roll back.
-    if (requested !== 'auto' && !MODES.includes(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
+    if (requested !== 'auto' && !isMode(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
     if (o.container) {
       this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
       this.pid = this.container.pid;
@@ -252,6 +244,7 @@ export class Migration extends EventEmitter {
     this.cut = () => {
       st.data?.abort();
       st.conn?.socket.destroy();
+      st.sender?.abort();
       for (const sock of st.streams ?? []) sock.destroy();
     };
     try {
@@ -333,6 +326,7 @@ export class Migration extends EventEmitter {
       this.cut = undefined;
       tracker?.close();
       st.throttle?.release();
+      st.sender?.close();
       for (const sock of st.streams ?? []) sock.destroy();
       if (!this.opts.keepImages) fs.rmSync(workDir, { recursive: true, force: true });
     }
@@ -349,6 +343,9 @@ export class Migration extends EventEmitter {
     // dump that has not let go of the tree resumes it), then the destination
     // is told, so that it kills a copy that never ran.
     st.data?.abort();
+    // The throttle first: in a stopped window of its duty cycle the tree would
+    // otherwise look (and be reported) as not resumed.
+    st.throttle?.release();
     await st.dump?.rollback();
     // Stop-copy: CRIU resumes the tree when its dump fails; let it finish first.
     if (st.criuRun && (await within(st.criuRun.catch(() => undefined), 30_000)) === 'late')
@@ -376,7 +373,7 @@ export class Migration extends EventEmitter {
   }
 
   /**
-   * Hybrid, after the commit: the destination says when its lazy-pages daemon
+   * Hybrid, after the commit: the destination says when its lazy-pages server
    * has filled the tree's memory. The workload runs there already, so nothing
    * here can fail the migration; a problem becomes a warning in the report.
    */
@@ -509,6 +506,7 @@ export class Migration extends EventEmitter {
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
     st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
     const sender = new PrecopySender(conn, st.streams, pc);
+    st.sender = sender;
     const run = new PrecopyRun(sender, tracker, pc, (e) => this.emit('round', e), (m) => this.emit('log', m));
     const rounds = await run.rounds((pct) => {
       st.throttle ??= new WorkloadThrottle(pid);
@@ -534,7 +532,7 @@ export class Migration extends EventEmitter {
     frozen.catch(() => undefined); // awaited below, after CRIU's images
     await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
     this.phase('criu-dump', dump.readyAt);
-    // CRIU's images next: a hybrid destination starts its lazy-pages daemon
+    // CRIU's images next: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
     this.finalBundleDelta(conn, workDir);
     const imageBytes = this.sendImages(conn, workDir);

@@ -1,7 +1,7 @@
 // The source side of pre-copy: copy memory while the workload runs, round
 // after round, until the policy says the rest fits in the downtime limit; then
 // switch over with CRIU's lazy dump, so the pause holds only the last dirty
-// pages, CRIU's small images and a restore (design.md 5b).
+// pages, CRIU's small images and a restore (docs/DESIGN.md section 6).
 //
 // Round r: scan every process of the tree (uffd-wp + PAGEMAP_SCAN), announce
 // mappings the destination's store has not seen, read the dirty pages
@@ -9,15 +9,17 @@
 // message on the control channel, acknowledged once the store holds them all.
 import * as fs from 'node:fs';
 import type { Socket } from 'node:net';
-import { PhaulError, asPhaulError } from '../errors';
+import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
 import { DirtyTrackingError } from '../memory/errors';
-import { batches, PAGE_SIZE, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
+import { batches, PAGE_SIZE, pairBytes, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
 import { encodeBatch, encodeRawHead } from '../transport/page-batch';
 import { BufferPool } from '../transport/buffer-pool';
+import { BatchSender } from '../transport/batch-sender';
+import { nativeBatchConns } from './data-channel';
 import { chooseCompression, measureLz4 } from '../transport/compression';
 import { SwitchoverPolicy } from '../policy/switchover';
 
@@ -119,18 +121,30 @@ export function anonZeroPairs(ranges: BigUint64Array, vmas: BigUint64Array): big
 
 export class PrecopySender {
   private readonly known = new KnownRanges();
-  private readonly streams: Socket[];
-  private next = 0;
+  private readonly out: BatchSender;
   private compress = false;
-  bytesSent = 0;
   /** Per pid: the never-populated (or zapped) anonymous ranges sent as zeros so far, as [start, end) pairs. */
   readonly zeroRanges = new Map<number, bigint[]>();
 
   private readonly pool: BufferPool;
 
   constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
-    this.streams = streams;
+    this.out = new BatchSender(streams, nativeBatchConns(streams), () => control.closed, opts.maxBandwidthBps);
     this.pool = new BufferPool(BATCH_BYTES, BUFFERS_PER_STREAM * streams.length + 1);
+  }
+
+  get bytesSent(): number {
+    return this.out.bytesSent;
+  }
+
+  /** A write blocked on the destination fails now (the migration is being aborted). */
+  abort(): void {
+    this.out.abort();
+  }
+
+  /** Ends the data connections. */
+  close(): void {
+    this.out.close();
   }
 
   async chooseCompression(linkBps?: number): Promise<void> {
@@ -167,56 +181,6 @@ export class PrecopySender {
     }
   }
 
-  private capStart = 0;
-  private capBytes = 0;
-
-  /** Holds the stream to --max-bandwidth: sleep until the bytes sent fit the rate. */
-  private async pace(bytes: number): Promise<void> {
-    const cap = this.opts.maxBandwidthBps;
-    if (!cap) return;
-    const now = Date.now();
-    if (!this.capStart) this.capStart = now;
-    this.capBytes += bytes;
-    const due = this.capStart + (this.capBytes / cap) * 1000;
-    if (due > now) await new Promise((r) => setTimeout(r, due - now));
-  }
-
-  /** Writes one batch's buffers to the next stream; `written` runs once the socket is done with them. */
-  private async write(buffers: Buffer[], written?: () => void): Promise<void> {
-    await this.pace(buffers.reduce((n, b) => n + b.length, 0));
-    const s = this.streams[this.next++ % this.streams.length];
-    let ok = true;
-    for (let i = 0; i < buffers.length; i++) {
-      const b = buffers[i];
-      ok = (i === buffers.length - 1 && written ? s.write(b, () => written()) : s.write(b)) && ok;
-      this.bytesSent += b.length;
-    }
-    if (!ok) {
-      // Waits for the stream to drain; gives up when it errs or closes, or when
-      // the control connection is gone (the destination failed the session and
-      // stopped reading: nothing would ever drain).
-      await new Promise<void>((resolve, reject) => {
-        const done = (e?: Error) => {
-          clearInterval(watch);
-          s.off('error', onErr);
-          s.off('close', onClose);
-          s.off('drain', onDrain);
-          if (e) reject(asPhaulError(e, 'network'));
-          else resolve();
-        };
-        const onErr = (e: Error) => done(e);
-        const onClose = () => done(new PhaulError('network', 'a data connection to the destination closed'));
-        const onDrain = () => done();
-        const watch = setInterval(() => {
-          if (this.control.closed) done(new PhaulError('network', 'the destination ended the session'));
-        }, 200);
-        s.on('error', onErr);
-        s.on('close', onClose);
-        s.on('drain', onDrain);
-      });
-    }
-  }
-
   /** Sends the pages of one scan of one process; returns [pages, batches]. */
   async sendSet(pid: number, round: number, set: DirtySet, vmas: BigUint64Array, extra?: BigUint64Array): Promise<[number, number]> {
     let pairs = selectPairs(set.ranges, RANGE_PRESENT | RANGE_SWAPPED);
@@ -243,10 +207,18 @@ export class PrecopySender {
           s += BigInt(n * PAGE_SIZE);
         }
       }
-      await this.write(encodeBatch({ pid, round, ranges, data: Buffer.alloc(0) }, { compress: false }));
+      await this.out.sendBuffers(encodeBatch({ pid, round, ranges, data: Buffer.alloc(0) }, { compress: false }));
       count++;
     }
     for (const b of batches(pairs, BATCH_BYTES)) {
+      if (this.out.native && !this.compress) {
+        // Read and written on a libuv thread (batch-sender.ts); its bytes never come into JS.
+        const bytes = pairBytes(b);
+        await this.out.sendPages(pid, round, b, bytes, this.pool);
+        pages += bytes / PAGE_SIZE;
+        count++;
+        continue;
+      }
       // Into a buffer used before (buffer-pool.ts: fresh memory is slow to fill), back to the pool once written.
       const buf = await this.pool.acquire();
       let res: Awaited<ReturnType<typeof readPages>>;
@@ -285,21 +257,22 @@ export class PrecopySender {
         const wire = encodeBatch({ pid, round, ranges, data }, { compress: true });
         if (wire[wire.length - 1] !== data || data.buffer !== buf.buffer) {
           this.pool.release(buf);
-          await this.write(wire);
+          await this.out.sendBuffers(wire);
           continue;
         }
-        await this.write(wire, () => this.pool.release(buf));
+        await this.out.sendBuffers(wire, () => this.pool.release(buf));
         continue;
       }
       // Raw: the header, then the non-zero runs straight from the pooled buffer (no concatenation).
       const head = encodeRawHead({ pid, round, ranges }, chunks.reduce((n, c) => n + c.length, 0));
-      await this.write([head, ...chunks], () => this.pool.release(buf));
+      await this.out.sendBuffers([head, ...chunks], () => this.pool.release(buf));
     }
     return [pages, count];
   }
 
   /** Ends a round: waits until the destination's store holds every batch of it. */
   async endRound(round: number, batchCount: number, final = false): Promise<void> {
+    await this.out.flush();
     this.control.send({ t: 'round', round, batches: batchCount, final });
     const ack = await this.control.expect('round-ack', 120_000);
     if (ack.round !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');

@@ -1,7 +1,6 @@
 // Human form of a SystemReport: one line per item, "item: value (evidence) —
 // enables X", then the modes, then what to install or enable.
-import { AUTO_ORDER } from '../agent/capabilities';
-import { MODES } from '../agent/migrate';
+import { MODES } from '../agent/capabilities';
 import type { SystemReport } from './index';
 
 const yes = (b: boolean) => (b ? 'yes' : 'no');
@@ -16,14 +15,17 @@ export function formatReport(r: SystemReport): string {
     : d.freezer.detail;
   const rows: [string, string, string][] = [
     ['criu', criuValue, 'every mode: checkpoint and restore'],
-    ['soft-dirty', `${yes(f.softDirty)} (${d.softDirty})`, "precopy with CRIU's own memory tracking (pre-dump, --track-mem)"],
-    ['uffd-wp async', `${yes(f.uffdWpAsync)} (${d.uffdWpAsync})`, 'precopy with our dirty tracker, together with PAGEMAP_SCAN'],
-    ['PAGEMAP_SCAN', `${yes(f.pagemapScan)} (${d.pagemapScan})`, 'precopy: the written pages of a process in one ioctl'],
-    ['uffd-wp tracking', `${yes(d.wpTracking)} (${d.wpTrackingDetail})`, 'precopy: proof that the two above track writes here'],
+    ['dirty tracking', `${yes(r.facts.dirtyTracking.ok)} (${r.facts.dirtyTracking.detail})`, 'precopy, hybrid: what our tracker checks before it starts'],
+    ['uffd-wp async', `${yes(f.uffdWpAsync)} (${d.uffdWpAsync})`, 'dirty tracking, with PAGEMAP_SCAN'],
+    ['PAGEMAP_SCAN', `${yes(f.pagemapScan)} (${d.pagemapScan})`, 'dirty tracking: the written pages of a process in one ioctl'],
+    ['uffd-wp tracking', `${yes(d.wpTracking)} (${d.wpTrackingDetail})`, 'proof that the two above track writes here'],
     ['zero page', `${yes(d.zeroPage)} (${d.zeroPageDetail})`, 'cheap reads of untouched memory; without it, whatever reads a sparse mapping makes it resident'],
-    ['lazy pages', `${yes(f.lazyPages)} (${d.lazyPages})`, 'postcopy: restore before the memory has arrived'],
-    ['freezer', `${yes(f.freezer)} (${freezer})`, 'freezing a whole process tree at switchover'],
+    ['lazy dump', `${yes(r.facts.lazyDump.ok)} (${r.facts.lazyDump.detail})`, "precopy, hybrid: CRIU's lazy dump at switchover"],
+    ['lazy restore', `${yes(r.facts.lazyRestore.ok)} (${r.facts.lazyRestore.detail})`, 'hybrid: resume before the memory is back'],
     ['nftables', `${yes(f.nftables)} (${d.nftables})`, 'TCP migrations: the network lock without iptables'],
+    // Reported, not used by any mode: CRIU's own pre-copy (soft-dirty) and a cgroup freeze.
+    ['soft-dirty', `${yes(f.softDirty)} (${d.softDirty})`, ''],
+    ['freezer', `${yes(f.freezer)} (${freezer})`, ''],
     ['kernel', `${r.kernel.release} (${r.kernel.version})`, ''],
     ['cpu', `${r.cpu.arch}, ${r.cpu.model}, ${r.cpu.cores} cores, ${r.cpu.flags.length} feature flags`, ''],
   ];
@@ -33,24 +35,15 @@ export function formatReport(r: SystemReport): string {
   for (const rt of r.runtimes) {
     lines.push(`  ${rt.name}: ${rt.path ? `${rt.path}${rt.version ? ` ${rt.version}` : ''}, ${rt.migratable ? 'migratable' : 'not migratable'} (${rt.detail})` : rt.detail}`);
   }
-  lines.push('', 'modes:');
-  const how: Record<string, string> = {
-    precopy: f.softDirty ? 'soft-dirty' : 'uffd-wp async + PAGEMAP_SCAN',
-    postcopy: 'CRIU lazy pages',
-    hybrid: 'precopy, then lazy restore',
-    'stop-copy': 'CRIU dump + restore',
-  };
-  const offered = MODES as readonly string[];
-  for (const [mode, ok] of Object.entries(r.modes)) {
-    const state = !ok ? 'unavailable' : offered.includes(mode) ? `available (${how[mode]})` : `this machine could (${how[mode]}); not a migrate mode yet`;
-    lines.push(`  ${mode.padEnd(10)} ${state}`);
+  lines.push('', 'modes (migrate --mode):');
+  for (const mode of MODES) {
+    const v = r.modeDetails[mode];
+    lines.push(`  ${mode.padEnd(10)} ${v.available ? 'available' : 'unavailable'} (${v.why})`);
   }
-  const auto = AUTO_ORDER.find((m) => (r.modes as Record<string, boolean>)[m]);
-  if (auto) lines.push(`  migrate --mode auto picks ${auto} here (if the destination offers it too)`);
+  if (r.autoMode) lines.push(`  migrate --mode auto picks ${r.autoMode} here (if the destination offers it too)`);
   if (r.missing.length) {
     lines.push('', 'to install or enable:');
     for (const a of r.missing) lines.push(`  - ${a.item}: ${a.fix}`);
   }
-  if (!f.softDirty && r.modes.precopy) lines.push('', 'note: soft-dirty is not needed here: uffd-wp async + PAGEMAP_SCAN track dirty pages instead.');
   return `${lines.join('\n')}\n`;
 }

@@ -1,13 +1,18 @@
 // checkSystem(): what this machine can do for migrations, measured, not assumed
 // from versions. The CLI (`phaul-fast check`) prints it; embedders call it.
+// Which modes are available is not decided here: the facts go through the
+// capability model (src/agent/capabilities.ts) that migrate and serve use.
+import { judgeModes, MODES, pickAuto, probeHostFacts, type HostFacts, type Mode, type ModeVerdict } from '../agent/capabilities';
 import { VERSION } from '../version';
 import { checkCriu, type CriuReport } from './criu';
 import { checkFreezer, checkNftCli, cpuInfo, kernelInfo, type CpuInfo, type FreezerReport, type KernelInfo } from './host';
 import { LAZY_PIPE_BYTES, pipeMaxSize, probeKernel } from './kernel';
 import { checkRuntimes, type RuntimeReport } from './runtimes';
 
-export type Mode = 'stop-copy' | 'precopy' | 'postcopy' | 'hybrid';
-export const MODES: readonly Mode[] = ['stop-copy', 'precopy', 'postcopy', 'hybrid'];
+/** The CRIU that `npm run setup` builds (scripts/setup.sh CRIU_VERSION). */
+const SETUP_CRIU = '4.2.1';
+
+export { MODES, type Mode };
 
 export interface Features {
   softDirty: boolean;
@@ -28,7 +33,14 @@ export interface SystemReport {
   phaulFast: string;
   criu: CriuReport;
   features: Features;
+  /** The facts the modes depend on, as the capability model reads them. */
+  facts: HostFacts;
+  /** Exactly the modes `migrate --mode` accepts: true where this host can run it. */
   modes: Record<Mode, boolean>;
+  /** Per mode: what it uses, or what is missing. */
+  modeDetails: Record<Mode, ModeVerdict>;
+  /** What `migrate --mode auto` picks when the destination offers the same (null: nothing works). */
+  autoMode: Mode | null;
   /** Evidence behind each feature, one line each, plus raw facts. */
   details: {
     softDirty: string;
@@ -60,36 +72,25 @@ export interface CheckOptions {
   criuBinary?: string;
 }
 
-/** The mode rules, given the measured facts (exported for tests and the planner). */
-export function modesFor(criuOk: boolean, f: Features, wpTracking: boolean): Record<Mode, boolean> {
-  const precopy = criuOk && (f.softDirty || (f.uffdWpAsync && f.pagemapScan && wpTracking));
-  const postcopy = criuOk && f.lazyPages;
-  return { 'stop-copy': criuOk, precopy, postcopy, hybrid: precopy && postcopy };
-}
-
 function advise(r: Omit<SystemReport, 'missing'>): Advice[] {
   const out: Advice[] = [];
-  const { criu, features: f, details: d } = r;
+  const { criu, facts, features: f, details: d } = r;
   if (!criu.path) {
-    out.push({ item: 'criu', fix: 'no CRIU binary: run `npm run setup` (builds CRIU 4.1.1 into .criu/) or set PHAUL_FAST_CRIU' });
+    out.push({ item: 'criu', fix: `no CRIU binary: run \`npm run setup\` (builds CRIU ${SETUP_CRIU} into .criu/) or set PHAUL_FAST_CRIU` });
   } else if (!criu.checkOk) {
-    out.push({ item: 'criu', fix: `\`${criu.path} check\` fails (${criu.check}); CRIU < 4.1 fails on kernels >= 6.13: run \`npm run setup\` for CRIU 4.1.1` });
+    out.push({ item: 'criu', fix: `\`${criu.path} check\` fails (${criu.check}); CRIU < 4.1 fails on kernels >= 6.13: run \`npm run setup\` for CRIU ${SETUP_CRIU}` });
   } else if (!criu.rpcOk) {
     out.push({ item: 'criu', fix: `the addon's libcriu call fails (${criu.rpcDetail}): rebuild with \`npm run setup\`` });
   }
-  const trackerOk = f.uffdWpAsync && f.pagemapScan && d.wpTracking;
-  if (!f.softDirty && !trackerOk) {
-    const why = [!f.uffdWpAsync && 'UFFD_FEATURE_WP_ASYNC', !f.pagemapScan && 'PAGEMAP_SCAN', f.uffdWpAsync && f.pagemapScan && !d.wpTracking && 'working uffd-wp tracking']
-      .filter(Boolean).join(', ');
-    out.push({ item: 'precopy', fix: `needs dirty-page tracking: Linux >= 6.7 with CONFIG_USERFAULTFD=y and CONFIG_PTE_MARKER_UFFD_WP=y (missing here: ${why}), or a kernel with CONFIG_MEM_SOFT_DIRTY=y` });
+  if (!facts.dirtyTracking.ok) {
+    out.push({ item: 'precopy, hybrid', fix: `need dirty-page tracking (${facts.dirtyTracking.detail}): Linux >= 6.7 with CONFIG_USERFAULTFD=y and CONFIG_PTE_MARKER_UFFD_WP=y` });
   }
-  if (!f.lazyPages) {
-    if (!d.userfaultfd) out.push({ item: 'lazy pages', fix: `userfaultfd unusable (${d.userfaultfdDetail}): needs CONFIG_USERFAULTFD=y; as non-root also sysctl vm.unprivileged_userfaultfd=1` });
-    if (criu.path && criu.checkOk && !criu.features['uffd-noncoop']) out.push({ item: 'lazy pages', fix: 'CRIU reports uffd-noncoop unsupported: the kernel lacks non-cooperative userfaultfd events' });
-    if (d.pipeMaxSize === null || d.pipeMaxSize < LAZY_PIPE_BYTES)
-      out.push({ item: 'lazy pages', fix: `fs.pipe-max-size is ${d.pipeMaxSize ?? 'unreadable'}: sysctl -w fs.pipe-max-size=${LAZY_PIPE_BYTES} (npm run setup does it; persist it in /etc/sysctl.d)` });
+  if (!facts.lazyDump.ok) {
+    out.push({ item: 'precopy, hybrid', fix: `CRIU's lazy dump needs bigger pipes: ${facts.lazyDump.detail}; setup does it, persist it in /etc/sysctl.d` });
   }
-  if (!f.freezer) out.push({ item: 'freezer', fix: `no usable cgroup freezer (${d.freezer.detail}): mount cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup) or the v1 freezer controller` });
+  if (!facts.lazyRestore.ok) {
+    out.push({ item: 'hybrid', fix: `needs a lazy restore (${facts.lazyRestore.detail}): CONFIG_USERFAULTFD=y; as non-root also sysctl vm.unprivileged_userfaultfd=1` });
+  }
   if (!f.nftables) out.push({ item: 'nftables', fix: `TCP migrations need CRIU's nftables network lock (${d.nftables}): apt-get install nftables libnftables1, and a CRIU built with libnftables-dev` });
   return out;
 }
@@ -120,11 +121,17 @@ export async function checkSystem(opts: CheckOptions = {}): Promise<SystemReport
     criu.checkOk ? `CRIU network_lock_nftables ${criu.features.network_lock_nftables ? 'supported' : 'unsupported'}` : 'CRIU not checked',
     nft.detail,
   ].join(', ');
+  const facts = probeHostFacts({ ok: criu.ok, detail: criu.ok ? `CRIU ${criu.version ?? '?'} at ${criu.path}` : criu.path ? criu.check : 'no CRIU binary found' });
+  const modeDetails = judgeModes(facts);
+  const available = MODES.filter((m) => modeDetails[m].available);
   const base: Omit<SystemReport, 'missing'> = {
     phaulFast: VERSION,
     criu,
     features,
-    modes: modesFor(criu.ok, features, k.wpTracking.ok),
+    facts,
+    modes: Object.fromEntries(MODES.map((m) => [m, modeDetails[m].available])) as Record<Mode, boolean>,
+    modeDetails,
+    autoMode: available.length ? pickAuto(available) : null,
     details: {
       softDirty: k.softDirty.detail,
       uffdWpAsync: k.uffdWpAsync.detail,

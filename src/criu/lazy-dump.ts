@@ -1,4 +1,4 @@
-// CRIU's lazy dump as the switchover of pre-copy (design.md 5b): CRIU freezes
+// CRIU's lazy dump as the switchover of pre-copy (docs/DESIGN.md section 6): CRIU freezes
 // the tree and writes every image except the pages of lazy VMAs, then waits
 // for a lazy-pages client that never comes, holding the tree frozen. That wait
 // is our decision point:

@@ -1,5 +1,5 @@
-// The lazy-pages server for a restore on this host (hybrid mode, design.md
-// section 6 step 4). `criu restore --lazy-pages` maps the tree's private memory
+// The lazy-pages server for a restore on this host (hybrid mode,
+// docs/DESIGN.md section 8). `criu restore --lazy-pages` maps the tree's private memory
 // but copies none of it; the server receives the tasks' userfaultfds over
 // `lazy-pages.socket` in the images directory, answers their page faults, and
 // once the restore has finished copies every remaining page in the

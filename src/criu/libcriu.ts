@@ -25,7 +25,7 @@ export interface CriuCallOptions {
   /**
    * Our watchdog: after this many ms criu and its children are SIGKILLed and
    * the call rejects. 0 = none. Default: 120000 for restore (a restore of a
-   * malformed image can spin forever, design.md 5b), none otherwise (killing
+   * malformed image can spin forever, docs/DESIGN.md section 6), none otherwise (killing
    * criu mid-dump can leave the parasite in the target).
    */
   timeoutMs?: number;

@@ -1,4 +1,4 @@
-// DirtyTracker: the pages one process writes between rounds (design.md
+// DirtyTracker: the pages one process writes between rounds (docs/DESIGN.md
 // section 3). One per process: the tracking is per address space, and fork
 // children are not covered (TreeTracker tracks a whole tree).
 import { DirtyTrackingError, fromNative } from './errors';

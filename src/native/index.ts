@@ -21,6 +21,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { PACKAGE_ROOT } from '../package-root';
+import type { BatchIoNative } from './batch-io';
 import type { CriuOpsNative } from './criu-ops';
 import type { CriuRpcNative } from './criu-rpc';
 import type { DirtyTrackerNative } from './dirty-tracker';
@@ -32,7 +33,8 @@ import type { SpliceRelayNative } from './splice-relay';
 
 export interface Addon
   extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative,
-    LazyFillNative {}
+    LazyFillNative,
+    BatchIoNative {}
 
 /** Where the addon is: $PHAUL_FAST_ADDON (a prebuilt one), else the package's build/Release. */
 export function addonPath(): string {
@@ -79,6 +81,7 @@ export function addonStatus(): { ok: true; path: string } | { ok: false; path: s
   }
 }
 
+export type * from './batch-io';
 export type * from './criu-ops';
 export type * from './criu-rpc';
 export type * from './dirty-tracker';

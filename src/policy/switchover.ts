@@ -1,4 +1,4 @@
-// When to stop pre-copying and switch over (design.md section 6), in the
+// When to stop pre-copying and switch over (docs/DESIGN.md section 9), in the
 // spirit of QEMU's migration: expected downtime = pending bytes / bandwidth +
 // the fixed cost of a switchover; switch over once that fits the limit; when
 // the workload dirties memory faster than the link can carry it, throttle it

@@ -226,11 +226,14 @@ export class FrameConn {
     }
     head.writeUInt32BE(body.length + TAG_BYTES, 0);
     const mac = tag(this.keys.send, this.sendSeq++, body);
+    // One writev, now: uncorking on the next tick let a caller that logs right
+    // after send() ("running as pid N") be seen, and killed, before the frame
+    // left (the source then saw no `running` and reported the workload lost).
     this.socket.cork();
     this.socket.write(head);
     this.socket.write(body);
     this.socket.write(mac);
-    process.nextTick(() => this.socket.uncork());
+    this.socket.uncork();
   }
 
   /** Waits for the next message; rejects on close, error or timeout, and for a message the validator refuses. */

@@ -1,5 +1,5 @@
 // Turns CRIU's lazy dump images plus the page store into images a plain
-// `criu restore -D DIR` accepts (design.md 5b, docs/IMAGES.md).
+// `criu restore -D DIR` accepts (docs/DESIGN.md section 6, docs/IMAGES.md).
 //
 // chain (default): CRIU's lazy ranges become PE_PARENT|PE_LAZY, in_parent,
 //   no data, resolved through a `parent` link to the store's top level; the

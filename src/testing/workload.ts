@@ -1,6 +1,6 @@
 // Starts and drives memwork (test/workloads/memwork.c), the self-verifying
 // memory workload, in its own pid namespace so that CRIU can dump it and
-// restore it on the same machine (see design.md section 2: zombies are reaped
+// restore it on the same machine (see docs/DESIGN.md section 2: zombies are reaped
 // late by the VM's PID 1, and a fresh pid namespace avoids pid clashes).
 import * as fs from 'node:fs';
 import * as os from 'node:os';

@@ -19,6 +19,7 @@ import {
   HEADER_SIZE, RANGE_SIZE, parseHeader, parseRanges, unpackPayload, unpackPayloadAsync,
   type BatchHeader, type PageBatch, type PageRange,
 } from './page-batch';
+import type { NativeBatchConn } from '../native';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -357,5 +358,82 @@ export function attachBatchStream(
   socket.on('error', onSocketError);
   socket.on('close', onClose);
   socket.resume();
+  return { done, stats };
+}
+
+/**
+ * attachBatchStream for a plain TCP data connection taken out of Node
+ * (its descriptor owned by a native BatchConn, native/batch_io.cc): each
+ * batch's payload is read straight into a pooled buffer on a libuv thread,
+ * with no socket chunks and no copy through JS; the header and ranges are
+ * checked here as on the JS path. Same contract as attachBatchStream: batches
+ * reach onBatch in arrival order, at most `window` at once; the first failure
+ * is reported once; `done` resolves when the peer ended at a batch boundary.
+ */
+export function attachNativeBatchStream(
+  conn: NativeBatchConn,
+  onBatch: (b: PageBatch) => Promise<void>,
+  onError?: (err: PhaulError) => void,
+  opts: AttachOptions = {},
+): BatchStreamHandle {
+  const window = Math.max(1, opts.window ?? 4);
+  const pool = opts.pool ?? new BufferPool(4 << 20, window + 1);
+  const stats: BatchStreamStats = { batches: 0, wireBytes: 0, rawBytes: 0 };
+  let failed: PhaulError | undefined;
+  const inflight = new Set<Promise<void>>();
+  const fail = (e: unknown): PhaulError => {
+    if (!failed) {
+      failed = asPhaulError(e, 'protocol');
+      conn.abort();
+      onError?.(failed);
+    }
+    return failed;
+  };
+  const run = async (): Promise<BatchStreamStats> => {
+    for (let n = 1; !failed; n++) {
+      while (inflight.size >= window) await Promise.race(inflight);
+      const buf = await pool.acquire();
+      let payload: Buffer;
+      let head: BatchHeader;
+      let ranges: PageRange[];
+      try {
+        const what = `page batch #${n}`;
+        const r = await conn.read(buf).catch((e) => { throw new PhaulError('network', `data connection failed: ${(e as Error).message}`); });
+        if (r.end) {
+          pool.release(buf);
+          break;
+        }
+        head = parseHeader(r.head, what);
+        if (!r.ranges) throw new PhaulError('protocol', `${what}: header out of bounds`);
+        ranges = parseRanges(head, r.ranges, what);
+        if (r.inBuffer) payload = buf.subarray(0, r.payloadLen);
+        else {
+          payload = Buffer.allocUnsafe(r.payloadLen);
+          await conn.readPayload(payload, r.payloadLen);
+        }
+        stats.wireBytes += HEADER_SIZE + head.nranges * RANGE_SIZE + head.payloadLen;
+        if (head.lz4) {
+          const data = await unpackPayloadAsync(head, payload, what);
+          pool.release(buf);
+          payload = data;
+        } else if (!r.inBuffer) pool.release(buf);
+      } catch (e) {
+        pool.release(buf);
+        throw fail(e);
+      }
+      const pooled = !head.lz4 && payload.buffer === buf.buffer;
+      const raw = head.rawLen;
+      const p: Promise<void> = Promise.resolve()
+        .then(() => onBatch({ pid: head.pid, round: head.round, ranges, data: raw ? payload : EMPTY }))
+        .then(() => { stats.batches++; stats.rawBytes += raw; }, (e) => { fail(asPhaulError(e, 'failed')); })
+        .finally(() => { if (pooled) pool.release(buf); inflight.delete(p); });
+      inflight.add(p);
+    }
+    await Promise.all(inflight);
+    if (failed) throw failed;
+    return stats;
+  };
+  const done = run();
+  if (onError) done.catch(() => {});
   return { done, stats };
 }

@@ -1,4 +1,4 @@
-// Whether pre-copy batches are lz4-compressed (design.md section 4).
+// Whether pre-copy batches are lz4-compressed (docs/DESIGN.md section 4).
 //
 // Why "compress only when the link is slower than the compressor": batches are
 // pipelined (the socket sends batch k while we compress k+1), so with

@@ -51,7 +51,7 @@ async function main(): Promise<number> {
   if (!text.trim()) return 3;
   const o = JSON.parse(text) as { top: string; cleanup?: string[]; agentPid?: number };
   const chain = new ChainReader(o.top);
-  let plan;
+  let plan: ReturnType<typeof fillPlan>;
   try {
     plan = fillPlan('.', chain);
   } catch (e) {

@@ -3,7 +3,7 @@
 // one mode is available, 1 otherwise (with what to install or enable), 3 when
 // the native addon does not load (one line on what to run, then what else is
 // missing that can be seen without it).
-import { checkSystem, formatReport } from '../../check';
+import { checkSystem, formatReport, MODES } from '../../check';
 import { LAZY_PIPE_BYTES, pipeMaxSize } from '../../check/kernel';
 import { criuBinary } from '../../criu';
 import { ExitCode } from '../../errors';
@@ -18,9 +18,9 @@ const spec: Record<string, FlagSpec> = {
 export async function run(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(formatHelp('phaul-fast check [--json] [--criu PATH]',
-      'Probes CRIU, the kernel and the host for real and reports which migration modes\n' +
-      '(stop-copy, precopy, postcopy, hybrid) work on this machine. Exit 0 when at\n' +
-      'least one mode is available, 1 otherwise.', spec));
+      'Probes CRIU, the kernel and the host for real and reports which migrate modes\n' +
+      `(${MODES.join(', ')}) work on this machine and what --mode auto picks. Exit 0\n` +
+      'when at least one mode is available, 1 otherwise.', spec));
     return ExitCode.ok;
   }
   const { flags, positionals } = parseArgs(argv, spec);

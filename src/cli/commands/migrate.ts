@@ -3,8 +3,8 @@ import * as fs from 'node:fs';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
-import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, MODES, Mode, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
-import { AUTO_ORDER } from '../../agent/capabilities';
+import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
+import { AUTO_ORDER, isMode, MODES } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { ProgressDisplay } from '../progress';
 import type { RoundEvent } from '../../agent/precopy';
@@ -67,7 +67,7 @@ export async function run(argv: string[]): Promise<number> {
     } : undefined;
     const to = parseHostPort(flags.to as string, '--to');
     const mode = flags.mode as string;
-    if (mode !== 'auto' && !(MODES as readonly string[]).includes(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
+    if (mode !== 'auto' && !isMode(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
     let tls: MigrateOptions['tls'];
     if (flags.encrypt && (flags.tls || flags['tls-ca'])) throw new PhaulError('usage', '--encrypt and --tls are alternatives: pick one');
@@ -90,7 +90,7 @@ export async function run(argv: string[]): Promise<number> {
       autoConverge: !!flags['auto-converge'],
     };
     const m = new Migration({
-      pid, container, to, token, mode: mode as Mode | 'auto', tls, precopy,
+      pid, container, to, token, mode, tls, precopy,
       tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,

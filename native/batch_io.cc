@@ -1,0 +1,431 @@
+// Pre-copy's data connections without JS in the data path: page batches
+// (wire format in src/transport/page-batch.ts and docs/PROTOCOL.md) written
+// straight from another process's memory, and read straight into buffers the
+// caller provides. Each call runs on libuv's thread pool; one call at a time
+// per object (the caller keeps order).
+//
+//   const w = new BatchConn(fd);           // source: fd is ours now (a dup of the data socket)
+//   await w.sendPages(pid, round, pairs, buf);  // process_vm_readv into buf, all-zero pages as
+//                                               // zero ranges, one writev of header, ranges, data
+//   await w.sendBuffers([head, payload]);  // a batch JS encoded (lz4)
+//   const r = new BatchConn(fd);           // destination
+//   const f = await r.read(buf);           // header, ranges, and the payload in buf
+//   w.abort() / r.abort(): a call blocked on the peer fails at once; close() frees the descriptor.
+//
+// Only the sizes a reader must trust before reading are checked here (magic,
+// version, number of ranges, payload length); JS checks every field of what
+// it gets (parseHeader, parseRanges) before it uses any of it.
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "async_job.h"
+#include "modules.h"
+#include "page_reader.h"
+
+namespace phaul {
+namespace {
+
+const uint32_t kMagic = 0x42504650;  // "PFPB"
+const uint8_t kVersion = 1;
+const size_t kHeader = 32;
+const size_t kRange = 16;
+const uint32_t kMaxRanges = 65536;
+const uint32_t kMaxRaw = 64u << 20;
+const uint64_t kPage = 4096;
+
+uint32_t Lz4WireBound(uint32_t n) { return 4 + n + n / 255 + 16; }
+
+void Put32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }  // little-endian hosts (x86_64, aarch64)
+void Put64(uint8_t* p, uint64_t v) { memcpy(p, &v, 8); }
+uint32_t Get32(const uint8_t* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+// A descriptor shared by the object and its running call; abort() shuts it
+// down (a blocked call wakes up) and makes every later wait fail.
+struct Conn {
+  int fd;
+  std::atomic<bool> aborted{false};
+  explicit Conn(int f) : fd(f) {}
+  ~Conn() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+struct IoError {
+  std::string reason = "network";  // network | protocol | process-gone | failed
+  std::string message;
+};
+
+// Waits until fd is ready for `events`; false (with err) when aborted.
+bool Wait(Conn* c, short events, IoError* err) {
+  for (;;) {
+    if (c->aborted.load()) {
+      err->message = "data connection aborted";
+      return false;
+    }
+    struct pollfd p = {c->fd, events, 0};
+    int r = poll(&p, 1, 200);
+    if (r < 0 && errno != EINTR) {
+      err->message = std::string("poll: ") + strerror(errno);
+      return false;
+    }
+    if (r > 0) return true;
+  }
+}
+
+// Writes every byte of iov (modified as it goes).
+bool WriteAll(Conn* c, std::vector<struct iovec>* iov, IoError* err) {
+  size_t i = 0;
+  while (i < iov->size()) {
+    size_t n = std::min<size_t>(iov->size() - i, IOV_MAX);
+    struct msghdr m = {};
+    m.msg_iov = iov->data() + i;
+    m.msg_iovlen = n;
+    ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (!Wait(c, POLLOUT, err)) return false;
+        continue;
+      }
+      err->message = std::string("data connection: ") + strerror(errno);
+      return false;
+    }
+    size_t left = size_t(w);
+    while (left && i < iov->size()) {
+      struct iovec& v = (*iov)[i];
+      if (left >= v.iov_len) {
+        left -= v.iov_len;
+        i++;
+      } else {
+        v.iov_base = static_cast<uint8_t*>(v.iov_base) + left;
+        v.iov_len -= left;
+        left = 0;
+      }
+    }
+  }
+  return true;
+}
+
+// Reads exactly n bytes. *eof (when given) is set if the peer ended the
+// stream before the first byte: a clean end between batches.
+bool ReadAll(Conn* c, uint8_t* p, size_t n, IoError* err, bool* eof = nullptr) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = recv(c->fd, p + got, n - got, 0);
+    if (r > 0) {
+      got += size_t(r);
+      continue;
+    }
+    if (r == 0) {
+      if (got == 0 && eof) {
+        *eof = true;
+        return true;
+      }
+      err->message = "data connection ended inside a page batch";
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (!Wait(c, POLLIN, err)) return false;
+      continue;
+    }
+    err->message = std::string("data connection: ") + strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+Napi::Error ToError(Napi::Env env, const IoError& e) {
+  Napi::Error x = Napi::Error::New(env, e.message);
+  x.Set("reason", Napi::String::New(env, e.reason));
+  return x;
+}
+
+// ---- source
+
+struct SendPagesJob {
+  std::shared_ptr<Conn> c;
+  uint32_t pid = 0, round = 0;
+  std::vector<uint64_t> pairs;
+  uint8_t* data = nullptr;
+  size_t len = 0;
+  uint64_t pages = 0, zero_pages = 0, wire = 0;
+  int64_t read_ns = 0;
+  IoError err;
+  bool ok = true;
+};
+
+// Reads the pairs into the buffer, then writes one raw batch: runs of
+// all-zero pages as zero ranges, the rest as data straight from the buffer.
+void RunSendPages(SendPagesJob* j) {
+  pages::ReadResult rr;
+  if (!pages::ReadRanges(j->pid, j->pairs.data(), j->pairs.size() / 2, j->data, j->len, true, &rr)) {
+    j->err.reason = rr.reason;
+    j->err.message = rr.message;
+    j->ok = false;
+    return;
+  }
+  j->read_ns = rr.ns;
+  std::vector<uint8_t> head(kHeader, 0);
+  std::vector<struct iovec> iov(1);
+  uint64_t page = 0, raw = 0;
+  uint32_t nranges = 0;
+  auto zero = [&](uint64_t p) { return ((rr.zero_map[p >> 3] >> (p & 7)) & 1) != 0; };
+  for (size_t i = 0; i + 1 < j->pairs.size(); i += 2) {
+    uint64_t n = (j->pairs[i + 1] - j->pairs[i]) / kPage;
+    for (uint64_t k = 0; k < n;) {
+      bool z = zero(page + k);
+      uint64_t run = 1;
+      while (k + run < n && zero(page + k + run) == z && run < 0xffffffffu) run++;
+      uint8_t r[kRange];
+      Put64(r, j->pairs[i] + k * kPage);
+      Put32(r + 8, uint32_t(run));
+      Put32(r + 12, z ? 1 : 0);
+      head.insert(head.end(), r, r + kRange);
+      nranges++;
+      if (!z) {
+        uint8_t* from = j->data + (page + k) * kPage;
+        struct iovec& last = iov.back();
+        if (iov.size() >= 2 && static_cast<uint8_t*>(last.iov_base) + last.iov_len == from)
+          last.iov_len += run * kPage;
+        else
+          iov.push_back({from, size_t(run * kPage)});
+        raw += run * kPage;
+      }
+      k += run;
+    }
+    page += n;
+  }
+  j->pages = page;
+  j->zero_pages = rr.zero_pages;
+  if (nranges == 0) return;  // nothing to send
+  if (nranges > kMaxRanges || raw > kMaxRaw) {
+    j->err.reason = "failed";
+    j->err.message =
+        "sendPages: batch too large (" + std::to_string(nranges) + " ranges, " + std::to_string(raw) + " bytes)";
+    j->ok = false;
+    return;
+  }
+  uint8_t* h = head.data();
+  Put32(h, kMagic);
+  h[4] = kVersion;
+  Put32(h + 8, j->pid);
+  Put32(h + 12, j->round);
+  Put32(h + 16, nranges);
+  Put32(h + 20, uint32_t(raw));
+  Put32(h + 24, uint32_t(raw));
+  iov[0] = {head.data(), head.size()};
+  j->wire = head.size() + raw;
+  j->ok = WriteAll(j->c.get(), &iov, &j->err);
+}
+
+// ---- destination
+
+struct ReadBatchJob {
+  std::shared_ptr<Conn> c;
+  uint8_t* data = nullptr;
+  size_t len = 0;
+  bool payload_only = false;
+  uint32_t payload_len = 0;
+  std::vector<uint8_t> head, ranges;
+  IoError err;
+  bool ok = true, eof = false, bad_header = false, in_buf = false;
+};
+
+// read(): header, ranges, and the payload into the buffer when it fits;
+// readPayload(): just the payload.
+void RunReadBatch(ReadBatchJob* j) {
+  Conn* c = j->c.get();
+  if (j->payload_only) {
+    if (j->payload_len > j->len) {
+      j->err.reason = "failed";
+      j->err.message = "readPayload: buffer too small";
+      j->ok = false;
+      return;
+    }
+    j->ok = ReadAll(c, j->data, j->payload_len, &j->err);
+    return;
+  }
+  j->head.resize(kHeader);
+  if (!ReadAll(c, j->head.data(), kHeader, &j->err, &j->eof)) return void(j->ok = false);
+  if (j->eof) return;
+  const uint8_t* h = j->head.data();
+  uint32_t nranges = Get32(h + 16), raw = Get32(h + 20);
+  j->payload_len = Get32(h + 24);
+  if (Get32(h) != kMagic || h[4] != kVersion || nranges < 1 || nranges > kMaxRanges || raw > kMaxRaw ||
+      j->payload_len > Lz4WireBound(kMaxRaw)) {
+    // JS names exactly what is wrong (parseHeader); no byte more is read.
+    j->bad_header = true;
+    return;
+  }
+  j->ranges.resize(size_t(nranges) * kRange);
+  if (!ReadAll(c, j->ranges.data(), j->ranges.size(), &j->err)) return void(j->ok = false);
+  if (j->payload_len <= j->len) {
+    if (!ReadAll(c, j->data, j->payload_len, &j->err)) return void(j->ok = false);
+    j->in_buf = true;
+  }
+}
+
+Napi::Value ReadBatchResult(Napi::Env env, const ReadBatchJob& j) {
+  if (!j.ok) throw ToError(env, j.err);
+  auto o = Napi::Object::New(env);
+  if (j.payload_only) return o;
+  if (j.eof) {
+    o.Set("end", Napi::Boolean::New(env, true));
+    return o;
+  }
+  o.Set("head", Napi::Buffer<uint8_t>::Copy(env, j.head.data(), j.head.size()));
+  if (j.bad_header) return o;
+  o.Set("ranges", Napi::Buffer<uint8_t>::Copy(env, j.ranges.data(), j.ranges.size()));
+  o.Set("payloadLen", Napi::Number::New(env, j.payload_len));
+  // false: the payload did not fit and is still on the connection (readPayload).
+  o.Set("inBuffer", Napi::Boolean::New(env, j.in_buf));
+  return o;
+}
+
+// ---- the JS classes
+
+class BatchConn : public Napi::ObjectWrap<BatchConn> {
+ public:
+  static Napi::Function Define(Napi::Env env, const char* name) {
+    return DefineClass(
+        env, name,
+        {InstanceMethod("sendPages", &BatchConn::SendPages), InstanceMethod("sendBuffers", &BatchConn::SendBuffers),
+         InstanceMethod("read", &BatchConn::Read), InstanceMethod("readPayload", &BatchConn::ReadPayload),
+         InstanceMethod("abort", &BatchConn::Abort), InstanceMethod("close", &BatchConn::Close)});
+  }
+
+  // new BatchConn(fd): takes ownership of fd.
+  BatchConn(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BatchConn>(info) {
+    if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "expected a descriptor");
+    c_ = std::make_shared<Conn>(info[0].As<Napi::Number>().Int32Value());
+  }
+
+ private:
+  std::shared_ptr<Conn> Live(Napi::Env env) {
+    if (!c_ || c_->fd < 0) throw Napi::Error::New(env, "data connection is closed");
+    return c_;
+  }
+
+  // sendPages(pid, round, pairs: BigUint64Array, buf: Uint8Array) -> Promise<{ pages, zeroPages, wireBytes, readNs }>
+  Napi::Value SendPages(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 4 || !info[2].IsTypedArray() ||
+        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array || !info[3].IsTypedArray() ||
+        info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Napi::TypeError::New(env, "sendPages(pid, round, pairs: BigUint64Array, buf: Uint8Array)");
+    auto pairs = info[2].As<Napi::TypedArrayOf<uint64_t>>();
+    if (pairs.ElementLength() % 2) throw Napi::TypeError::New(env, "pairs must hold [start, end) pairs");
+    auto buf = info[3].As<Napi::Uint8Array>();
+    auto j = std::make_shared<SendPagesJob>();
+    j->c = Live(env);
+    j->pid = info[0].As<Napi::Number>().Uint32Value();
+    j->round = info[1].As<Napi::Number>().Uint32Value();
+    j->pairs.assign(pairs.Data(), pairs.Data() + pairs.ElementLength());
+    j->data = buf.Data();
+    j->len = buf.ByteLength();
+    return AsyncJob::Run(
+        env, [j] { RunSendPages(j.get()); },
+        [j](Napi::Env env) -> Napi::Value {
+          if (!j->ok) throw ToError(env, j->err);
+          auto o = Napi::Object::New(env);
+          o.Set("pages", Napi::Number::New(env, double(j->pages)));
+          o.Set("zeroPages", Napi::Number::New(env, double(j->zero_pages)));
+          o.Set("wireBytes", Napi::Number::New(env, double(j->wire)));
+          o.Set("readNs", Napi::Number::New(env, double(j->read_ns)));
+          return o;
+        },
+        {buf});
+  }
+
+  // sendBuffers(bufs: Uint8Array[]) -> Promise<void>
+  Napi::Value SendBuffers(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "sendBuffers(bufs: Uint8Array[])");
+    auto a = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++)
+      if (!a.Get(i).IsTypedArray()) throw Napi::TypeError::New(env, "sendBuffers: every element must be a Uint8Array");
+    struct Job {
+      std::shared_ptr<Conn> c;
+      std::vector<struct iovec> iov;
+      IoError err;
+      bool ok = true;
+    };
+    auto j = std::make_shared<Job>();
+    j->c = Live(env);
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      auto b = a.Get(i).As<Napi::Uint8Array>();
+      if (b.ByteLength()) j->iov.push_back({b.Data(), b.ByteLength()});
+    }
+    return AsyncJob::Run(
+        env, [j] { j->ok = WriteAll(j->c.get(), &j->iov, &j->err); },
+        [j](Napi::Env env) -> Napi::Value {
+          if (!j->ok) throw ToError(env, j->err);
+          return env.Undefined();
+        },
+        {a});
+  }
+
+  // read(buf) -> Promise<{ end: true } | { head } (bad header) | { head, ranges, payloadLen, inBuffer }>
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "read(buf: Uint8Array)");
+    return StartRead(env, info[0].As<Napi::Uint8Array>(), false, 0);
+  }
+
+  // readPayload(buf, len) -> Promise<{}>: the payload read() left on the connection.
+  Napi::Value ReadPayload(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber())
+      throw Napi::TypeError::New(env, "readPayload(buf, len)");
+    return StartRead(env, info[0].As<Napi::Uint8Array>(), true, info[1].As<Napi::Number>().Uint32Value());
+  }
+
+  Napi::Value StartRead(Napi::Env env, Napi::Uint8Array buf, bool payload_only, uint32_t payload_len) {
+    auto j = std::make_shared<ReadBatchJob>();
+    j->c = Live(env);
+    j->data = buf.Data();
+    j->len = buf.ByteLength();
+    j->payload_only = payload_only;
+    j->payload_len = payload_len;
+    return AsyncJob::Run(
+        env, [j] { RunReadBatch(j.get()); }, [j](Napi::Env env) { return ReadBatchResult(env, *j); }, {buf});
+  }
+
+  Napi::Value Abort(const Napi::CallbackInfo& info) {
+    if (c_ && c_->fd >= 0 && !c_->aborted.exchange(true)) shutdown(c_->fd, SHUT_RDWR);
+    return info.Env().Undefined();
+  }
+
+  // The descriptor closes once no call uses it any more.
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (c_) {
+      if (!c_->aborted.exchange(true) && c_->fd >= 0) shutdown(c_->fd, SHUT_RDWR);
+      c_.reset();
+    }
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<Conn> c_;
+};
+
+}  // namespace
+
+void InitBatchIo(Napi::Env env, Napi::Object exports) { exports.Set("BatchConn", BatchConn::Define(env, "BatchConn")); }
+
+}  // namespace phaul

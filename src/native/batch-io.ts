@@ -1,0 +1,40 @@
+// What native/batch_io.cc exports: pre-copy page batches between a data
+// connection and memory on libuv's threads, with no JS copy in between. One
+// call at a time per object; each rejects with an Error whose `reason` is
+// 'network', 'process-gone' or 'failed'.
+
+export interface NativeSentPages {
+  /** Pages of the pairs (data and all-zero). */
+  pages: number;
+  zeroPages: number;
+  /** Bytes on the wire (0: nothing to send). */
+  wireBytes: number;
+  readNs: number;
+}
+
+export type NativeReadBatch =
+  | { end: true }
+  /** The header failed the native size checks: parseHeader says why; nothing more was read. */
+  | { end?: undefined; head: Buffer; ranges?: undefined }
+  /** inBuffer false: the payload did not fit in the buffer and is still on the connection (readPayload). */
+  | { end?: undefined; head: Buffer; ranges: Buffer; payloadLen: number; inBuffer: boolean };
+
+export interface NativeBatchConn {
+  /** Reads pid's pairs into buf (process_vm_readv), and writes one raw batch: all-zero pages as zero ranges. */
+  sendPages(pid: number, round: number, pairs: BigUint64Array, buf: Uint8Array): Promise<NativeSentPages>;
+  /** Writes these buffers, in order, completely. */
+  sendBuffers(bufs: Uint8Array[]): Promise<void>;
+  /** The next batch: header, ranges, and its payload into buf when it fits. */
+  read(buf: Uint8Array): Promise<NativeReadBatch>;
+  /** The payload read() left on the connection, into buf. */
+  readPayload(buf: Uint8Array, len: number): Promise<object>;
+  /** A call blocked on the peer fails now, and every later one. */
+  abort(): void;
+  /** abort(), and the descriptor closes once no call uses it. */
+  close(): void;
+}
+
+export interface BatchIoNative {
+  /** Takes ownership of fd (a connected stream socket). */
+  BatchConn: new (fd: number) => NativeBatchConn;
+}
