@@ -12,6 +12,7 @@
 // which they are exchanged is docs/PROTOCOL.md's; which ones each side accepts
 // in which state is in src/agent/source-session.ts and destination-session.ts.
 import { ExitCode, type ErrorCode, PhaulError } from '../errors';
+import type { CriuFlags } from '../criu/cli-flags';
 
 /** Largest piece of an image in one message (the source sends 16 MiB; the framing caps frames too). */
 const MAX_IMAGE_CHUNK = 64 * 1024 * 1024;
@@ -29,13 +30,7 @@ export interface Capabilities {
 }
 
 /** CRIU options the source asks the destination to restore with (the dump used the same). */
-export interface CriuFlags {
-  tcpEstablished?: boolean;
-  extUnixSk?: boolean;
-  shellJob?: boolean;
-  fileLocks?: boolean;
-  linkRemap?: boolean;
-}
+export type { CriuFlags };
 export const CRIU_FLAGS = ['tcpEstablished', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
 
 /** A mapping the destination's page store is to hold (whole pages from vaddr). */
