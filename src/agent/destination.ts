@@ -143,15 +143,18 @@ class DestSession {
       this.dataArrived(this.data);
       return;
     }
-    // Pre-copy: page batches, decoded as they come and written to the store;
-    // over plain TCP read natively, straight into the store's write buffers.
+    // Pre-copy: page batches, checked as they come and written to the store;
+    // over plain TCP spliced natively from the socket into the store's files.
     const store = this.store!;
     const stream = openBatchStream(conn);
     this.streams.push(stream);
-    const h = stream.attach(async (b) => {
-      await store.write(b);
-      this.received.set(b.round, (this.received.get(b.round) ?? 0) + 1);
+    const stored = (round: number) => {
+      this.received.set(round, (this.received.get(round) ?? 0) + 1);
       this.progress?.();
+    };
+    const h = stream.attach({
+      write: (b) => store.write(b).then(() => stored(b.round)),
+      receive: (b, pull) => store.receive(b, pull).then(() => stored(b.round)),
     }, (e) => {
       this.streamError ??= asPhaulError(e, 'protocol');
       this.progress?.();
