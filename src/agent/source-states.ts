@@ -24,7 +24,8 @@ export type SourceState =
   | 'committing'
   /** The destination's copy runs; the original is killed. */
   | 'committed'
-  /** Hybrid: waiting for the destination to have filled the copy's memory. */
+  /** Hybrid: waiting for the destination to have filled the copy's memory. Postcopy: sending that memory
+   *  meanwhile (asked-for pages first); the original is killed only once it is all in. */
   | 'filling'
   /** Terminal: migrated. */
   | 'done'
@@ -51,7 +52,7 @@ export const SOURCE_TRANSITIONS: TransitionTable<SourceState> = {
   committing: ['committed', 'lost'],
   committed: ['filling', 'done', 'failed'],
   // A fill that fails is a warning in the report: the workload moved.
-  filling: ['done'],
+  filling: ['done', 'lost'],
   done: [],
   'rolled-back': [],
   lost: [],
