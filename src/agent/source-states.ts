@@ -31,7 +31,8 @@ export type SourceState =
   | 'done'
   /** Terminal: failed, and the original runs at the source as before. */
   | 'rolled-back'
-  /** Terminal: failed after `commit`: whether the copy runs is unknown; the original is left stopped. */
+  /** Terminal: failed after `commit`: whether the copy runs is unknown (or, postcopy, it was stopped for
+   *  lack of its memory); the original is left stopped. */
   | 'lost'
   /** Terminal: failed, and the original does not run at the source (it died, or the copy runs). */
   | 'failed';
