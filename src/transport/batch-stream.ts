@@ -366,8 +366,12 @@ export function attachBatchStream(
 export interface BatchSink {
   /** A batch whose data is in memory (read over TLS, or decompressed). */
   write(b: PageBatch): Promise<void>;
-  /** A raw batch whose data is still on the connection: `pull` reads it into place (PageStore.receive). */
-  receive(b: IncomingBatch, pull: PayloadPull): Promise<void>;
+  /**
+   * A raw batch whose data is still on the connection: `pull` reads it into
+   * place (PageStore.receive). Without it, raw payloads are read into memory
+   * and given to write().
+   */
+  receive?(b: IncomingBatch, pull: PayloadPull): Promise<void>;
 }
 
 /** A native call's rejection as a PhaulError: the connection's fault, or ours ('failed': e.g. the store's file). */
@@ -395,6 +399,7 @@ export function attachNativeBatchStream(
 ): BatchStreamHandle {
   const window = Math.max(1, opts.window ?? 4);
   const stats: BatchStreamStats = { batches: 0, wireBytes: 0, rawBytes: 0 };
+  let pool: BufferPool | undefined;
   let failed: PhaulError | undefined;
   const inflight = new Set<Promise<void>>();
   const fail = (e: unknown): PhaulError => {
@@ -429,23 +434,31 @@ export function attachNativeBatchStream(
         throw fail(e);
       }
       const { pid, round, rawLen } = head;
-      if (head.lz4) {
+      const receive = sink.receive?.bind(sink);
+      if (head.lz4 || !receive) {
+        // Into memory: a pooled buffer (used again and again: fresh memory is slow to fill) when it fits.
+        pool ??= opts.pool ?? new BufferPool(4 << 20, window + 1);
+        const buf = head.payloadLen <= pool.size ? await pool.acquire() : undefined;
         let data: Buffer;
         try {
-          const payload = Buffer.allocUnsafe(head.payloadLen);
+          const payload = buf ? buf.subarray(0, head.payloadLen) : Buffer.allocUnsafe(head.payloadLen);
           await conn.readPayload(payload, head.payloadLen).catch((e) => { throw nativeError(e); });
-          data = await unpackPayloadAsync(head, payload, what);
+          data = rawLen ? await unpackPayloadAsync(head, payload, what) : EMPTY;
         } catch (e) {
+          if (buf) pool.release(buf);
           throw fail(e);
         }
-        track(Promise.resolve().then(() => sink.write({ pid, round, ranges, data })), rawLen);
+        // A raw payload is the data: its buffer is the sink's until write() settles.
+        const held = buf && data.buffer === buf.buffer ? buf : undefined;
+        if (buf && !held) pool.release(buf);
+        track(Promise.resolve().then(() => sink.write({ pid, round, ranges, data })).finally(() => { if (held) pool!.release(held); }), rawLen);
         continue;
       }
       // The next header is read once this payload is off the connection.
       let drained!: () => void;
       const offWire = new Promise<void>((r) => { drained = r; });
       const pull: PayloadPull = (plan) => conn.receivePayload(plan).catch((e) => { throw nativeError(e); }).finally(drained);
-      track(Promise.resolve().then(() => sink.receive({ pid, round, ranges, dataBytes: rawLen }, pull)).finally(drained), rawLen);
+      track(Promise.resolve().then(() => receive({ pid, round, ranges, dataBytes: rawLen }, pull)).finally(drained), rawLen);
       await offWire;
     }
     await Promise.all(inflight);
