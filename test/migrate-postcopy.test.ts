@@ -150,3 +150,36 @@ test('postcopy: a restore that fails before the copy runs rolls back: the origin
     blocker.kill('SIGKILL');
   }
 });
+
+test('postcopy: a tree that forks, maps, unmaps, grows (mremap) and shares memory while its memory arrives keeps every page', { skip }, async () => {
+  const reports = fs.mkdtempSync(path.join(fx.dir, 'churn-'));
+  const ns = startInPidNamespace([path.join(PACKAGE_ROOT, 'build', 'workloads', 'churnwork'), reports], { netns: fx.hosts.a.netnsPath! });
+  const read = (role: string) => { try { return JSON.parse(fs.readFileSync(path.join(reports, `report-${role}.json`), 'utf8')); } catch { return null; } };
+  let pid = -1;
+  let restored = 0;
+  try {
+    assert.ok(await until(() => (pid = ns.initPid()) > 0 && !!read('parent'), 10_000), `churnwork did not start: ${ns.stderr()}`);
+    // The churn starts before the migration (a child forks) and goes on at the destination while pages arrive.
+    process.kill(pid, 'SIGUSR2');
+    await sleep(300);
+    const r = await runCli(fx.hosts.a, postcopyArgs(pid));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.json!.mode, 'postcopy');
+    restored = r.json!.restoredPid;
+    assert.ok(r.json!.fill.tasks >= 2, `the forked child came along: ${JSON.stringify(r.json!.fill)}`);
+    assert.ok(await waitGone(pid, 5000));
+    const before = { parent: read('parent')?.seq ?? 0, child: read('child')?.seq ?? 0 };
+    process.kill(restored, 'SIGUSR1');
+    let p: any = null;
+    let c: any = null;
+    await until(() => (p = read('parent'))?.seq > before.parent && (c = read('child'))?.seq > before.child, 10_000);
+    assert.ok(p && p.seq > before.parent, 'the restored parent reported');
+    assert.ok(c && c.seq > before.child, 'the forked child reported');
+    assert.equal(p.ok, true, `parent: ${JSON.stringify(p)}`);
+    assert.equal(c.ok, true, `child: ${JSON.stringify(c)}`);
+  } finally {
+    for (const x of [pid, restored]) if (x > 0 && isAlive(x)) process.kill(x, 'SIGKILL');
+    if (ns.child.pid && isAlive(ns.child.pid)) process.kill(ns.child.pid, 'SIGKILL');
+    fs.rmSync(reports, { recursive: true, force: true });
+  }
+});

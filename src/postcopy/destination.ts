@@ -16,6 +16,12 @@ import { PAGE_SIZE } from '../store/pagemap-image';
 import type { PostcopyLayout } from './layout';
 
 const write = promisify(fs.write);
+/**
+ * Runs shorter than this are written at once, longer ones on the thread pool.
+ * A fault waits for the short ones (requested pages come 64 KiB at a time);
+ * behind the push's 4 MiB writes in the pool they would wait tens of ms.
+ */
+const SYNC_WRITE_BYTES = 256 << 10;
 const RECORD = 24;
 const PRESENT = 1;
 const NEED = 2;
@@ -77,7 +83,9 @@ export class PostcopyReceiver {
         // Zero pages need no write: the file's hole reads as zeros.
         if (!r.zero) {
           const from = dataOff + (p - first) * PAGE_SIZE;
-          await write(this.fd, b.data, from, (q - p) * PAGE_SIZE, p * PAGE_SIZE);
+          const len = (q - p) * PAGE_SIZE;
+          if (len < SYNC_WRITE_BYTES) fs.writeSync(this.fd, b.data, from, len, p * PAGE_SIZE);
+          else await write(this.fd, b.data, from, len, p * PAGE_SIZE);
         }
         this.receivedPages += q - p;
         present.push([p, q]);

@@ -60,6 +60,10 @@ export class PostcopyPusher {
   private serving?: Promise<void>;
   private failure?: PhaulError;
   private stopped = false;
+  /** Pages taken by a lane so far. */
+  private takenCount = 0;
+  /** Where the push goes on: after the last page asked for (its neighbourhood is likely next). */
+  private cursor = 0;
   /** Pages sent because the destination asked for them. */
   demandPages = 0;
   requestCount = 0;
@@ -89,6 +93,7 @@ export class PostcopyPusher {
     }
     this.requestCount++;
     this.requests.push({ ...m, pages: Math.min(m.pages, BATCH_PAGES) });
+    this.cursor = Math.min(m.page + m.pages, this.layout.pages);
     this.serving ??= this.serveRequests().finally(() => { this.serving = undefined; });
   }
 
@@ -112,6 +117,7 @@ export class PostcopyPusher {
         if (this.taken[p]) { p++; continue; }
         let q = p;
         while (q < end && !this.taken[q]) this.taken[q++] = 1;
+        this.takenCount += q - p;
         const pid = this.hostPid.get(piece.run.id);
         if (pid === undefined) throw new PhaulError('failed', `no process of the tree has image id ${piece.run.id}`);
         await lane.send(pid, piece.run.vaddr + (p - piece.run.page) * PAGE_SIZE, q - p);
@@ -127,13 +133,25 @@ export class PostcopyPusher {
     this.stop();
   }
 
+  /** The first page not taken from `from` on, wrapping around (-1: none). */
+  private nextUntaken(from: number): number {
+    const n = this.layout.pages;
+    for (let k = 0, p = from % n; k < n; k++, p = p + 1 === n ? 0 : p + 1) if (!this.taken[p]) return p;
+    return -1;
+  }
+
   /**
-   * The background push: every page not yet taken, in layout order, in 4 MiB
-   * batches. Resolves when all are written to the connections.
+   * The background push: every page not yet taken, in 4 MiB batches, in
+   * layout order from the last page asked for on (so a fault's neighbourhood
+   * comes next). Resolves when all are written to the connections.
    */
   async push(): Promise<void> {
-    for (let page = 0; page < this.layout.pages && !this.stopped; page += BATCH_PAGES)
+    while (this.takenCount < this.layout.pages && !this.stopped) {
+      const page = this.nextUntaken(this.cursor);
+      if (page < 0) break;
+      this.cursor = page + BATCH_PAGES;
       await this.sendUntaken(this.bulkLane, page, BATCH_PAGES);
+    }
     await this.bulkLane.out.flush();
     await this.serving;
     await this.demandLane.out.flush();
