@@ -41,6 +41,14 @@ for (const when of ['at the gate', 'after the freeze'] as const) {
         assert.ok(dump.frozenAt > 0);
         assert.ok(['t', 'T'].includes(procState(w.pid) ?? ''), `frozen by CRIU (state ${procState(w.pid)})`);
         await dump.ready;
+        // The dump's CPU, from CRIU's own process and the frozen tree (its parasite), is measured
+        // whenever the freeze was seen before the images were ready (a 1 ms poll against a dump
+        // of tens of ms: practically always).
+        if (dump.frozenAt < dump.readyAt) {
+          assert.ok(dump.dumpCpu, 'dumpCpu is set once the images are ready');
+          assert.ok(dump.dumpCpu.criuMs > 0 && dump.dumpCpu.criuMs < 60_000, `criu on CPU ${dump.dumpCpu.criuMs} ms`);
+          assert.ok(dump.dumpCpu.parasiteMs >= 0 && dump.dumpCpu.parasiteMs < 60_000, `parasite ${dump.dumpCpu.parasiteMs} ms`);
+        }
       }
       await dump.rollback();
       const code = await dump.exited;

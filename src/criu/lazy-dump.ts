@@ -27,7 +27,30 @@ import { CriuGate } from './gate';
 import { criuFlagArgs, type CriuFlags } from './cli-flags';
 import { criuLogTail } from './rpc';
 import { encodePsHeader, PS_IOV_CLOSE } from '../transport/lazy-page-server';
-import { procState } from '../agent/process-tree';
+import { procState, treePids } from '../agent/process-tree';
+
+/** Nanoseconds the threads of `pids` have been on a CPU (/proc/PID/task/TID/schedstat); gone ones count 0. */
+function onCpuNs(pids: number[]): number {
+  let ns = 0;
+  for (const pid of pids) {
+    let tids: string[] = [];
+    try { tids = fs.readdirSync(`/proc/${pid}/task`); } catch { continue; }
+    for (const tid of tids) {
+      try { ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) || 0; } catch { /* exited */ }
+    }
+  }
+  return ns;
+}
+
+/** CPU spent between the tree seen frozen and CRIU's images ready: it grows with the tree's memory
+ *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; its parasite pins every lazy page),
+ *  and unlike wall time it barely moves when the host is loaded. */
+export interface DumpCpu {
+  /** CRIU's own process. */
+  criuMs: number;
+  /** The frozen tree's threads: only CRIU's parasite runs there meanwhile. */
+  parasiteMs: number;
+}
 
 export interface LazyDumpOptions extends CriuFlags {
   pid: number;
@@ -48,6 +71,9 @@ export class LazyDump {
   /** When the tree was seen frozen. */
   frozenAt = 0;
   readyAt = 0;
+  /** Set once the images are ready (when the freeze was seen before that). */
+  dumpCpu?: DumpCpu;
+  private cpuAtFreeze?: { criu: number; tree: number; pids: number[] };
   /** Resolves when the images are written and the tree is frozen. */
   readonly ready: Promise<void>;
   /** CRIU's exit code (null if killed by a signal). */
@@ -69,7 +95,15 @@ export class LazyDump {
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => { this.closeSocket(); this.gate.close(); resolve(code); }));
     this.ready = new Promise<void>((resolve, reject) => {
-      (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => { this.readyAt = Date.now(); resolve(); });
+      (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => {
+        this.readyAt = Date.now();
+        const at = this.cpuAtFreeze;
+        if (at) {
+          this.dumpCpu = { criuMs: Math.round((onCpuNs([this.child.pid ?? -1]) - at.criu) / 1e6),
+            parasiteMs: Math.round((onCpuNs(at.pids) - at.tree) / 1e6) };
+        }
+        resolve();
+      });
       void this.exited.then((code) => reject(new PhaulError('criu',
         `criu dump exited ${code} before its images were ready: ${this.logTail() || err.trim() || 'no log'}`)));
     });
@@ -101,6 +135,10 @@ export class LazyDump {
         done = true;
         clearInterval(timer);
         this.frozenAt = Date.now();
+        if (!this.readyAt) {
+          const pids = treePids(pid);
+          this.cpuAtFreeze = { criu: onCpuNs([this.child.pid ?? -1]), tree: onCpuNs(pids), pids };
+        }
         resolve();
       };
       const timer = setInterval(() => {
