@@ -26,7 +26,7 @@ import { criuBinary } from './binary';
 import { CriuGate } from './gate';
 import { criuFlagArgs, type CriuFlags } from './cli-flags';
 import { criuLogTail } from './rpc';
-import { encodePsHeader, PS_IOV_CLOSE } from '../transport/lazy-page-server';
+import { encodePsHeader, PS_IOV_CLOSE } from './ps-header';
 import { procState, treePids } from '../agent/process-tree';
 
 /** Nanoseconds the threads of `pids` have been on a CPU (/proc/PID/task/TID/schedstat); gone ones count 0. */
