@@ -516,8 +516,8 @@ export class Migration extends EventEmitter {
     this.phase('handshake');
     st.sm.to('copying');
 
-    // CRIU starts now and waits at its pre-dump gate (criu/lazy-dump.ts), so
-    // that its start-up overlaps the rounds instead of lengthening the pause.
+    // CRIU starts now and waits at its gate (criu/gate.ts), so that its
+    // start-up overlaps the rounds instead of delaying the switchover.
     const ours = await localCapabilities();
     st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
       extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });

@@ -14,18 +14,17 @@
 // dump "successfully".
 //
 // CRIU is started before the switchover and waits, not yet having frozen
-// anything, in its pre-dump action (scripts/criu-gate.sh reads a FIFO): its
-// process start-up (tens of ms, more on a loaded host) is then no part of the
-// pause. freeze() opens the gate and resolves when the tree is frozen.
+// anything, in the open() of its log file, a FIFO (gate.ts): its process
+// start-up (tens of ms, more on a loaded host) is then no part of the
+// switchover. freeze() opens the gate and resolves when the tree is frozen.
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { addon } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
-import { CriuGate } from './gate';
+import { CriuLogGate } from './gate';
 import { criuFlagArgs, type CriuFlags } from './cli-flags';
-import { criuLogTail } from './rpc';
+import { criuLogTailOf } from './rpc';
 import { encodePsHeader, PS_IOV_CLOSE } from './ps-header';
 import { procState, treePids } from '../agent/process-tree';
 
@@ -66,7 +65,7 @@ export interface LazyDumpOptions extends CriuFlags {
 export class LazyDump {
   private readonly child: ChildProcess;
   private sock: number;
-  private readonly gate: CriuGate;
+  private readonly gate: CriuLogGate;
   readonly startedAt = Date.now();
   /** When the tree was seen frozen. */
   frozenAt = 0;
@@ -82,18 +81,20 @@ export class LazyDump {
   constructor(readonly opts: LazyDumpOptions) {
     const [mine, theirs] = addon().streamSocketPair();
     this.sock = mine;
-    this.gate = new CriuGate(opts.imagesDir, 'pre-dump');
+    this.gate = new CriuLogGate(opts.imagesDir, 'dump.log');
     const args = ['dump', '-t', String(opts.pid), '-D', opts.imagesDir, '--lazy-pages', '--ps-socket', '3',
-      '--status-fd', '4', '--leave-stopped', '-o', 'dump.log', ...this.gate.args, ...criuFlagArgs(opts),
-      ...(opts.extraArgs ?? [])];
+      '--status-fd', '4', '--leave-stopped', '-o', this.gate.name, ...criuFlagArgs(opts), ...(opts.extraArgs ?? [])];
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
       // detached: its own session, so a Ctrl-C at the terminal reaches only our
       // agent, which rolls back and tells CRIU (its parent-death signal stays).
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true, env: this.gate.env(process.env) });
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
-    this.exited = new Promise((resolve) => this.child.on('exit', (code) => { this.closeSocket(); this.gate.close(); resolve(code); }));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => {
+      this.closeSocket();
+      void this.gate.close().then(() => resolve(code));
+    }));
     this.ready = new Promise<void>((resolve, reject) => {
       (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => {
         this.readyAt = Date.now();
@@ -112,17 +113,16 @@ export class LazyDump {
   }
 
   logTail(): string {
-    return criuLogTail(path.join(this.opts.imagesDir, 'dump.log'));
+    return criuLogTailOf(this.gate.text());
   }
 
   /**
-   * Opens the gate: CRIU goes on from its pre-dump action and freezes the
-   * tree. Resolves when the tree's root is seen stopped under CRIU's ptrace
+   * Opens the gate: CRIU goes on from its log's open and freezes the tree. Resolves when the tree's root is seen stopped under CRIU's ptrace
    * (polled every millisecond: CRIU tells nothing between here and its
    * images being ready), or when the images are ready, whichever comes first.
    */
   async freeze(): Promise<void> {
-    // CRIU waited at its gate since the rounds began; if it gave up meanwhile, say why.
+    // CRIU waited at its gate since the rounds began; if it ended meanwhile, say why.
     if (this.child.exitCode !== null || this.child.signalCode !== null) {
       throw new PhaulError('criu', `criu dump ended before the switchover (${this.child.exitCode ?? this.child.signalCode}): ${this.logTail() || 'no log'}`);
     }
@@ -167,7 +167,7 @@ export class LazyDump {
 
   /** Makes CRIU resume the tree as it was. Safe to call at any time and twice. */
   async rollback(): Promise<void> {
-    this.gate.close(); // a CRIU still at its gate reads end of file and stops without freezing
+    // SIGALRM to a CRIU still at its gate ends it (no handler yet) before it touched anything.
     if (this.child.exitCode === null && this.child.signalCode === null && this.child.pid) {
       try { process.kill(this.child.pid, 'SIGALRM'); } catch { /* gone */ }
     }
