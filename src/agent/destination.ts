@@ -149,16 +149,21 @@ class DestSession {
       this.dataArrived(this.data);
       return;
     }
-    // Pre-copy: page batches, decoded as they come and written to the store;
-    // over plain TCP read natively, straight into the store's write buffers.
+    // Pre-copy: page batches, checked as they come; over plain TCP a raw
+    // batch's payload is spliced natively from the socket into the store's files.
     const store = this.store;
     const stream = openBatchStream(conn);
     this.streams.push(stream);
-    const h = stream.attach(async (b) => {
-      // Postcopy: batches may come before `postcopy` (the images) is read: they wait for it.
-      await (store ? store.write(b) : (await this.postcopy!).write(b));
-      this.received.set(b.round, (this.received.get(b.round) ?? 0) + 1);
+    const stored = (round: number) => {
+      this.received.set(round, (this.received.get(round) ?? 0) + 1);
       this.progress?.();
+    };
+    const h = stream.attach(store ? {
+      write: (b) => store.write(b).then(() => stored(b.round)),
+      receive: (b, pull) => store.receive(b, pull).then(() => stored(b.round)),
+    } : {
+      // Postcopy: batches may come before `postcopy` (the images) is read: they wait for it.
+      write: async (b) => { await (await this.postcopy!).write(b); stored(b.round); },
     }, (e) => {
       this.streamError ??= asPhaulError(e, 'protocol');
       this.progress?.();
