@@ -13,6 +13,8 @@ import { Unavailable, type PeerContext, type RunFigures } from './peers/types';
 import { round, summarize, type Ratio, type Summary } from './stats';
 import { startMemcached } from './workloads/memcached';
 import { startMemwork } from './workloads/memwork';
+import { startPythreads } from './workloads/pythreads';
+import { startRedis } from './workloads/redis';
 import { sampleDestinationMemory } from './dest-memory';
 import { STORE_DIR } from './peers/phaul-fast';
 import { freshWriteMs } from './fresh-memory';
@@ -161,7 +163,7 @@ export function removeStaleScratch(parent: string): void {
 async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: ReturnType<typeof makePeer>): Promise<{ sample: RunSample; verdict: Verdict }> {
   fs.mkdirSync(ctx.runDir, { recursive: true });
   const env = { link, src: link.a, dst: link.b, dir: ctx.runDir };
-  const start = cell.workload.kind === 'memwork' ? startMemwork(cell.workload, env) : startMemcached(cell.workload, env);
+  const start = { memwork: startMemwork, memcached: startMemcached, redis: startRedis, pythreads: startPythreads }[cell.workload.kind](cell.workload, env);
   starting.add(start);
   const wl: BenchWorkload = await start.finally(() => starting.delete(start));
   if (interrupted) {
