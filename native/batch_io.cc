@@ -11,7 +11,7 @@
 //   const r = new BatchConn(fd);           // destination
 //   const f = await r.read(buf);           // header, ranges, and the payload in buf
 //   const f = await r.read(EMPTY);         // header and ranges only; then
-//   await r.receivePayload(plan);          // the payload spliced straight into the store's files
+//   await r.receivePayload(plan);          // the payload straight into the store's files
 //   w.abort() / r.abort(): a call blocked on the peer fails at once; close() frees the descriptor.
 //   w.setMacKey(k) / r.setMacKey(k): from now on every batch is followed by a 16-byte tag (below).
 //
