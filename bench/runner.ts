@@ -13,6 +13,7 @@ import { Unavailable, type PeerContext, type RunFigures } from './peers/types';
 import { round, summarize, type Ratio, type Summary } from './stats';
 import { startMemcached } from './workloads/memcached';
 import { startMemwork } from './workloads/memwork';
+import { runtimeFor, startContainerMemwork } from './workloads/container';
 import { sampleDestinationMemory } from './dest-memory';
 import { STORE_DIR } from './peers/phaul-fast';
 import { freshWriteMs } from './fresh-memory';
@@ -158,7 +159,9 @@ export function removeStaleScratch(parent: string): void {
 async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: ReturnType<typeof makePeer>): Promise<{ sample: RunSample; verdict: Verdict }> {
   fs.mkdirSync(ctx.runDir, { recursive: true });
   const env = { link, src: link.a, dst: link.b, dir: ctx.runDir };
-  const start = cell.workload.kind === 'memwork' ? startMemwork(cell.workload, env) : startMemcached(cell.workload, env);
+  const kind = cell.workload.kind;
+  const start: Promise<BenchWorkload> = kind === 'memwork' ? startMemwork(cell.workload, env)
+    : kind === 'container' ? startContainerMemwork(cell.workload, env, runtimeFor(cell.strategy)) : startMemcached(cell.workload, env);
   starting.add(start);
   const wl: BenchWorkload = await start.finally(() => starting.delete(start));
   if (interrupted) {
@@ -177,7 +180,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     let fig: RunFigures;
     let destPeak = 0;
     try {
-      fig = await peer.migrate(wl.pid, ctx, {
+      fig = await peer.migrate(wl.pid, { ...ctx, container: wl.container }, {
         onRunning: (pid) => { restoredPid = pid; wl.onRunning(pid); },
       });
     } finally {
@@ -260,7 +263,7 @@ export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]>
       const lanes: Lane[] = [];
       let fresh = NaN;
       const ctx = (cell: Cell, runDir: string): PeerContext => ({
-        link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB,
+        link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB, workloadKind: cell.workload.kind,
         log: o.progress,
       });
       const fail = (lane: Lane, e: unknown) => {

@@ -1,7 +1,7 @@
 // Container runtimes on this host, and whether CRIU works with each: the ones
 // `migrate --container` drives, and the ones it does not (yet), said plainly.
 import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { which } from '../util/which';
 import { exec, oneLine } from './exec';
 
 export interface RuntimeReport {
@@ -17,16 +17,6 @@ export interface RuntimeReport {
 
 const RUNC_CRIU_CONF = '/etc/criu/runc.conf';
 
-function which(name: string): string | null {
-  for (const dir of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
-    const p = path.join(dir || '.', name);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch { /* next */ }
-  }
-  return null;
-}
 
 /** What runc's own checkpoint would use for the network lock (its CRIU reads /etc/criu/runc.conf). */
 function runcNetworkLock(): string {
@@ -39,7 +29,7 @@ function runcNetworkLock(): string {
 export async function checkRuntimes(criuOk: boolean, nftables: boolean): Promise<RuntimeReport[]> {
   const out: RuntimeReport[] = [];
   for (const name of ['runc', 'crun', 'podman']) {
-    const p = which(name);
+    const p = which(name) ?? null;
     if (!p) {
       out.push({ name, path: null, version: null, migratable: false, detail: 'not installed' });
       continue;
