@@ -55,7 +55,7 @@ export async function startContainerMemwork(spec: WorkloadSpec, env: WorkloadEnv
   if (runtime === 'podman') {
     podman = podmanHost(h.podmanSrc);
     await importImage(podman, BENCH_IMAGE, ['memwork'], cellDir);
-    pid = await runPodmanContainer(podman, { name: id, image: BENCH_IMAGE, args });
+    pid = await runPodmanContainer(podman, { name: id, image: BENCH_IMAGE, args, extra: ['--cgroup-parent', `/${h.cgSrc}`] });
   } else {
     const bundle = await makeBundle({ dir: path.join(env.dir, 'bundle-src'), cgroupsPath: `/${h.cgSrc}/${id}`, workloads: ['memwork'], args });
     pid = await runContainer(h.runcSrc, bundle, id, env.src.netnsPath);
@@ -64,6 +64,7 @@ export async function startContainerMemwork(spec: WorkloadSpec, env: WorkloadEnv
     if (podman) {
       await podman.destroy(id);
       if (fs.existsSync(h.podmanDst)) await podmanHost(h.podmanDst).destroy(id);
+      removeCgroups(h.cgSrc);
       return;
     }
     await removeContainer(h.runcSrc, id);

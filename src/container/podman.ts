@@ -4,8 +4,8 @@
 // the runc it starts find CRIU on PATH: ours goes first.
 //
 // A podman "host" is podman's defaults, or one state directory DIR holding
-// podman's storage (DIR/root) and temporary state (DIR/tmp), its run state in
-// a directory under /run named after DIR: two hosts on one machine never share a container database.
+// podman's storage (DIR/root) and temporary state (DIR/tmp), its run state
+// (and runc's) in a directory under /run named after DIR: two hosts on one machine never share a container database.
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
@@ -27,8 +27,10 @@ export function podmanRunroot(stateDir: string): string {
 
 /** podman's global flags for a host whose state lives under `stateDir` (none: podman's defaults). */
 export function podmanGlobalArgs(stateDir?: string): string[] {
+  // runc's own state too: two hosts on one machine must not share runc's record of a container either.
   const own = stateDir
-    ? ['--root', path.join(stateDir, 'root'), '--runroot', podmanRunroot(stateDir), '--tmpdir', path.join(stateDir, 'tmp')]
+    ? ['--root', path.join(stateDir, 'root'), '--runroot', podmanRunroot(stateDir), '--tmpdir', path.join(stateDir, 'tmp'),
+      '--runtime-flag', `root=${path.join(podmanRunroot(stateDir), 'runc')}`]
     : [];
   // cgroupfs: no systemd scope per container (a test host has no systemd session for it); file events: no journald.
   return [...own, '--runtime', 'runc', '--cgroup-manager', 'cgroupfs', '--events-backend', 'file'];
