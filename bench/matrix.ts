@@ -31,10 +31,10 @@ export type LinkName = keyof typeof LINKS;
 
 export interface WorkloadSpec {
   /** container: memwork as the init of a runc container (a podman one for podman:*), as test/migrate-container.test.ts builds it. */
-  kind: 'memwork' | 'memcached' | 'container';
-  /** memwork: buffer size; memcached: data loaded. */
+  kind: 'memwork' | 'memcached' | 'redis' | 'pythreads' | 'container';
+  /** memwork, pythreads, container: buffer size; memcached: data loaded; redis: 8192 keys per MiB (2^20 keys in 128). */
   memMiB: number;
-  /** memwork: rewrite rate; memcached: the client's set rate. MB = 10^6 bytes. */
+  /** memwork, pythreads: rewrite rate; memcached, redis: the client's set rate. MB = 10^6 bytes. */
   writeMBps: number;
 }
 
@@ -61,6 +61,8 @@ export interface MatrixOptions {
 
 const mw = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memwork', memMiB, writeMBps });
 const mc = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memcached', memMiB, writeMBps });
+const redis = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'redis', memMiB, writeMBps });
+const py = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'pythreads', memMiB, writeMBps });
 const ctr = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'container', memMiB, writeMBps });
 
 // --quick must finish in under 3 minutes on the 2-core reference machine with
@@ -87,11 +89,12 @@ const FULL: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> =
 // --switchover: the pause's fixed cost (a small workload, where it is all of
 // the pause), pre-copy's data path (1 GiB idle: the first round is all of
 // memory) and the hybrid pause at 256 MiB and 1 GiB, against CRIU's own dump
-// and restore (criu:local), page server and lazy pages, plus memcached with
-// its data set over a 10 Gbit/s link (see docs/BENCH.md).
+// and restore (criu:local), page server and lazy pages, plus small real
+// applications: a 4-thread CPython process, and memcached and redis (2^20
+// keys) with their data sets over a 10 Gbit/s link (see docs/BENCH.md).
 const SWITCHOVER: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> = [
-  { link: 'loopback', workloads: [mw(32, 5), mw(256, 20), mw(1024, 0), mw(1024, 20)], runs: 3 },
-  { link: '10gbit', workloads: [mc(256, 20)], runs: 3 },
+  { link: 'loopback', workloads: [mw(32, 5), mw(256, 20), mw(1024, 0), mw(1024, 20), py(256, 5)], runs: 3 },
+  { link: '10gbit', workloads: [mc(256, 20), redis(128, 5)], runs: 3 },
 ];
 
 // --containers: the container workload at the sizes (256 MiB and 1 GiB
@@ -135,7 +138,7 @@ export function estimateRunSeconds(c: Cell): number {
   const gib = c.workload.memMiB / 1024;
   const rate = LINKS[c.link];
   const wireGBps = rate === null ? 1.4 : Math.min(1.4, rate / 8000);
-  const setup = c.workload.kind === 'memcached' ? 1.5 + gib * 6 : c.workload.kind === 'container' ? 1.5 + gib * 1.7 : 0.4 + gib * 1.7;
+  const setup = { memwork: 0.4 + gib * 1.7, memcached: 1.5 + gib * 6, redis: 1.5 + gib * 12, pythreads: 1 + gib * 4, container: 1.5 + gib * 1.7 }[c.workload.kind];
   return setup + 0.8 + (gib * 1.07) / wireGBps + gib * 0.6 + 0.3;
 }
 

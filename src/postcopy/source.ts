@@ -232,7 +232,11 @@ export class ControlPump {
       };
       const queued = this.queue.shift();
       if (queued) this.deliver(queued);
-      else if (this.failure) this.waiter.reject(this.failure);
+      else if (this.failure) {
+        const w = this.waiter;
+        this.waiter = undefined;
+        w.reject(this.failure);
+      }
     });
   }
 }
