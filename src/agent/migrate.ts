@@ -21,7 +21,7 @@ import { FrameConn } from '../protocol/frames';
 import type { MessageOf, Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
 import { autoMode, incompatibility, isMode, localCapabilities, MODES, pageServerHeaderSize, type Mode } from './capabilities';
-import { openDataChannelClient, SourceDataChannel } from './data-channel';
+import { batchSocket, openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
 import { LazyDump, type DumpCpu } from '../criu';
 import { TreeTracker } from '../memory/tree-tracker';
@@ -510,8 +510,7 @@ export class Migration extends EventEmitter {
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
       await authenticateClient(d, o.token, 'data', session);
-      d.detach(false);
-      st.streams.push(d.socket as Socket);
+      st.streams.push(batchSocket(d));
     }
     this.phase('handshake');
     st.sm.to('copying');
@@ -611,8 +610,7 @@ export class Migration extends EventEmitter {
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
       await authenticateClient(d, o.token, 'data', session);
-      d.detach(false);
-      st.streams.push(d.socket as Socket);
+      st.streams.push(batchSocket(d));
     }
     const ours = await localCapabilities();
     st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
