@@ -100,7 +100,7 @@ function pauseBudget(rows: Row[]): string[] {
   for (const r of withPhases) {
     for (const n of Object.keys(r.phases!)) if (!(OUTSIDE_PAUSE as readonly string[]).includes(n) && !names.includes(n)) names.push(n);
   }
-  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'downtime ms', ...names];
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'downtime ms', ...names, 'criu-dump CPU ms'];
   return [
     '',
     'Where the pause goes (phaul-fast): median ms of each phase between the freeze and the resume (docs/BENCH.md).',
@@ -108,7 +108,8 @@ function pauseBudget(rows: Row[]): string[] {
     `| ${head.join(' | ')} |`,
     `|${head.map((_h, i) => (i < 5 ? '---' : '---:')).join('|')}|`,
     ...withPhases.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, fmt(r.downtimeMs),
-      ...names.map((n) => (r.phases![n] === undefined ? '' : String(r.phases![n])))].join(' | ')} |`),
+      ...names.map((n) => (r.phases![n] === undefined ? '' : String(r.phases![n]))),
+      r.criuDumpCpuMs == null ? '' : String(r.criuDumpCpuMs)].join(' | ')} |`),
   ];
 }
 

@@ -43,6 +43,8 @@ export interface RunSample {
   faultP50Us: number;
   faultP99Us: number;
   faultMaxUs: number;
+  /** CPU ms of CRIU's dump inside the pause (CRIU and its parasite), NaN when not reported. */
+  criuDumpCpuMs: number;
 }
 
 export interface Row {
@@ -70,6 +72,7 @@ export interface Row {
   faultP50Us?: number | null;
   faultP99Us?: number | null;
   faultMaxUs?: number | null;
+  criuDumpCpuMs?: number | null;
   /** This machine writing as much fresh memory as the workload has, measured next to the cell's runs (bench/fresh-memory.ts). */
   freshWriteMs?: number;
   /** Runs measured (all verified when status is ok). */
@@ -112,14 +115,14 @@ function track(f: () => Promise<void>): () => Promise<void> {
 }
 
 const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'copyMBps', 'destPeakMiB', 'fillMs',
-  'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs'] as const;
+  'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs', 'criuDumpCpuMs'] as const;
 
 function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: string): Row {
   const w = cell.workload;
   const row: Row = {
     strategy: cell.strategy, workload: w.kind, memMiB: w.memMiB, writeMBps: w.writeMBps, link: cell.link, status,
     pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null, copyMBps: null,
-    destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null,
+    destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null, criuDumpCpuMs: null,
     runs: samples.length, spread: {}, ...(note ? { note } : {}),
     samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, typeof v === 'number' ? round(v) : v])) as unknown as RunSample),
   };
@@ -201,6 +204,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
       destPeakMiB: destPeak / 2 ** 20,
       fillMs: fig.fill?.fillMs ?? NaN, fillMBps: fig.fill ? fig.fill.pages * 4096 / 1e6 / (fig.fill.fillMs / 1000) : NaN,
       faultP50Us: fig.fill?.faultP50Us ?? NaN, faultP99Us: fig.fill?.faultP99Us ?? NaN, faultMaxUs: fig.fill?.faultMaxUs ?? NaN,
+      criuDumpCpuMs: fig.criuDumpCpuMs ?? NaN,
       ...(fig.engineBytes !== undefined ? { engineBytes: fig.engineBytes } : {}),
       ...(fig.phases ? { phases: fig.phases } : {}),
     };

@@ -42,6 +42,8 @@ interface MigrateReport {
   bytesSent?: number;
   restoredPid?: number;
   phases?: Record<string, number>;
+  /** Pre-copy modes: CPU of CRIU's dump inside the pause (PROTOCOL.md). */
+  criuDumpCpu?: { criuMs?: number; parasiteMs?: number };
   rounds?: Array<{ pages: number; bytes: number; ms: number; dirtyRate: number }>;
   sourceReleasedMs?: number;
   /** Hybrid: from the freeze until the memory was filled. */
@@ -146,6 +148,7 @@ export class PhaulFastPeer implements Peer {
       cpuS: r.cpuS + serveCpu,
       ...(first && first.ms > 0 ? { copyMBps: first.bytes / 1e6 / (first.ms / 1000) } : {}),
       phases: rep.phases,
+      ...(rep.criuDumpCpu ? { criuDumpCpuMs: Number(rep.criuDumpCpu.criuMs) + Number(rep.criuDumpCpu.parasiteMs) } : {}),
       ...(rep.fill ? { fill: {
         fillMs: Number(rep.fill.fillMs), pages: Number(rep.fill.copiedPages), faultP50Us: Number(rep.fill.faultUs?.p50),
         faultP99Us: Number(rep.fill.faultUs?.p99), faultMaxUs: Number(rep.fill.faultUs?.max),

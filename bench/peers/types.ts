@@ -51,6 +51,8 @@ export interface RunFigures {
   copyMBps?: number;
   /** The engine's phases in ms, in order, when it reports them (phaul-fast: migrate --json phases). */
   phases?: Record<string, number>;
+  /** CPU of CRIU's dump inside the pause, CRIU and its parasite (phaul-fast pre-copy modes: criuDumpCpu). */
+  criuDumpCpuMs?: number;
   /** A fill after resume (hybrid): what the destination's lazy-pages server reported. */
   fill?: FillFigures;
 }
