@@ -11,6 +11,8 @@ import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { criuLogTail } from '../criu/rpc';
 import type { CriuFlags, TreeData, TreeEntries } from '../protocol/messages';
+import { NetworkPlumbing } from './net-plumbing';
+import { checkNetwork } from './network';
 import { mountsOf, OciConfig, parseOciConfig } from './oci';
 import { CONTAINER_ID, Runc } from './runc';
 import type { ContainerDescriptor } from './source';
@@ -46,7 +48,14 @@ function parseDescriptor(raw: unknown): ContainerDescriptor {
     if (!v || typeof v.mount !== 'number' || !Number.isInteger(v.mount) || v.mount < 0 || v.mount > 4096 || (v.kind !== 'd' && v.kind !== 'f')) throw new PhaulError('protocol', 'bad volume');
     return { mount: v.mount, kind: v.kind as 'd' | 'f' };
   });
-  return { id, runtime: 'runc', config: s('config', 4 << 20), bundle: s('bundle'), rootfs: s('rootfs'), sharedFs: d.sharedFs === true, volumes };
+  let netns: ContainerDescriptor['netns'];
+  if (d.netns !== undefined) {
+    const n = d.netns as { network?: unknown } | null;
+    if (!n || typeof n !== 'object') throw new PhaulError('protocol', 'bad container netns');
+    netns = n.network === undefined ? {} : { network: checkNetwork(n.network) };
+  }
+  return { id, runtime: 'runc', config: s('config', 4 << 20), bundle: s('bundle'), rootfs: s('rootfs'), sharedFs: d.sharedFs === true, volumes,
+    ...(netns ? { netns } : {}) };
 }
 
 /** Does any controller's cgroup at `cgPath` hold processes? */
@@ -67,6 +76,8 @@ export class ContainerTarget {
   private readonly receiver: TreeReceiver;
   private created = false;
   restoredPid = 0;
+  /** The network namespace made here, when the source's was named in config.json. */
+  readonly plumbing?: NetworkPlumbing;
 
   private constructor(readonly desc: ContainerDescriptor, readonly opts: ContainerServeOptions,
     readonly bundle: string, private readonly config: OciConfig) {
@@ -75,6 +86,7 @@ export class ContainerTarget {
     if (!desc.sharedFs) roots.set('rootfs', path.join(bundle, 'rootfs'));
     for (const v of desc.volumes) roots.set(`volume-${v.mount}`, path.join(bundle, 'volumes', String(v.mount)));
     this.receiver = new TreeReceiver(roots);
+    if (desc.netns) this.plumbing = new NetworkPlumbing(desc.netns.network, `phaul-${desc.id}`);
   }
 
   /** Checks the descriptor and that nothing here collides with it, then creates the bundle directory. */
@@ -91,12 +103,19 @@ export class ContainerTarget {
     const cg = t.cgroupsPath();
     const busy = cg ? cgroupInUse(cg) : undefined;
     if (busy) throw new PhaulError('failed', `the destination's cgroup ${busy} is in use (serve --cgroup-parent puts moved containers elsewhere)`);
+    t.plumbing?.check();
     fs.mkdirSync(path.dirname(bundle), { recursive: true });
     fs.mkdirSync(bundle, { mode: 0o711 });
     t.created = true;
     if (!desc.sharedFs) fs.mkdirSync(path.join(bundle, 'rootfs'), { mode: 0o755 });
     for (const v of desc.volumes) if (v.kind === 'd') fs.mkdirSync(path.join(bundle, 'volumes', String(v.mount)), { recursive: true });
     if (desc.volumes.some((v) => v.kind === 'f')) fs.mkdirSync(path.join(bundle, 'volumes'), { recursive: true });
+    try {
+      await t.plumbing?.plug();
+    } catch (e) {
+      await t.rollback();
+      throw e;
+    }
     return t;
   }
 
@@ -119,6 +138,9 @@ export class ContainerTarget {
     for (const v of this.desc.volumes) mounts[v.mount].source = path.join(this.bundle, 'volumes', String(v.mount));
     const cg = this.cgroupsPath();
     if (cg) c.linux = { ...(c.linux ?? {}), cgroupsPath: cg };
+    if (this.plumbing && Array.isArray(c.linux?.namespaces)) {
+      for (const ns of c.linux.namespaces) if (ns?.type === 'network') ns.path = this.plumbing.nsPath;
+    }
     c.annotations = { ...(c.annotations ?? {}), 'org.criu.config': path.join(this.bundle, CRIU_CONF) };
     fs.writeFileSync(path.join(this.bundle, 'config.json'), JSON.stringify(c, null, 2));
   }
@@ -156,6 +178,11 @@ export class ContainerTarget {
     return st.pid;
   }
 
+  /** At the commit, before the tree resumes: its sockets may talk. */
+  async opening(): Promise<void> {
+    await this.plumbing?.open();
+  }
+
   /** After the commit: later checkpoints of this container by runc use the host's settings again. */
   committed(): void {
     try {
@@ -168,9 +195,10 @@ export class ContainerTarget {
     if (this.restoredPid || (await this.runc.state(this.desc.id))) await this.runc.destroy(this.desc.id);
     if (this.created) fs.rmSync(this.bundle, { recursive: true, force: true });
     this.created = false;
+    await this.plumbing?.unplug();
   }
 
-  report(): { id: string; runtime: string; bundle: string } {
-    return { id: this.desc.id, runtime: this.desc.runtime, bundle: this.bundle };
+  report(): { id: string; runtime: string; bundle: string; netns?: string } {
+    return { id: this.desc.id, runtime: this.desc.runtime, bundle: this.bundle, ...(this.plumbing ? { netns: this.plumbing.nsPath } : {}) };
   }
 }
