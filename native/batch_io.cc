@@ -10,12 +10,15 @@
 //   await w.sendBuffers([head, payload]);  // a batch JS encoded (lz4)
 //   const r = new BatchConn(fd);           // destination
 //   const f = await r.read(buf);           // header, ranges, and the payload in buf
+//   const f = await r.read(EMPTY);         // header and ranges only; then
+//   await r.receivePayload(plan);          // the payload spliced straight into the store's files
 //   w.abort() / r.abort(): a call blocked on the peer fails at once; close() frees the descriptor.
 //
 // Only the sizes a reader must trust before reading are checked here (magic,
 // version, number of ranges, payload length); JS checks every field of what
 // it gets (parseHeader, parseRanges) before it uses any of it.
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
@@ -59,9 +62,14 @@ uint32_t Get32(const uint8_t* p) {
 struct Conn {
   int fd;
   std::atomic<bool> aborted{false};
+  // receivePayload's pipe (socket -> pipe -> file), made on first use.
+  int pipe_r = -1, pipe_w = -1;
+  size_t pipe_size = 0;
   explicit Conn(int f) : fd(f) {}
   ~Conn() {
     if (fd >= 0) close(fd);
+    if (pipe_r >= 0) close(pipe_r);
+    if (pipe_w >= 0) close(pipe_w);
   }
 };
 
@@ -87,6 +95,15 @@ bool Wait(Conn* c, short events, IoError* err) {
   }
 }
 
+// After a socket call failed: true when it is worth another try (interrupted,
+// or it would block and the socket is ready now); false with err set.
+bool RetryAfter(Conn* c, short events, IoError* err) {
+  if (errno == EINTR) return true;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return Wait(c, events, err);
+  err->message = std::string("data connection: ") + strerror(errno);
+  return false;
+}
+
 // Writes every byte of iov (modified as it goes).
 bool WriteAll(Conn* c, std::vector<struct iovec>* iov, IoError* err) {
   size_t i = 0;
@@ -97,13 +114,8 @@ bool WriteAll(Conn* c, std::vector<struct iovec>* iov, IoError* err) {
     m.msg_iovlen = n;
     ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
     if (w < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        if (!Wait(c, POLLOUT, err)) return false;
-        continue;
-      }
-      err->message = std::string("data connection: ") + strerror(errno);
-      return false;
+      if (!RetryAfter(c, POLLOUT, err)) return false;
+      continue;
     }
     size_t left = size_t(w);
     while (left && i < iov->size()) {
@@ -139,13 +151,7 @@ bool ReadAll(Conn* c, uint8_t* p, size_t n, IoError* err, bool* eof = nullptr) {
       err->message = "data connection ended inside a page batch";
       return false;
     }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!Wait(c, POLLIN, err)) return false;
-      continue;
-    }
-    err->message = std::string("data connection: ") + strerror(errno);
-    return false;
+    if (!RetryAfter(c, POLLIN, err)) return false;
   }
   return true;
 }
@@ -281,6 +287,92 @@ void RunReadBatch(ReadBatchJob* j) {
   }
 }
 
+// ---- destination, straight into the store
+
+// One piece of a payload, in wire order: `len` bytes for file `fd` at `pos`,
+// or, with fd < 0, bytes to read and drop (pages older than the store holds).
+struct Segment {
+  int fd;
+  uint64_t pos, len;
+};
+
+bool MakePipe(Conn* c, IoError* err) {
+  if (c->pipe_r >= 0) return true;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    err->reason = "failed";
+    err->message = std::string("pipe: ") + strerror(errno);
+    return false;
+  }
+  c->pipe_r = p[0];
+  c->pipe_w = p[1];
+  // 1 MiB when the limits allow (fewer splice calls), else what we get.
+  for (long sz = 1 << 20; sz >= 4096; sz /= 2)
+    if (fcntl(p[1], F_SETPIPE_SZ, sz) >= 0) break;
+  int got = fcntl(p[1], F_GETPIPE_SZ);
+  c->pipe_size = got > 0 ? size_t(got) : 65536;
+  return true;
+}
+
+// socket -> pipe -> file at pos: the bytes never enter user space (one
+// kernel copy, into the file's pages). The pipe is drained before the next
+// socket splice, so neither side blocks on it.
+bool SpliceToFile(Conn* c, const Segment& s, IoError* err) {
+  loff_t pos = loff_t(s.pos);
+  uint64_t left = s.len;
+  while (left > 0) {
+    size_t chunk = size_t(std::min<uint64_t>(left, c->pipe_size));
+    ssize_t in = splice(c->fd, nullptr, c->pipe_w, nullptr, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (in < 0) {
+      if (!RetryAfter(c, POLLIN, err)) return false;
+      continue;
+    }
+    if (in == 0) {
+      err->message = "data connection ended inside a page batch";
+      return false;
+    }
+    size_t in_pipe = size_t(in);
+    while (in_pipe > 0) {
+      ssize_t out = splice(c->pipe_r, nullptr, s.fd, &pos, in_pipe, SPLICE_F_MOVE);
+      if (out < 0 && errno == EINTR) continue;
+      if (out <= 0) {
+        err->reason = "failed";
+        err->message = std::string("page store write failed: ") + (out < 0 ? strerror(errno) : "nothing written");
+        return false;
+      }
+      in_pipe -= size_t(out);
+    }
+    left -= uint64_t(in);
+  }
+  return true;
+}
+
+bool Discard(Conn* c, uint64_t len, IoError* err) {
+  uint8_t scratch[65536];
+  while (len > 0) {
+    size_t n = size_t(std::min<uint64_t>(len, sizeof scratch));
+    if (!ReadAll(c, scratch, n, err)) return false;
+    len -= n;
+  }
+  return true;
+}
+
+struct ReceivePayloadJob {
+  std::shared_ptr<Conn> c;
+  std::vector<Segment> segs;
+  IoError err;
+  bool ok = true;
+};
+
+void RunReceivePayload(ReceivePayloadJob* j) {
+  Conn* c = j->c.get();
+  if (!MakePipe(c, &j->err)) return void(j->ok = false);
+  for (const Segment& s : j->segs) {
+    j->ok = s.fd >= 0 ? SpliceToFile(c, s, &j->err) : Discard(c, s.len, &j->err);
+    if (!j->ok) return;
+  }
+}
+
 Napi::Value ReadBatchResult(Napi::Env env, const ReadBatchJob& j) {
   if (!j.ok) throw ToError(env, j.err);
   auto o = Napi::Object::New(env);
@@ -307,7 +399,8 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
         env, name,
         {InstanceMethod("sendPages", &BatchConn::SendPages), InstanceMethod("sendBuffers", &BatchConn::SendBuffers),
          InstanceMethod("read", &BatchConn::Read), InstanceMethod("readPayload", &BatchConn::ReadPayload),
-         InstanceMethod("abort", &BatchConn::Abort), InstanceMethod("close", &BatchConn::Close)});
+         InstanceMethod("receivePayload", &BatchConn::ReceivePayload), InstanceMethod("abort", &BatchConn::Abort),
+         InstanceMethod("close", &BatchConn::Close)});
   }
 
   // new BatchConn(fd): takes ownership of fd.
@@ -394,6 +487,32 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
     if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber())
       throw Napi::TypeError::New(env, "readPayload(buf, len)");
     return StartRead(env, info[0].As<Napi::Uint8Array>(), true, info[1].As<Napi::Number>().Uint32Value());
+  }
+
+  // receivePayload(plan: Float64Array of [fd, pos, len] triples) -> Promise<{}>:
+  // the payload read() left on the connection, piece by piece into the files
+  // (fd -1: read and dropped). The caller's plan covers the payload exactly.
+  Napi::Value ReceivePayload(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+      throw Napi::TypeError::New(env, "receivePayload(plan: Float64Array)");
+    auto plan = info[0].As<Napi::Float64Array>();
+    if (plan.ElementLength() % 3) throw Napi::TypeError::New(env, "receivePayload: plan holds [fd, pos, len] triples");
+    auto j = std::make_shared<ReceivePayloadJob>();
+    j->c = Live(env);
+    for (size_t i = 0; i < plan.ElementLength(); i += 3) {
+      double fd = plan[i], pos = plan[i + 1], len = plan[i + 2];
+      if (!(fd >= -1 && fd < INT_MAX && pos >= 0 && pos < 9.0e15 && len >= 0 && len < 9.0e15))
+        throw Napi::TypeError::New(env, "receivePayload: bad plan entry");
+      if (len > 0) j->segs.push_back({int(fd), uint64_t(pos), uint64_t(len)});
+    }
+    return AsyncJob::Run(
+        env, [j] { RunReceivePayload(j.get()); },
+        [j](Napi::Env env) -> Napi::Value {
+          if (!j->ok) throw ToError(env, j->err);
+          return Napi::Object::New(env);
+        });
   }
 
   Napi::Value StartRead(Napi::Env env, Napi::Uint8Array buf, bool payload_only, uint32_t payload_len) {

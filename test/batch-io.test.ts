@@ -5,8 +5,14 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
 import { addon } from '../src/native';
-import { parseHeader, parseRanges } from '../src/transport/page-batch';
+import { PhaulError } from '../src/errors';
+import { rawFd } from '../src/agent/data-channel';
+import { PageStore } from '../src/store/page-store';
+import { attachNativeBatchStream } from '../src/transport/batch-stream';
+import { encodeBatch, parseHeader, parseRanges } from '../src/transport/page-batch';
 import { readPages } from '../src/memory/read-pages';
 import { startMemWorkload } from '../src/testing/workload';
 
@@ -98,5 +104,92 @@ test('a write the peer does not read fails at once on abort()', async () => {
   } finally {
     tx.close();
     addon().closeFd(b);
+  }
+});
+
+/** Both ends of a real loopback TCP connection, as descriptors a BatchConn may own. */
+async function tcpPair(): Promise<[number, number]> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const client = net.connect(port, '127.0.0.1');
+  await new Promise<void>((r) => client.once('connect', () => r()));
+  const peer = await accepted;
+  server.close();
+  const fds: [number, number] = [addon().dupFd(rawFd(client)), addon().dupFd(rawFd(peer))];
+  client.destroy();
+  peer.destroy();
+  return fds;
+}
+
+for (const kind of ['tcp', 'unix'] as const) {
+  test(`${kind}: a batch spliced straight into the page store holds the workload's pages; a stale copy is dropped and the stream stays in step`, { skip, timeout: 60_000 }, async () => {
+    const w = await startMemWorkload({ mib: 4 });
+    const [a, b] = kind === 'tcp' ? await tcpPair() : addon().streamSocketPair();
+    const tx = new (addon().BatchConn)(a);
+    const rx = new (addon().BatchConn)(b);
+    const dir = fs.mkdtempSync('/dev/shm/phaul-batch-io-');
+    const store = new PageStore(path.join(dir, 'store'));
+    try {
+      const pairs = biggestRw(w.pid);
+      const bytes = Number(pairs[1] - pairs[0]);
+      store.setLayout(w.pid, [{ vaddr: pairs[0], nrPages: bytes / 4096 }]);
+      const txBuf = Buffer.alloc(bytes);
+      // Round 2, then an older round 1 of the same pages (dropped), then round 2 again.
+      const sends = (async () => {
+        for (const round of [2, 1, 2]) await tx.sendPages(w.pid, round, pairs, txBuf);
+        tx.close();
+      })();
+      let stored = 0;
+      const h = attachNativeBatchStream(rx, {
+        write: () => Promise.reject(new Error('raw batches never come to write()')),
+        receive: (batch, pull) => store.receive(batch, pull).then(() => { stored++; }),
+      });
+      await sends;
+      const st = await h.done;
+      assert.equal(st.batches, 3);
+      assert.equal(stored, 3);
+      const s = store.stats();
+      assert.equal(s.pendingBatches, 0);
+      assert.ok(s.stalePages > 0, 'the round 1 copy was older than the store\'s');
+      assert.equal(store.firstMissing(w.pid, Number(pairs[0]) / 4096, bytes / 4096), -1);
+      const direct = await readPages(w.pid, pairs);
+      const back = Buffer.alloc(bytes);
+      store.readPages(w.pid, Number(pairs[0]) / 4096, bytes / 4096, back);
+      assert.ok(Buffer.compare(back, Buffer.from(direct.buffer)) === 0, 'the store holds the pages as they are in the workload');
+    } finally {
+      tx.close();
+      rx.close();
+      await store.destroy();
+      fs.rmSync(dir, { recursive: true, force: true });
+      await w.stop();
+    }
+  });
+}
+
+test('a raw batch whose pages lie outside the layout fails the stream before its payload is read', async () => {
+  const [a, b] = addon().streamSocketPair();
+  const tx = new (addon().BatchConn)(a);
+  const rx = new (addon().BatchConn)(b);
+  const dir = fs.mkdtempSync('/dev/shm/phaul-batch-io-');
+  const store = new PageStore(path.join(dir, 'store'));
+  try {
+    store.setLayout(7, [{ vaddr: 0x10000, nrPages: 4 }]);
+    const data = Buffer.alloc(2 * 4096, 0x5a);
+    await tx.sendBuffers(encodeBatch({ pid: 7, round: 0, ranges: [{ vaddr: 0x40000, nrPages: 2 }], data }, { compress: false }));
+    let pulled = false;
+    const h = attachNativeBatchStream(rx, {
+      write: () => Promise.reject(new Error('unexpected')),
+      receive: (batch, pull) => store.receive(batch, (plan) => { pulled = true; return pull(plan); }),
+    });
+    await assert.rejects(h.done, (e: PhaulError) => e.code === 'protocol' && /outside its layout/.test(e.message));
+    assert.equal(pulled, false, 'nothing of the payload was read into the store');
+    assert.equal(store.stats().bytesWritten, 0);
+  } finally {
+    tx.close();
+    rx.close();
+    await store.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

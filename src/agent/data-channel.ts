@@ -12,8 +12,7 @@ import { addon, type NativeBatchConn } from '../native';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
 import { PageServer } from '../transport/page-server';
-import { attachBatchStream, attachNativeBatchStream, type BatchStreamHandle } from '../transport/batch-stream';
-import type { PageBatch } from '../transport/page-batch';
+import { attachBatchStream, attachNativeBatchStream, type BatchSink, type BatchStreamHandle } from '../transport/batch-stream';
 
 export interface PageStats {
   entries: number;
@@ -121,9 +120,9 @@ export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
   };
 }
 
-/** A pre-copy data connection: page batches, JS-read over TLS, natively read over plain TCP. */
+/** A pre-copy data connection: page batches, JS-read over TLS, spliced into the sink's files over plain TCP. */
 export interface BatchStream {
-  attach(onBatch: (b: PageBatch) => Promise<void>, onError: (e: PhaulError) => void): BatchStreamHandle;
+  attach(sink: BatchSink, onError: (e: PhaulError) => void): BatchStreamHandle;
   close(): void;
 }
 
@@ -132,12 +131,12 @@ export function openBatchStream(conn: FrameConn): BatchStream {
   const sock = conn.socket as net.Socket;
   if (sock instanceof tls.TLSSocket) {
     conn.detach(false);
-    return { attach: (onBatch, onError) => attachBatchStream(sock, onBatch, onError), close: () => sock.destroy() };
+    return { attach: (sink, onError) => attachBatchStream(sock, (b) => sink.write(b), onError), close: () => sock.destroy() };
   }
   conn.detach(true);
   const bc = new (addon().BatchConn)(addon().dupFd(rawFd(sock)));
   sock.destroy();
-  return { attach: (onBatch, onError) => attachNativeBatchStream(bc, onBatch, onError), close: () => bc.close() };
+  return { attach: (sink, onError) => attachNativeBatchStream(bc, sink, onError), close: () => bc.close() };
 }
 
 /** Takes over authenticated data connections for sending page batches (source): native over plain TCP. */

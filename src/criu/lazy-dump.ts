@@ -26,7 +26,7 @@ import { criuBinary } from './binary';
 import { CriuGate } from './gate';
 import { criuFlagArgs, type CriuFlags } from './cli-flags';
 import { criuLogTail } from './rpc';
-import { encodePsHeader, PS_IOV_CLOSE } from '../transport/lazy-page-server';
+import { encodePsHeader, PS_IOV_CLOSE } from './ps-header';
 import { procState } from '../agent/process-tree';
 
 export interface LazyDumpOptions extends CriuFlags {
