@@ -239,6 +239,7 @@ export class Migration extends EventEmitter {
     if (o.container) {
       this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
       this.pid = this.container.pid;
+      if (requested === 'hybrid' && !this.container.lazyRestore) throw new MigrationError(new PhaulError('usage', `${this.container.runtime} cannot restore a container lazily: use --mode precopy or stop-copy`), false);
     } else {
       this.pid = o.pid ?? 0;
     }
@@ -268,6 +269,8 @@ export class Migration extends EventEmitter {
       st.conn.send({ t: 'caps', caps: ours, mode: requested });
       const theirs = (await st.conn.expect('caps')).caps;
       if (requested === 'auto') mode = autoMode(ours, theirs);
+      // A runtime without a lazy restore gets the next best.
+      if (requested === 'auto' && mode === 'hybrid' && this.container && !this.container.lazyRestore) mode = 'precopy';
       const why = incompatibility(ours, theirs, mode);
       if (why) throw new PhaulError('incompatible', why);
 
