@@ -366,7 +366,9 @@ uint64_t Server::MissingPages() {
 void Server::Need(uint32_t file, uint64_t off, uint64_t len) {
   if (!asked_.insert({file, off}).second) return;
   ControlRecord r = {kNeed, file, off, len};
-  if (send(control_, &r, sizeof(r), MSG_NOSIGNAL) == ssize_t(sizeof(r))) st_->needs++;
+  if (send(control_, &r, sizeof(r), MSG_NOSIGNAL) != ssize_t(sizeof(r))) return;
+  st_->needs++;
+  if (!finished_) st_->restore_needs++;
 }
 
 // Answers the held faults whose pages have arrived since.
