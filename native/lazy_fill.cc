@@ -967,8 +967,8 @@ bool Server::Run(std::string* err) {
           // No more data can come: fine only if every page still to place is here.
           uint64_t missing = MissingPages();
           if (missing || !waiting_.empty()) {
-            Fatal("lazy-pages: the page source went away with " + std::to_string(missing) +
-                  " pages of the tree's memory not arrived");
+            Fatal("lazy-pages: the page source went away before " + std::to_string(missing) +
+                  " pages of the tree's memory arrived");
             break;
           }
         }
