@@ -7,8 +7,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
-import { runCmd, startCmd } from '../../src/testing/proc';
-import { copyImages, criuRestore, logTail, stopCopyFigures, waitStatus, watchFreeze } from './common';
+import { runCmd } from '../../src/testing/proc';
+import { copyImages, startPageServer, criuRestore, logTail, stopCopyFigures, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 
 export class CriuPageServer implements Peer {
@@ -23,27 +23,29 @@ export class CriuPageServer implements Peer {
     fs.mkdirSync(dst, { recursive: true });
     const big = 60_000 + ctx.memMiB * 100; // generous: 1 Gbit/s moves a MiB in ~8 ms
 
-    const ps = startCmd(inHost(ctx.dst, [ctx.criu, 'page-server', '-D', dst, '--address', ctx.dst.addr,
-      '--port', String(ctx.port), '-o', 'page-server.log', '--status-fd', '4']), { statusFd: true, timeoutMs: big });
+    const ps = await startPageServer(ctx, dst, big);
     try {
-      await waitStatus(ps.status!, ps.done, 'criu page-server', 10_000);
 
       const t0 = performance.now();
       const freeze = watchFreeze(pid);
       const dump = await runCmd(inHost(ctx.src, [ctx.criu, 'dump', '-t', String(pid), '-D', src, '--page-server',
         '--address', ctx.dst.addr, '--port', String(ctx.port), '-o', 'dump.log']), { timeoutMs: big })
         .finally(() => freeze.stop());
+      const dumpMs = performance.now() - t0;
       const frozenAt = freeze.stop() ?? t0;
       if (dump.code !== 0) throw new Error(`criu dump: ${logTail(path.join(src, 'dump.log'))}`);
       const psr = await ps.done;
       if (psr.code !== 0) throw new Error(`criu page-server: ${logTail(path.join(dst, 'page-server.log'))}`);
+      // What the page server received (its pages files) before the images are copied over.
+      const pageBytes = fs.readdirSync(dst).filter((f) => /^pages-\d+\.img$/.test(f)).reduce((n, f) => n + fs.statSync(path.join(dst, f)).size, 0);
       const copied = copyImages(src, dst);
       const tFree = performance.now();
 
       const rs = await criuRestore(ctx.criu, ctx.dst, dst, big);
       hooks.onRunning(rs.pid);
       // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
-      return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, dump.cpuS + psr.cpuS + rs.r.cpuS);
+      return { ...stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, dump.cpuS + psr.cpuS + rs.r.cpuS),
+        copyMBps: pageBytes / 1e6 / (dumpMs / 1000) };
     } finally {
       ps.kill();
     }

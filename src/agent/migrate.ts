@@ -21,9 +21,9 @@ import { FrameConn } from '../protocol/frames';
 import type { MessageOf, Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
 import { autoMode, incompatibility, isMode, localCapabilities, MODES, pageServerHeaderSize, type Mode } from './capabilities';
-import { openDataChannelClient, SourceDataChannel } from './data-channel';
+import { batchSocket, openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
-import { LazyDump } from '../criu';
+import { LazyDump, type DumpCpu } from '../criu';
 import { TreeTracker } from '../memory/tree-tracker';
 import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
@@ -118,6 +118,8 @@ export interface MigrationReport {
   filledMs?: number;
   /** Hybrid: what the destination's lazy-pages server did (src/native/lazy-fill.ts FillStats). */
   fill?: Stats;
+  /** Pre-copy modes: CPU of CRIU's dump inside the pause (the criu-dump phase), steadier than its wall time. */
+  criuDumpCpu?: DumpCpu;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
   /** A container: as the destination's runtime knows it now. */
@@ -161,6 +163,7 @@ export class Migration extends EventEmitter {
   private container?: ContainerSource;
   /** The destination's name for the moved container (from `restored`). */
   private containerAtDest?: { id: string; runtime: string; bundle: string };
+  private criuDumpCpu?: DumpCpu;
 
   /** Why abort() ended the migration, if it did. */
   private abortReason?: PhaulError;
@@ -235,6 +238,7 @@ export class Migration extends EventEmitter {
     if (o.container) {
       this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
       this.pid = this.container.pid;
+      if (requested === 'hybrid' && !this.container.lazyRestore) throw new MigrationError(new PhaulError('usage', `${this.container.runtime} cannot restore a container lazily: use --mode precopy or stop-copy`), false);
     } else {
       this.pid = o.pid ?? 0;
     }
@@ -264,6 +268,8 @@ export class Migration extends EventEmitter {
       st.conn.send({ t: 'caps', caps: ours, mode: requested });
       const theirs = (await st.conn.expect('caps')).caps;
       if (requested === 'auto') mode = autoMode(ours, theirs);
+      // A runtime without a lazy restore gets the next best.
+      if (requested === 'auto' && mode === 'hybrid' && this.container && !this.container.lazyRestore) mode = 'precopy';
       const why = incompatibility(ours, theirs, mode);
       if (why) throw new PhaulError('incompatible', why);
 
@@ -329,6 +335,7 @@ export class Migration extends EventEmitter {
       if (result.rounds) report.rounds = result.rounds;
       if (fallback) report.fallback = fallback;
       if (this.containerAtDest) report.container = this.containerAtDest;
+      if (this.criuDumpCpu) report.criuDumpCpu = this.criuDumpCpu;
       Object.assign(report, filled);
       if (forgot) report.warning = report.warning ? `${report.warning}; ${forgot}` : forgot;
       return report;
@@ -506,14 +513,13 @@ export class Migration extends EventEmitter {
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
       await authenticateClient(d, o.token, 'data', session);
-      d.detach(false);
-      st.streams.push(d.socket as Socket);
+      st.streams.push(batchSocket(d));
     }
     this.phase('handshake');
     st.sm.to('copying');
 
-    // CRIU starts now and waits at its pre-dump gate (criu/lazy-dump.ts), so
-    // that its start-up overlaps the rounds instead of lengthening the pause.
+    // CRIU starts now and waits at its gate (criu/gate.ts), so that its
+    // start-up overlaps the rounds instead of delaying the switchover.
     const ours = await localCapabilities();
     st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
       extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
@@ -547,6 +553,10 @@ export class Migration extends EventEmitter {
     frozen.catch(() => undefined); // awaited below, after CRIU's images
     await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
     this.phase('criu-dump', dump.readyAt);
+    if (dump.dumpCpu) {
+      this.criuDumpCpu = dump.dumpCpu;
+      this.emit('log', `criu dump: ${dump.readyAt - freezeAt} ms from the freeze to its images, on CPU ${dump.dumpCpu.criuMs} ms (criu) + ${dump.dumpCpu.parasiteMs} ms (its parasite)`);
+    }
     // CRIU's images next: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
     this.finalBundleDelta(conn, workDir);
@@ -603,8 +613,7 @@ export class Migration extends EventEmitter {
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
       await authenticateClient(d, o.token, 'data', session);
-      d.detach(false);
-      st.streams.push(d.socket as Socket);
+      st.streams.push(batchSocket(d));
     }
     const ours = await localCapabilities();
     st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });

@@ -9,11 +9,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
+import { criuFlagArgs } from '../criu/cli-flags';
 import { criuLogTail } from '../criu/rpc';
 import type { CriuFlags, TreeData, TreeEntries } from '../protocol/messages';
 import { mountsOf, OciConfig, parseOciConfig } from './oci';
 import { CONTAINER_ID, Runc } from './runc';
 import type { ContainerDescriptor } from './source';
+import { PodmanTarget } from './podman-target';
 import { TreeReceiver } from './tree-sync';
 
 export interface ContainerServeOptions {
@@ -23,22 +25,76 @@ export interface ContainerServeOptions {
   bundles?: string;
   /** cgroup parent for moved containers (their cgroupsPath becomes PARENT/ID); default: the source's cgroupsPath. */
   cgroupParent?: string;
+  /** podman's state directory here (src/container/podman.ts; default podman's own). */
+  podmanRoot?: string;
+}
+
+/** What the destination agent needs of a container's runtime, whichever it is. */
+export interface RuntimeTarget {
+  readonly desc: ContainerDescriptor;
+  /** Where this host keeps the container's files. */
+  readonly bundle: string;
+  handle(m: TreeEntries | TreeData): void;
+  /** Restores the tree stopped; resolves with the restored init's pid. */
+  restore(o: RestoreOptions): Promise<number>;
+  committed(): void;
+  rollback(): Promise<void>;
+  report(): { id: string; runtime: string; bundle: string };
+}
+
+export interface RestoreOptions {
+  imagesDir: string;
+  criu: string;
+  criuFlags: CriuFlags;
+  lazy: boolean;
+  timeoutMs: number;
+}
+
+/** Checks a descriptor from the network and prepares its runtime's side. */
+export async function prepareContainerTarget(raw: unknown, opts: ContainerServeOptions): Promise<RuntimeTarget> {
+  const desc = parseDescriptor(raw);
+  return desc.runtime === 'podman' ? PodmanTarget.prepare(desc, opts) : ContainerTarget.prepare(desc, opts);
+}
+
+/** The host's CRIU settings for runc, which our per-container configuration replaces. */
+export function baseCriuConf(): string {
+  try { return fs.readFileSync(RUNC_CRIU_CONF, 'utf8'); } catch { return ''; }
+}
+
+/**
+ * The CRIU configuration runc's CRIU reads for a moved container (its
+ * `org.criu.config` annotation): the host's, the nftables network lock when
+ * the host names none (runc's CRIU would use iptables), the migration's flags,
+ * and leave-stopped, so that the restored tree waits for the commit.
+ */
+export function restoreCriuConf(flags: CriuFlags): string {
+  const base = baseCriuConf();
+  const lines = [base];
+  // A configuration file says `option value` where the command line says `--option value`.
+  for (const a of criuFlagArgs(flags)) {
+    if (a.startsWith('--')) lines.push(a.slice(2));
+    else lines[lines.length - 1] += ` ${a}`;
+  }
+  if (!lines.some((l) => /^\s*network-lock\b/m.test(l))) lines.push('network-lock nftables');
+  lines.push('leave-stopped');
+  return `${lines.join('\n')}\n`;
 }
 
 /** The file runc's CRIU reads for this container (its `org.criu.config` annotation), in the bundle. */
-const CRIU_CONF = 'phaul-fast.criu.conf';
+export const CRIU_CONF = 'phaul-fast.criu.conf';
 const RUNC_CRIU_CONF = '/etc/criu/runc.conf';
 
-function parseDescriptor(raw: unknown): ContainerDescriptor {
+export function parseDescriptor(raw: unknown): ContainerDescriptor {
   const d = raw as Record<string, unknown>;
-  const s = (k: string, max = 4096) => {
-    if (typeof d?.[k] !== 'string' || (d[k] as string).length > max) throw new PhaulError('protocol', `bad container '${k}'`);
-    return d[k] as string;
+  const s = (k: string, max = 4096, from: Record<string, unknown> | undefined = d) => {
+    if (typeof from?.[k] !== 'string' || (from[k] as string).length > max) throw new PhaulError('protocol', `bad container '${k}'`);
+    return from[k] as string;
   };
   if (!d || typeof d !== 'object') throw new PhaulError('protocol', 'bad container descriptor');
   const id = s('id', 128);
   if (!CONTAINER_ID.test(id)) throw new PhaulError('protocol', 'bad container id');
-  if (d.runtime !== 'runc') throw new PhaulError('incompatible', `container runtime '${String(d.runtime).slice(0, 20)}' is not supported here`);
+  const runtime = d.runtime;
+  if (runtime !== 'runc' && runtime !== 'podman') throw new PhaulError('incompatible', `container runtime '${String(runtime).slice(0, 20)}' is not supported here`);
   const vols = Array.isArray(d.volumes) ? d.volumes : [];
   if (vols.length > 256) throw new PhaulError('protocol', 'too many volumes');
   const volumes = vols.map((raw: unknown) => {
@@ -46,11 +102,21 @@ function parseDescriptor(raw: unknown): ContainerDescriptor {
     if (!v || typeof v.mount !== 'number' || !Number.isInteger(v.mount) || v.mount < 0 || v.mount > 4096 || (v.kind !== 'd' && v.kind !== 'f')) throw new PhaulError('protocol', 'bad volume');
     return { mount: v.mount, kind: v.kind as 'd' | 'f' };
   });
-  return { id, runtime: 'runc', config: s('config', 4 << 20), bundle: s('bundle'), rootfs: s('rootfs'), sharedFs: d.sharedFs === true, volumes };
+  const desc: ContainerDescriptor = { id, runtime, config: s('config', 4 << 20), bundle: s('bundle'), rootfs: s('rootfs'), sharedFs: d.sharedFs === true, volumes };
+  if (runtime === 'podman') {
+    const p = d.podman as Record<string, unknown> | undefined;
+    if (!p || typeof p !== 'object') throw new PhaulError('protocol', 'a podman container without podman\'s record');
+    const fullId = s('fullId', 64, p);
+    if (!/^[0-9a-f]{64}$/.test(fullId)) throw new PhaulError('protocol', 'bad podman container id');
+    const imageId = s('imageId', 64, p);
+    if (!/^[0-9a-f]{64}$/.test(imageId)) throw new PhaulError('protocol', 'bad podman image id');
+    desc.podman = { configDump: s('configDump', 4 << 20, p), imageId, imageName: s('imageName', 1024, p), fullId };
+  }
+  return desc;
 }
 
 /** Does any controller's cgroup at `cgPath` hold processes? */
-function cgroupInUse(cgPath: string): string | undefined {
+export function cgroupInUse(cgPath: string): string | undefined {
   const base = '/sys/fs/cgroup';
   let dirs: string[];
   try { dirs = fs.readdirSync(base); } catch { return undefined; }
@@ -62,7 +128,7 @@ function cgroupInUse(cgPath: string): string | undefined {
   return undefined;
 }
 
-export class ContainerTarget {
+export class ContainerTarget implements RuntimeTarget {
   readonly runc: Runc;
   private readonly receiver: TreeReceiver;
   private created = false;
@@ -77,9 +143,8 @@ export class ContainerTarget {
     this.receiver = new TreeReceiver(roots);
   }
 
-  /** Checks the descriptor and that nothing here collides with it, then creates the bundle directory. */
-  static async prepare(raw: unknown, opts: ContainerServeOptions): Promise<ContainerTarget> {
-    const desc = parseDescriptor(raw);
+  /** Checks that nothing here collides with the container, then creates the bundle directory. */
+  static async prepare(desc: ContainerDescriptor, opts: ContainerServeOptions): Promise<ContainerTarget> {
     const config = parseOciConfig(desc.config, 'the container\'s config.json');
     const mounts = mountsOf(config);
     for (const v of desc.volumes) if (!mounts[v.mount]) throw new PhaulError('protocol', 'volume names no mount');
@@ -123,18 +188,11 @@ export class ContainerTarget {
     fs.writeFileSync(path.join(this.bundle, 'config.json'), JSON.stringify(c, null, 2));
   }
 
-  /** The host's CRIU settings for runc, which the annotation replaces. */
-  private static baseCriuConf(): string {
-    try { return fs.readFileSync(RUNC_CRIU_CONF, 'utf8'); } catch { return ''; }
-  }
-
   /** runc restore, leaving the tree stopped; resolves with the restored init's pid. */
-  async restore(o: { imagesDir: string; criu: string; criuFlags: CriuFlags; lazy: boolean; timeoutMs: number }): Promise<number> {
+  async restore(o: RestoreOptions): Promise<number> {
     this.writeConfig();
-    const base = ContainerTarget.baseCriuConf();
-    // runc's CRIU would use iptables for the network lock by default, which this kind of host may lack.
-    const lock = /^\s*network-lock\b/m.test(base) ? '' : 'network-lock nftables\n';
-    fs.writeFileSync(path.join(this.bundle, CRIU_CONF), `${base}\n${lock}leave-stopped\n`);
+    // (The flags go on runc's command line too, which is where runc looks for them.)
+    fs.writeFileSync(path.join(this.bundle, CRIU_CONF), restoreCriuConf({}));
     const flags: string[] = [];
     if (o.criuFlags.tcpEstablished) flags.push('--tcp-established');
     if (o.criuFlags.extUnixSk) flags.push('--ext-unix-sk');
@@ -159,7 +217,7 @@ export class ContainerTarget {
   /** After the commit: later checkpoints of this container by runc use the host's settings again. */
   committed(): void {
     try {
-      fs.writeFileSync(path.join(this.bundle, CRIU_CONF), ContainerTarget.baseCriuConf());
+      fs.writeFileSync(path.join(this.bundle, CRIU_CONF), baseCriuConf());
     } catch { /* the container runs; this only matters to a later runc checkpoint */ }
   }
 

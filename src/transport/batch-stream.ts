@@ -377,7 +377,9 @@ export interface BatchSink {
 /** A native call's rejection as a PhaulError: the connection's fault, or ours ('failed': e.g. the store's file). */
 function nativeError(e: unknown): PhaulError {
   const msg = (e as Error)?.message ?? String(e);
-  return (e as { reason?: string })?.reason === 'failed' ? new PhaulError('failed', msg) : new PhaulError('network', `data connection failed: ${msg}`);
+  const reason = (e as { reason?: string })?.reason;
+  if (reason === 'failed' || reason === 'protocol') return new PhaulError(reason, msg);
+  return new PhaulError('network', `data connection failed: ${msg}`);
 }
 
 /**
