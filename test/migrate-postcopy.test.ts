@@ -37,9 +37,22 @@ function ourFillServers(): number[] {
   });
 }
 
-/** Page stores of the destination's sessions (postcopy's pages file lives in one). */
+/** The pid of our destination agent (stores are named after it; other checkouts run their own agents). */
+function servePid(): number {
+  const me = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).find((p) => {
+    try {
+      const argv = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      return argv.includes('serve') && argv.includes(fx.serve.dir);
+    } catch { return false; }
+  });
+  assert.ok(me, 'our destination agent runs');
+  return Number(me);
+}
+
+/** Our destination agent's page stores that hold a postcopy pages file. */
 function stores(): string[] {
-  return fs.readdirSync('/dev/shm').filter((n) => n.startsWith('phaul-fast-store-')).map((n) => path.join('/dev/shm', n))
+  const prefix = `phaul-fast-store-${servePid()}-`;
+  return fs.readdirSync('/dev/shm').filter((n) => n.startsWith(prefix)).map((n) => path.join('/dev/shm', n))
     .filter((d) => { try { return fs.readdirSync(d).includes('postcopy.pages'); } catch { return false; } });
 }
 
@@ -55,7 +68,7 @@ test('postcopy moves a 1 GiB workload: it resumes before its memory arrives, eve
   const logBefore = fx.serve.stderr().length;
   try {
     await w.resetGap();
-    const r = await runCli(fx.hosts.a, postcopyArgs(w.pid));
+    const r = await runCli(fx.hosts.a, postcopyArgs(w.pid), 300_000); // a bound for a loaded machine, not a timing
     assert.equal(r.code, 0, r.stderr);
     const rep = r.json!;
     assert.equal(rep.mode, 'postcopy');
