@@ -121,6 +121,12 @@ test('a 256 MiB container moves in the default mode; the destination\'s runc own
     assert.equal(Number(fs.readFileSync(`/sys/fs/cgroup/memory/${cgB}/${c.id}/memory.limit_in_bytes`, 'utf8')), 512 << 20);
     assert.equal(fs.readFileSync(`/sys/fs/cgroup/pids/${cgB}/${c.id}/pids.max`, 'utf8').trim(), '64');
 
+    // A masked directory is still empty and read-only (bound from an empty directory, not a tmpfs CRIU archived).
+    const masked = fs.readFileSync(`/proc/${dst!.pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === '/sys/firmware');
+    assert.ok(masked, 'the container still has /sys/firmware masked');
+    assert.ok(masked.split(' ')[5].split(',').includes('ro'), masked);
+    assert.deepEqual(fs.readdirSync(`/proc/${dst!.pid}/root/sys/firmware`), []);
+
     // runc's own verbs work on it.
     const ex = await runCmd([findRunc()!, '--root', rootB(), 'exec', c.id, '/bin/cat', '/proc/1/comm'], { timeoutMs: 20_000 });
     assert.equal(ex.code, 0, ex.stderr);

@@ -22,7 +22,7 @@ import { execCmd } from './runc';
 import { parseOciConfig } from './oci';
 import { Podman } from './podman';
 import type { ContainerDescriptor, PodmanDescriptor } from './source';
-import { baseCriuConf, cgroupInUse, type ContainerServeOptions, CRIU_CONF, type RestoreOptions, restoreCriuConf, type RuntimeTarget } from './target';
+import { baseCriuConf, cgroupInUse, type ContainerServeOptions, CRIU_CONF, maskedDir, type RestoreOptions, restoreCriuConf, type RuntimeTarget } from './target';
 import { TreeReceiver } from './tree-sync';
 
 /** CRIU's link from a dump's images to its parent's (our store). */
@@ -95,7 +95,7 @@ export class PodmanTarget implements RuntimeTarget {
     const meta = path.join(this.bundle, 'meta');
     fs.mkdirSync(meta, { recursive: true });
     const conf = path.join(this.bundle, CRIU_CONF);
-    fs.writeFileSync(conf, restoreCriuConf(o.criuFlags));
+    fs.writeFileSync(conf, restoreCriuConf(o.criuFlags, maskedDir(this.bundle)));
     const spec = parseOciConfig(this.desc.config, 'the container\'s OCI spec');
     spec.annotations = { ...(spec.annotations ?? {}), 'org.criu.config': conf };
     const record = JSON.parse(this.pod.configDump) as Record<string, unknown>;

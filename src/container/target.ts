@@ -12,6 +12,7 @@ import { PhaulError } from '../errors';
 import { criuFlagArgs } from '../criu/cli-flags';
 import { criuLogTail } from '../criu/rpc';
 import type { CriuFlags, TreeData, TreeEntries } from '../protocol/messages';
+import { MASKED_DIR_KEY } from './dump-options';
 import { mountsOf, OciConfig, parseOciConfig } from './oci';
 import { CONTAINER_ID, Runc } from './runc';
 import type { ContainerDescriptor } from './source';
@@ -56,6 +57,13 @@ export async function prepareContainerTarget(raw: unknown, opts: ContainerServeO
   return desc.runtime === 'podman' ? PodmanTarget.prepare(desc, opts) : ContainerTarget.prepare(desc, opts);
 }
 
+/** An empty, read-only directory in `dir` for the container's masked directories. */
+export function maskedDir(dir: string): string {
+  const d = path.join(dir, 'masked');
+  fs.mkdirSync(d, { recursive: true, mode: 0o555 });
+  return d;
+}
+
 /** The host's CRIU settings for runc, which our per-container configuration replaces. */
 export function baseCriuConf(): string {
   try { return fs.readFileSync(RUNC_CRIU_CONF, 'utf8'); } catch { return ''; }
@@ -65,11 +73,12 @@ export function baseCriuConf(): string {
  * The CRIU configuration runc's CRIU reads for a moved container (its
  * `org.criu.config` annotation): the host's, the nftables network lock when
  * the host names none (runc's CRIU would use iptables), the migration's flags,
- * and leave-stopped, so that the restored tree waits for the commit.
+ * the empty directory masked directories are bound from (dump-options.ts), and
+ * leave-stopped, so that the restored tree waits for the commit.
  */
-export function restoreCriuConf(flags: CriuFlags): string {
+export function restoreCriuConf(flags: CriuFlags, maskedDir: string): string {
   const base = baseCriuConf();
-  const lines = [base];
+  const lines = [base, `external mnt[${MASKED_DIR_KEY}]:${maskedDir}`];
   // A configuration file says `option value` where the command line says `--option value`.
   for (const a of criuFlagArgs(flags)) {
     if (a.startsWith('--')) lines.push(a.slice(2));
@@ -192,7 +201,7 @@ export class ContainerTarget implements RuntimeTarget {
   async restore(o: RestoreOptions): Promise<number> {
     this.writeConfig();
     // (The flags go on runc's command line too, which is where runc looks for them.)
-    fs.writeFileSync(path.join(this.bundle, CRIU_CONF), restoreCriuConf({}));
+    fs.writeFileSync(path.join(this.bundle, CRIU_CONF), restoreCriuConf({}, maskedDir(this.bundle)));
     const flags: string[] = [];
     if (o.criuFlags.tcpEstablished) flags.push('--tcp-established');
     if (o.criuFlags.extUnixSk) flags.push('--ext-unix-sk');
