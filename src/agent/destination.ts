@@ -433,6 +433,7 @@ class DestSession {
 
     // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
     await this.receive(this.commitWaitMs);
+    await this.container?.opening?.().catch((e) => this.log(`the container's network stays locked: ${asPhaulError(e).message}`));
     signalAll(treePids(this.restoredPid), 'SIGCONT');
     forgetStoppedCopy(this.dir);
     this.sm.to('running');
