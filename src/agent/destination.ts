@@ -150,7 +150,7 @@ class DestSession {
       return;
     }
     // Pre-copy: page batches, checked as they come; over plain TCP a raw
-    // batch's payload is spliced natively from the socket into the store's files.
+    // batch's payload goes natively from the socket into the store's files.
     const store = this.store;
     const stream = openBatchStream(conn);
     this.streams.push(stream);
