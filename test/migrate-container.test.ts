@@ -180,3 +180,45 @@ test('a container with a terminal is refused before anything is touched', { skip
     await cleanup(c);
   }
 });
+
+test('--shared-fs and --shared-path: the rootfs and a shared volume stay where they are, another volume moves', { skip }, async () => {
+  const id = `ctr-${crypto.randomBytes(3).toString('hex')}`;
+  const shared = path.join(fx.dir, `shared-${id}`);
+  const sharedVol = path.join(shared, 'vol');
+  const ownVol = path.join(fx.dir, `own-${id}`);
+  for (const d of [sharedVol, ownVol]) fs.mkdirSync(d, { recursive: true });
+  fs.writeFileSync(path.join(sharedVol, 'x'), 'shared\n');
+  fs.writeFileSync(path.join(ownVol, 'y'), 'own\n');
+  const bind = (source: string, destination: string) => ({ destination, type: 'bind', source, options: ['rbind', 'rw'] });
+  const bundle = await makeBundle({
+    dir: path.join(fx.dir, 'bundles-a', id), cgroupsPath: `/${fx.cgA}/${id}`, args: ['/bin/sleep', '1000'],
+    mounts: [bind(sharedVol, '/shared'), bind(ownVol, '/own')],
+  });
+  const c: Started = { id, bundle, pid: 0, report: '' };
+  try {
+    c.pid = await runContainer(fx.rootA, bundle, id, fx.hosts.a.netnsPath);
+    const r = await runCli(fx.hosts.a, migrate(id, ['--shared-fs', '--shared-path', `${shared},/nonexistent`]), 120_000);
+    assert.equal(r.code, 0, r.stderr);
+    const dst = await runcState(fx.rootB, id);
+    assert.equal(dst?.status, 'running');
+    assert.equal(dst?.bundle, path.join(fx.bundlesB, id));
+    assert.equal(await runcState(fx.rootA, id), null);
+    // Not copied: no rootfs in the destination's bundle, which names the source's; the shared volume is the same directory.
+    assert.ok(!fs.existsSync(path.join(dst!.bundle, 'rootfs')), 'the rootfs was not copied');
+    const cfg = JSON.parse(fs.readFileSync(path.join(dst!.bundle, 'config.json'), 'utf8'));
+    assert.equal(cfg.root.path, path.join(bundle, 'rootfs'));
+    const mountOf = (d: string) => cfg.mounts.find((m: { destination: string }) => m.destination === d);
+    assert.equal(mountOf('/shared').source, sharedVol);
+    const moved = mountOf('/own').source;
+    assert.ok(moved.startsWith(path.join(dst!.bundle, 'volumes') + path.sep), moved);
+    assert.equal(fs.readFileSync(path.join(moved, 'y'), 'utf8'), 'own\n', 'the other volume was copied');
+    assert.equal(fs.readdirSync(path.join(dst!.bundle, 'volumes')).length, 1, 'only the volume that is not shared');
+    // The restored container sees all three where CRIU was told they are.
+    const sameFile = (a: string, b: string) => fs.statSync(a).ino === fs.statSync(b).ino && fs.statSync(a).dev === fs.statSync(b).dev;
+    assert.ok(sameFile(`/proc/${dst!.pid}/root/bin/busybox`, path.join(bundle, 'rootfs', 'bin', 'busybox')), 'runs from the shared rootfs');
+    assert.ok(sameFile(`/proc/${dst!.pid}/root/shared/x`, path.join(sharedVol, 'x')), 'the shared volume is mounted from its own path');
+    assert.ok(sameFile(`/proc/${dst!.pid}/root/own/y`, path.join(moved, 'y')), 'the moved volume from the destination\'s copy');
+  } finally {
+    await cleanup(c);
+  }
+});
