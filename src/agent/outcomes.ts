@@ -1,0 +1,79 @@
+// What the destination decided for each session, kept on disk so that it can
+// still answer `phaul-fast resolve` after the session ended or the agent died
+// (src/agent/resolve.ts). `committed` is written *before* the copy gets its
+// SIGCONT, so a copy that may have run always has it: an agent that dies in
+// between leaves a committed copy stopped, and the next agent's sweep resumes
+// it (sweep.ts) instead of killing it. `aborted` is written once a copy that
+// never ran is gone. A session with no record never had a copy resumed here.
+// Records live in DIR/outcomes/ID.json (one small file each) and are pruned
+// after OUTCOME_KEEP_MS.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+export type Outcome = 'committed' | 'aborted';
+
+export interface OutcomeRecord {
+  outcome: Outcome;
+  /** The copy's root (committed; aborted when there was one) and its start time. */
+  pid?: number;
+  startTime?: number;
+  at: number;
+}
+
+/** How long a decision stays on record: long enough for anyone to run resolve. */
+export const OUTCOME_KEEP_MS = 7 * 24 * 3600_000;
+const SESSION_ID = /^[0-9a-f]{24}$/;
+
+function outcomesDir(dir: string): string {
+  return path.join(dir, 'outcomes');
+}
+
+/** Records the decision for session `id` of the agent whose --dir is `dir` (atomic: a new file renamed in place). */
+export function recordOutcome(dir: string, id: string, rec: Omit<OutcomeRecord, 'at'>): void {
+  if (!SESSION_ID.test(id)) return;
+  const d = outcomesDir(dir);
+  fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+  const file = path.join(d, `${id}.json`);
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  try {
+    fs.writeSync(fd, JSON.stringify({ ...rec, at: Date.now() }));
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+/** The decision recorded for session `id`, or undefined (none, or unreadable). */
+export function readOutcome(dir: string, id: string): OutcomeRecord | undefined {
+  if (!SESSION_ID.test(id)) return undefined;
+  try {
+    const r = JSON.parse(fs.readFileSync(path.join(outcomesDir(dir), `${id}.json`), 'utf8')) as OutcomeRecord;
+    return r.outcome === 'committed' || r.outcome === 'aborted' ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Removes records older than OUTCOME_KEEP_MS (and temp files of dead writers); returns how many. */
+export function pruneOutcomes(dir: string, now = Date.now()): number {
+  const d = outcomesDir(dir);
+  let n = 0;
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(d);
+  } catch {
+    return 0;
+  }
+  for (const name of names) {
+    const f = path.join(d, name);
+    try {
+      if (name.endsWith('.tmp') || now - fs.statSync(f).mtimeMs > OUTCOME_KEEP_MS) {
+        fs.rmSync(f, { force: true });
+        n++;
+      }
+    } catch { /* gone meanwhile */ }
+  }
+  return n;
+}
