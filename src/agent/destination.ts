@@ -554,10 +554,13 @@ class DestSession {
     }
     await this.lazyPages?.kill();
     await this.container?.rollback().catch((e) => this.log(`container clean-up: ${asPhaulError(e).message}`));
-    try {
-      recordOutcome(this.agent.opts.dir, this.id, { outcome: 'aborted', ...(this.restoredPid > 0 ? { pid: this.restoredPid } : {}) });
-    } catch (e) {
-      this.log(`cannot record the session's outcome: ${asPhaulError(e).message}`);
+    // Only a session that restored (or began to) has a copy to speak of; before that, `unknown` says the same.
+    if (recovery === 'kill-copy') {
+      try {
+        recordOutcome(this.agent.opts.dir, this.id, { outcome: 'aborted', ...(this.restoredPid > 0 ? { pid: this.restoredPid } : {}) });
+      } catch (e) {
+        this.log(`cannot record the session's outcome: ${asPhaulError(e).message}`);
+      }
     }
     this.settle({ state: 'aborted', detail: 'the session failed here; its copy never ran and is gone' });
   }

@@ -5,10 +5,13 @@
 // between leaves a committed copy stopped, and the next agent's sweep resumes
 // it (sweep.ts) instead of killing it. `aborted` is written once a copy that
 // never ran is gone. A session with no record never had a copy resumed here.
-// Records live in DIR/outcomes/ID.json (one small file each) and are pruned
-// after OUTCOME_KEEP_MS.
+// Records live outside the --dir (which holds only sessions), in
+// /run/phaul-fast/outcomes-KEY/ID.json with KEY naming the --dir (run-dir.ts),
+// one small file each, pruned after OUTCOME_KEEP_MS or by a reboot (which
+// ends every copy they could name).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { dirKey, runPath } from './run-dir';
 
 export type Outcome = 'committed' | 'aborted';
 
@@ -25,7 +28,7 @@ export const OUTCOME_KEEP_MS = 7 * 24 * 3600_000;
 const SESSION_ID = /^[0-9a-f]{24}$/;
 
 function outcomesDir(dir: string): string {
-  return path.join(dir, 'outcomes');
+  return runPath(`outcomes-${dirKey(dir)}`);
 }
 
 /** Records the decision for session `id` of the agent whose --dir is `dir` (atomic: a new file renamed in place). */

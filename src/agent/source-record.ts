@@ -6,10 +6,10 @@
 // the tree, removed when the session ends with one running copy (done, rolled
 // back); kept when it ends in doubt (`lost`) or the agent dies.
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { isAlive, startTime, treePids } from './process-tree';
 import type { SourceState } from './source-states';
+import { runPath } from './run-dir';
 
 export interface OriginalProcess {
   pid: number;
@@ -34,7 +34,7 @@ const SESSION_ID = /^[0-9a-f]{24}$/;
 
 /** Where records live: /run/phaul-fast/sessions (tmpfs: a reboot ends every workload they could name). */
 export function recordDir(): string {
-  return fs.existsSync('/run') ? '/run/phaul-fast/sessions' : path.join(os.tmpdir(), 'phaul-fast-run', 'sessions');
+  return runPath('sessions');
 }
 
 function fileOf(session: string, dir: string): string {

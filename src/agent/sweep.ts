@@ -15,13 +15,12 @@
 //   original, and the copy is resumed instead.
 // Each session directory records its stopped copy (pid and start time) in
 // RESTORED_FILE, so a recycled pid is never hit.
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { isAlive, procState, signalAll, startTime, treePids } from './process-tree';
 import { pruneOutcomes, readOutcome, recordOutcome } from './outcomes';
+import { dirKey, runPath } from './run-dir';
 
 export const RESTORED_FILE = 'restored-stopped.json';
 const SESSION_DIR = /^[0-9a-f]{24}$/;
@@ -30,10 +29,7 @@ const STORE_NAME = /^phaul-fast-store-(\d+)-/;
 
 /** Where the claim on a --dir is kept: outside it, so the directory holds only sessions. */
 function ownerFile(dir: string): string {
-  const id = crypto.createHash('sha256').update(fs.realpathSync(dir)).digest('hex').slice(0, 32);
-  const run = fs.existsSync('/run') ? '/run/phaul-fast' : path.join(os.tmpdir(), 'phaul-fast-run');
-  fs.mkdirSync(run, { recursive: true, mode: 0o700 });
-  return path.join(run, `serve-${id}.pid`);
+  return runPath(`serve-${dirKey(dir)}.pid`);
 }
 
 /** Claims dir for this agent; refuses if another live agent holds it. */
