@@ -13,4 +13,6 @@ void InitDirtyTracker(Napi::Env env,
 void InitPageReader(Napi::Env env, Napi::Object exports);  // page_reader.cc: reading pages of another process
 void InitLazyFill(Napi::Env env, Napi::Object exports);  // lazy_fill_napi.cc: our lazy-pages server (userfaultfd fill)
 void InitBatchIo(Napi::Env env, Napi::Object exports);   // batch_io.cc: pre-copy page batches, socket <-> memory
+void InitSocketOpts(Napi::Env env,
+                    Napi::Object exports);  // socket_opts.cc: socket options Node lacks (TCP_USER_TIMEOUT)
 }  // namespace phaul

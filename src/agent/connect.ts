@@ -4,6 +4,21 @@ import * as net from 'node:net';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
 import { type ClientTls, connectTls } from '../protocol/secure-channel';
+import { setUserTimeout } from '../native/socket-opts';
+
+/**
+ * Both agents' sockets drop a connection whose sent data has gone
+ * unacknowledged this long (TCP_USER_TIMEOUT; keepalive covers idle ones):
+ * a partition while bytes are in flight ends in seconds, within the default
+ * freeze budget (30 s), not after TCP's ~15 minutes of retransmissions.
+ */
+export const TCP_USER_TIMEOUT_MS = 15_000;
+
+/** Keepalive and the user timeout on an agent's socket (both ends). */
+export function boundSilence(sock: net.Socket): void {
+  sock.setKeepAlive(true, 5000);
+  setUserTimeout(sock, TCP_USER_TIMEOUT_MS);
+}
 
 export function connectDestination(to: { host: string; port: number }, token: Buffer, tls: ClientTls | undefined,
   timeoutMs = 10_000): Promise<FrameConn> {
@@ -19,7 +34,7 @@ export function connectDestination(to: { host: string; port: number }, token: Bu
       sock.removeAllListeners('error');
       (sock as net.Socket).setNoDelay(true);
       // A peer gone silent (a partition) is noticed while we wait, not after TCP's ~15 min.
-      (sock as net.Socket).setKeepAlive(true, 5000);
+      boundSilence(sock as net.Socket);
       resolve(new FrameConn(sock, peer));
     });
     sock.once('error', (e: NodeJS.ErrnoException) => {

@@ -24,6 +24,7 @@ import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFI
 import { FrameConn } from '../protocol/frames';
 import type { Image, Message, Prepare, Resolution, Resolve, TreeData, TreeEntries } from '../protocol/messages';
 import { readOutcome, recordOutcome } from './outcomes';
+import { boundSilence } from './connect';
 import { testPause } from './test-pause';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
@@ -482,6 +483,8 @@ class DestSession {
 
   /** Settles a stopped copy: set while one waits for its decision (awaitDecision). */
   private decide?: (d: { decide: 'commit' | 'abort'; why: string; code: PhaulError['code'] }) => void;
+  /** A resolve connection said abort before the copy was restored: it is killed once it is. */
+  private abortRequested = false;
   private settled?: (r: Omit<Resolution, 't'>) => void;
   private readonly settledAs = new Promise<Omit<Resolution, 't'>>((r) => { this.settled = r; });
 
@@ -509,6 +512,7 @@ class DestSession {
         resolve(d);
       };
       this.decide = finish;
+      if (this.abortRequested) return finish({ decide: 'abort', code: 'failed', why: 'the source aborted the session (resolve)' });
       const arm = (why: string) => {
         clearTimeout(timer);
         timer = setTimeout(() => finish({ decide: 'abort', code: 'network', why }), this.commitWaitMs);
@@ -535,7 +539,15 @@ class DestSession {
     const pid = this.restoredPid > 0 ? { pid: this.restoredPid } : {};
     if (copyRan(this.state)) return { state: 'running', ...pid, detail: `the copy runs as pid ${this.restoredPid}` };
     if (this.state === 'aborted') return { state: 'aborted', detail: 'the session failed here; its copy never ran' };
-    if (!this.decide) return { state: 'in-progress', detail: `session ${this.id} is in state ${this.state}` };
+    if (!this.decide) {
+      if (decide !== 'abort') return { state: 'in-progress', detail: `session ${this.id} is in state ${this.state}` };
+      // The source holds its original (it runs again): whatever is restored here must never run.
+      // The session ends now, or, in the middle of a restore, as soon as the copy exists.
+      this.log('abort decided through a resolve connection while in state ' + this.state);
+      this.abortRequested = true;
+      this.conn.close();
+      return this.settledAs;
+    }
     if (decide === 'query') return { state: 'stopped', ...pid, detail: `the copy (pid ${this.restoredPid}) waits stopped for commit or abort` };
     this.log(`${decide} decided through a resolve connection`);
     this.decide({ decide, code: 'failed', why: `the source aborted the session (resolve)` });
@@ -611,7 +623,7 @@ export class DestinationAgent extends EventEmitter {
   private async accept(raw: net.Socket): Promise<void> {
     raw.setNoDelay(true);
     // A source gone silent (a partition) is noticed, and its session ended, in seconds.
-    raw.setKeepAlive(true, 5000);
+    boundSilence(raw);
     raw.on('error', () => undefined); // reported through FrameConn, or irrelevant before it
     const peer = `${raw.remoteAddress}:${raw.remotePort}`;
     this.pending.admit(raw);

@@ -18,7 +18,7 @@ import { authenticateClient } from '../protocol/auth';
 import type { ClientTls } from '../protocol/secure-channel';
 import { connectDestination } from './connect';
 import { askDestination } from './resolve';
-import { removeSourceRecord, snapshotTree, writeSourceRecord, type OriginalProcess } from './source-record';
+import { pruneSettledRecords, removeSourceRecord, snapshotTree, writeSourceRecord, type OriginalProcess } from './source-record';
 import { testPause } from './test-pause';
 import { FrameConn } from '../protocol/frames';
 import type { Restored, Stats } from '../protocol/messages';
@@ -250,8 +250,17 @@ export class Migration extends EventEmitter {
   private async awaitRunning(conn: FrameConn): Promise<number> {
     let first: PhaulError;
     try {
-      return (await conn.expect('running', 30_000)).pid;
+      const m = await conn.next(30_000);
+      if (m.t === 'running') return m.pid;
+      // The destination sends `error` only as it discards a copy that never ran (destination.ts):
+      // the original is ours to resume.
+      if (m.t === 'error') {
+        this.destinationAborted = true;
+        throw new PhaulError(m.code, `${conn.peer}: ${m.message} (its copy never ran)`);
+      }
+      first = new PhaulError('protocol', `${conn.peer} sent '${m.t}' where 'running' was expected`);
     } catch (e) {
+      if (this.destinationAborted) throw e;
       first = asPhaulError(e);
     }
     this.emit('log', `no 'running' after the commit (${first.message}): asking the destination about session ${this.session}`);
@@ -308,6 +317,8 @@ export class Migration extends EventEmitter {
     if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${pid}`), false);
     if (!isAlive(pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${pid}`), false);
 
+    // Records of earlier migrates that died and left nothing to resolve (source-record.ts).
+    try { pruneSettledRecords(); } catch { /* not ours to read, or no /run */ }
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
     const sm = new StateMachine<SourceState>('source', SOURCE_TRANSITIONS, SOURCE_INITIAL, (c) => {
       this.noteState(c.to);

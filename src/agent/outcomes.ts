@@ -31,11 +31,15 @@ function outcomesDir(dir: string): string {
   return runPath(`outcomes-${dirKey(dir)}`);
 }
 
+/** Names the --dir an outcomes directory belongs to, so that any agent can drop it once that --dir is gone. */
+const OWNER = 'dir';
+
 /** Records the decision for session `id` of the agent whose --dir is `dir` (atomic: a new file renamed in place). */
 export function recordOutcome(dir: string, id: string, rec: Omit<OutcomeRecord, 'at'>): void {
   if (!SESSION_ID.test(id)) return;
   const d = outcomesDir(dir);
   fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+  if (!fs.existsSync(path.join(d, OWNER))) fs.writeFileSync(path.join(d, OWNER), fs.realpathSync(dir));
   const file = path.join(d, `${id}.json`);
   const tmp = `${file}.${process.pid}.tmp`;
   const fd = fs.openSync(tmp, 'w', 0o600);
@@ -59,20 +63,32 @@ export function readOutcome(dir: string, id: string): OutcomeRecord | undefined 
   }
 }
 
-/** Removes records older than OUTCOME_KEEP_MS (and temp files of dead writers); returns how many. */
+/**
+ * Removes this --dir's records older than OUTCOME_KEEP_MS (and temp files of
+ * dead writers), and the records of every --dir that no longer exists (no
+ * agent can serve it again); returns how many records went.
+ */
 export function pruneOutcomes(dir: string, now = Date.now()): number {
-  const d = outcomesDir(dir);
+  const mine = outcomesDir(dir);
   let n = 0;
+  for (const o of fs.readdirSync(path.dirname(mine)).filter((x) => x.startsWith('outcomes-')).map((x) => path.join(path.dirname(mine), x))) {
+    let owner = '';
+    try { owner = fs.readFileSync(path.join(o, OWNER), 'utf8'); } catch { /* an older or partly written directory */ }
+    if (o !== mine && owner && !fs.existsSync(owner)) {
+      n += Math.max(0, fs.readdirSync(o).length - 1);
+      fs.rmSync(o, { recursive: true, force: true });
+    }
+  }
   let names: string[] = [];
   try {
-    names = fs.readdirSync(d);
+    names = fs.readdirSync(mine);
   } catch {
-    return 0;
+    return n;
   }
   for (const name of names) {
-    const f = path.join(d, name);
+    const f = path.join(mine, name);
     try {
-      if (name.endsWith('.tmp') || now - fs.statSync(f).mtimeMs > OUTCOME_KEEP_MS) {
+      if (name !== OWNER && (name.endsWith('.tmp') || now - fs.statSync(f).mtimeMs > OUTCOME_KEEP_MS)) {
         fs.rmSync(f, { force: true });
         n++;
       }

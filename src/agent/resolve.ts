@@ -73,6 +73,9 @@ function originalState(rec: SourceRecord | undefined): { state: OriginalState; p
   return { state: procState(rec.root) === 'T' ? 'stopped' : 'running', pids };
 }
 
+/** How long resolve waits for a destination that is still restoring the session. */
+const IN_PROGRESS_WAIT_MS = 30_000;
+
 export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> {
   const { session } = o;
   if (!/^[0-9a-f]{24}$/.test(session)) throw new PhaulError('usage', `'${session.slice(0, 40)}' is not a session id (24 hex digits, as migrate printed it)`);
@@ -93,7 +96,24 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
     }
   };
   const orig = originalState(rec);
-  const q = await ask('query');
+  let q = await ask('query');
+  // Still being restored there. If our original runs again (CRIU resumed it), the copy must never
+  // run: abort it now (the destination kills it as soon as it exists). Otherwise wait for the restore.
+  for (const end = Date.now() + IN_PROGRESS_WAIT_MS; q.state === 'in-progress'; ) {
+    if (orig.state === 'running') {
+      const r = await ask('abort');
+      if (r.state === 'aborted') {
+        removeSourceRecord(session, o.recordDir);
+        return { ok: true, session, outcome: 'rolled-back', destination: 'in-progress', pid: rec!.root,
+          detail: `the original runs at the source (pid ${rec!.root}); the destination discarded the copy it was restoring` };
+      }
+      q = r;
+      break;
+    }
+    if (Date.now() > end) break;
+    await new Promise((r) => setTimeout(r, 1000));
+    q = await ask('query');
+  }
   const done = (outcome: ResolveReport['outcome'], detail: string, pid?: number): ResolveReport => {
     removeSourceRecord(session, o.recordDir);
     return { ok: true, session, outcome, destination: q.state, ...(pid ? { pid } : {}), detail };
@@ -135,6 +155,7 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
       throw new PhaulError('lost', `no copy of session ${session} runs at ${where} (${q.detail}) and its original (pid ${rec!.root}) is gone: the workload is lost`);
     }
     case 'in-progress':
-      throw new PhaulError('lost', `${where} is still restoring session ${session} (${q.detail}); nothing was changed: run resolve again in a few seconds`);
+      throw new PhaulError('lost', `${where} is still restoring session ${session} (${q.detail}) after ${IN_PROGRESS_WAIT_MS / 1000} s; ` +
+        'nothing was changed: run resolve again');
   }
 }

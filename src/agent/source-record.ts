@@ -7,7 +7,7 @@
 // back); kept when it ends in doubt (`lost`) or the agent dies.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { isAlive, startTime, treePids } from './process-tree';
+import { isAlive, procState, startTime, treePids } from './process-tree';
 import type { SourceState } from './source-states';
 import { runPath } from './run-dir';
 
@@ -90,6 +90,24 @@ export function orphanedRecords(dir = recordDir()): SourceRecord[] {
     if (r && !agentAlive(r)) out.push(r);
   }
   return out.sort((a, b) => a.at - b.at);
+}
+
+/**
+ * Removes the records of dead migrates that leave nothing to resolve: the
+ * original is not stopped (CRIU resumed it, or it is gone). Only a stopped
+ * original needs a decision; a copy the destination still holds stopped is
+ * discarded there when nobody decides. Called by migrate at start and by
+ * resolve --list; returns how many went.
+ */
+export function pruneSettledRecords(dir = recordDir()): number {
+  let n = 0;
+  for (const r of orphanedRecords(dir)) {
+    const live = liveOriginals(r);
+    if (live.includes(r.root) && procState(r.root) === 'T') continue;
+    removeSourceRecord(r.session, dir);
+    n++;
+  }
+  return n;
 }
 
 /** Is the `migrate` that wrote rec still running (same pid, a node process)? */

@@ -29,12 +29,14 @@ import type { LazyFillNative } from './lazy-fill';
 import type { PageReaderNative } from './page-reader';
 import type { PageServerNative } from './page-server';
 import type { ProbeNative } from './probe';
+import type { SocketOptsNative } from './socket-opts';
 import type { SpliceRelayNative } from './splice-relay';
 
 export interface Addon
   extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative,
     LazyFillNative,
-    BatchIoNative {}
+    BatchIoNative,
+    SocketOptsNative {}
 
 /** Where the addon is: $PHAUL_FAST_ADDON (a prebuilt one), else the package's build/Release. */
 export function addonPath(): string {

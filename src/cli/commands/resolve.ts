@@ -3,7 +3,7 @@ import { formatHelp, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
 import { resolveSession } from '../../agent/resolve';
-import { orphanedRecords } from '../../agent/source-record';
+import { orphanedRecords, pruneSettledRecords } from '../../agent/source-record';
 import { parseHostPort } from '../hostport';
 import { CLIENT_TLS_FLAGS, clientTls } from '../client-tls';
 
@@ -32,6 +32,7 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (flags.list) {
+    pruneSettledRecords();
     const recs = orphanedRecords();
     if (json) process.stdout.write(JSON.stringify({ ok: true, sessions: recs }) + '\n');
     else for (const r of recs)
