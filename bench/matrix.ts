@@ -19,10 +19,10 @@ export const LINKS = { loopback: null, '10gbit': 10_000, '1gbit': 1_000 } as con
 export type LinkName = keyof typeof LINKS;
 
 export interface WorkloadSpec {
-  kind: 'memwork' | 'memcached';
-  /** memwork: buffer size; memcached: data loaded. */
+  kind: 'memwork' | 'memcached' | 'redis' | 'pythreads';
+  /** memwork, pythreads: buffer size; memcached: data loaded; redis: 8192 keys per MiB (2^20 keys in 128). */
   memMiB: number;
-  /** memwork: rewrite rate; memcached: the client's set rate. MB = 10^6 bytes. */
+  /** memwork, pythreads: rewrite rate; memcached, redis: the client's set rate. MB = 10^6 bytes. */
   writeMBps: number;
 }
 
@@ -47,6 +47,8 @@ export interface MatrixOptions {
 
 const mw = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memwork', memMiB, writeMBps });
 const mc = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memcached', memMiB, writeMBps });
+const redis = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'redis', memMiB, writeMBps });
+const py = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'pythreads', memMiB, writeMBps });
 
 // --quick must finish in under 3 minutes on the 2-core reference machine with
 // every strategy available, and still include a size of 1 GiB or more.
@@ -72,11 +74,12 @@ const FULL: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> =
 // --switchover: the pause's fixed cost (a small workload, where it is all of
 // the pause), pre-copy's data path (1 GiB idle: the first round is all of
 // memory) and the hybrid pause at 256 MiB and 1 GiB, against CRIU's own dump
-// and restore (criu:local), page server and lazy pages, plus memcached with
-// its data set over a 10 Gbit/s link (see docs/BENCH.md).
+// and restore (criu:local), page server and lazy pages, plus small real
+// applications: a 4-thread CPython process, and memcached and redis (2^20
+// keys) with their data sets over a 10 Gbit/s link (see docs/BENCH.md).
 const SWITCHOVER: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number }> = [
-  { link: 'loopback', workloads: [mw(32, 5), mw(256, 20), mw(1024, 0), mw(1024, 20)], runs: 3 },
-  { link: '10gbit', workloads: [mc(256, 20)], runs: 3 },
+  { link: 'loopback', workloads: [mw(32, 5), mw(256, 20), mw(1024, 0), mw(1024, 20), py(256, 5)], runs: 3 },
+  { link: '10gbit', workloads: [mc(256, 20), redis(128, 5)], runs: 3 },
 ];
 
 /** Strategies only the switchover matrix runs unless asked for (--strategies): the others' matrices keep their length. */
@@ -106,7 +109,7 @@ export function estimateRunSeconds(c: Cell): number {
   const gib = c.workload.memMiB / 1024;
   const rate = LINKS[c.link];
   const wireGBps = rate === null ? 1.4 : Math.min(1.4, rate / 8000);
-  const setup = c.workload.kind === 'memcached' ? 1.5 + gib * 6 : 0.4 + gib * 1.7;
+  const setup = { memwork: 0.4 + gib * 1.7, memcached: 1.5 + gib * 6, redis: 1.5 + gib * 12, pythreads: 1 + gib * 4 }[c.workload.kind];
   return setup + 0.8 + (gib * 1.07) / wireGBps + gib * 0.6 + 0.3;
 }
 

@@ -31,7 +31,7 @@ function ratio(r: Row): string {
 
 export function markdown(rows: Row[], m: Machine, command: string, seconds: number): string {
   const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', `pause vs ${BASELINE}`, 'downtime ms', 'total ms',
-    'sent MiB', 'rounds', 'source free ms', 'CPU s', 'CPU s/GiB', 'runs', 'status'];
+    'sent MiB', 'rounds', 'source free ms', 'CPU s', 'CPU s/GiB', 'first pass MB/s', 'runs', 'status'];
   const lines = [
     `Measured ${m.date.slice(0, 10)} with \`${command}\` in ${Math.round(seconds)} s on: ${machineLine(m)}.`,
     '',
@@ -48,7 +48,7 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
     const status = r.status === 'ok' ? 'ok' : `${r.status}${r.note ? `: ${r.note.replace(/\|/g, '/').slice(0, 200)}` : ''}`;
     lines.push(`| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'pauseMs'), ratio(r), cell(r, 'downtimeMs'),
       cell(r, 'totalMs'), cell(r, 'bytes', 2 ** 20), cell(r, 'rounds'), cell(r, 'sourceFreeMs'), cell(r, 'cpuS', 1, 2),
-      cell(r, 'cpuSPerGiB', 1, 2), r.runs, status].join(' | ')} |`);
+      cell(r, 'cpuSPerGiB', 1, 2), cell(r, 'copyMBps'), r.runs, status].join(' | ')} |`);
   }
   lines.push(...pauseBudget(rows));
   lines.push(...fillTable(rows));

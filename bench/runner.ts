@@ -13,6 +13,8 @@ import { Unavailable, type PeerContext, type RunFigures } from './peers/types';
 import { round, summarize, type Ratio, type Summary } from './stats';
 import { startMemcached } from './workloads/memcached';
 import { startMemwork } from './workloads/memwork';
+import { startPythreads } from './workloads/pythreads';
+import { startRedis } from './workloads/redis';
 import { sampleDestinationMemory } from './dest-memory';
 import { STORE_DIR } from './peers/phaul-fast';
 import { freshWriteMs } from './fresh-memory';
@@ -29,6 +31,8 @@ export interface RunSample {
   cpuS: number;
   /** CPU seconds per GiB sent (cpuS over bytes): what moving memory costs, comparable across sizes. */
   cpuSPerGiB: number;
+  /** The first pass over memory, MB/s (RunFigures.copyMBps); NaN when the strategy has none. */
+  copyMBps: number;
   phases?: Record<string, number>;
   /** The destination's peak: page data on tmpfs plus the restored processes' RSS (bench/dest-memory.ts). */
   destPeakMiB: number;
@@ -56,6 +60,7 @@ export interface Row {
   sourceFreeMs: number | null;
   cpuS: number | null;
   cpuSPerGiB: number | null;
+  copyMBps?: number | null;
   /** Median of each phase the engine reported, in the engine's order. */
   phases?: Record<string, number>;
   destPeakMiB?: number | null;
@@ -105,14 +110,14 @@ function track(f: () => Promise<void>): () => Promise<void> {
   return g;
 }
 
-const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'destPeakMiB', 'fillMs',
+const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'copyMBps', 'destPeakMiB', 'fillMs',
   'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs'] as const;
 
 function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: string): Row {
   const w = cell.workload;
   const row: Row = {
     strategy: cell.strategy, workload: w.kind, memMiB: w.memMiB, writeMBps: w.writeMBps, link: cell.link, status,
-    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null,
+    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null, copyMBps: null,
     destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null,
     runs: samples.length, spread: {}, ...(note ? { note } : {}),
     samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, typeof v === 'number' ? round(v) : v])) as unknown as RunSample),
@@ -158,7 +163,7 @@ export function removeStaleScratch(parent: string): void {
 async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: ReturnType<typeof makePeer>): Promise<{ sample: RunSample; verdict: Verdict }> {
   fs.mkdirSync(ctx.runDir, { recursive: true });
   const env = { link, src: link.a, dst: link.b, dir: ctx.runDir };
-  const start = cell.workload.kind === 'memwork' ? startMemwork(cell.workload, env) : startMemcached(cell.workload, env);
+  const start = { memwork: startMemwork, memcached: startMemcached, redis: startRedis, pythreads: startPythreads }[cell.workload.kind](cell.workload, env);
   starting.add(start);
   const wl: BenchWorkload = await start.finally(() => starting.delete(start));
   if (interrupted) {
@@ -189,6 +194,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     const sample: RunSample = {
       pauseMs: verdict.pauseMs ?? NaN, downtimeMs: fig.downtimeMs, totalMs: fig.totalMs, bytes,
       rounds: fig.rounds, sourceFreeMs: fig.sourceFreeMs, cpuS: fig.cpuS, cpuSPerGiB: bytes > 0 ? fig.cpuS / (bytes / 2 ** 30) : NaN,
+      copyMBps: fig.copyMBps ?? NaN,
       destPeakMiB: destPeak / 2 ** 20,
       fillMs: fig.fill?.fillMs ?? NaN, fillMBps: fig.fill ? fig.fill.pages * 4096 / 1e6 / (fig.fill.fillMs / 1000) : NaN,
       faultP50Us: fig.fill?.faultP50Us ?? NaN, faultP99Us: fig.fill?.faultP99Us ?? NaN, faultMaxUs: fig.fill?.faultMaxUs ?? NaN,

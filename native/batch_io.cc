@@ -10,15 +10,33 @@
 //   await w.sendBuffers([head, payload]);  // a batch JS encoded (lz4)
 //   const r = new BatchConn(fd);           // destination
 //   const f = await r.read(buf);           // header, ranges, and the payload in buf
+//   const f = await r.read(EMPTY);         // header and ranges only; then
+//   await r.receivePayload(plan);          // the payload spliced straight into the store's files
 //   w.abort() / r.abort(): a call blocked on the peer fails at once; close() frees the descriptor.
+//   w.setMacKey(k) / r.setMacKey(k): from now on every batch is followed by a 16-byte tag (below).
+//
+// Authentication of plain TCP connections: each batch (header, ranges and
+// payload, in wire order) is the associated data of a ChaCha20-Poly1305
+// (RFC 8439) encryption of nothing, i.e. a Poly1305 MAC under a one-time key
+// derived from the connection's key and the batch's sequence number (the
+// nonce: never reused under one key, so a batch cannot be replayed, dropped
+// or moved without the next tag failing). The tag follows the payload. The
+// key is the connection's own (derived from its handshake, one per data
+// connection and direction); TLS connections need none. The receiver checks
+// the tag before the batch counts as received: a raw payload spliced into the
+// store is read back from the file's pages for the check (mapped, no copy).
 //
 // Only the sizes a reader must trust before reading are checked here (magic,
 // version, number of ranges, payload length); JS checks every field of what
 // it gets (parseHeader, parseRanges) before it uses any of it.
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -44,7 +62,54 @@ const uint32_t kMaxRanges = 65536;
 const uint32_t kMaxRaw = 64u << 20;
 const uint64_t kPage = 4096;
 
+const size_t kTag = 16;
+
 uint32_t Lz4WireBound(uint32_t n) { return 4 + n + n / 255 + 16; }
+
+// The MAC of one direction of a connection (see the top of the file).
+class BatchMac {
+ public:
+  explicit BatchMac(const uint8_t* key) : ctx_(EVP_CIPHER_CTX_new()) { memcpy(key_, key, sizeof key_); }
+  ~BatchMac() {
+    OPENSSL_cleanse(key_, sizeof key_);
+    EVP_CIPHER_CTX_free(ctx_);
+  }
+  BatchMac(const BatchMac&) = delete;
+  BatchMac& operator=(const BatchMac&) = delete;
+
+  // Starts the next batch's MAC (nonce: 4 zero bytes, then the sequence number, little-endian).
+  bool Begin() {
+    uint8_t nonce[12] = {0};
+    memcpy(nonce + 4, &seq_, 8);
+    seq_++;
+    open_ = true;
+    return ctx_ && EVP_EncryptInit_ex(ctx_, EVP_chacha20_poly1305(), nullptr, key_, nonce) == 1;
+  }
+  bool Add(const uint8_t* p, size_t n) {
+    while (n > 0) {
+      int k = int(std::min<size_t>(n, 1 << 30)), outl = 0;
+      if (EVP_EncryptUpdate(ctx_, nullptr, &outl, p, k) != 1) return false;
+      p += k;
+      n -= size_t(k);
+    }
+    return true;
+  }
+  bool Finish(uint8_t* tag) {
+    uint8_t none[16];
+    int outl = 0;
+    open_ = false;
+    return EVP_EncryptFinal_ex(ctx_, none, &outl) == 1 &&
+           EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_AEAD_GET_TAG, int(kTag), tag) == 1;
+  }
+  // A batch was begun and its payload is still to come (read() left it on the connection).
+  bool open() const { return open_; }
+
+ private:
+  uint8_t key_[32];
+  uint64_t seq_ = 0;
+  bool open_ = false;
+  EVP_CIPHER_CTX* ctx_;
+};
 
 void Put32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }  // little-endian hosts (x86_64, aarch64)
 void Put64(uint8_t* p, uint64_t v) { memcpy(p, &v, 8); }
@@ -59,9 +124,16 @@ uint32_t Get32(const uint8_t* p) {
 struct Conn {
   int fd;
   std::atomic<bool> aborted{false};
+  // receivePayload's pipe (socket -> pipe -> file), made on first use.
+  int pipe_r = -1, pipe_w = -1;
+  // Set by setMacKey: every batch carries a tag.
+  std::unique_ptr<BatchMac> mac;
+  size_t pipe_size = 0;
   explicit Conn(int f) : fd(f) {}
   ~Conn() {
     if (fd >= 0) close(fd);
+    if (pipe_r >= 0) close(pipe_r);
+    if (pipe_w >= 0) close(pipe_w);
   }
 };
 
@@ -87,6 +159,15 @@ bool Wait(Conn* c, short events, IoError* err) {
   }
 }
 
+// After a socket call failed: true when it is worth another try (interrupted,
+// or it would block and the socket is ready now); false with err set.
+bool RetryAfter(Conn* c, short events, IoError* err) {
+  if (errno == EINTR) return true;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return Wait(c, events, err);
+  err->message = std::string("data connection: ") + strerror(errno);
+  return false;
+}
+
 // Writes every byte of iov (modified as it goes).
 bool WriteAll(Conn* c, std::vector<struct iovec>* iov, IoError* err) {
   size_t i = 0;
@@ -97,13 +178,8 @@ bool WriteAll(Conn* c, std::vector<struct iovec>* iov, IoError* err) {
     m.msg_iovlen = n;
     ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
     if (w < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        if (!Wait(c, POLLOUT, err)) return false;
-        continue;
-      }
-      err->message = std::string("data connection: ") + strerror(errno);
-      return false;
+      if (!RetryAfter(c, POLLOUT, err)) return false;
+      continue;
     }
     size_t left = size_t(w);
     while (left && i < iov->size()) {
@@ -139,13 +215,64 @@ bool ReadAll(Conn* c, uint8_t* p, size_t n, IoError* err, bool* eof = nullptr) {
       err->message = "data connection ended inside a page batch";
       return false;
     }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!Wait(c, POLLIN, err)) return false;
-      continue;
-    }
-    err->message = std::string("data connection: ") + strerror(errno);
+    if (!RetryAfter(c, POLLIN, err)) return false;
+  }
+  return true;
+}
+
+bool MacFailed(IoError* err, const char* what) {
+  err->reason = "failed";
+  err->message = std::string("page batch authentication: ") + what;
+  return false;
+}
+
+// Adds iov's bytes to a new MAC and appends the tag (in *tag) to iov.
+bool SealIov(BatchMac* mac, std::vector<struct iovec>* iov, uint8_t* tag, IoError* err) {
+  if (!mac->Begin()) return MacFailed(err, "cannot start the MAC");
+  for (const struct iovec& v : *iov)
+    if (!mac->Add(static_cast<const uint8_t*>(v.iov_base), v.iov_len)) return MacFailed(err, "MAC update failed");
+  if (!mac->Finish(tag)) return MacFailed(err, "MAC failed");
+  iov->push_back({tag, kTag});
+  return true;
+}
+
+// Reads the batch's tag from the connection and compares it with ours.
+bool CheckTag(Conn* c, IoError* err) {
+  uint8_t want[kTag], got[kTag];
+  if (!c->mac->Finish(want)) return MacFailed(err, "MAC failed");
+  if (!ReadAll(c, got, kTag, err)) return false;
+  if (CRYPTO_memcmp(want, got, kTag) != 0) {
+    err->reason = "protocol";
+    err->message =
+        "page batch failed authentication (its MAC does not match: altered on the way, or not from the source)";
     return false;
+  }
+  return true;
+}
+
+// The MAC of bytes already spliced into a file: its pages read back through a
+// read-only mapping (no copy); pread into a small buffer if mapping fails.
+bool MacFileRange(BatchMac* mac, int fd, uint64_t pos, uint64_t len, IoError* err) {
+  const uint64_t kWindow = 8u << 20;
+  while (len > 0) {
+    uint64_t n = std::min(len, kWindow);
+    void* p = mmap(nullptr, n, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, off_t(pos));
+    if (p != MAP_FAILED) {
+      bool ok = mac->Add(static_cast<const uint8_t*>(p), n);
+      munmap(p, n);
+      if (!ok) return MacFailed(err, "MAC update failed");
+    } else {
+      uint8_t buf[65536];
+      for (uint64_t done = 0; done < n;) {
+        ssize_t r = pread(fd, buf, size_t(std::min<uint64_t>(n - done, sizeof buf)), off_t(pos + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return MacFailed(err, "cannot read back the stored pages");
+        if (!mac->Add(buf, size_t(r))) return MacFailed(err, "MAC update failed");
+        done += uint64_t(r);
+      }
+    }
+    pos += n;
+    len -= n;
   }
   return true;
 }
@@ -231,6 +358,11 @@ void RunSendPages(SendPagesJob* j) {
   Put32(h + 24, uint32_t(raw));
   iov[0] = {head.data(), head.size()};
   j->wire = head.size() + raw;
+  uint8_t tag[kTag];
+  if (j->c->mac) {
+    if (!SealIov(j->c->mac.get(), &iov, tag, &j->err)) return void(j->ok = false);
+    j->wire += kTag;
+  }
   j->ok = WriteAll(j->c.get(), &iov, &j->err);
 }
 
@@ -259,6 +391,8 @@ void RunReadBatch(ReadBatchJob* j) {
       return;
     }
     j->ok = ReadAll(c, j->data, j->payload_len, &j->err);
+    if (j->ok && c->mac && c->mac->open())
+      j->ok = c->mac->Add(j->data, j->payload_len) ? CheckTag(c, &j->err) : MacFailed(&j->err, "MAC update failed");
     return;
   }
   j->head.resize(kHeader);
@@ -275,10 +409,106 @@ void RunReadBatch(ReadBatchJob* j) {
   }
   j->ranges.resize(size_t(nranges) * kRange);
   if (!ReadAll(c, j->ranges.data(), j->ranges.size(), &j->err)) return void(j->ok = false);
+  BatchMac* mac = c->mac.get();
+  if (mac && !(mac->Begin() && mac->Add(j->head.data(), kHeader) && mac->Add(j->ranges.data(), j->ranges.size())))
+    return void(j->ok = MacFailed(&j->err, "MAC update failed"));
   if (j->payload_len <= j->len) {
     if (!ReadAll(c, j->data, j->payload_len, &j->err)) return void(j->ok = false);
     j->in_buf = true;
+    if (mac && !(mac->Add(j->data, j->payload_len) ? CheckTag(c, &j->err) : MacFailed(&j->err, "MAC update failed")))
+      return void(j->ok = false);
   }
+}
+
+// ---- destination, straight into the store
+
+// One piece of a payload, in wire order: `len` bytes for file `fd` at `pos`,
+// or, with fd < 0, bytes to read and drop (pages older than the store holds).
+struct Segment {
+  int fd;
+  uint64_t pos, len;
+};
+
+bool MakePipe(Conn* c, IoError* err) {
+  if (c->pipe_r >= 0) return true;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    err->reason = "failed";
+    err->message = std::string("pipe: ") + strerror(errno);
+    return false;
+  }
+  c->pipe_r = p[0];
+  c->pipe_w = p[1];
+  // 1 MiB when the limits allow (fewer splice calls), else what we get.
+  for (long sz = 1 << 20; sz >= 4096; sz /= 2)
+    if (fcntl(p[1], F_SETPIPE_SZ, sz) >= 0) break;
+  int got = fcntl(p[1], F_GETPIPE_SZ);
+  c->pipe_size = got > 0 ? size_t(got) : 65536;
+  return true;
+}
+
+// socket -> pipe -> file at pos: the bytes never enter user space (one
+// kernel copy, into the file's pages). The pipe is drained before the next
+// socket splice, so neither side blocks on it.
+bool SpliceToFile(Conn* c, const Segment& s, IoError* err) {
+  loff_t pos = loff_t(s.pos);
+  uint64_t left = s.len;
+  while (left > 0) {
+    size_t chunk = size_t(std::min<uint64_t>(left, c->pipe_size));
+    ssize_t in = splice(c->fd, nullptr, c->pipe_w, nullptr, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (in < 0) {
+      if (!RetryAfter(c, POLLIN, err)) return false;
+      continue;
+    }
+    if (in == 0) {
+      err->message = "data connection ended inside a page batch";
+      return false;
+    }
+    size_t in_pipe = size_t(in);
+    while (in_pipe > 0) {
+      ssize_t out = splice(c->pipe_r, nullptr, s.fd, &pos, in_pipe, SPLICE_F_MOVE);
+      if (out < 0 && errno == EINTR) continue;
+      if (out <= 0) {
+        err->reason = "failed";
+        err->message = std::string("page store write failed: ") + (out < 0 ? strerror(errno) : "nothing written");
+        return false;
+      }
+      in_pipe -= size_t(out);
+    }
+    left -= uint64_t(in);
+  }
+  return true;
+}
+
+// Reads and drops len bytes (counted by the batch's MAC when there is one).
+bool Discard(Conn* c, uint64_t len, IoError* err) {
+  uint8_t scratch[65536];
+  while (len > 0) {
+    size_t n = size_t(std::min<uint64_t>(len, sizeof scratch));
+    if (!ReadAll(c, scratch, n, err)) return false;
+    if (c->mac && c->mac->open() && !c->mac->Add(scratch, n)) return MacFailed(err, "MAC update failed");
+    len -= n;
+  }
+  return true;
+}
+
+struct ReceivePayloadJob {
+  std::shared_ptr<Conn> c;
+  std::vector<Segment> segs;
+  IoError err;
+  bool ok = true;
+};
+
+void RunReceivePayload(ReceivePayloadJob* j) {
+  Conn* c = j->c.get();
+  if (!MakePipe(c, &j->err)) return void(j->ok = false);
+  BatchMac* mac = c->mac && c->mac->open() ? c->mac.get() : nullptr;
+  for (const Segment& s : j->segs) {
+    j->ok = s.fd >= 0 ? SpliceToFile(c, s, &j->err) && (!mac || MacFileRange(mac, s.fd, s.pos, s.len, &j->err))
+                      : Discard(c, s.len, &j->err);
+    if (!j->ok) return;
+  }
+  if (mac) j->ok = CheckTag(c, &j->err);
 }
 
 Napi::Value ReadBatchResult(Napi::Env env, const ReadBatchJob& j) {
@@ -307,7 +537,9 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
         env, name,
         {InstanceMethod("sendPages", &BatchConn::SendPages), InstanceMethod("sendBuffers", &BatchConn::SendBuffers),
          InstanceMethod("read", &BatchConn::Read), InstanceMethod("readPayload", &BatchConn::ReadPayload),
-         InstanceMethod("abort", &BatchConn::Abort), InstanceMethod("close", &BatchConn::Close)});
+         InstanceMethod("receivePayload", &BatchConn::ReceivePayload),
+         InstanceMethod("setMacKey", &BatchConn::SetMacKey), InstanceMethod("abort", &BatchConn::Abort),
+         InstanceMethod("close", &BatchConn::Close)});
   }
 
   // new BatchConn(fd): takes ownership of fd.
@@ -363,6 +595,7 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
     struct Job {
       std::shared_ptr<Conn> c;
       std::vector<struct iovec> iov;
+      uint8_t tag[kTag];
       IoError err;
       bool ok = true;
     };
@@ -373,7 +606,11 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
       if (b.ByteLength()) j->iov.push_back({b.Data(), b.ByteLength()});
     }
     return AsyncJob::Run(
-        env, [j] { j->ok = WriteAll(j->c.get(), &j->iov, &j->err); },
+        env,
+        [j] {
+          j->ok = (!j->c->mac || SealIov(j->c->mac.get(), &j->iov, j->tag, &j->err)) &&
+                  WriteAll(j->c.get(), &j->iov, &j->err);
+        },
         [j](Napi::Env env) -> Napi::Value {
           if (!j->ok) throw ToError(env, j->err);
           return env.Undefined();
@@ -396,6 +633,32 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
     return StartRead(env, info[0].As<Napi::Uint8Array>(), true, info[1].As<Napi::Number>().Uint32Value());
   }
 
+  // receivePayload(plan: Float64Array of [fd, pos, len] triples) -> Promise<{}>:
+  // the payload read() left on the connection, piece by piece into the files
+  // (fd -1: read and dropped). The caller's plan covers the payload exactly.
+  Napi::Value ReceivePayload(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+      throw Napi::TypeError::New(env, "receivePayload(plan: Float64Array)");
+    auto plan = info[0].As<Napi::Float64Array>();
+    if (plan.ElementLength() % 3) throw Napi::TypeError::New(env, "receivePayload: plan holds [fd, pos, len] triples");
+    auto j = std::make_shared<ReceivePayloadJob>();
+    j->c = Live(env);
+    for (size_t i = 0; i < plan.ElementLength(); i += 3) {
+      double fd = plan[i], pos = plan[i + 1], len = plan[i + 2];
+      if (!(fd >= -1 && fd < INT_MAX && pos >= 0 && pos < 9.0e15 && len >= 0 && len < 9.0e15))
+        throw Napi::TypeError::New(env, "receivePayload: bad plan entry");
+      if (len > 0) j->segs.push_back({int(fd), uint64_t(pos), uint64_t(len)});
+    }
+    return AsyncJob::Run(
+        env, [j] { RunReceivePayload(j.get()); },
+        [j](Napi::Env env) -> Napi::Value {
+          if (!j->ok) throw ToError(env, j->err);
+          return Napi::Object::New(env);
+        });
+  }
+
   Napi::Value StartRead(Napi::Env env, Napi::Uint8Array buf, bool payload_only, uint32_t payload_len) {
     auto j = std::make_shared<ReadBatchJob>();
     j->c = Live(env);
@@ -405,6 +668,17 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
     j->payload_len = payload_len;
     return AsyncJob::Run(
         env, [j] { RunReadBatch(j.get()); }, [j](Napi::Env env) { return ReadBatchResult(env, *j); }, {buf});
+  }
+
+  // setMacKey(key: 32 bytes): before the first batch; every batch from then on carries a tag.
+  Napi::Value SetMacKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+        info[0].As<Napi::Uint8Array>().ByteLength() != 32)
+      throw Napi::TypeError::New(env, "setMacKey(key: 32 bytes)");
+    Live(env)->mac = std::make_unique<BatchMac>(info[0].As<Napi::Uint8Array>().Data());
+    return env.Undefined();
   }
 
   Napi::Value Abort(const Napi::CallbackInfo& info) {

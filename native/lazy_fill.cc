@@ -17,6 +17,13 @@
 // flight (its "gate" is closed: background copies wait), so the map is exact
 // when they are applied: after a fork the child needs exactly the parent's
 // missing pages, after MADV_DONTNEED no old copy may land on the zapped range.
+//
+// Postcopy (Options::control_fd): the files fill while the tree runs. A bitmap
+// per file says which pages hold their data; claims take present pages only.
+// A fault on a page not yet present is held (its thread sleeps in the kernel,
+// never reads zeros), its neighbourhood is asked for on the control socket,
+// and it is answered once the range is said present. Which source, in what
+// order, is the caller's business: this file only says what it lacks.
 #include "lazy_fill.h"
 
 #include <errno.h>
@@ -41,6 +48,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "uapi_compat.h"
@@ -144,6 +152,19 @@ class Server {
   void Fatal(const std::string& why);
   bool Complete();
   void Wake();
+  bool Take(Mm* mm, std::map<uint64_t, Piece>::iterator it, uint64_t from, uint64_t to, uint64_t* s, uint64_t* e,
+            Piece* pc);
+  bool ClaimPresent(Mm* mm, uint64_t at, uint64_t max, uint64_t* s, uint64_t* e, Piece* pc);
+  void CloseGate(Mm* mm);
+  void OpenGate(Mm* mm);
+  // Postcopy.
+  bool ReadPresence();
+  void ServeWaiters();
+  uint64_t MissingPages();
+  void Need(uint32_t file, uint64_t off, uint64_t len);
+  bool IsPresent(uint32_t file, uint64_t off) const;
+  uint64_t FirstPresent(uint32_t file, uint64_t from, uint64_t to) const;
+  uint64_t PresentEnd(uint32_t file, uint64_t from, uint64_t to) const;
 
   const Options& o_;
   Stats* st_;
@@ -164,6 +185,19 @@ class Server {
   size_t rr_ = 0;
   std::vector<Piece> to_punch_;  // file ranges placed by faults, to give back (end = length)
   std::atomic<uint64_t> copied_{0}, punched_{0}, copies_{0}, retries_{0}, dropped_{0};
+
+  // Postcopy (control_fd >= 0): per file, a bit per page that holds its data (mu_).
+  bool await_ = false;
+  int control_ = -1;
+  std::vector<std::vector<uint64_t>> present_;
+  std::string control_in_;
+  struct Waiter {
+    Mm* mm;
+    uint64_t addr;
+    int64_t seen;
+  };
+  std::vector<Waiter> waiting_;                    // faults held for their data (event thread)
+  std::set<std::pair<uint32_t, uint64_t>> asked_;  // (file, off) windows already asked for (event thread)
 };
 
 Server::~Server() {
@@ -176,7 +210,7 @@ Server::~Server() {
     if (s.base) munmap((void*)s.base, s.size);
     if (s.fd >= 0) close(s.fd);
   }
-  for (int fd : {ep_, ctl_, wake_, listen_})
+  for (int fd : {ep_, ctl_, wake_, listen_, control_})
     if (fd >= 0) close(fd);
 }
 
@@ -232,7 +266,138 @@ bool Server::Setup(std::string* err) {
   epoll_ctl(ep_, EPOLL_CTL_ADD, listen_, &ev);
   ev.data.fd = wake_;
   epoll_ctl(ep_, EPOLL_CTL_ADD, wake_, &ev);
+  if (o_.control_fd >= 0) {
+    await_ = true;
+    control_ = o_.control_fd;
+    for (const auto& f : src_) present_.emplace_back((f.size / kPage + 63) / 64, 0);
+    ev.data.fd = control_;
+    epoll_ctl(ep_, EPOLL_CTL_ADD, control_, &ev);
+  }
   return true;
+}
+
+// Postcopy: the present bits (mu_ held). Offsets are page-aligned and inside the file.
+bool Server::IsPresent(uint32_t file, uint64_t off) const {
+  if (!await_) return true;
+  uint64_t pg = off / kPage;
+  return (present_[file][pg / 64] >> (pg % 64)) & 1;
+}
+
+// The first present page's offset in [from, to), or to.
+uint64_t Server::FirstPresent(uint32_t file, uint64_t from, uint64_t to) const {
+  if (!await_) return from;
+  const std::vector<uint64_t>& b = present_[file];
+  for (uint64_t pg = from / kPage, end = to / kPage; pg < end;) {
+    uint64_t w = b[pg / 64] >> (pg % 64);
+    if (w) return std::min(to, (pg + uint64_t(__builtin_ctzll(w))) * kPage);
+    pg = (pg / 64 + 1) * 64;
+  }
+  return to;
+}
+
+// The first absent page's offset in [from, to), or to.
+uint64_t Server::PresentEnd(uint32_t file, uint64_t from, uint64_t to) const {
+  if (!await_) return to;
+  const std::vector<uint64_t>& b = present_[file];
+  for (uint64_t pg = from / kPage, end = to / kPage; pg < end;) {
+    uint64_t w = ~b[pg / 64] >> (pg % 64);
+    if (w) return std::min(to, (pg + uint64_t(__builtin_ctzll(w))) * kPage);
+    pg = (pg / 64 + 1) * 64;
+  }
+  return to;
+}
+
+// Reads kPresent records; false once the control socket ended.
+bool Server::ReadPresence() {
+  bool open = true;
+  for (;;) {
+    char buf[64 * sizeof(ControlRecord)];
+    ssize_t n = recv(control_, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    if (n <= 0) {
+      open = false;
+      break;
+    }
+    control_in_.append(buf, size_t(n));
+  }
+  size_t used = 0;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (; control_in_.size() - used >= sizeof(ControlRecord); used += sizeof(ControlRecord)) {
+      ControlRecord r;
+      memcpy(&r, control_in_.data() + used, sizeof(r));
+      if (r.kind != kPresent || r.file >= src_.size() || (r.off | r.len) & (kPage - 1) || r.off > src_[r.file].size ||
+          r.len > src_[r.file].size - r.off) {
+        control_in_.clear();
+        used = 0;
+        mu_.unlock();
+        Fatal("lazy-pages: a bad record on the control socket");
+        mu_.lock();
+        return false;
+      }
+      std::vector<uint64_t>& b = present_[r.file];
+      for (uint64_t pg = r.off / kPage, end = (r.off + r.len) / kPage; pg < end; pg++) b[pg / 64] |= 1ull << (pg % 64);
+      st_->present_bytes += r.len;
+    }
+  }
+  control_in_.erase(0, used);
+  work_cv_.notify_all();
+  return open;
+}
+
+// Pending pages whose data has not arrived (postcopy).
+uint64_t Server::MissingPages() {
+  std::lock_guard<std::mutex> g(mu_);
+  uint64_t n = 0;
+  for (auto& m : mms_) {
+    if (m->dead) continue;
+    for (auto& [a, p] : m->pending)
+      for (uint64_t off = p.off, end = p.off + (p.end - a); off < end;) {
+        uint64_t f = FirstPresent(p.file, off, end);
+        n += (f - off) / kPage;
+        off = f < end ? PresentEnd(p.file, f, end) : end;
+      }
+  }
+  return n;
+}
+
+// Asks for a file range (once per window).
+void Server::Need(uint32_t file, uint64_t off, uint64_t len) {
+  if (!asked_.insert({file, off}).second) return;
+  ControlRecord r = {kNeed, file, off, len};
+  if (send(control_, &r, sizeof(r), MSG_NOSIGNAL) == ssize_t(sizeof(r))) st_->needs++;
+}
+
+// Answers the held faults whose pages have arrived since.
+void Server::ServeWaiters() {
+  std::vector<Waiter> ready, still;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (const Waiter& w : waiting_) {
+      if (w.mm->dead) continue;
+      uint64_t page = w.addr & ~(kPage - 1);
+      auto it = w.mm->pending.upper_bound(page);
+      bool wait = false;
+      if (it != w.mm->pending.begin()) {
+        auto p = std::prev(it);
+        wait = p->second.end > page && !IsPresent(p->second.file, p->second.off + (page - p->first));
+      }
+      (wait ? still : ready).push_back(w);
+    }
+  }
+  waiting_.swap(still);
+  std::stable_sort(ready.begin(), ready.end(), [](const Waiter& a, const Waiter& b) { return a.mm < b.mm; });
+  for (size_t i = 0; i < ready.size();) {
+    Mm* mm = ready[i].mm;
+    CloseGate(mm);
+    std::vector<std::pair<uint64_t, int64_t>> again;
+    for (; i < ready.size() && ready[i].mm == mm; i++)
+      if (!mm->dead && !stop_) HandleFault(mm, ready[i].addr, ready[i].seen, &again);
+    // An address-space change is under way: its event comes through HandleMm; try again at the next turn.
+    for (auto& a : again) waiting_.push_back({mm, a.first, a.second});
+    OpenGate(mm);
+  }
 }
 
 void Server::AddMm(int uffd, int32_t id, const std::vector<Extent>* ext, std::shared_ptr<Family> fam,
@@ -326,9 +491,15 @@ bool Server::Claim(Mm* mm, uint64_t at, uint64_t max, uint64_t* s, uint64_t* e, 
   }
   if (it == mm->pending.end()) it = mm->pending.begin();
   uint64_t start = it->first;
+  uint64_t from = at >= start && at < it->second.end ? at : start;
+  return Take(mm, it, from, std::min(it->second.end, from + max), s, e, pc);
+}
+
+// Takes [from, to) out of the piece at `it`; mu_ held.
+bool Server::Take(Mm* mm, std::map<uint64_t, Piece>::iterator it, uint64_t from, uint64_t to, uint64_t* s, uint64_t* e,
+                  Piece* pc) {
+  uint64_t start = it->first;
   Piece p = it->second;
-  uint64_t from = at >= start && at < p.end ? at : start;
-  uint64_t to = std::min(p.end, from + max);
   mm->pending.erase(it);
   if (from > start) mm->pending.emplace(start, Piece{from, p.file, p.off});
   if (to < p.end) mm->pending.emplace(to, Piece{p.end, p.file, p.off + (to - start)});
@@ -336,6 +507,31 @@ bool Server::Claim(Mm* mm, uint64_t at, uint64_t max, uint64_t* s, uint64_t* e, 
   *e = to;
   *pc = Piece{to, p.file, p.off + (from - start)};
   return true;
+}
+
+// Postcopy's Claim: up to `max` bytes of pending pages whose data has
+// arrived, the first such run from `at` on (wrapping around); mu_ held.
+bool Server::ClaimPresent(Mm* mm, uint64_t at, uint64_t max, uint64_t* s, uint64_t* e, Piece* pc) {
+  if (mm->pending.empty()) return false;
+  auto it = mm->pending.upper_bound(at);
+  if (it != mm->pending.begin() && std::prev(it)->second.end > at) it = std::prev(it);
+  if (it == mm->pending.end()) it = mm->pending.begin();
+  // Every piece once, the first one's part before `at` last.
+  for (size_t n = 0, pieces = mm->pending.size(); n <= pieces; n++) {
+    uint64_t a = it->first;
+    const Piece& p = it->second;
+    uint64_t from = n == 0 && at > a && at < p.end ? at : a;
+    uint64_t fend = p.off + (p.end - a);
+    uint64_t f = FirstPresent(p.file, p.off + (from - a), fend);
+    if (f < fend) {
+      uint64_t x = a + (f - p.off);
+      uint64_t lim = std::min(p.end, x + max);
+      uint64_t y = a + (PresentEnd(p.file, f, p.off + (lim - a)) - p.off);
+      return Take(mm, it, x, y, s, e, pc);
+    }
+    if (++it == mm->pending.end()) it = mm->pending.begin();
+  }
+  return false;
 }
 
 // Puts [s, e) (data from pc) back into the map; mu_ held.
@@ -455,21 +651,41 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
   uint64_t page = addr & ~(kPage - 1);
   uint64_t s, e;
   Piece pc;
-  bool claimed;
+  bool claimed = false, held = false;
+  ControlRecord need = {};
   {
     std::lock_guard<std::mutex> g(mu_);
     uint64_t base = page & ~(o_.fault_bytes - 1);
     // The pages around the fault, within the piece holding it.
     auto it = mm->pending.upper_bound(page);
-    claimed = false;
     if (it != mm->pending.begin()) {
       auto p = std::prev(it);
       if (p->second.end > page) {
         uint64_t from = std::max(p->first, base);
-        claimed = Claim(mm, from, std::min(o_.fault_bytes, p->second.end - from), &s, &e, &pc);
+        uint64_t to = std::min(p->second.end, from + o_.fault_bytes);
+        const Piece q = p->second;
+        auto off = [&](uint64_t at) { return q.off + (at - p->first); };
+        if (IsPresent(q.file, off(page))) {
+          // The present run around the page (the whole window but in postcopy).
+          uint64_t lo = page;
+          while (lo > from && IsPresent(q.file, off(lo - kPage))) lo -= kPage;
+          uint64_t hi = p->first + (PresentEnd(q.file, off(page), off(to)) - q.off);
+          claimed = Take(mm, p, lo, hi, &s, &e, &pc);
+        } else {
+          // Postcopy: its data has not arrived. The faulting thread sleeps in
+          // the kernel until the page is copied; its neighbourhood is asked for.
+          held = true;
+          need = {kNeed, q.file, off(from), to - from};
+        }
       }
     }
     if (claimed) mm->cursor = e;  // the background goes on from the fault's neighbourhood
+  }
+  if (held) {
+    waiting_.push_back({mm, addr, seen});
+    st_->waited_faults++;
+    Need(need.file, need.off, need.len);
+    return;
   }
   if (!claimed) {
     // Not pending: a page the images leave empty (zeros), or one placed since
@@ -518,17 +734,32 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
 }
 
 // All messages of one userfaultfd, with its background copies held off.
-void Server::HandleMm(Mm* mm) {
-  int64_t seen = NowUs();
+// Holds off background copies of mm (waits for those in flight).
+void Server::CloseGate(Mm* mm) {
+  int64_t t = NowUs();
   {
     std::unique_lock<std::mutex> g(mu_);
     mm->gate = true;
     gate_cv_.wait(g, [&] { return mm->copies == 0 || stop_; });
   }
-  int64_t waited = NowUs() - seen;
+  int64_t waited = NowUs() - t;
   st_->gate_us_total += waited;
   st_->gate_us_max = std::max<int64_t>(st_->gate_us_max, waited);
   st_->batches++;
+}
+
+void Server::OpenGate(Mm* mm) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    mm->gate = false;
+    mm->retry_at = 0;
+  }
+  work_cv_.notify_all();
+}
+
+void Server::HandleMm(Mm* mm) {
+  int64_t seen = NowUs();
+  CloseGate(mm);
   std::vector<std::pair<uint64_t, int64_t>> again;
   for (int spins = 0;; spins++) {
     struct uffd_msg msgs[32];
@@ -597,12 +828,7 @@ void Server::HandleMm(Mm* mm) {
     for (auto& f : retry) HandleFault(mm, f.first, f.second, &again);
     if (mm->dead || stop_) break;
   }
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    mm->gate = false;
-    mm->retry_at = 0;
-  }
-  work_cv_.notify_all();
+  OpenGate(mm);
 }
 
 void Server::Worker() {
@@ -625,7 +851,8 @@ void Server::Worker() {
             soonest = soonest ? std::min(soonest, m->retry_at) : m->retry_at;
             continue;
           }
-          if (Claim(m, m->cursor, o_.chunk_bytes, &s, &e, &pc)) {
+          if (await_ ? ClaimPresent(m, m->cursor, o_.chunk_bytes, &s, &e, &pc)
+                     : Claim(m, m->cursor, o_.chunk_bytes, &s, &e, &pc)) {
             mm = m;
             rr_ = (rr_ + i + 1) % mms_.size();
           }
@@ -730,6 +957,19 @@ bool Server::Run(std::string* err) {
         ev.events = EPOLLIN | EPOLLRDHUP;
         ev.data.fd = ctl_;
         epoll_ctl(ep_, EPOLL_CTL_ADD, ctl_, &ev);
+      } else if (fd == control_ && control_ >= 0) {
+        if (!ReadPresence()) {
+          epoll_ctl(ep_, EPOLL_CTL_DEL, control_, nullptr);
+          close(control_);
+          control_ = -1;
+          // No more data can come: fine only if every page still to place is here.
+          uint64_t missing = MissingPages();
+          if (missing || !waiting_.empty()) {
+            Fatal("lazy-pages: the page source went away with " + std::to_string(missing) +
+                  " pages of the tree's memory not arrived");
+            break;
+          }
+        }
       } else if (fd == ctl_) {
         bool was = finished_;
         if (!ReadControl()) {
@@ -763,6 +1003,7 @@ bool Server::Run(std::string* err) {
         HandleMm(mm);
       }
     }
+    if (!waiting_.empty() && !stop_) ServeWaiters();
   }
   {
     std::lock_guard<std::mutex> g(mu_);

@@ -33,7 +33,21 @@ struct Options {
   uint64_t fault_bytes = 64 << 10;  // what a fault brings in (aligned around it)
   bool punch = true;                // give each file range back once it is in the workload
   int connect_timeout_ms = 600000;  // for the restore to connect
+  // Postcopy: the files' data arrives while the tree runs. No page is copied
+  // before its file range is said present on this socket (ControlRecord
+  // kPresent, in); a fault on a page not present waits and its neighbourhood
+  // is asked for (kNeed, out). The socket's end before every page is placed
+  // is a failure (the pages can no longer come). -1: all data is there.
+  int control_fd = -1;
 };
+
+// One record on Options::control_fd, both ways (host byte order).
+struct ControlRecord {
+  uint32_t kind;  // kPresent or kNeed
+  uint32_t file;  // index into Options::files
+  uint64_t off, len;
+};
+static const uint32_t kPresent = 1, kNeed = 2;
 
 struct Stats {
   uint32_t tasks = 0, zombies = 0, forks = 0, exits = 0;
@@ -42,9 +56,12 @@ struct Stats {
   uint64_t fault_pages = 0;   // of which for a fault
   uint64_t faults = 0, zero_faults = 0, dropped_pages = 0, punched_bytes = 0;
   uint64_t copies = 0, retries = 0;
-  bool restored = false;   // the restore said it finished (the tree may run from then on)
-  int64_t restore_ms = 0;  // accept to the restore's "finished"
-  int64_t fill_ms = 0;     // the restore's "finished" to the last page
+  uint64_t waited_faults = 0;  // postcopy: faults that waited for their page to arrive
+  uint64_t needs = 0;          // postcopy: ranges asked for (kNeed records written)
+  uint64_t present_bytes = 0;  // postcopy: bytes said present
+  bool restored = false;       // the restore said it finished (the tree may run from then on)
+  int64_t restore_ms = 0;      // accept to the restore's "finished"
+  int64_t fill_ms = 0;         // the restore's "finished" to the last page
   int64_t gate_us_total = 0, gate_us_max = 0, batches = 0;  // waiting for background copies to give way
   std::vector<uint32_t> fault_us;                           // per answered fault: message seen to page in place
 };

@@ -1,7 +1,7 @@
 // N-API binding of the lazy-pages server (lazy_fill.h):
 //   lazyFillListen(path) -> fd
 //   lazyFillServe({listenFd, files, images: [{id, extents: Float64Array of (start, end, file, off)...}],
-//                  threads?, chunkBytes?, faultBytes?, punch?, connectTimeoutMs?}) -> Promise<stats>
+//                  threads?, chunkBytes?, faultBytes?, punch?, connectTimeoutMs?, controlFd?}) -> Promise<stats>
 // Serving runs on its own threads; the promise settles when every page is in
 // place, or rejects with what stopped it.
 #include <napi.h>
@@ -55,6 +55,9 @@ Napi::Value Result(Napi::Env env, Served& s) {
   num("batches", double(st_.batches));
   num("gateWaitUsTotal", double(st_.gate_us_total));
   num("gateWaitUsMax", double(st_.gate_us_max));
+  num("waitedFaults", double(st_.waited_faults));
+  num("needs", double(st_.needs));
+  num("presentBytes", double(st_.present_bytes));
   std::vector<uint32_t>& us = s.st.fault_us;
   std::sort(us.begin(), us.end());
   auto pct = [&](double q) { return us.empty() ? 0.0 : double(us[std::min(us.size() - 1, size_t(q * us.size()))]); };
@@ -95,6 +98,7 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
   while (o->fault_bytes < fb && o->fault_bytes < (4u << 20)) o->fault_bytes <<= 1;  // a power of two
   if (o->chunk_bytes < 4096) o->chunk_bytes = 4096;
   o->connect_timeout_ms = int(Opt(a, "connectTimeoutMs", 600000));
+  o->control_fd = int(Opt(a, "controlFd", -1));
   Napi::Value punch = a.Get("punch");
   o->punch = !punch.IsBoolean() || punch.As<Napi::Boolean>().Value();
   Napi::Value files = a.Get("files");

@@ -52,8 +52,8 @@ PKGS=(
   uuid-dev pkgconf python3-protobuf xz-utils dpkg-dev
   # two-host tests, network lock, addon build
   iproute2 nftables g++ make python3 util-linux procps openssl
-  # the benchmark's memcached workload (bench/workloads/memcached.ts); npm run lint's C++ half
-  memcached clang-format
+  # the benchmark's real applications (bench/workloads/memcached.ts, redis.ts); npm run lint's C++ half
+  memcached redis-server clang-format
   # fuzzing the native page server with libFuzzer (scripts/fuzz.sh)
   clang libclang-rt-14-dev
   # containers: the runtime, and a registry-free rootfs (busybox-static plus our static workloads)

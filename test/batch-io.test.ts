@@ -4,9 +4,16 @@
 // more is read; a write the peer does not read fails at once on abort().
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import { addon } from '../src/native';
-import { parseHeader, parseRanges } from '../src/transport/page-batch';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { addon, type NativeBatchConn } from '../src/native';
+import { PhaulError } from '../src/errors';
+import { rawFd } from '../src/agent/data-channel';
+import { PageStore } from '../src/store/page-store';
+import { attachNativeBatchStream } from '../src/transport/batch-stream';
+import { encodeBatch, parseHeader, parseRanges } from '../src/transport/page-batch';
 import { readPages } from '../src/memory/read-pages';
 import { startMemWorkload } from '../src/testing/workload';
 
@@ -99,4 +106,163 @@ test('a write the peer does not read fails at once on abort()', async () => {
     tx.close();
     addon().closeFd(b);
   }
+});
+
+/** Both ends of a real loopback TCP connection, as descriptors a BatchConn may own. */
+async function tcpPair(): Promise<[number, number]> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const client = net.connect(port, '127.0.0.1');
+  await new Promise<void>((r) => client.once('connect', () => r()));
+  const peer = await accepted;
+  server.close();
+  const fds: [number, number] = [addon().dupFd(rawFd(client)), addon().dupFd(rawFd(peer))];
+  client.destroy();
+  peer.destroy();
+  return fds;
+}
+
+for (const kind of ['tcp', 'unix'] as const) {
+  test(`${kind === 'tcp' ? 'tcp with MACs' : kind}: a batch spliced straight into the page store holds the workload's pages; a stale copy is dropped and the stream stays in step`, { skip, timeout: 60_000 }, async () => {
+    const w = await startMemWorkload({ mib: 4 });
+    const [a, b] = kind === 'tcp' ? await tcpPair() : addon().streamSocketPair();
+    const tx = new (addon().BatchConn)(a);
+    const rx = new (addon().BatchConn)(b);
+    if (kind === 'tcp') {
+      // As the agents run it over plain TCP: every batch with its MAC, checked from the store's files.
+      const key = crypto.randomBytes(32);
+      tx.setMacKey(key);
+      rx.setMacKey(key);
+    }
+    const dir = fs.mkdtempSync('/dev/shm/phaul-batch-io-');
+    const store = new PageStore(path.join(dir, 'store'));
+    try {
+      const pairs = biggestRw(w.pid);
+      const bytes = Number(pairs[1] - pairs[0]);
+      store.setLayout(w.pid, [{ vaddr: pairs[0], nrPages: bytes / 4096 }]);
+      const txBuf = Buffer.alloc(bytes);
+      // Round 2, then an older round 1 of the same pages (dropped), then round 2 again.
+      const sends = (async () => {
+        for (const round of [2, 1, 2]) await tx.sendPages(w.pid, round, pairs, txBuf);
+        tx.close();
+      })();
+      let stored = 0;
+      const h = attachNativeBatchStream(rx, {
+        write: () => Promise.reject(new Error('raw batches never come to write()')),
+        receive: (batch, pull) => store.receive(batch, pull).then(() => { stored++; }),
+      });
+      await sends;
+      const st = await h.done;
+      assert.equal(st.batches, 3);
+      assert.equal(stored, 3);
+      const s = store.stats();
+      assert.equal(s.pendingBatches, 0);
+      assert.ok(s.stalePages > 0, 'the round 1 copy was older than the store\'s');
+      assert.equal(store.firstMissing(w.pid, Number(pairs[0]) / 4096, bytes / 4096), -1);
+      const direct = await readPages(w.pid, pairs);
+      const back = Buffer.alloc(bytes);
+      store.readPages(w.pid, Number(pairs[0]) / 4096, bytes / 4096, back);
+      assert.ok(Buffer.compare(back, Buffer.from(direct.buffer)) === 0, 'the store holds the pages as they are in the workload');
+    } finally {
+      tx.close();
+      rx.close();
+      await store.destroy();
+      fs.rmSync(dir, { recursive: true, force: true });
+      await w.stop();
+    }
+  });
+}
+
+test('a raw batch whose pages lie outside the layout fails the stream before its payload is read', async () => {
+  const [a, b] = addon().streamSocketPair();
+  const tx = new (addon().BatchConn)(a);
+  const rx = new (addon().BatchConn)(b);
+  const dir = fs.mkdtempSync('/dev/shm/phaul-batch-io-');
+  const store = new PageStore(path.join(dir, 'store'));
+  try {
+    store.setLayout(7, [{ vaddr: 0x10000, nrPages: 4 }]);
+    const data = Buffer.alloc(2 * 4096, 0x5a);
+    await tx.sendBuffers(encodeBatch({ pid: 7, round: 0, ranges: [{ vaddr: 0x40000, nrPages: 2 }], data }, { compress: false }));
+    let pulled = false;
+    const h = attachNativeBatchStream(rx, {
+      write: () => Promise.reject(new Error('unexpected')),
+      receive: (batch, pull) => store.receive(batch, (plan) => { pulled = true; return pull(plan); }),
+    });
+    await assert.rejects(h.done, (e: PhaulError) => e.code === 'protocol' && /outside its layout/.test(e.message));
+    assert.equal(pulled, false, 'nothing of the payload was read into the store');
+    assert.equal(store.stats().bytesWritten, 0);
+  } finally {
+    tx.close();
+    rx.close();
+    await store.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Everything written to a BatchConn, as the bytes on the wire. */
+async function wireOf(send: (tx: NativeBatchConn) => Promise<void>, key?: Buffer): Promise<Buffer> {
+  const [a, b] = addon().streamSocketPair();
+  const tx = new (addon().BatchConn)(a);
+  if (key) tx.setMacKey(key);
+  const sock = new net.Socket({ fd: b, readable: true, writable: false });
+  const chunks: Buffer[] = [];
+  const ended = new Promise<void>((r) => sock.on('end', r));
+  sock.on('data', (c) => chunks.push(c));
+  await send(tx);
+  tx.close();
+  await ended;
+  sock.destroy();
+  return Buffer.concat(chunks);
+}
+
+/** Feeds wire bytes to a receiving BatchConn with `key` into a fresh store; the stream's outcome. */
+async function receiveWire(wire: Buffer, key: Buffer): Promise<{ batches: number; pages: number } | PhaulError> {
+  const [c, d] = addon().streamSocketPair();
+  const rx = new (addon().BatchConn)(d);
+  rx.setMacKey(key);
+  const dir = fs.mkdtempSync('/dev/shm/phaul-batch-io-');
+  const store = new PageStore(path.join(dir, 'store'));
+  const feeder = new net.Socket({ fd: c, readable: false, writable: true });
+  try {
+    store.setLayout(7, [{ vaddr: 0x10000, nrPages: 8 }]);
+    feeder.end(wire);
+    const h = attachNativeBatchStream(rx, {
+      write: (b) => store.write(b),
+      receive: (b, pull) => store.receive(b, pull),
+    });
+    const st = await h.done;
+    return { batches: st.batches, pages: store.stats().pagesWritten };
+  } catch (e) {
+    return e as PhaulError;
+  } finally {
+    feeder.destroy();
+    rx.close();
+    await store.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('page batches with MACs: intact ones are stored; altered, replayed, dropped or untagged ones fail the stream as a protocol error', async () => {
+  const key = crypto.randomBytes(32);
+  const batch = (round: number, fill: number) => encodeBatch({ pid: 7, round, ranges: [{ vaddr: 0x10000, nrPages: 2 }, { vaddr: 0x12000, nrPages: 1, zero: true }], data: Buffer.alloc(2 * 4096, fill) }, { compress: false });
+  const b1 = await wireOf((tx) => tx.sendBuffers(batch(0, 1)), key);
+  const both = await wireOf(async (tx) => { await tx.sendBuffers(batch(0, 1)); await tx.sendBuffers(batch(1, 2)); }, key);
+  assert.equal(b1.length, 32 + 2 * 16 + 2 * 4096 + 16, 'header, ranges, payload, tag');
+  assert.ok(both.subarray(0, b1.length).equals(b1), 'the first batch has the same bytes and tag on both connections (same key, same sequence number)');
+
+  assert.deepEqual(await receiveWire(both, key), { batches: 2, pages: 4 });
+
+  const bad = (r: unknown) => r instanceof PhaulError && r.code === 'protocol' && /failed authentication/.test(r.message);
+  const flipped = (at: number) => { const w = Buffer.from(both); w[at] ^= 1; return w; };
+  assert.ok(bad(await receiveWire(flipped(32 + 32 + 100), key)), 'a bit of the payload');
+  assert.ok(bad(await receiveWire(flipped(12), key)), 'the round in the header (still a valid header)');
+  assert.ok(bad(await receiveWire(flipped(b1.length - 1), key)), 'the tag');
+  assert.ok(bad(await receiveWire(Buffer.concat([b1, b1]), key)), 'a replayed batch');
+  assert.ok(bad(await receiveWire(both.subarray(b1.length), key)), 'the first batch dropped');
+  assert.ok(bad(await receiveWire(both, crypto.randomBytes(32))), 'another key');
+  const untagged = await wireOf((tx) => tx.sendBuffers(batch(0, 1)));
+  const r = await receiveWire(untagged, key);
+  assert.ok(r instanceof PhaulError, 'a batch without a tag is not accepted');
 });

@@ -86,7 +86,7 @@ test('a session larger than the host-wide budget is refused up front (exit 11), 
   const tight = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest-tight'), ['--max-store-bytes', String(8 << 20)]);
   const w = await startMemWorkload({ mib: 32, netns: fx.hosts.a.netnsPath! });
   try {
-    for (const mode of ['stop-copy', 'precopy']) {
+    for (const mode of ['stop-copy', 'precopy', 'postcopy']) {
       const r = await runCli(fx.hosts.a, migrateArgs(w.pid, ['--mode', mode], tight.port));
       assert.equal(r.code, 11, r.stderr);
       assert.equal(r.json?.error?.code, 'busy');
@@ -105,7 +105,7 @@ test('a session larger than the host-wide budget is refused up front (exit 11), 
 test('--encrypt: TLS keyed by the token, no certificate; a plain client is refused', { skip }, async () => {
   const enc = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest-enc'), ['--encrypt']);
   try {
-    for (const mode of ['stop-copy', 'precopy']) {
+    for (const mode of ['stop-copy', 'precopy', 'postcopy']) {
       const w = await startMemWorkload({ mib: 64, writeMBps: 10, netns: fx.hosts.a.netnsPath! });
       let restored = 0;
       try {

@@ -212,6 +212,11 @@ test('bench: the quick matrix covers every strategy, a 1 GiB size and fits 3 min
   for (const s of STRATEGIES) assert.ok(sw.some((c) => c.strategy === s), `switchover matrix: ${s}`);
   assert.ok(sw.some((c) => c.workload.memMiB === 32 && c.workload.writeMBps === 5 && c.link === 'loopback'));
   assert.ok(sw.some((c) => c.workload.kind === 'memcached'));
+  // Issue 12's small real applications, each in the default mode and through CRIU's own dump and restore.
+  for (const kind of ['redis', 'pythreads'] as const) {
+    for (const s of ['phaul-fast:hybrid', 'criu:local'] as const) assert.ok(sw.some((c) => c.workload.kind === kind && c.strategy === s), `${kind} ${s}`);
+  }
+  assert.ok(!sw.some((c) => c.link === 'loopback' && (c.workload.kind === 'redis' || c.workload.kind === 'memcached')));
   assert.ok(cells.some((c) => c.workload.memMiB >= 1024));
   assert.ok(cells.some((c) => c.workload.kind === 'memcached'));
   assert.ok(estimateSeconds(cells) < 180, `quick estimate ${estimateSeconds(cells)} s`);

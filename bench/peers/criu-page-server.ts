@@ -33,17 +33,21 @@ export class CriuPageServer implements Peer {
       const dump = await runCmd(inHost(ctx.src, [ctx.criu, 'dump', '-t', String(pid), '-D', src, '--page-server',
         '--address', ctx.dst.addr, '--port', String(ctx.port), '-o', 'dump.log']), { timeoutMs: big })
         .finally(() => freeze.stop());
+      const dumpMs = performance.now() - t0;
       const frozenAt = freeze.stop() ?? t0;
       if (dump.code !== 0) throw new Error(`criu dump: ${logTail(path.join(src, 'dump.log'))}`);
       const psr = await ps.done;
       if (psr.code !== 0) throw new Error(`criu page-server: ${logTail(path.join(dst, 'page-server.log'))}`);
+      // What the page server received (its pages files) before the images are copied over.
+      const pageBytes = fs.readdirSync(dst).filter((f) => /^pages-\d+\.img$/.test(f)).reduce((n, f) => n + fs.statSync(path.join(dst, f)).size, 0);
       const copied = copyImages(src, dst);
       const tFree = performance.now();
 
       const rs = await criuRestore(ctx.criu, ctx.dst, dst, big);
       hooks.onRunning(rs.pid);
       // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
-      return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, dump.cpuS + psr.cpuS + rs.r.cpuS);
+      return { ...stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, dump.cpuS + psr.cpuS + rs.r.cpuS),
+        copyMBps: pageBytes / 1e6 / (dumpMs / 1000) };
     } finally {
       ps.kill();
     }

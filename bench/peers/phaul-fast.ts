@@ -122,6 +122,7 @@ export class PhaulFastPeer implements Peer {
     if (!Number.isInteger(restoredPid) || restoredPid <= 0) throw new Error(`phaul-fast migrate: report without restoredPid: ${last.slice(0, 200)}`);
     hooks.onRunning(restoredPid);
     const runningMs = Number(rep.totalMs ?? wall);
+    const first = Array.isArray(rep.rounds) ? rep.rounds[0] : undefined;
     // Hybrid reports when its memory was filled, counted from the freeze: the
     // destination has everything then; the source was free once it ran.
     const totalMs = rep.filledMs !== undefined ? runningMs - Number(rep.downtimeMs) + Number(rep.filledMs) : runningMs;
@@ -135,6 +136,7 @@ export class PhaulFastPeer implements Peer {
       // Pre-copy reports each round (the last is the final one, frozen); stop-copy is one pass.
       rounds: Array.isArray(rep.rounds) ? rep.rounds.length : 1,
       cpuS: r.cpuS + serveCpu,
+      ...(first && first.ms > 0 ? { copyMBps: first.bytes / 1e6 / (first.ms / 1000) } : {}),
       phases: rep.phases,
       ...(rep.fill ? { fill: {
         fillMs: Number(rep.fill.fillMs), pages: Number(rep.fill.copiedPages), faultP50Us: Number(rep.fill.faultUs?.p50),

@@ -37,6 +37,12 @@ export interface RunFigures {
   rounds: number;
   /** user+sys CPU seconds of the agents and every CRIU they ran, at both ends (not of the workload). */
   cpuS: number;
+  /**
+   * The first pass over memory, MB/s (10^6 bytes): pre-copy's first round
+   * (its bytes over its time), CRIU's page-server dump (pages over the dump's
+   * wall time). Absent for strategies without one.
+   */
+  copyMBps?: number;
   /** The engine's phases in ms, in order, when it reports them (phaul-fast: migrate --json phases). */
   phases?: Record<string, number>;
   /** A fill after resume (hybrid): what the destination's lazy-pages server reported. */

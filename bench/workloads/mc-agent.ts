@@ -1,34 +1,22 @@
 // Memcached client helper, run inside a host's network namespace (nsenter
 // --net=...: the benchmark process itself cannot open sockets there).
 //   node mc-agent.js load  HOST PORT ITEMS SIZE          -> {"items":n,"ms":t}
-//   node mc-agent.js busy  HOST PORT ITEMS SIZE MBPS     -> until SIGTERM: {"ops","bad","lastReplyAt"}
+//   node mc-agent.js busy  HOST PORT ITEMS SIZE MBPS     -> {"ready":1}, then at SIGTERM {"ops","bad","lastReplyAt"}
 //   node mc-agent.js probe HOST PORT TIMEOUT_MS          -> {"firstReplyAt":t}
 //   node mc-agent.js check HOST PORT ITEMS SIZE          -> {"items","bad","missing","firstBad"}
 // Times are epoch milliseconds with sub-ms precision, comparable across processes.
 import { McClient } from './mc-client';
+import { connectRetry, now, paced } from './line-client';
 
 export const key = (i: number) => `k${i}`;
 /** The value of item i: its key repeated, so a swapped, stale or zeroed item never passes. */
 export const value = (i: number, size: number) => Buffer.alloc(size, `${key(i)}.`);
 
-const now = () => performance.timeOrigin + performance.now();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function connectRetry(host: string, port: number, timeoutMs: number): Promise<McClient> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await McClient.connect(host, port, 1_000);
-    } catch (e) {
-      if (Date.now() > end) throw e;
-      await sleep(2);
-    }
-  }
-}
+const mcConnect = (host: string, port: number) => connectRetry(() => McClient.connect(host, port, 1_000), 10_000);
 
 async function load(host: string, port: number, items: number, size: number) {
   const t0 = now();
-  const c = await connectRetry(host, port, 10_000);
+  const c = await mcConnect(host, port);
   for (let i = 0; i < items; i += 64) {
     const batch: Array<[string, Buffer]> = [];
     for (let j = i; j < Math.min(items, i + 64); j++) batch.push([key(j), value(j, size)]);
@@ -40,33 +28,24 @@ async function load(host: string, port: number, items: number, size: number) {
 
 /** Sets at the given rate and checks a few gets every millisecond, until SIGTERM. */
 async function busy(host: string, port: number, items: number, size: number, mbps: number) {
-  const c = await connectRetry(host, port, 10_000);
-  let stop = false;
-  process.once('SIGTERM', () => { stop = true; });
-  let ops = 0, bad = 0, lastReplyAt = 0, credit = 0, prev = now();
-  const setsPerMs = (mbps * 1e6) / size / 1000;
-  while (!stop) {
-    const t = now();
-    credit += setsPerMs * Math.min(t - prev, 50);
-    prev = t;
-    const n = Math.floor(credit);
-    credit -= n;
+  let c: McClient | undefined;
+  let ops = 0, bad = 0, lastReplyAt = 0;
+  await paced(mbps, size, async () => { c = await mcConnect(host, port); }, async (n) => {
     const sets: Array<[string, Buffer]> = [];
     for (let j = 0; j < n; j++) { const i = Math.floor(Math.random() * items); sets.push([key(i), value(i, size)]); }
-    await c.setMany(sets);
+    await c!.setMany(sets);
     const ks = Array.from({ length: 4 }, () => Math.floor(Math.random() * items));
-    const got = await c.getMany(ks.map(key));
+    const got = await c!.getMany(ks.map(key));
     for (const i of ks) if (!got.get(key(i))?.equals(value(i, size))) bad++;
     ops += n + ks.length;
     lastReplyAt = now();
-    await sleep(1);
-  }
-  c.close();
+  });
+  c?.close();
   return { ops, bad, lastReplyAt };
 }
 
 async function probe(host: string, port: number, timeoutMs: number) {
-  const c = await connectRetry(host, port, timeoutMs);
+  const c = await connectRetry(() => McClient.connect(host, port, 1_000), timeoutMs);
   await c.getMany([key(0)]);
   const firstReplyAt = now();
   c.close();
@@ -74,7 +53,7 @@ async function probe(host: string, port: number, timeoutMs: number) {
 }
 
 async function check(host: string, port: number, items: number, size: number) {
-  const c = await connectRetry(host, port, 10_000);
+  const c = await mcConnect(host, port);
   let bad = 0, missing = 0, firstBad = -1;
   for (let i = 0; i < items; i += 100) {
     const ids: number[] = [];

@@ -40,11 +40,14 @@ export type Need = keyof HostFacts;
  * precopy: copy memory while the tree runs, freeze, send the last dirty pages, restore.
  * hybrid: pre-copy, then a lazy restore: the tree resumes before its memory is
  *   back in place and is filled from the destination's own store.
+ * postcopy: no rounds: freeze, CRIU's images without the memory, a lazy
+ *   restore at once; the memory comes from the source while the copy runs.
  */
 export const MODE_NEEDS = {
   'stop-copy': ['criu'],
   precopy: ['criu', 'dirtyTracking', 'lazyDump'],
   hybrid: ['criu', 'dirtyTracking', 'lazyDump', 'lazyRestore'],
+  postcopy: ['criu', 'lazyDump', 'lazyRestore'],
 } as const satisfies Record<string, readonly Need[]>;
 
 export type Mode = keyof typeof MODE_NEEDS;
@@ -55,6 +58,7 @@ export const MODE_HOW: Readonly<Record<Mode, string>> = {
   'stop-copy': 'CRIU dump into the destination\'s page server, then restore',
   precopy: 'copy while the workload runs (uffd-wp + PAGEMAP_SCAN), then CRIU\'s lazy dump and the last dirty pages',
   hybrid: 'pre-copy, then a lazy restore: the workload resumes before its memory is back',
+  postcopy: 'CRIU\'s lazy dump, a lazy restore at once; memory follows from the source (faults first) while the copy runs',
 };
 
 /** What mode 'auto' tries, best first: the shortest pause where both hosts allow it (docs/DESIGN.md section 7). */

@@ -12,8 +12,7 @@ import { addon, type NativeBatchConn } from '../native';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
 import { PageServer } from '../transport/page-server';
-import { attachBatchStream, attachNativeBatchStream, type BatchStreamHandle } from '../transport/batch-stream';
-import type { PageBatch } from '../transport/page-batch';
+import { attachBatchStream, attachNativeBatchStream, type BatchSink, type BatchStreamHandle } from '../transport/batch-stream';
 
 export interface PageStats {
   entries: number;
@@ -121,10 +120,29 @@ export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
   };
 }
 
-/** A pre-copy data connection: page batches, JS-read over TLS, natively read over plain TCP. */
+/** A pre-copy data connection: page batches, JS-read over TLS, spliced into the sink's files over plain TCP. */
 export interface BatchStream {
-  attach(onBatch: (b: PageBatch) => Promise<void>, onError: (e: PhaulError) => void): BatchStreamHandle;
+  attach(sink: BatchSink, onError: (e: PhaulError) => void): BatchStreamHandle;
   close(): void;
+}
+
+/** What derives a data connection's page-batch MAC key from its handshake (FrameConn.subkey). */
+const BATCH_KEY_LABEL = 'page batches';
+
+/** Keys of plain data connections handed over as sockets (batchSocket), for nativeBatchConns. */
+const batchKeys = new WeakMap<net.Socket, Buffer>();
+
+/**
+ * The socket of an authenticated data connection, for page batches (source):
+ * detached from framing; over plain TCP its batches will carry MACs under a
+ * key derived from the connection's handshake.
+ */
+export function batchSocket(conn: FrameConn): net.Socket {
+  conn.detach(false);
+  const sock = conn.socket as net.Socket;
+  const key = conn.subkey(BATCH_KEY_LABEL, 'send');
+  if (key) batchKeys.set(sock, key);
+  return sock;
 }
 
 /** Takes over an authenticated data connection for page batches (destination). */
@@ -132,20 +150,30 @@ export function openBatchStream(conn: FrameConn): BatchStream {
   const sock = conn.socket as net.Socket;
   if (sock instanceof tls.TLSSocket) {
     conn.detach(false);
-    return { attach: (onBatch, onError) => attachBatchStream(sock, onBatch, onError), close: () => sock.destroy() };
+    return { attach: (sink, onError) => attachBatchStream(sock, (b) => sink.write(b), onError), close: () => sock.destroy() };
   }
+  const key = conn.subkey(BATCH_KEY_LABEL, 'receive');
+  if (!key) throw new PhaulError('failed', 'a data connection for page batches must be authenticated first');
   conn.detach(true);
   const bc = new (addon().BatchConn)(addon().dupFd(rawFd(sock)));
   sock.destroy();
-  return { attach: (onBatch, onError) => attachNativeBatchStream(bc, onBatch, onError), close: () => bc.close() };
+  // Plain TCP: every batch must carry its MAC (native/batch_io.cc).
+  bc.setMacKey(key);
+  return { attach: (sink, onError) => attachNativeBatchStream(bc, sink, onError), close: () => bc.close() };
 }
 
-/** Takes over authenticated data connections for sending page batches (source): native over plain TCP. */
+/**
+ * Takes over authenticated data connections (batchSocket) for sending page
+ * batches (source): native over plain TCP, each batch with its MAC.
+ */
 export function nativeBatchConns(socks: net.Socket[]): NativeBatchConn[] | undefined {
   if (socks.some((s) => s instanceof tls.TLSSocket)) return undefined;
-  return socks.map((s) => {
+  const keys = socks.map((s) => batchKeys.get(s));
+  if (keys.some((k) => !k)) throw new PhaulError('failed', 'a data connection for page batches must come from batchSocket');
+  return socks.map((s, i) => {
     const bc = new (addon().BatchConn)(addon().dupFd(rawFd(s)));
     s.destroy();
+    bc.setMacKey(keys[i]!);
     return bc;
   });
 }

@@ -41,7 +41,7 @@ export const DESTINATION_TRANSITIONS: TransitionTable<DestinationState> = {
 /** What the source may send in each state ('error' is always accepted and ends the session). */
 export const DESTINATION_ACCEPTS: Readonly<Record<DestinationState, readonly MessageType[]>> = {
   handshake: ['caps', 'prepare', 'abort'],
-  receiving: ['layout', 'round', 'image', 'images-done', 'restore', 'switchover', 'abort', 'tree-entries', 'tree-data'],
+  receiving: ['layout', 'round', 'image', 'images-done', 'restore', 'switchover', 'postcopy', 'abort', 'tree-entries', 'tree-data'],
   restoring: ['abort'],
   'restored-stopped': ['commit', 'abort'],
   // The source only closes from here on; whatever it sends is ignored.

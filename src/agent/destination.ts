@@ -40,6 +40,8 @@ import {
   copyRan, DESTINATION_ACCEPTS, DESTINATION_FAILURE, DESTINATION_INITIAL, DESTINATION_TRANSITIONS, type DestinationState,
 } from './destination-states';
 import { DESTINATION_PHASES } from './phases';
+import { PostcopyLayout } from '../postcopy/layout';
+import { PostcopyReceiver } from '../postcopy/destination';
 
 type DestinationPhase = (typeof DESTINATION_PHASES)[number];
 
@@ -83,6 +85,10 @@ class DestSession {
   store?: PageStore;
   /** Hybrid: the server filling the restored tree's memory from the store. */
   lazyPages?: LazyPagesServer;
+  /** Postcopy: where arriving pages go (resolves once the images say where), and its directory. */
+  private postcopy?: Promise<PostcopyReceiver>;
+  private openPostcopy?: (r: PostcopyReceiver) => void;
+  private postcopyDir = '';
   /** Hybrid: the top level of the store's parent-image chain, which the lazy-pages server reads. */
   private chainTop = '';
   expectedStreams = 0;
@@ -133,7 +139,7 @@ class DestSession {
 
   /** Pre-copy and hybrid: pages come as batches on N streams into a page store. */
   private streamsPages(): boolean {
-    return this.mode === 'precopy' || this.mode === 'hybrid';
+    return this.mode === 'precopy' || this.mode === 'hybrid' || this.mode === 'postcopy';
   }
 
   /** Is this session waiting for (another) data connection? */
@@ -149,15 +155,21 @@ class DestSession {
       this.dataArrived(this.data);
       return;
     }
-    // Pre-copy: page batches, decoded as they come and written to the store;
-    // over plain TCP read natively, straight into the store's write buffers.
-    const store = this.store!;
+    // Pre-copy: page batches, checked as they come; over plain TCP a raw
+    // batch's payload is spliced natively from the socket into the store's files.
+    const store = this.store;
     const stream = openBatchStream(conn);
     this.streams.push(stream);
-    const h = stream.attach(async (b) => {
-      await store.write(b);
-      this.received.set(b.round, (this.received.get(b.round) ?? 0) + 1);
+    const stored = (round: number) => {
+      this.received.set(round, (this.received.get(round) ?? 0) + 1);
       this.progress?.();
+    };
+    const h = stream.attach(store ? {
+      write: (b) => store.write(b).then(() => stored(b.round)),
+      receive: (b, pull) => store.receive(b, pull).then(() => stored(b.round)),
+    } : {
+      // Postcopy: batches may come before `postcopy` (the images) is read: they wait for it.
+      write: async (b) => { await (await this.postcopy!).write(b); stored(b.round); },
     }, (e) => {
       this.streamError ??= asPhaulError(e, 'protocol');
       this.progress?.();
@@ -228,9 +240,16 @@ class DestSession {
       }
       // (A container's restore is runc's, which runs its own CRIU.)
       if (!this.container) this.criu = startCriu();
-      if (this.mode === 'hybrid') this.startLazyPages();
+      if (this.mode === 'hybrid' || this.mode === 'postcopy') this.startLazyPages();
 
-      if (this.streamsPages()) {
+      if (this.mode === 'postcopy') {
+        this.expectedStreams = streamsOf(prep);
+        this.postcopyDir = fs.mkdtempSync(path.join(storeRoot, STORE_PREFIX));
+        this.postcopy = new Promise((resolve) => { this.openPostcopy = resolve; });
+        conn.send({ t: 'prepared' });
+        this.sm.to('receiving');
+        await this.receivePostcopy();
+      } else if (this.streamsPages()) {
         this.expectedStreams = streamsOf(prep);
         this.store = new PageStore(fs.mkdtempSync(path.join(storeRoot, STORE_PREFIX)),
           agent.limits.maxStoreBytes < Infinity ? { maxBytes: agent.limits.maxStoreBytes - agent.budget.reservedBytes + memBytes } : {});
@@ -273,6 +292,7 @@ class DestSession {
         else await this.lazyPages.kill();
       }
       await this.store?.destroy().catch(() => undefined);
+      if (this.postcopy) await this.closePostcopy();
       if (this.dir && !agent.opts.keepImages) fs.rmSync(this.dir, { recursive: true, force: true });
       conn.close();
       this.reservation?.release();
@@ -320,6 +340,25 @@ class DestSession {
     }
   }
 
+  /** Postcopy: CRIU's images until `postcopy`; the pages then go to the pages file as they come. */
+  private async receivePostcopy(): Promise<void> {
+    for (;;) {
+      const m = await this.receive(10 * 60_000);
+      if (m.t === 'image') { this.writeImage(m); continue; }
+      if (m.t !== 'postcopy') throw new PhaulError('protocol', `unexpected '${m.t}' before postcopy`);
+      const layout = PostcopyLayout.read(this.dir);
+      if (layout.pages !== m.pages) throw new PhaulError('protocol', `the images list ${layout.pages} lazy pages, the source says ${m.pages}`);
+      const ids = new Map<number, number>();
+      for (const [k, v] of Object.entries(m.imageIds)) ids.set(v, Number(k));
+      const control = this.lazyPages!.control!;
+      this.openPostcopy!(new PostcopyReceiver(layout, this.postcopyDir, ids, control, (page, pages) => {
+        try { this.conn.send({ t: 'page-request', page, pages }); } catch { /* the source is gone: the fill fails */ }
+      }));
+      this.log(`postcopy: ${layout.pages} lazy pages (${(layout.pages * 4096 / 2 ** 20).toFixed(0)} MiB) to come from the source`);
+      return;
+    }
+  }
+
   private imageCount = 0;
   private imageBytes = 0;
 
@@ -357,7 +396,7 @@ class DestSession {
    * switchover) so that its start-up overlaps the rounds, not the pause.
    */
   private startLazyPages(): LazyPagesServer {
-    this.lazyPages = new LazyPagesServer({ imagesDir: this.dir });
+    this.lazyPages = new LazyPagesServer({ imagesDir: this.dir, postcopy: this.mode === 'postcopy' });
     return this.lazyPages;
   }
 
@@ -368,7 +407,7 @@ class DestSession {
     const t0 = Date.now();
     this.phaseFrom ||= t0;
     // Hybrid with nothing in the store to fill lazily (all of it non-lazy memory) restores plainly.
-    const lazy = this.mode === 'hybrid' && this.chainTop !== '';
+    const lazy = (this.mode === 'hybrid' && this.chainTop !== '') || this.mode === 'postcopy';
     if (!lazy && this.lazyPages) {
       await this.lazyPages.kill(); // started early, not needed after all
       this.lazyPages = undefined;
@@ -376,7 +415,9 @@ class DestSession {
     if (lazy) {
       const lp = this.lazyPages ?? this.startLazyPages();
       await withDeadline(lp.ready, 30_000, 'criu', 'the lazy-pages server did not start');
-      lp.start({ chainTop: this.chainTop, cleanup: agent.opts.keepImages ? [] : [this.store!.dir, this.dir] });
+      const pc = this.postcopy && await this.postcopy;
+      const storeDir = pc ? this.postcopyDir : this.store!.dir;
+      lp.start({ ...(pc ? { pagesFile: pc.file } : { chainTop: this.chainTop }), cleanup: agent.opts.keepImages ? [] : [storeDir, this.dir] });
       this.log(`lazy-pages server (pid ${lp.pid}) waits for the restore (started ${t0 - lp.startedAt} ms before it)`);
       this.phase('lazy-pages');
     }
@@ -412,10 +453,22 @@ class DestSession {
     agent.emit('migrated', { session: this.id, pid: this.restoredPid, ...(this.container ? { container: this.container.report() } : {}) });
     if (this.lazyPages) {
       this.sm.to('filling');
+      if (this.postcopy) void this.watchSource();
       await this.fillLazily(this.lazyPages, t0);
     }
     this.sm.to('done');
     await conn.next(5_000).catch(() => undefined); // let the source close first
+  }
+
+  /**
+   * Postcopy, while filling: the source must stay. When its control
+   * connection ends (or it sends anything: only `abort` could come), no more
+   * pages can arrive: the lazy-pages server is told, and fails if it lacks any.
+   */
+  private async watchSource(): Promise<void> {
+    const pc = await this.postcopy!;
+    await this.conn.next(2 ** 31 - 1).catch(() => undefined);
+    pc.sourceGone();
   }
 
   /** A process tree: CRIU (started ahead) restores it stopped, and we learn its pid. */
@@ -472,7 +525,10 @@ class DestSession {
       signalAll(treePids(this.restoredPid), 'SIGSTOP');
       await lazyPages.kill();
       this.log(`the lazy-pages server failed before the memory of pid ${this.restoredPid} was filled (${why}); the tree ` +
-        `is stopped (SIGSTOP) because unfilled pages would read as zeros`);
+        `is stopped (SIGSTOP) because unfilled pages would read as zeros` + (this.postcopy
+        ? '. Postcopy: the missing pages exist only in the original at the source, left stopped there with its memory ' +
+          'as of the freeze: kill this copy, then resume the original (SIGCONT), losing what the copy did since the switchover'
+        : ''));
     }
     this.lazyPages = undefined;
     this.agent.emit('filled', { session: this.id, pid: this.restoredPid, ok, ms, fill });
@@ -552,6 +608,14 @@ class DestSession {
     this.log(`${decide} decided through a resolve connection`);
     this.decide({ decide, code: 'failed', why: `the source aborted the session (resolve)` });
     return this.settledAs;
+  }
+
+  /** Postcopy's pages file goes (what the server did not give back yet) once the session ends. */
+  private async closePostcopy(): Promise<void> {
+    const pc = await Promise.race([this.postcopy!, new Promise<undefined>((r) => setImmediate(() => r(undefined)))]);
+    pc?.sourceGone();
+    pc?.close();
+    if (this.postcopyDir) fs.rmSync(this.postcopyDir, { recursive: true, force: true });
   }
 
   /** The restored copy, if any, never ran: kill it so only the source's original lives. */

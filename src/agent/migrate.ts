@@ -21,12 +21,12 @@ import { askDestination } from './resolve';
 import { pruneSettledRecords, removeSourceRecord, snapshotTree, writeSourceRecord, type OriginalProcess } from './source-record';
 import { testPause } from './test-pause';
 import { FrameConn } from '../protocol/frames';
-import type { Restored, Stats } from '../protocol/messages';
+import type { MessageOf, Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
 import { autoMode, incompatibility, isMode, localCapabilities, MODES, pageServerHeaderSize, type Mode } from './capabilities';
-import { openDataChannelClient, SourceDataChannel } from './data-channel';
+import { batchSocket, openDataChannelClient, SourceDataChannel } from './data-channel';
 import type { Socket } from 'node:net';
-import { LazyDump } from '../criu';
+import { LazyDump, type DumpCpu } from '../criu';
 import { TreeTracker } from '../memory/tree-tracker';
 import { DirtyTrackingError } from '../memory/errors';
 import { nsPid, PrecopyOptions, PrecopyRun, PrecopySender, RoundRecord } from './precopy';
@@ -38,6 +38,8 @@ import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
 import { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
 import { containerDumpArgs } from '../container/dump-options';
+import { PostcopyLayout } from '../postcopy/layout';
+import { ControlPump, PostcopyPusher } from '../postcopy/source';
 
 /** How long the workload may stay frozen before the migration gives up and resumes it. */
 export const DEFAULT_FREEZE_TIMEOUT_MS = 30_000;
@@ -56,6 +58,10 @@ interface RunState {
   criuDone?: Promise<void>;
   /** Stop-copy: CRIU's dump, settled once CRIU let go of the tree (resumed, or left it stopped). */
   criuRun?: Promise<unknown>;
+  /** Postcopy: what reads the control connection from the images on, and what sends the pages. */
+  pump?: ControlPump;
+  pusher?: PostcopyPusher;
+  pushed?: Promise<void>;
 }
 
 /** What each mode leaves behind at the point where the destination holds a stopped copy. */
@@ -117,6 +123,8 @@ export interface MigrationReport {
   filledMs?: number;
   /** Hybrid: what the destination's lazy-pages server did (src/native/lazy-fill.ts FillStats). */
   fill?: Stats;
+  /** Pre-copy modes: CPU of CRIU's dump inside the pause (the criu-dump phase), steadier than its wall time. */
+  criuDumpCpu?: DumpCpu;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
   /** A container: as the destination's runtime knows it now. */
@@ -160,6 +168,7 @@ export class Migration extends EventEmitter {
   private container?: ContainerSource;
   /** The destination's name for the moved container (from `restored`). */
   private containerAtDest?: { id: string; runtime: string; bundle: string };
+  private criuDumpCpu?: DumpCpu;
 
   /** Why abort() ended the migration, if it did. */
   private abortReason?: PhaulError;
@@ -247,10 +256,11 @@ export class Migration extends EventEmitter {
    * stopped), or it was discarded (then the original resumes). Only if the
    * destination never answers is the outcome in doubt.
    */
-  private async awaitRunning(conn: FrameConn): Promise<number> {
+  private async awaitRunning(conn: FrameConn, pump?: ControlPump): Promise<number> {
     let first: PhaulError;
     try {
-      const m = await conn.next(30_000);
+      // Postcopy: the pump reads the connection (page requests go on meanwhile).
+      const m = pump ? await pump.expect('running', 30_000) : await conn.next(30_000);
       if (m.t === 'running') return m.pid;
       // The destination sends `error` only as it discards a copy that never ran (destination.ts):
       // the original is ours to resume.
@@ -367,7 +377,9 @@ export class Migration extends EventEmitter {
       }
       const result = mode === 'stop-copy'
         ? await this.stopCopy(st, session, workDir)
-        : await this.precopy(st, session, workDir, tracker!, mode);
+        : mode === 'postcopy'
+          ? await this.postcopy(st, session, workDir)
+          : await this.precopy(st, session, workDir, tracker!, mode);
       const conn = st.conn;
       if (this.abortReason) throw this.abortReason;
       try {
@@ -377,16 +389,21 @@ export class Migration extends EventEmitter {
         throw asPhaulError(e, 'network');
       }
       sm.to('committing');
-      result.restoredPid = await this.awaitRunning(conn);
+      result.restoredPid = await this.awaitRunning(conn, st.pump);
       sm.to('committed');
       const runningAt = Date.now();
       this.phase('commit');
       // CRIU first lets go of the tree (it still holds it under ptrace), then we end it.
       await st.criuDone?.catch((e) => this.emit('log', `criu after the commit: ${asPhaulError(e).message}`));
+      let filled = {};
+      if (mode === 'postcopy') {
+        // The original is where the copy's memory comes from: it goes once every page is in.
+        sm.to('filling');
+        filled = await this.postcopyFill(st, result);
+      }
       signalAll(result.original, 'SIGKILL');
       await waitGone(pid, 5000);
       const forgot = await this.container?.forget();
-      let filled = {};
       if (mode === 'hybrid') {
         sm.to('filling');
         filled = await this.awaitFilled(conn, result.freezeAt);
@@ -405,6 +422,7 @@ export class Migration extends EventEmitter {
       if (result.rounds) report.rounds = result.rounds;
       if (fallback) report.fallback = fallback;
       if (this.containerAtDest) report.container = this.containerAtDest;
+      if (this.criuDumpCpu) report.criuDumpCpu = this.criuDumpCpu;
       Object.assign(report, filled);
       if (forgot) report.warning = report.warning ? `${report.warning}; ${forgot}` : forgot;
       return report;
@@ -416,6 +434,7 @@ export class Migration extends EventEmitter {
       tracker?.close();
       st.throttle?.release();
       st.sender?.close();
+      st.pusher?.close();
       for (const sock of st.streams ?? []) sock.destroy();
       if (!this.opts.keepImages) fs.rmSync(workDir, { recursive: true, force: true });
     }
@@ -434,6 +453,7 @@ export class Migration extends EventEmitter {
     // dump that has not let go of the tree resumes it), then the destination
     // is told, so that it kills a copy that never ran.
     st.data?.abort();
+    st.pusher?.stop();
     // The throttle first: in a stopped window of its duty cycle the tree would
     // otherwise look (and be reported) as not resumed.
     st.throttle?.release();
@@ -583,14 +603,13 @@ export class Migration extends EventEmitter {
     for (let i = 0; i < nStreams; i++) {
       const d = await this.connect();
       await authenticateClient(d, o.token, 'data', session);
-      d.detach(false);
-      st.streams.push(d.socket as Socket);
+      st.streams.push(batchSocket(d));
     }
     this.phase('handshake');
     st.sm.to('copying');
 
-    // CRIU starts now and waits at its pre-dump gate (criu/lazy-dump.ts), so
-    // that its start-up overlaps the rounds instead of lengthening the pause.
+    // CRIU starts now and waits at its gate (criu/gate.ts), so that its
+    // start-up overlaps the rounds instead of delaying the switchover.
     const ours = await localCapabilities();
     st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
       extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
@@ -624,6 +643,10 @@ export class Migration extends EventEmitter {
     frozen.catch(() => undefined); // awaited below, after CRIU's images
     await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
     this.phase('criu-dump', dump.readyAt);
+    if (dump.dumpCpu) {
+      this.criuDumpCpu = dump.dumpCpu;
+      this.emit('log', `criu dump: ${dump.readyAt - freezeAt} ms from the freeze to its images, on CPU ${dump.dumpCpu.criuMs} ms (criu) + ${dump.dumpCpu.parasiteMs} ms (its parasite)`);
+    }
     // CRIU's images next: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
     this.finalBundleDelta(conn, workDir);
@@ -657,6 +680,103 @@ export class Migration extends EventEmitter {
     st.criuDone.catch(() => undefined);
     this.emit('log', `final round: ${fin.pages} pages`);
     return { freezeAt, restoredPid, original, bytesSent: sender.bytesSent + imageBytes, rounds };
+  }
+
+  /**
+   * Postcopy: no rounds. CRIU's lazy dump freezes the tree and writes its
+   * images without the lazy memory; the destination restores lazily at once
+   * and its faults ask for pages (docs/DESIGN.md section 8, Postcopy). The push of
+   * every page starts as soon as the images are sent.
+   */
+  private async postcopy(st: RunState, session: string, workDir: string): Promise<Switched> {
+    const o = this.opts;
+    const conn = st.conn!;
+    if (this.container) throw new PhaulError('usage', 'postcopy does not move containers yet: use --mode hybrid');
+    const nStreams = Math.max(2, Math.min(16, o.precopy?.streams ?? 2));
+    const pid = this.pid;
+    this.memBytes = treeMemoryBytes(pid);
+    st.sm.to('preparing');
+    conn.send({ t: 'prepare', mode: 'postcopy', criu: this.criuFlags(), streams: nStreams, memBytes: this.memBytes,
+      freezeTimeoutMs: this.freezeTimeoutMs });
+    await conn.expect('prepared');
+    st.streams = [];
+    for (let i = 0; i < nStreams; i++) {
+      const d = await this.connect();
+      await authenticateClient(d, o.token, 'data', session);
+      st.streams.push(batchSocket(d));
+    }
+    const ours = await localCapabilities();
+    st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags() });
+    this.phase('handshake');
+    if (this.abortReason) throw this.abortReason;
+    st.sm.to('dumping');
+    const dump = st.dump;
+    await Promise.race([withDeadline(dump.freeze(), o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not freeze the tree'), this.aborted]);
+    this.startFreezeBudget();
+    const freezeAt = dump.frozenAt;
+    this.phase('criu-freeze', freezeAt);
+    await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
+    this.phase('criu-dump', dump.readyAt);
+    const imageBytes = this.sendImages(conn, workDir);
+    const layout = PostcopyLayout.read(workDir);
+    const original = treePids(pid);
+    const imageIds: Record<string, number> = {};
+    const hostPid = new Map<number, number>();
+    for (const p of original) {
+      imageIds[String(nsPid(p))] = p;
+      hostPid.set(nsPid(p), p);
+    }
+    conn.send({ t: 'postcopy', imageIds, pages: layout.pages });
+    this.phase('images');
+    // From here the control connection is read for page requests, whatever else we wait for.
+    const pusher = new PostcopyPusher(layout, hostPid, st.streams, () => conn.closed);
+    st.pusher = pusher;
+    st.pump = new ControlPump(conn, (m) => pusher.request(m));
+    st.pushed = pusher.push();
+    st.pushed.catch(() => undefined); // awaited by postcopyFill
+    this.emit('log', `postcopy: ${layout.pages} lazy pages (${(layout.pages * 4096 / 2 ** 20).toFixed(0)} MiB) follow the restore`);
+    const pushFailed = st.pushed.then(() => new Promise<never>(() => undefined));
+    const r = await Promise.race([st.pump.expect('restored', o.restoreTimeoutMs ?? 180_000), pushFailed, this.aborted]);
+    this.noteContainer(r.container);
+    st.sm.to('restored');
+    this.phaseWithParts('restore', destinationPhases(r));
+    st.dump = undefined;
+    signalAll(original, 'SIGSTOP'); // as in precopy(): the original cannot run again without our SIGCONT
+    st.sm.to('held');
+    st.criuDone = dump.commit();
+    st.criuDone.catch(() => undefined);
+    return { freezeAt, restoredPid: r.pid, original, bytesSent: imageBytes };
+  }
+
+  /**
+   * Postcopy, after `running`: keep sending (asked-for pages first) until the
+   * destination says every page is in its copy. The copy runs already, so
+   * there is no rollback; if the pages cannot all arrive, the destination
+   * stops its copy and the original stays stopped here: a human decides.
+   */
+  private async postcopyFill(st: RunState, result: Switched): Promise<{ filledMs?: number; fill?: Stats }> {
+    const pusher = st.pusher!;
+    const lost = (why: string): PhaulError => {
+      st.sm.to('lost');
+      return new PhaulError('lost', `postcopy: ${why} before all the workload's memory reached the destination. The copy ` +
+        `there (pid ${result.restoredPid}) is stopped: it cannot run without that memory. The original here is left stopped ` +
+        `(pid ${this.pid}) with its memory as of the freeze: kill the copy, then resume the original (SIGCONT) and ` +
+        'lose what the copy did since the switchover; or restart the workload');
+    };
+    const timeoutMs = 60_000 + this.memBytes / 5e3; // 5 MB/s at worst, a minute of slack
+    let m: MessageOf<'filled'>;
+    try {
+      const pushFailed = st.pushed!.then(() => new Promise<never>(() => undefined));
+      m = await Promise.race([st.pump!.expect('filled', timeoutMs), pushFailed]);
+    } catch (e) {
+      pusher.stop();
+      throw lost(asPhaulError(e).message);
+    }
+    this.phase('fill');
+    if (!m.ok) throw lost('the destination could not fill its copy (see its log)');
+    this.emit('log', `postcopy: ${pusher.demandPages} pages sent on request (${pusher.requestCount} requests)`);
+    result.bytesSent += pusher.bytesSent;
+    return { filledMs: Date.now() - result.freezeAt, ...(m.fill ? { fill: m.fill } : {}) };
   }
 
   /** `prepare`'s container field, for a container migration. */

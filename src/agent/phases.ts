@@ -5,7 +5,7 @@
 // Pre-copy and hybrid, in order:
 //   connect, handshake          reaching the destination, data connections
 //   precopy                     the rounds, the workload running
-//   criu-freeze                 CRIU (started before the rounds, held at its pre-dump gate)
+//   criu-freeze                 CRIU (started before the rounds, held at its log FIFO: criu/gate.ts)
 //                               sets up and freezes the tree; the workload still runs
 //   --- the pause: from the tree frozen ---
 //   criu-dump                   CRIU's dump of everything but lazy memory; meanwhile the pages

@@ -24,13 +24,15 @@ export type SourceState =
   | 'committing'
   /** The destination's copy runs; the original is killed. */
   | 'committed'
-  /** Hybrid: waiting for the destination to have filled the copy's memory. */
+  /** Hybrid: waiting for the destination to have filled the copy's memory. Postcopy: sending that memory
+   *  meanwhile (asked-for pages first); the original is killed only once it is all in. */
   | 'filling'
   /** Terminal: migrated. */
   | 'done'
   /** Terminal: failed, and the original runs at the source as before. */
   | 'rolled-back'
-  /** Terminal: failed after `commit`: whether the copy runs is unknown; the original is left stopped. */
+  /** Terminal: failed after `commit`: whether the copy runs is unknown (or, postcopy, it was stopped for
+   *  lack of its memory); the original is left stopped. */
   | 'lost'
   /** Terminal: failed, and the original does not run at the source (it died, or the copy runs). */
   | 'failed';
@@ -52,7 +54,7 @@ export const SOURCE_TRANSITIONS: TransitionTable<SourceState> = {
   committing: ['committed', 'lost', 'rolled-back', 'failed'],
   committed: ['filling', 'done', 'failed'],
   // A fill that fails is a warning in the report: the workload moved.
-  filling: ['done'],
+  filling: ['done', 'lost'],
   done: [],
   'rolled-back': [],
   lost: [],

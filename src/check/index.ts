@@ -86,10 +86,10 @@ function advise(r: Omit<SystemReport, 'missing'>): Advice[] {
     out.push({ item: 'precopy, hybrid', fix: `need dirty-page tracking (${facts.dirtyTracking.detail}): Linux >= 6.7 with CONFIG_USERFAULTFD=y and CONFIG_PTE_MARKER_UFFD_WP=y` });
   }
   if (!facts.lazyDump.ok) {
-    out.push({ item: 'precopy, hybrid', fix: `CRIU's lazy dump needs bigger pipes: ${facts.lazyDump.detail}; setup does it, persist it in /etc/sysctl.d` });
+    out.push({ item: 'precopy, hybrid, postcopy', fix: `CRIU's lazy dump needs bigger pipes: ${facts.lazyDump.detail}; setup does it, persist it in /etc/sysctl.d` });
   }
   if (!facts.lazyRestore.ok) {
-    out.push({ item: 'hybrid', fix: `needs a lazy restore (${facts.lazyRestore.detail}): CONFIG_USERFAULTFD=y; as non-root also sysctl vm.unprivileged_userfaultfd=1` });
+    out.push({ item: 'hybrid, postcopy', fix: `needs a lazy restore (${facts.lazyRestore.detail}): CONFIG_USERFAULTFD=y; as non-root also sysctl vm.unprivileged_userfaultfd=1` });
   }
   if (!f.nftables) out.push({ item: 'nftables', fix: `TCP migrations need CRIU's nftables network lock (${d.nftables}): apt-get install nftables libnftables1, and a CRIU built with libnftables-dev` });
   return out;

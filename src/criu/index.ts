@@ -14,8 +14,8 @@
 //     so that it can report on CRIU without the addon.
 //
 // A restore's `criu swrk` may be started ahead (startCriu) and the lazy dump
-// waits at a gate (gate.ts) until the switchover, so that CRIU's start-up is
-// no part of the pause; ensureKerndatCache (kerndat-cache.ts) makes CRIU's
+// waits at a gate (gate.ts: its log file is a FIFO) until the switchover, so
+// that CRIU's start-up is no part of the switchover; ensureKerndatCache (kerndat-cache.ts) makes CRIU's
 // kernel probe a cache read where /run is not a tmpfs.
 //
 // The lazy-pages server of a hybrid restore (lazy-pages.ts) is ours, not
@@ -33,5 +33,5 @@ export {
   type CriuOpts, type CriuRequest, type CriuResult, type CriuSession, type NotifyHandler, type RunOptions,
 } from './rpc';
 export { ensureKerndatCache } from './kerndat-cache';
-export { LazyDump, type LazyDumpOptions } from './lazy-dump';
+export { LazyDump, type DumpCpu, type LazyDumpOptions } from './lazy-dump';
 export { LAZY_FILL_LOG, LazyPagesServer, type FillSource, type LazyPagesOptions } from './lazy-pages';

@@ -14,20 +14,42 @@
 // dump "successfully".
 //
 // CRIU is started before the switchover and waits, not yet having frozen
-// anything, in its pre-dump action (scripts/criu-gate.sh reads a FIFO): its
-// process start-up (tens of ms, more on a loaded host) is then no part of the
-// pause. freeze() opens the gate and resolves when the tree is frozen.
+// anything, in the open() of its log file, a FIFO (gate.ts): its process
+// start-up (tens of ms, more on a loaded host) is then no part of the
+// switchover. freeze() opens the gate and resolves when the tree is frozen.
 import { spawn, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { addon } from '../native';
 import { PhaulError } from '../errors';
 import { criuBinary } from './binary';
-import { CriuGate } from './gate';
+import { CriuLogGate } from './gate';
 import { criuFlagArgs, type CriuFlags } from './cli-flags';
-import { criuLogTail } from './rpc';
-import { encodePsHeader, PS_IOV_CLOSE } from '../transport/lazy-page-server';
-import { procState } from '../agent/process-tree';
+import { criuLogTailOf } from './rpc';
+import { encodePsHeader, PS_IOV_CLOSE } from './ps-header';
+import { procState, treePids } from '../agent/process-tree';
+
+/** Nanoseconds the threads of `pids` have been on a CPU (/proc/PID/task/TID/schedstat); gone ones count 0. */
+function onCpuNs(pids: number[]): number {
+  let ns = 0;
+  for (const pid of pids) {
+    let tids: string[] = [];
+    try { tids = fs.readdirSync(`/proc/${pid}/task`); } catch { continue; }
+    for (const tid of tids) {
+      try { ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) || 0; } catch { /* exited */ }
+    }
+  }
+  return ns;
+}
+
+/** CPU spent between the tree seen frozen and CRIU's images ready: it grows with the tree's memory
+ *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; its parasite pins every lazy page),
+ *  and unlike wall time it barely moves when the host is loaded. */
+export interface DumpCpu {
+  /** CRIU's own process. */
+  criuMs: number;
+  /** The frozen tree's threads: only CRIU's parasite runs there meanwhile. */
+  parasiteMs: number;
+}
 
 export interface LazyDumpOptions extends CriuFlags {
   pid: number;
@@ -43,11 +65,14 @@ export interface LazyDumpOptions extends CriuFlags {
 export class LazyDump {
   private readonly child: ChildProcess;
   private sock: number;
-  private readonly gate: CriuGate;
+  private readonly gate: CriuLogGate;
   readonly startedAt = Date.now();
   /** When the tree was seen frozen. */
   frozenAt = 0;
   readyAt = 0;
+  /** Set once the images are ready (when the freeze was seen before that). */
+  dumpCpu?: DumpCpu;
+  private cpuAtFreeze?: { criu: number; tree: number; pids: number[] };
   /** Resolves when the images are written and the tree is frozen. */
   readonly ready: Promise<void>;
   /** CRIU's exit code (null if killed by a signal). */
@@ -56,20 +81,30 @@ export class LazyDump {
   constructor(readonly opts: LazyDumpOptions) {
     const [mine, theirs] = addon().streamSocketPair();
     this.sock = mine;
-    this.gate = new CriuGate(opts.imagesDir, 'pre-dump');
+    this.gate = new CriuLogGate(opts.imagesDir, 'dump.log');
     const args = ['dump', '-t', String(opts.pid), '-D', opts.imagesDir, '--lazy-pages', '--ps-socket', '3',
-      '--status-fd', '4', '--leave-stopped', '-o', 'dump.log', ...this.gate.args, ...criuFlagArgs(opts),
-      ...(opts.extraArgs ?? [])];
+      '--status-fd', '4', '--leave-stopped', '-o', this.gate.name, ...criuFlagArgs(opts), ...(opts.extraArgs ?? [])];
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
       // detached: its own session, so a Ctrl-C at the terminal reaches only our
       // agent, which rolls back and tells CRIU (its parent-death signal stays).
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true, env: this.gate.env(process.env) });
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
-    this.exited = new Promise((resolve) => this.child.on('exit', (code) => { this.closeSocket(); this.gate.close(); resolve(code); }));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => {
+      this.closeSocket();
+      void this.gate.close().then(() => resolve(code));
+    }));
     this.ready = new Promise<void>((resolve, reject) => {
-      (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => { this.readyAt = Date.now(); resolve(); });
+      (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => {
+        this.readyAt = Date.now();
+        const at = this.cpuAtFreeze;
+        if (at) {
+          this.dumpCpu = { criuMs: Math.round((onCpuNs([this.child.pid ?? -1]) - at.criu) / 1e6),
+            parasiteMs: Math.round((onCpuNs(at.pids) - at.tree) / 1e6) };
+        }
+        resolve();
+      });
       void this.exited.then((code) => reject(new PhaulError('criu',
         `criu dump exited ${code} before its images were ready: ${this.logTail() || err.trim() || 'no log'}`)));
     });
@@ -78,17 +113,16 @@ export class LazyDump {
   }
 
   logTail(): string {
-    return criuLogTail(path.join(this.opts.imagesDir, 'dump.log'));
+    return criuLogTailOf(this.gate.text());
   }
 
   /**
-   * Opens the gate: CRIU goes on from its pre-dump action and freezes the
-   * tree. Resolves when the tree's root is seen stopped under CRIU's ptrace
+   * Opens the gate: CRIU goes on from its log's open and freezes the tree. Resolves when the tree's root is seen stopped under CRIU's ptrace
    * (polled every millisecond: CRIU tells nothing between here and its
    * images being ready), or when the images are ready, whichever comes first.
    */
   async freeze(): Promise<void> {
-    // CRIU waited at its gate since the rounds began; if it gave up meanwhile, say why.
+    // CRIU waited at its gate since the rounds began; if it ended meanwhile, say why.
     if (this.child.exitCode !== null || this.child.signalCode !== null) {
       throw new PhaulError('criu', `criu dump ended before the switchover (${this.child.exitCode ?? this.child.signalCode}): ${this.logTail() || 'no log'}`);
     }
@@ -101,6 +135,10 @@ export class LazyDump {
         done = true;
         clearInterval(timer);
         this.frozenAt = Date.now();
+        if (!this.readyAt) {
+          const pids = treePids(pid);
+          this.cpuAtFreeze = { criu: onCpuNs([this.child.pid ?? -1]), tree: onCpuNs(pids), pids };
+        }
         resolve();
       };
       const timer = setInterval(() => {
@@ -129,7 +167,7 @@ export class LazyDump {
 
   /** Makes CRIU resume the tree as it was. Safe to call at any time and twice. */
   async rollback(): Promise<void> {
-    this.gate.close(); // a CRIU still at its gate reads end of file and stops without freezing
+    // SIGALRM to a CRIU still at its gate ends it (no handler yet) before it touched anything.
     if (this.child.exitCode === null && this.child.signalCode === null && this.child.pid) {
       try { process.kill(this.child.pid, 'SIGALRM'); } catch { /* gone */ }
     }

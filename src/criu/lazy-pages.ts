@@ -18,6 +18,7 @@
 // agent's death ends it. It is killed only before the restored tree ever ran
 // (a rollback).
 import { spawn, ChildProcess } from 'node:child_process';
+import type { Duplex } from 'node:stream';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -29,11 +30,15 @@ export interface LazyPagesOptions {
   imagesDir: string;
   /** Background copy threads (default: the CPUs, 2 to 4). */
   threads?: number;
+  /** Postcopy: the pages arrive while the tree runs; `control` says which (src/postcopy/destination.ts). */
+  postcopy?: boolean;
 }
 
 export interface FillSource {
-  /** Top level of the store's parent-image chain (PageStore.writeChain). */
-  chainTop: string;
+  /** Top level of the store's parent-image chain (PageStore.writeChain); or, postcopy: */
+  chainTop?: string;
+  /** the pages file, filled as pages arrive (src/postcopy/layout.ts numbers its slots). */
+  pagesFile?: string;
   /** Removed by the server when it is done, if the agent is gone by then (nobody else would). */
   cleanup?: string[];
 }
@@ -69,7 +74,7 @@ export class LazyPagesServer {
     const log = fs.openSync(path.join(opts.imagesDir, LAZY_FILL_LOG), 'a');
     try {
       this.child = spawn(process.execPath, [SERVER_SCRIPT, opts.imagesDir, String(threads)],
-        { stdio: ['pipe', 'pipe', log], detached: true });
+        { stdio: opts.postcopy ? ['pipe', 'pipe', log, 'pipe'] : ['pipe', 'pipe', log], detached: true });
     } finally {
       fs.closeSync(log);
     }
@@ -99,6 +104,11 @@ export class LazyPagesServer {
     });
   }
 
+  /** Postcopy: the server's control socket (native/lazy_fill.h ControlRecord, both ways). */
+  get control(): Duplex | undefined {
+    return this.opts.postcopy ? (this.child.stdio[3] as Duplex) : undefined;
+  }
+
   get pid(): number | undefined {
     return this.child.pid;
   }
@@ -107,7 +117,8 @@ export class LazyPagesServer {
   start(o: FillSource): void {
     if (this.started) throw new PhaulError('failed', 'lazy-pages server already started');
     this.started = true;
-    this.child.stdin!.end(JSON.stringify({ top: o.chainTop, cleanup: o.cleanup ?? [], agentPid: process.pid }) + '\n');
+    const from = o.pagesFile !== undefined ? { postcopy: { file: o.pagesFile } } : { top: o.chainTop };
+    this.child.stdin!.end(JSON.stringify({ ...from, cleanup: o.cleanup ?? [], agentPid: process.pid }) + '\n');
   }
 
   /** The server's last words (its log, in the images directory). */

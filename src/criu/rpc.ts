@@ -92,16 +92,21 @@ export interface RunOptions {
   timeoutMs?: number;
 }
 
-/** The last lines of a CRIU log that say what went wrong. */
+/** The last lines of a CRIU log file that say what went wrong. */
 export function criuLogTail(file: string, lines = 2): string {
   try {
-    const text = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
-    // Root without CAP_SYS_RESOURCE always logs this harmless one; skip it.
-    const errs = text.filter((l) => /^Error/.test(l) && !/RLIMIT_NOFILE|Dumping FAILED|Restoring FAILED/.test(l));
-    return (errs.length ? errs : text).slice(-lines).map((l) => l.replace(/^Error \([^)]*\): /, '')).join('; ').trim();
+    return criuLogTailOf(fs.readFileSync(file, 'utf8'), lines);
   } catch {
     return '';
   }
+}
+
+/** The last lines of CRIU's log `log` that say what went wrong. */
+export function criuLogTailOf(log: string, lines = 2): string {
+  const text = log.split('\n').filter((l) => l.trim() !== '');
+  // Root without CAP_SYS_RESOURCE always logs this harmless one; skip it.
+  const errs = text.filter((l) => /^Error/.test(l) && !/RLIMIT_NOFILE|Dumping FAILED|Restoring FAILED/.test(l));
+  return (errs.length ? errs : text).slice(-lines).map((l) => l.replace(/^Error \([^)]*\): /, '')).join('; ').trim();
 }
 
 export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<CriuResult> {

@@ -28,6 +28,19 @@ export interface NativeBatchConn {
   read(buf: Uint8Array): Promise<NativeReadBatch>;
   /** The payload read() left on the connection, into buf. */
   readPayload(buf: Uint8Array, len: number): Promise<object>;
+  /**
+   * The payload read() left on the connection, spliced into files (socket ->
+   * pipe -> file: no copy in user space): `plan` holds [fd, pos, len] triples
+   * in wire order that cover the payload exactly; fd -1 reads and drops.
+   */
+  receivePayload(plan: Float64Array): Promise<object>;
+  /**
+   * Before the first batch: every batch from now on is followed by a 16-byte
+   * Poly1305 tag under this 32-byte key (ChaCha20-Poly1305 with the batch as
+   * associated data, the batch's sequence number as nonce), and the receiver
+   * fails a batch whose tag does not match (reason 'protocol').
+   */
+  setMacKey(key: Uint8Array): void;
   /** A call blocked on the peer fails now, and every later one. */
   abort(): void;
   /** abort(), and the descriptor closes once no call uses it. */

@@ -30,6 +30,10 @@ export interface FillStats {
   batches: number;
   gateWaitUsTotal: number;
   gateWaitUsMax: number;
+  /** Postcopy: faults that waited for their page to arrive; ranges asked for; bytes said present. */
+  waitedFaults: number;
+  needs: number;
+  presentBytes: number;
   /** From a fault's message (the reader's wake-up) to its page in place, microseconds. */
   faultUs: { count: number; p50: number; p99: number; max: number };
 }
@@ -57,6 +61,12 @@ export interface LazyFillOptions {
   punch?: boolean;
   /** How long to wait for the restore to connect (default 10 min). */
   connectTimeoutMs?: number;
+  /**
+   * Postcopy: a stream socket on which the files' data is said present as it
+   * arrives, and over which the server asks for what a fault lacks (24-byte
+   * records, native/lazy_fill.h ControlRecord). Closed by the server.
+   */
+  controlFd?: number;
 }
 
 export interface LazyFillNative {

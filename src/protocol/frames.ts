@@ -148,6 +148,16 @@ export class FrameConn {
     this.splitter.limit = MAX_FRAME;
   }
 
+  /**
+   * A key for something else this connection carries (e.g. page batches
+   * after detach), derived from the frame key of one direction: the client's
+   * 'send' key is the server's 'receive' key. Undefined before protect().
+   */
+  subkey(label: string, direction: 'send' | 'receive'): Buffer | undefined {
+    const k = this.keys?.[direction];
+    return k && crypto.createHmac('sha256', k).update(`phaul-fast ${label}`).digest();
+  }
+
   get authenticated(): boolean {
     return this.keys !== undefined;
   }

@@ -91,6 +91,11 @@ export interface ImagesDone { t: 'images-done' }
 export interface Restore { t: 'restore' }
 /** S -> D, pre-copy modes: the final round is in; compose the images (namespace pid -> host pid of the dumped tree) and restore. */
 export interface Switchover { t: 'switchover'; imageIds: Record<string, number> }
+/** S -> D, postcopy: CRIU's images are all sent; restore lazily now. `pages`: how many lazy pages the images
+ *  list (src/postcopy/layout.ts numbers them; the destination checks its count); imageIds as in `switchover`. */
+export interface Postcopy { t: 'postcopy'; imageIds: Record<string, number>; pages: number }
+/** D -> S, postcopy, from the restore to `filled`: a fault waits for lazy pages [page, page + pages): send them first. */
+export interface PageRequest { t: 'page-request'; page: number; pages: number }
 /** D -> S: the copy exists, stopped: it has not run. `pid` is its root on the destination. */
 /** phases: what the destination's side of the switchover spent, ms by name (src/agent/phases.ts). */
 export interface Restored { t: 'restored'; pid: number; restoreMs?: number; phases?: Stats; container?: ContainerName }
@@ -136,7 +141,7 @@ export type Message =
   | Hello | Challenge | Auth | Welcome | ErrorMessage
   | Caps | Prepare | Prepared
   | Layout | LayoutAck | Round | RoundAck
-  | Image | ImagesDone | Restore | Switchover | Restored | TreeEntries | TreeData
+  | Image | ImagesDone | Restore | Switchover | Postcopy | PageRequest | Restored | TreeEntries | TreeData
   | Commit | Running | Filled | Abort
   | Resolve | Resolution;
 
@@ -219,6 +224,19 @@ class Fields {
     const v = this.raw[k];
     return typeof v === 'string' ? v.slice(0, 1000).replace(/\s+/g, ' ') : 'unspecified error';
   }
+}
+
+/** `imageIds` of `switchover` and `postcopy`: namespace pid -> host pid of the dumped tree. */
+function imageIdsOf(f: Fields): Record<string, number> {
+  const ids = f.has('imageIds') ? f.obj('imageIds') : {};
+  const entries = Object.entries(ids);
+  if (entries.length > PID_MAX) throw f.bad('imageIds');
+  const imageIds: Record<string, number> = {};
+  for (const [k, v] of entries) {
+    if (!/^\d{1,7}$/.test(k) || checkInt(v, 1, PID_MAX) === undefined) throw f.bad('imageIds');
+    imageIds[k] = v as number;
+  }
+  return imageIds;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -307,17 +325,9 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
   },
   'images-done': () => ({}),
   restore: () => ({}),
-  switchover: (f) => {
-    const ids = f.has('imageIds') ? f.obj('imageIds') : {};
-    const entries = Object.entries(ids);
-    if (entries.length > PID_MAX) throw f.bad('imageIds');
-    const imageIds: Record<string, number> = {};
-    for (const [k, v] of entries) {
-      if (!/^\d{1,7}$/.test(k) || checkInt(v, 1, PID_MAX) === undefined) throw f.bad('imageIds');
-      imageIds[k] = v as number;
-    }
-    return { imageIds };
-  },
+  switchover: (f) => ({ imageIds: imageIdsOf(f) }),
+  postcopy: (f) => ({ imageIds: imageIdsOf(f), pages: f.int('pages', 0, 2 ** 40) }),
+  'page-request': (f) => ({ page: f.int('page', 0, 2 ** 40), pages: f.int('pages', 1, 1 << 20) }),
   restored: (f) => {
     const m: Omit<Restored, 't'> = { pid: f.int('pid', 1, PID_MAX) };
     if (f.has('restoreMs')) m.restoreMs = f.int('restoreMs', 0, 2 ** 40);

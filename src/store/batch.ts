@@ -29,6 +29,15 @@ export interface PageBatch {
   data: Uint8Array;
 }
 
+/** A batch whose data has not been read yet: it is still on its data connection (PageStore.receive). */
+export interface IncomingBatch {
+  pid: number;
+  round: number;
+  ranges: readonly PageRange[];
+  /** Length of the data that follows on the connection. */
+  dataBytes: number;
+}
+
 export interface LayoutRange {
   vaddr: number | bigint;
   nrPages: number;
@@ -78,7 +87,7 @@ function countOf(v: unknown, page: number, what: string): number {
  * Checks a batch and returns its ranges as runs with data offsets. Checks
  * structure only; whether the pages lie in the layout is the store's business.
  */
-export function validateBatch(b: PageBatch, maxRanges: number): Run[] {
+export function validateBatch(b: PageBatch | IncomingBatch, maxRanges: number): Run[] {
   if (!b || typeof b !== 'object') throw protocol('page batch is not an object');
   const pid = checkPid(b.pid, 'page batch');
   const what = `page batch for pid ${pid}`;
@@ -86,7 +95,8 @@ export function validateBatch(b: PageBatch, maxRanges: number): Run[] {
   if (!Array.isArray(b.ranges)) throw protocol(`${what}: ranges is not an array`);
   if (b.ranges.length === 0) throw protocol(`${what}: no ranges`);
   if (b.ranges.length > maxRanges) throw protocol(`${what}: ${b.ranges.length} ranges, more than ${maxRanges}`);
-  if (!(b.data instanceof Uint8Array)) throw protocol(`${what}: data is not bytes`);
+  const dataBytes = 'data' in b ? (b.data instanceof Uint8Array ? b.data.length : -1) : b.dataBytes;
+  if (!Number.isInteger(dataBytes) || dataBytes < 0) throw protocol(`${what}: data is not bytes`);
   const runs: Run[] = new Array(b.ranges.length);
   let off = 0;
   for (let i = 0; i < b.ranges.length; i++) {
@@ -102,10 +112,10 @@ export function validateBatch(b: PageBatch, maxRanges: number): Run[] {
       runs[i] = { page, n, dataOff: off };
       off += n * PAGE_SIZE;
       // Checked as we go so a huge nrPages cannot make off overflow 2^53.
-      if (off > b.data.length) throw protocol(`${what}: ranges need more than the ${b.data.length} data bytes sent`);
+      if (off > dataBytes) throw protocol(`${what}: ranges need more than the ${dataBytes} data bytes sent`);
     }
   }
-  if (off !== b.data.length) throw protocol(`${what}: ranges need ${off} data bytes, ${b.data.length} sent`);
+  if (off !== dataBytes) throw protocol(`${what}: ranges need ${off} data bytes, ${dataBytes} sent`);
   return runs;
 }
 

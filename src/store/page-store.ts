@@ -14,10 +14,17 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
-import { checkPid, normalizeLayout, pageHex, validateBatch, type LayoutRange, type PageBatch, type Run } from './batch';
+import { checkPid, normalizeLayout, pageHex, validateBatch, type IncomingBatch, type LayoutRange, type PageBatch, type Run } from './batch';
 import { PAGE_SIZE, PE_PARENT, PE_PRESENT, writePagemapImage, type PagemapEntry } from './pagemap-image';
 
-export type { LayoutRange, PageBatch, PageRange } from './batch';
+export type { IncomingBatch, LayoutRange, PageBatch, PageRange } from './batch';
+
+/**
+ * Reads a batch's data, still on its connection, into the store's files:
+ * `plan` holds [fd, pos, len] triples in wire order that cover the data
+ * exactly (fd -1: bytes to read and drop). E.g. BatchConn.receivePayload.
+ */
+export type PayloadPull = (plan: Float64Array) => Promise<unknown>;
 
 export interface PageStoreOptions {
   /** Most bytes all layouts together may describe (the store's size once every page arrived). Default: free space where the store lives. */
@@ -98,6 +105,7 @@ interface Proc {
 interface Op {
   fd: number;
   pos: number;
+  /** ON_WIRE: the data is still on the connection (receive()). */
   src: Uint8Array | null;
   off: number;
   len: number;
@@ -122,6 +130,8 @@ const TMPFS_MAGIC = 0x01021994;
 /** Where parent-chain pagemaps get pages ids for pids without a layer in a level: never a layer's id. */
 const PASSTHROUGH_ID_BASE = 0x40000000;
 const ZERO = Buffer.alloc(1 << 20);
+/** Op.src of data still on the connection. */
+const ON_WIRE = new Uint8Array(0);
 
 function protocol(msg: string): PhaulError {
   return new PhaulError('protocol', msg);
@@ -219,22 +229,40 @@ export class PageStore {
     }
   }
 
-  private writeBatch(batch: PageBatch): Promise<void> {
+  /**
+   * Stores one batch whose data is still on its data connection, with no
+   * copy through JS: checked and planned like write() before anything
+   * changes (pages outside the layout, stale copies), then, once the pid's
+   * older rounds are written, `pull` reads the data straight into the pages
+   * files (called exactly once when the batch has data; not at all when it
+   * fails its checks, after which the connection is unusable). Resolves when
+   * the data is in the store's files.
+   */
+  receive(batch: IncomingBatch, pull: PayloadPull): Promise<void> {
+    try {
+      return this.writeBatch(batch, pull);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private writeBatch(batch: PageBatch | IncomingBatch, pull?: PayloadPull): Promise<void> {
     this.checkWritable('page batch');
     const runs = validateBatch(batch, this.maxBatchRanges);
     const proc = this.procs.get(batch.pid);
     if (!proc) throw protocol(`page batch for pid ${batch.pid}: no layout was announced for it`);
     const pieces = this.place(proc, runs, batch.round);
-    const ops = this.claim(pieces, batch.round + 1, batch.data);
+    const wire = 'data' in batch ? 0 : batch.dataBytes;
+    const ops = this.claim(pieces, batch.round + 1, 'data' in batch ? batch.data : ON_WIRE);
     this.counters.batches++;
     if (batch.round > this.counters.maxRound) this.counters.maxRound = batch.round;
-    if (ops.length === 0) return Promise.resolve();
+    if (ops.length === 0 && wire === 0) return Promise.resolve();
 
     const older: Promise<void>[] = [];
     for (const [r, set] of proc.inflight) if (r < batch.round) older.push(...set);
     const run = () => {
       if (this.failure) throw this.failure;
-      return this.issue(ops);
+      return pull ? this.issueFromWire(ops, wire, pull) : this.issue(ops);
     };
     let set = proc.inflight.get(batch.round);
     if (!set) proc.inflight.set(batch.round, (set = new Set()));
@@ -497,6 +525,34 @@ export class PageStore {
       flush(pc.n);
     }
     return ops;
+  }
+
+  /** Zeros written here, data read from the connection into place by pull (gaps: stale copies, dropped). */
+  private async issueFromWire(ops: Op[], wire: number, pull: PayloadPull): Promise<void> {
+    const plan: number[] = [];
+    let at = 0;
+    try {
+      const data = ops.filter((op) => op.src === ON_WIRE).sort((a, b) => a.off - b.off);
+      for (const op of ops) if (op.src === null) { this.counters.bytesWritten += op.len; writeSync(op); }
+      for (const op of data) {
+        if (op.off > at) plan.push(-1, 0, op.off - at);
+        plan.push(op.fd, op.pos, op.len);
+        at = op.off + op.len;
+        this.counters.bytesWritten += op.len;
+      }
+      if (wire > at) plan.push(-1, 0, wire - at);
+    } catch (e) {
+      this.failure ??= new PhaulError('failed', `page store write failed: ${(e as Error).message}`, { cause: e });
+      throw this.failure;
+    }
+    try {
+      await pull(Float64Array.from(plan));
+    } catch (e) {
+      // The connection's failure is the stream's to report; the store is only
+      // unusable when its own write failed.
+      if ((e as { reason?: string }).reason === 'failed') this.failure ??= new PhaulError('failed', (e as Error).message, { cause: e });
+      throw e;
+    }
   }
 
   private async issue(ops: Op[]): Promise<void> {

@@ -35,6 +35,10 @@ export interface MemWorkloadOptions {
   reportDir?: string;
   /** Ready timeout; default scales with the size (the initial fill is ~1.6 s/GiB here). */
   startTimeoutMs?: number;
+  /** Another program that speaks memwork's protocol (its arguments, report and signals), e.g. the
+   *  bench's multi-threaded Python workload: the command before memwork's arguments, and the
+   *  process name stop() may signal. Default: memwork itself. */
+  program?: { command: string[]; comm: string };
 }
 
 export const MEMWORK_BIN = path.join(PACKAGE_ROOT, 'build', 'workloads', 'memwork');
@@ -70,6 +74,8 @@ export class MemWorkload {
     readonly reportPath: string,
     readonly mib: number,
     ownDir: boolean,
+    /** The workload's process name: stop() signals only processes of that name (or `unshare`). */
+    readonly comm = 'memwork',
   ) {
     this.ownDir = ownDir;
   }
@@ -90,20 +96,20 @@ export class MemWorkload {
    */
   async report(pid = this.pid, timeoutMs = 15_000 + this.mib * 5): Promise<MemReport> {
     const before = this.lastReport()?.seq ?? 0;
-    if (!signal(pid, 'SIGUSR1')) throw new PhaulError('notFound', `memwork ${pid} is gone`);
+    if (!signal(pid, 'SIGUSR1')) throw new PhaulError('notFound', `${this.comm} ${pid} is gone`);
     const end = Date.now() + timeoutMs;
     for (;;) {
       const r = this.lastReport();
       if (r && r.seq > before) return r;
-      if (!isAlive(pid)) throw new PhaulError('notFound', `memwork ${pid} died before reporting`);
-      if (Date.now() > end) throw new PhaulError('failed', `memwork ${pid} did not report within ${timeoutMs} ms`);
+      if (!isAlive(pid)) throw new PhaulError('notFound', `${this.comm} ${pid} died before reporting`);
+      if (Date.now() > end) throw new PhaulError('failed', `${this.comm} ${pid} did not report within ${timeoutMs} ms`);
       await sleep(5);
     }
   }
 
   /** Restarts the maxGapMs measurement (the loop sees the flag within ~1 ms). */
   async resetGap(pid = this.pid): Promise<void> {
-    if (!signal(pid, 'SIGUSR2')) throw new PhaulError('notFound', `memwork ${pid} is gone`);
+    if (!signal(pid, 'SIGUSR2')) throw new PhaulError('notFound', `${this.comm} ${pid} is gone`);
     await sleep(5);
   }
 
@@ -114,14 +120,14 @@ export class MemWorkload {
 
   /**
    * SIGKILLs the workload, its launcher and every adopted or given pid, by pid,
-   * and waits until they are gone. Only processes named memwork/unshare are
-   * signalled, so a recycled pid is never hit. Safe to call twice.
+   * and waits until they are gone. Only processes named like the workload (memwork)
+   * or unshare are signalled, so a recycled pid is never hit. Safe to call twice.
    */
   async stop(...pids: number[]): Promise<void> {
     const targets = [this.pid, this.launcherPid, ...this.extra, ...pids];
     for (const p of targets) {
       const comm = procComm(p);
-      if (comm === 'memwork' || comm === 'unshare') signal(p, 'SIGKILL');
+      if (comm === this.comm || comm === 'unshare') signal(p, 'SIGKILL');
     }
     for (const p of targets) await waitGone(p, 5_000);
     if (this.ownDir) fs.rmSync(path.dirname(this.reportPath), { recursive: true, force: true });
@@ -129,14 +135,15 @@ export class MemWorkload {
 }
 
 export async function startMemWorkload(opts: MemWorkloadOptions): Promise<MemWorkload> {
-  await ensureMemwork();
+  const command = opts.program?.command ?? [await ensureMemwork()];
+  const comm = opts.program?.comm ?? 'memwork';
   const ownDir = !opts.reportDir;
   const dir = opts.reportDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'phaul-memwork-'));
   fs.mkdirSync(dir, { recursive: true });
   const reportPath = path.join(dir, 'report.json');
   fs.rmSync(reportPath, { force: true });
 
-  const args = [MEMWORK_BIN, '--mib', String(opts.mib), '--report', reportPath,
+  const args = [...command, '--mib', String(opts.mib), '--report', reportPath,
     '--write-mbps', String(opts.writeMBps ?? 0), '--threads', String(opts.threads ?? 1)];
   const ns = startInPidNamespace(args, { netns: opts.netns });
   const child = ns.child;
@@ -151,16 +158,16 @@ export async function startMemWorkload(opts: MemWorkloadOptions): Promise<MemWor
     if (pid > 0 && r && r.seq >= 1) break;
     if (exited() !== null) {
       if (ownDir) fs.rmSync(dir, { recursive: true, force: true });
-      throw new PhaulError('failed', `memwork ${exited()}: ${ns.stderr().trim() || '(no output)'}`);
+      throw new PhaulError('failed', `${comm} ${exited()}: ${ns.stderr().trim() || '(no output)'}`);
     }
     if (Date.now() > end) {
-      const w = new MemWorkload(pid, launcherPid, reportPath, opts.mib, ownDir);
+      const w = new MemWorkload(pid, launcherPid, reportPath, opts.mib, ownDir, comm);
       await w.stop();
-      throw new PhaulError('failed', `memwork (${opts.mib} MiB) not ready within ${timeoutMs} ms`);
+      throw new PhaulError('failed', `${comm} (${opts.mib} MiB) not ready within ${timeoutMs} ms`);
     }
     await sleep(10);
   }
-  return new MemWorkload(pid, launcherPid, reportPath, opts.mib, ownDir);
+  return new MemWorkload(pid, launcherPid, reportPath, opts.mib, ownDir, comm);
 }
 
 function readReport(p: string): MemReport | null {

@@ -20,6 +20,7 @@ import {
   type BatchHeader, type PageBatch, type PageRange,
 } from './page-batch';
 import type { NativeBatchConn } from '../native';
+import type { IncomingBatch, PayloadPull } from '../store/page-store';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -361,24 +362,46 @@ export function attachBatchStream(
   return { done, stats };
 }
 
+/** Where a data connection's batches go (PageStore has both). */
+export interface BatchSink {
+  /** A batch whose data is in memory (read over TLS, or decompressed). */
+  write(b: PageBatch): Promise<void>;
+  /**
+   * A raw batch whose data is still on the connection: `pull` reads it into
+   * place (PageStore.receive). Without it, raw payloads are read into memory
+   * and given to write().
+   */
+  receive?(b: IncomingBatch, pull: PayloadPull): Promise<void>;
+}
+
+/** A native call's rejection as a PhaulError: the connection's fault, or ours ('failed': e.g. the store's file). */
+function nativeError(e: unknown): PhaulError {
+  const msg = (e as Error)?.message ?? String(e);
+  const reason = (e as { reason?: string })?.reason;
+  if (reason === 'failed' || reason === 'protocol') return new PhaulError(reason, msg);
+  return new PhaulError('network', `data connection failed: ${msg}`);
+}
+
 /**
- * attachBatchStream for a plain TCP data connection taken out of Node
- * (its descriptor owned by a native BatchConn, native/batch_io.cc): each
- * batch's payload is read straight into a pooled buffer on a libuv thread,
- * with no socket chunks and no copy through JS; the header and ranges are
- * checked here as on the JS path. Same contract as attachBatchStream: batches
- * reach onBatch in arrival order, at most `window` at once; the first failure
- * is reported once; `done` resolves when the peer ended at a batch boundary.
+ * attachBatchStream for a plain TCP data connection taken out of Node (its
+ * descriptor owned by a native BatchConn, native/batch_io.cc). The header and
+ * ranges come to JS and are checked here as on the JS path; the sink plans
+ * where the pages go, and a raw batch's payload is then spliced from the
+ * socket straight into the store's files on a libuv thread (no user-space
+ * copy, no JS buffer). lz4 payloads are read into memory and decompressed.
+ * Same contract as attachBatchStream: batches reach the sink in arrival
+ * order, at most `window` at once; the first failure is reported once;
+ * `done` resolves when the peer ended at a batch boundary.
  */
 export function attachNativeBatchStream(
   conn: NativeBatchConn,
-  onBatch: (b: PageBatch) => Promise<void>,
+  sink: BatchSink,
   onError?: (err: PhaulError) => void,
   opts: AttachOptions = {},
 ): BatchStreamHandle {
   const window = Math.max(1, opts.window ?? 4);
-  const pool = opts.pool ?? new BufferPool(4 << 20, window + 1);
   const stats: BatchStreamStats = { batches: 0, wireBytes: 0, rawBytes: 0 };
+  let pool: BufferPool | undefined;
   let failed: PhaulError | undefined;
   const inflight = new Set<Promise<void>>();
   const fail = (e: unknown): PhaulError => {
@@ -389,45 +412,56 @@ export function attachNativeBatchStream(
     }
     return failed;
   };
+  const track = (p: Promise<void>, raw: number) => {
+    const q: Promise<void> = p
+      .then(() => { stats.batches++; stats.rawBytes += raw; }, (e) => { fail(asPhaulError(e, 'failed')); })
+      .finally(() => { inflight.delete(q); });
+    inflight.add(q);
+  };
   const run = async (): Promise<BatchStreamStats> => {
     for (let n = 1; !failed; n++) {
       while (inflight.size >= window) await Promise.race(inflight);
-      const buf = await pool.acquire();
-      let payload: Buffer;
+      if (failed) break;
+      const what = `page batch #${n}`;
       let head: BatchHeader;
       let ranges: PageRange[];
       try {
-        const what = `page batch #${n}`;
-        const r = await conn.read(buf).catch((e) => { throw new PhaulError('network', `data connection failed: ${(e as Error).message}`); });
-        if (r.end) {
-          pool.release(buf);
-          break;
-        }
+        const r = await conn.read(EMPTY).catch((e) => { throw nativeError(e); });
+        if (r.end) break;
         head = parseHeader(r.head, what);
         if (!r.ranges) throw new PhaulError('protocol', `${what}: header out of bounds`);
         ranges = parseRanges(head, r.ranges, what);
-        if (r.inBuffer) payload = buf.subarray(0, r.payloadLen);
-        else {
-          payload = Buffer.allocUnsafe(r.payloadLen);
-          await conn.readPayload(payload, r.payloadLen);
-        }
         stats.wireBytes += HEADER_SIZE + head.nranges * RANGE_SIZE + head.payloadLen;
-        if (head.lz4) {
-          const data = await unpackPayloadAsync(head, payload, what);
-          pool.release(buf);
-          payload = data;
-        } else if (!r.inBuffer) pool.release(buf);
       } catch (e) {
-        pool.release(buf);
         throw fail(e);
       }
-      const pooled = !head.lz4 && payload.buffer === buf.buffer;
-      const raw = head.rawLen;
-      const p: Promise<void> = Promise.resolve()
-        .then(() => onBatch({ pid: head.pid, round: head.round, ranges, data: raw ? payload : EMPTY }))
-        .then(() => { stats.batches++; stats.rawBytes += raw; }, (e) => { fail(asPhaulError(e, 'failed')); })
-        .finally(() => { if (pooled) pool.release(buf); inflight.delete(p); });
-      inflight.add(p);
+      const { pid, round, rawLen } = head;
+      const receive = sink.receive?.bind(sink);
+      if (head.lz4 || !receive) {
+        // Into memory: a pooled buffer (used again and again: fresh memory is slow to fill) when it fits.
+        pool ??= opts.pool ?? new BufferPool(4 << 20, window + 1);
+        const buf = head.payloadLen <= pool.size ? await pool.acquire() : undefined;
+        let data: Buffer;
+        try {
+          const payload = buf ? buf.subarray(0, head.payloadLen) : Buffer.allocUnsafe(head.payloadLen);
+          await conn.readPayload(payload, head.payloadLen).catch((e) => { throw nativeError(e); });
+          data = rawLen ? await unpackPayloadAsync(head, payload, what) : EMPTY;
+        } catch (e) {
+          if (buf) pool.release(buf);
+          throw fail(e);
+        }
+        // A raw payload is the data: its buffer is the sink's until write() settles.
+        const held = buf && data.buffer === buf.buffer ? buf : undefined;
+        if (buf && !held) pool.release(buf);
+        track(Promise.resolve().then(() => sink.write({ pid, round, ranges, data })).finally(() => { if (held) pool!.release(held); }), rawLen);
+        continue;
+      }
+      // The next header is read once this payload is off the connection.
+      let drained!: () => void;
+      const offWire = new Promise<void>((r) => { drained = r; });
+      const pull: PayloadPull = (plan) => conn.receivePayload(plan).catch((e) => { throw nativeError(e); }).finally(drained);
+      track(Promise.resolve().then(() => receive({ pid, round, ranges, dataBytes: rawLen }, pull)).finally(drained), rawLen);
+      await offWire;
     }
     await Promise.all(inflight);
     if (failed) throw failed;

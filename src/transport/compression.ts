@@ -18,7 +18,6 @@
 // compressible memory is; a peer that can both plant data in the workload and
 // watch the wire could learn something from that (CRIME-style). 'none'
 // avoids it.
-import * as crypto from 'node:crypto';
 import * as lz4 from 'lz4-napi';
 import { PhaulError } from '../errors';
 
@@ -56,32 +55,37 @@ export function chooseCompression(mode: CompressionMode, measured: Measured): bo
 const PAGE = 4096;
 
 /**
- * A stand-in for process memory when no real pages are at hand, 8 MiB:
- * a third each of pointer-rich heap-like pages (compress well), text-like
- * pages (compress moderately) and random pages (compressed or encrypted data,
- * don't compress). lz4's speed depends on the content, so real pages, when
- * available, are the better sample.
+ * A stand-in for process memory when no real pages are at hand: a third each
+ * of pointer-rich heap-like pages (compress well), text-like pages (compress
+ * moderately) and random pages (compressed or encrypted data, don't
+ * compress). lz4's speed depends on the content, so real pages, when
+ * available, are the better sample. The randomness is a fixed xorshift
+ * sequence, not the CSPRNG: the sample is built on every migration's source
+ * and needs to be cheap, not secret.
  */
-export function syntheticPages(bytes = 8 * 1024 * 1024): Buffer {
-  const buf = Buffer.alloc(bytes - (bytes % PAGE));
-  const rnd = crypto.randomBytes(buf.length);
-  const words = ['the ', 'migration ', 'page ', 'round ', 'dirty ', 'socket ', 'of ', 'and ', '{"id":', ',"v":', '\n'];
+export function syntheticPages(bytes = 2 * 1024 * 1024): Buffer {
+  const buf = Buffer.allocUnsafe(bytes - (bytes % PAGE));
+  const w32 = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+  let x = 0x9e3779b9;
+  const next = () => { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return x >>> 0; };
+  const words = ['the ', 'migration ', 'page ', 'round ', 'dirty ', 'socket ', 'of ', 'and ', '{"id":', ',"v":', '\n'].map((t) => Buffer.from(t, 'latin1'));
   for (let p = 0, i = 0; p < buf.length; p += PAGE, i++) {
     const kind = i % 3;
     if (kind === 0) {
       // 8-byte slots: pointers into one region, small integers, zeros.
-      for (let o = 0; o < PAGE; o += 8) {
-        const r = rnd[p + o];
-        if (r < 96) {
-          buf.writeUInt32LE(0x5600_0000 + (rnd.readUInt16LE(p + o + 2) << 4), p + o);
-          buf.writeUInt16LE(0x7f, p + o + 4);
-        } else if (r < 192) buf.writeUInt32LE(rnd[p + o + 1], p + o);
+      for (let o = p / 4; o < (p + PAGE) / 4; o += 2) {
+        const r = next();
+        const k = r & 0xff;
+        w32[o] = k < 96 ? 0x5600_0000 + ((r >>> 8) & 0xffff) * 16 : k < 192 ? (r >>> 8) & 0xff : 0;
+        w32[o + 1] = k < 96 ? 0x7f : 0;
       }
     } else if (kind === 1) {
-      let o = 0;
-      while (o < PAGE) o += buf.write(words[rnd[p + o] % words.length], p + o, Math.min(PAGE - o, 16), 'latin1');
+      for (let o = p; o < p + PAGE;) {
+        const word = words[next() % words.length];
+        for (let k = 0; k < word.length && o < p + PAGE; k++) buf[o++] = word[k];
+      }
     } else {
-      rnd.copy(buf, p, p, p + PAGE);
+      for (let o = p / 4; o < (p + PAGE) / 4; o++) w32[o] = next();
     }
   }
   return buf;
@@ -90,9 +94,9 @@ export function syntheticPages(bytes = 8 * 1024 * 1024): Buffer {
 let cached: number | undefined;
 
 /**
- * lz4 compress throughput of one core on `sample`, bytes/s (default: 8 MiB of
- * syntheticPages, measured once per process and cached). Takes ~30-100 ms:
- * call once at start-up, not per round.
+ * lz4 compress throughput of one core on `sample`, bytes/s (default: 2 MiB of
+ * syntheticPages, measured once per process and cached). Takes ~15-30 ms of
+ * CPU: call once, not per round.
  */
 export function measureLz4(sample?: Uint8Array): number {
   if (!sample && cached !== undefined) return cached;
@@ -102,8 +106,8 @@ export function measureLz4(sample?: Uint8Array): number {
   let bytes = 0;
   const t0 = process.hrtime.bigint();
   let ns = 0n;
-  // At least 3 runs and 30 ms, so timer resolution and one hiccup don't decide.
-  for (let runs = 0; runs < 3 || ns < 30_000_000n; runs++) {
+  // At least 3 runs and 10 ms, so timer resolution and one hiccup don't decide.
+  for (let runs = 0; runs < 3 || ns < 10_000_000n; runs++) {
     lz4.compressSync(buf);
     bytes += buf.length;
     ns = process.hrtime.bigint() - t0;

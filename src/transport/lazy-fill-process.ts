@@ -1,7 +1,10 @@
-// The process that fills a lazily restored tree's memory (hybrid mode):
+// The process that fills a lazily restored tree's memory (hybrid and postcopy):
 //
 //   node lazy-fill-process.js IMAGES_DIR [THREADS]
 //   stdin:  {"top": CHAIN_TOP_DIR, "cleanup": [DIR...], "agentPid": N}, then end
+//           (postcopy: {"postcopy": {"file": PAGES_FILE}, ...} instead of "top";
+//           fd 3 is then the agent's control socket, handed to the server as
+//           is: "these pages are present" in, "this range is needed" out)
 //   stdout: "ready" once it listens on IMAGES_DIR/lazy-pages.socket, where
 //           `criu restore --lazy-pages -D IMAGES_DIR` hands over the tasks'
 //           userfaultfds; "filled {stats}" once every page is in place
@@ -23,6 +26,10 @@ import * as fs from 'node:fs';
 import { addon } from '../native';
 import { ChainReader } from '../store/chain-reader';
 import { fillPlan } from './lazy-fill-plan';
+import { PostcopyLayout } from '../postcopy/layout';
+
+/** The agent's end of the postcopy control socket (lazy-pages.ts). */
+const CONTROL_FD = 3;
 
 export const LAZY_SOCKET = 'lazy-pages.socket';
 
@@ -49,21 +56,23 @@ async function main(): Promise<number> {
   process.stdout.write('ready\n');
   const text = await readStdin();
   if (!text.trim()) return 3;
-  const o = JSON.parse(text) as { top: string; cleanup?: string[]; agentPid?: number };
-  const chain = new ChainReader(o.top);
-  let plan: ReturnType<typeof fillPlan>;
+  const o = JSON.parse(text) as { top?: string; postcopy?: { file: string }; cleanup?: string[]; agentPid?: number };
+  let plan: Pick<ReturnType<typeof fillPlan>, 'files' | 'images'>;
+  const chain = o.top !== undefined ? new ChainReader(o.top) : undefined;
   try {
-    plan = fillPlan('.', chain);
+    // Postcopy: the pages file fills while the tree runs (the agent says what arrived).
+    plan = chain ? fillPlan('.', chain) : { files: [o.postcopy!.file], images: PostcopyLayout.read('.').fillImages() };
   } catch (e) {
     // Before any tree ran: exiting closes the socket, so the restore fails and is rolled back.
     process.stderr.write(`lazy-fill: ${(e as Error).message}\n`);
     return 1;
   } finally {
-    chain.close(); // the server maps the files itself
+    chain?.close(); // the server maps the files itself
   }
   try {
     const threads = Number(threadsArg) > 0 ? Number(threadsArg) : 2;
-    const stats = await addon().lazyFillServe({ listenFd, files: plan.files, images: plan.images, threads });
+    const stats = await addon().lazyFillServe({ listenFd, files: plan.files, images: plan.images, threads,
+      ...(o.postcopy ? { controlFd: CONTROL_FD } : {}) });
     process.stderr.write(`lazy-fill: ${JSON.stringify(stats)}\n`);
     process.stdout.write(`filled ${JSON.stringify(stats)}\n`);
   } catch (e) {

@@ -1,0 +1,106 @@
+// What the benchmark's text-protocol clients share (mc-client.ts for
+// memcached, redis-agent.ts for Redis's RESP): a TCP connection read as CRLF
+// lines and counted bytes, connecting with retries, and a client loop paced
+// to a write rate.
+import * as net from 'node:net';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export const now = () => performance.timeOrigin + performance.now();
+
+export class LineConn {
+  private buf: Buffer = Buffer.alloc(0);
+  private waiters: Array<() => void> = [];
+  private closed: Error | null = null;
+
+  private constructor(private readonly sock: net.Socket) {
+    sock.on('data', (d) => { this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d; this.wake(); });
+    sock.on('error', (e) => { this.closed = e; this.wake(); });
+    sock.on('close', () => { this.closed ??= new Error('connection closed'); this.wake(); });
+  }
+
+  static connect(host: string, port: number, timeoutMs = 2_000): Promise<LineConn> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ host, port });
+      const t = setTimeout(() => { s.destroy(); reject(new Error(`connect ${host}:${port} timed out`)); }, timeoutMs);
+      s.once('connect', () => { clearTimeout(t); s.setNoDelay(true); resolve(new LineConn(s)); });
+      s.once('error', (e) => { clearTimeout(t); reject(e); });
+    });
+  }
+
+  private wake() {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  private async need(pred: () => number): Promise<number> {
+    for (;;) {
+      const n = pred();
+      if (n >= 0) return n;
+      if (this.closed) throw this.closed;
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  /** The next line, without its CRLF. */
+  async line(): Promise<string> {
+    const i = await this.need(() => this.buf.indexOf('\r\n'));
+    const l = this.buf.subarray(0, i).toString('latin1');
+    this.buf = this.buf.subarray(i + 2);
+    return l;
+  }
+
+  /** The next `len` bytes (a copy), then the CRLF that ends them. */
+  async block(len: number): Promise<Buffer> {
+    await this.need(() => (this.buf.length >= len + 2 ? 0 : -1));
+    const v = Buffer.from(this.buf.subarray(0, len));
+    this.buf = this.buf.subarray(len + 2);
+    return v;
+  }
+
+  async write(data: Buffer | string): Promise<void> {
+    if (!this.sock.write(data)) await new Promise((r) => this.sock.once('drain', r));
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+/** connect() until it succeeds or timeoutMs has passed (the server may still be starting). */
+export async function connectRetry<T>(connect: () => Promise<T>, timeoutMs: number): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await connect();
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await sleep(2);
+    }
+  }
+}
+
+/**
+ * A busy client: every ~1 ms, `step(n)` with the number of values of `size`
+ * bytes due at `mbps` (MB = 10^6 bytes; catching up at most 50 ms after a
+ * stall), until SIGTERM. Prints `{"ready":1}` first: the harness starts the
+ * migration only after it, since a client stopped before it has its SIGTERM
+ * handler would report nothing.
+ */
+export async function paced(mbps: number, size: number, connect: () => Promise<unknown>, step: (n: number) => Promise<void>): Promise<void> {
+  let stop = false;
+  process.once('SIGTERM', () => { stop = true; });
+  await connect();
+  process.stdout.write('{"ready":1}\n');
+  let credit = 0, prev = now();
+  const perMs = (mbps * 1e6) / size / 1000;
+  while (!stop) {
+    const t = now();
+    credit += perMs * Math.min(t - prev, 50);
+    prev = t;
+    const n = Math.floor(credit);
+    credit -= n;
+    await step(n);
+    await sleep(1);
+  }
+}

@@ -1,0 +1,124 @@
+// A network server from Debian's packages as a benchmark workload (memcached,
+// redis): started as the init of its own pid namespace on the source host,
+// loaded with a data set by a client helper, kept busy by a client until the
+// switchover; after the migration the whole data set is checked on the
+// destination. The pause is the client's service gap: from the start of the
+// migration (the source served until then) to the first reply from the
+// destination. On two hosts a prober polls the destination's address from
+// the start, so it sees the first moment the restored server answers, not
+// when the engine gets round to saying so; on loopback (one namespace, where
+// the source would answer) it starts when the engine reports the workload running.
+//
+// The client disconnects at the switchover (when the migration starts):
+// CRIU cannot dump an established TCP connection without --tcp-established,
+// and that restores only where the source's address exists, which the other
+// host has not. Servers listen on 0.0.0.0 so their socket restores anywhere.
+import type { ChildProcess } from 'node:child_process';
+import { startInPidNamespace } from '../../src/testing/workload';
+import { killPids, runCmd, sleep, signal } from '../../src/testing/proc';
+import { runIn, spawnIn } from '../../src/testing/hosts';
+import type { BenchWorkload, Verdict, WorkloadEnv } from './types';
+
+export interface ServedApp {
+  /** The server's command line (its first word is the binary's path). */
+  argv: string[];
+  /** Process names stopAll may signal (with the pid namespace's `unshare`). */
+  comm: string;
+  port: number;
+  /** The client helper: [node, script]; it takes `load|busy|probe|check HOST PORT ...args`. */
+  agent: string[];
+  /** Arguments after HOST PORT for load and check (data set size), and busy's rate besides. */
+  dataArgs: string[];
+  writeMBps: number;
+  /** check's JSON (and the busy client's) -> the verdict's ok and detail. */
+  judge(check: Record<string, number>, client: Record<string, number>): { ok: boolean; detail: string };
+}
+
+/** A program's path: Debian's package, which scripts/setup.sh installs; nothing is installed at run time. */
+export async function findProgram(name: string): Promise<string> {
+  const which = await runCmd(['sh', '-c', `command -v ${name}`]);
+  if (which.code !== 0) throw new Error(`${name} is not installed: run \`npm run setup\` (its package list has it)`);
+  return which.stdout.trim();
+}
+
+function lastJson(out: string): Record<string, number> {
+  return JSON.parse(out.trim().split('\n').pop() || '{}');
+}
+
+export async function startServedApp(app: ServedApp, env: WorkloadEnv): Promise<BenchWorkload> {
+  const PORT = String(app.port);
+  const ns = startInPidNamespace(app.argv, { netns: env.src.netnsPath ?? undefined, stderr: 'ignore' });
+  const launcher = ns.child.pid ?? -1;
+  const helpers: ChildProcess[] = [];
+  let pid = -1;
+  const stopAll = async (restoredPid?: number) => {
+    for (const h of helpers) if (h.exitCode === null && h.pid) signal(h.pid, 'SIGKILL');
+    await killPids([pid, launcher, restoredPid ?? -1], [app.comm, 'unshare']);
+  };
+  try {
+    for (let i = 0; i < 500 && (pid = ns.initPid()) < 0; i++) await sleep(10);
+    if (pid < 0) throw new Error(`${app.comm} did not start: ${ns.exited ?? 'no process'}`);
+    const ld = await runIn(env.src, [...app.agent, 'load', env.src.addr, PORT, ...app.dataArgs], { timeoutMs: 300_000 });
+    if (ld.code !== 0) throw new Error(`loading ${app.comm}: ${ld.stderr.trim()}`);
+  } catch (e) {
+    await stopAll();
+    throw e;
+  }
+
+  // The client keeps the server busy from now until the switchover.
+  const busy = spawnIn(env.src, [...app.agent, 'busy', env.src.addr, PORT, ...app.dataArgs, String(app.writeMBps)],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  helpers.push(busy);
+  let busyOut = '';
+  busy.stdout!.on('data', (d) => { busyOut += d; });
+  busy.stderr!.on('data', (d) => { busyOut += d; });
+  const busyDone = new Promise<void>((r) => busy.once('close', () => r()));
+  // The migration may start only once the client runs: a client stopped before it has its
+  // signal handler would report nothing.
+  for (let i = 0; !busyOut.includes('"ready"'); i++) {
+    if (busy.exitCode !== null || i > 3000) {
+      await stopAll();
+      throw new Error(`${app.comm} client did not start: ${busyOut.trim().slice(-200)}`);
+    }
+    await sleep(10);
+  }
+  let client: Record<string, number> = {};
+  let probe: Promise<{ code: number | null; stdout: string; stderr: string }> | null = null;
+  let startedAt = 0;
+  const startProbe = () => {
+    probe ??= runIn(env.dst, [...app.agent, 'probe', env.dst.addr, PORT, '120000'], { timeoutMs: 130_000 });
+  };
+  const sameHost = env.src.netnsPath === env.dst.netnsPath;
+
+  return {
+    pid,
+    async beforeMigration() {
+      if (busy.pid) signal(busy.pid, 'SIGTERM');
+      await busyDone;
+      try { client = lastJson(busyOut); } catch { throw new Error(`${app.comm} client: ${busyOut.trim().slice(-200)}`); }
+      // Wait until the server has closed its side: an open connection would make CRIU refuse to dump.
+      for (let i = 0; i < 200; i++) {
+        const ss = await runIn(env.src, ['ss', '-Htan', `sport = :${PORT}`]);
+        const states = ss.stdout.trim().split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]);
+        if (states.every((s) => s === 'LISTEN' || s === 'TIME-WAIT')) {
+          startedAt = performance.timeOrigin + performance.now();
+          if (!sameHost) startProbe();
+          return;
+        }
+        await sleep(5);
+      }
+      throw new Error(`${app.comm} still has connections open after its client left`);
+    },
+    onRunning: startProbe,
+    async verify(): Promise<Verdict> {
+      startProbe();
+      const p = await probe!;
+      if (p.code !== 0) return { ok: false, pauseMs: null, detail: `no reply from the destination: ${p.stderr.trim()}` };
+      const pauseMs = lastJson(p.stdout).firstReplyAt - startedAt;
+      const c = await runIn(env.dst, [...app.agent, 'check', env.dst.addr, PORT, ...app.dataArgs], { timeoutMs: 300_000 });
+      if (c.code !== 0) return { ok: false, pauseMs, detail: `check failed: ${c.stderr.trim()}` };
+      return { pauseMs, ...app.judge(lastJson(c.stdout), client) };
+    },
+    stop: (restoredPid?: number) => stopAll(restoredPid),
+  };
+}
