@@ -15,6 +15,7 @@ import { startMemcached } from './workloads/memcached';
 import { startMemwork } from './workloads/memwork';
 import { startPythreads } from './workloads/pythreads';
 import { startRedis } from './workloads/redis';
+import { runtimeFor, startContainerMemwork } from './workloads/container';
 import { sampleDestinationMemory } from './dest-memory';
 import { STORE_DIR } from './peers/phaul-fast';
 import { freshWriteMs } from './fresh-memory';
@@ -42,6 +43,8 @@ export interface RunSample {
   faultP50Us: number;
   faultP99Us: number;
   faultMaxUs: number;
+  /** CPU ms of CRIU's dump inside the pause (CRIU and its parasite), NaN when not reported. */
+  criuDumpCpuMs: number;
 }
 
 export interface Row {
@@ -69,6 +72,7 @@ export interface Row {
   faultP50Us?: number | null;
   faultP99Us?: number | null;
   faultMaxUs?: number | null;
+  criuDumpCpuMs?: number | null;
   /** This machine writing as much fresh memory as the workload has, measured next to the cell's runs (bench/fresh-memory.ts). */
   freshWriteMs?: number;
   /** Runs measured (all verified when status is ok). */
@@ -111,14 +115,14 @@ function track(f: () => Promise<void>): () => Promise<void> {
 }
 
 const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'copyMBps', 'destPeakMiB', 'fillMs',
-  'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs'] as const;
+  'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs', 'criuDumpCpuMs'] as const;
 
 function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: string): Row {
   const w = cell.workload;
   const row: Row = {
     strategy: cell.strategy, workload: w.kind, memMiB: w.memMiB, writeMBps: w.writeMBps, link: cell.link, status,
     pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null, copyMBps: null,
-    destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null,
+    destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null, criuDumpCpuMs: null,
     runs: samples.length, spread: {}, ...(note ? { note } : {}),
     samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, typeof v === 'number' ? round(v) : v])) as unknown as RunSample),
   };
@@ -163,7 +167,9 @@ export function removeStaleScratch(parent: string): void {
 async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: ReturnType<typeof makePeer>): Promise<{ sample: RunSample; verdict: Verdict }> {
   fs.mkdirSync(ctx.runDir, { recursive: true });
   const env = { link, src: link.a, dst: link.b, dir: ctx.runDir };
-  const start = { memwork: startMemwork, memcached: startMemcached, redis: startRedis, pythreads: startPythreads }[cell.workload.kind](cell.workload, env);
+  const w = cell.workload;
+  const start: Promise<BenchWorkload> = w.kind === 'container' ? startContainerMemwork(w, env, runtimeFor(cell.strategy))
+    : { memwork: startMemwork, memcached: startMemcached, redis: startRedis, pythreads: startPythreads }[w.kind](w, env);
   starting.add(start);
   const wl: BenchWorkload = await start.finally(() => starting.delete(start));
   if (interrupted) {
@@ -182,7 +188,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     let fig: RunFigures;
     let destPeak = 0;
     try {
-      fig = await peer.migrate(wl.pid, ctx, {
+      fig = await peer.migrate(wl.pid, { ...ctx, container: wl.container }, {
         onRunning: (pid) => { restoredPid = pid; wl.onRunning(pid); },
       });
     } finally {
@@ -198,6 +204,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
       destPeakMiB: destPeak / 2 ** 20,
       fillMs: fig.fill?.fillMs ?? NaN, fillMBps: fig.fill ? fig.fill.pages * 4096 / 1e6 / (fig.fill.fillMs / 1000) : NaN,
       faultP50Us: fig.fill?.faultP50Us ?? NaN, faultP99Us: fig.fill?.faultP99Us ?? NaN, faultMaxUs: fig.fill?.faultMaxUs ?? NaN,
+      criuDumpCpuMs: fig.criuDumpCpuMs ?? NaN,
       ...(fig.engineBytes !== undefined ? { engineBytes: fig.engineBytes } : {}),
       ...(fig.phases ? { phases: fig.phases } : {}),
     };
@@ -266,7 +273,7 @@ export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]>
       const lanes: Lane[] = [];
       let fresh = NaN;
       const ctx = (cell: Cell, runDir: string): PeerContext => ({
-        link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB,
+        link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB, workloadKind: cell.workload.kind,
         log: o.progress,
       });
       const fail = (lane: Lane, e: unknown) => {

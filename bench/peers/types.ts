@@ -1,5 +1,7 @@
 // What every migration strategy of the benchmark provides. One file per peer.
 import type { Host, TwoHosts } from '../../src/testing/hosts';
+import type { WorkloadSpec } from '../matrix';
+import type { BenchContainer } from '../workloads/container';
 
 export interface PeerContext {
   link: TwoHosts;
@@ -13,6 +15,10 @@ export interface PeerContext {
   port: number;
   criu: string;
   memMiB: number;
+  /** What the cell moves: a container's strategies need its id and its hosts' runtime state. */
+  workloadKind: WorkloadSpec['kind'];
+  /** The run's container (set once the workload has started; container workloads only). */
+  container?: BenchContainer;
   log(msg: string): void;
 }
 
@@ -45,6 +51,8 @@ export interface RunFigures {
   copyMBps?: number;
   /** The engine's phases in ms, in order, when it reports them (phaul-fast: migrate --json phases). */
   phases?: Record<string, number>;
+  /** CPU of CRIU's dump inside the pause, CRIU and its parasite (phaul-fast pre-copy modes: criuDumpCpu). */
+  criuDumpCpuMs?: number;
   /** A fill after resume (hybrid): what the destination's lazy-pages server reported. */
   fill?: FillFigures;
 }

@@ -33,7 +33,7 @@ import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCr
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, startTime, treePids, waitGone } from './process-tree';
 import { BatchStream, DataChannel, openBatchStream, openDataChannelServer } from './data-channel';
-import { ContainerServeOptions, ContainerTarget } from '../container/target';
+import { ContainerServeOptions, prepareContainerTarget, type RuntimeTarget } from '../container/target';
 import { criuBinary } from '../criu/binary';
 import { StateMachine, type StateChange } from './state-machine';
 import {
@@ -98,7 +98,7 @@ class DestSession {
   private progress?: () => void;
   restoredPid = 0;
   /** A container migration: its bundle here and the runtime that will own it. */
-  container?: ContainerTarget;
+  container?: RuntimeTarget;
   private reservation?: Reservation;
   /** How long a restored copy waits for `commit` before it is discarded. */
   private commitWaitMs = 60_000;
@@ -156,7 +156,7 @@ class DestSession {
       return;
     }
     // Pre-copy: page batches, checked as they come; over plain TCP a raw
-    // batch's payload is spliced natively from the socket into the store's files.
+    // batch's payload goes natively from the socket into the store's files.
     const store = this.store;
     const stream = openBatchStream(conn);
     this.streams.push(stream);
@@ -173,6 +173,8 @@ class DestSession {
     }, (e) => {
       this.streamError ??= asPhaulError(e, 'protocol');
       this.progress?.();
+      // Once the commit is decided an `error` would tell the source its copy never ran (migrate.ts awaitRunning).
+      if (this.commitDecided) return;
       // Fail the session now, not at the next control message: the source may
       // be blocked writing to this (now paused) stream.
       try {
@@ -235,7 +237,7 @@ class DestSession {
       // lands in the pause: CRIU for the restore, and a hybrid restore's
       // lazy-pages server (a Node process: ~0.2-1 s to start on a loaded host).
       if (prep.container !== undefined) {
-        this.container = await ContainerTarget.prepare(prep.container, agent.opts.containers ?? {});
+        this.container = await prepareContainerTarget(prep.container, agent.opts.containers ?? {});
         this.log(`container ${this.container.desc.id} goes to bundle ${this.container.bundle}`);
       }
       // (A container's restore is runc's, which runs its own CRIU.)
@@ -439,8 +441,10 @@ class DestSession {
 
     const decision = await this.awaitDecision();
     if (decision.decide === 'abort') throw new PhaulError(decision.code, decision.why);
+    this.commitDecided = true;
     // On record before the SIGCONT: a copy that may have run is never taken for one that did not (outcomes.ts).
     recordOutcome(agent.opts.dir, this.id, { outcome: 'committed', pid: this.restoredPid, startTime: startTime(this.restoredPid) });
+    await this.container?.opening?.().catch((e) => this.log(`the container's network stays locked: ${asPhaulError(e).message}`));
     signalAll(treePids(this.restoredPid), 'SIGCONT');
     forgetStoppedCopy(this.dir);
     this.sm.to('running');
@@ -541,6 +545,8 @@ class DestSession {
   private decide?: (d: { decide: 'commit' | 'abort'; why: string; code: PhaulError['code'] }) => void;
   /** A resolve connection said abort before the copy was restored: it is killed once it is. */
   private abortRequested = false;
+  /** `commit` came: from here the source hears `running` or nothing, never an `error`. */
+  private commitDecided = false;
   private settled?: (r: Omit<Resolution, 't'>) => void;
   private readonly settledAs = new Promise<Omit<Resolution, 't'>>((r) => { this.settled = r; });
 
