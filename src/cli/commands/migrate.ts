@@ -48,7 +48,8 @@ export async function run(argv: string[]): Promise<number> {
       'dirty pages while frozen); hybrid (precopy, then the destination resumes it before its memory is back\n' +
       'in place and fills it from its own copy: the pause no longer grows with memory).\n' +
       'Exit codes: 0 moved, 1 failed and rolled back, 2 usage, 3 unavailable, 4 auth, 5 incompatible, 6 network,\n' +
-      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message), 11 destination busy (nothing touched).', spec));
+      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (the original is left stopped: run\n' +
+      'phaul-fast resolve SESSION as the message says), 11 destination busy (nothing touched).', spec));
     return 0;
   }
   const json = !!flags.json;
