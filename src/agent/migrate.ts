@@ -432,7 +432,10 @@ export class Migration extends EventEmitter {
       for (const w of [unrouted, forgot]) if (w) report.warning = report.warning ? `${report.warning}; ${w}` : w;
       return report;
     } catch (err) {
-      throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : asPhaulError(err));
+      let e = asPhaulError(err);
+      // A data connection reset is often the destination ending the session: its own reason says more.
+      if (e.code === 'network' && !this.abortReason && !this.commitSent && st.conn) e = (await st.conn.peerReason(1000)) ?? e;
+      throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : e);
     } finally {
       clearTimeout(this.freezeTimer);
       this.cut = undefined;
