@@ -150,7 +150,7 @@ class DestSession {
       return;
     }
     // Pre-copy: page batches, checked as they come; over plain TCP a raw
-    // batch's payload is spliced natively from the socket into the store's files.
+    // batch's payload goes natively from the socket into the store's files.
     const store = this.store;
     const stream = openBatchStream(conn);
     this.streams.push(stream);
@@ -434,6 +434,7 @@ class DestSession {
 
     // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
     await this.receive(this.commitWaitMs);
+    await this.container?.opening?.().catch((e) => this.log(`the container's network stays locked: ${asPhaulError(e).message}`));
     signalAll(treePids(this.restoredPid), 'SIGCONT');
     forgetStoppedCopy(this.dir);
     this.sm.to('running');

@@ -4,12 +4,14 @@
 // deleted once the destination runs it. runc and podman differ only in how the
 // container is found and forgotten (podman: src/container/podman-source.ts).
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import type { FrameConn } from '../protocol/frames';
 import { containerDumpOptions, ContainerDumpOptions, writeDescriptors } from './dump-options';
-import { hasTerminal, isBindMount, mountsOf, OciConfig, readOciConfig, rootfsOf } from './oci';
-import { CONTAINER_ID, Runc } from './runc';
+import { ContainerNetwork, hostPrefixes, namedNetns, netnsInode, readNetwork } from './network';
+import { hasTerminal, isBindMount, mountsOf, namespacePath, OciConfig, readOciConfig, rootfsOf } from './oci';
+import { CONTAINER_ID, execCmd, Runc } from './runc';
 import { findPodmanContainer } from './podman-source';
 import { SyncTree, TreeSender } from './tree-sync';
 
@@ -53,6 +55,12 @@ export interface ContainerDescriptor {
   volumes: { mount: number; kind: 'd' | 'f' }[];
   /** podman only: the 'rootfs' tree is the writable layer, and podman's record of the container. */
   podman?: PodmanDescriptor;
+  /**
+   * runc, when config.json names the container's network namespace by path
+   * (it is external to CRIU): the destination makes a namespace of its own,
+   * plugged in as `network` says (absent: lo only).
+   */
+  netns?: { network?: ContainerNetwork };
 }
 
 /** A running container as its runtime describes it. */
@@ -105,6 +113,8 @@ export class ContainerSource {
     readonly spec: ContainerSpec,
     private readonly found: FoundContainer,
     readonly volumes: ContainerDescriptor['volumes'],
+    /** config.json's network namespace path, and how it is plugged in here. */
+    readonly netns?: { path: string; network?: ContainerNetwork },
   ) {
     const trees: SyncTree[] = [];
     if (!spec.sharedFs) trees.push({ name: 'rootfs', src: found.rootTree });
@@ -145,13 +155,38 @@ export class ContainerSource {
       if (runtime === 'podman') throw new PhaulError('usage', `container ${spec.id} bind-mounts ${m.source}: podman containers move only with volumes both hosts share (--shared-path)`);
       volumes.push({ mount: i, kind: s.isDirectory() ? 'd' : 'f' });
     });
-    return new ContainerSource({ ...spec, runtime }, found, volumes);
+    // (podman plugs its containers in itself, at both ends.)
+    const netns = runtime === 'runc' ? await ContainerSource.readNetns(config, found.pid) : undefined;
+    return new ContainerSource({ ...spec, runtime }, found, volumes, netns);
+  }
+
+  /** The container's network, when config.json names its namespace; a namespace of runc's own must hold only lo. */
+  private static async readNetns(config: OciConfig, pid: number): Promise<{ path: string; network?: ContainerNetwork } | undefined> {
+    const nsPath = namespacePath(config, 'network');
+    if (nsPath) return { path: nsPath, network: await readNetwork(nsPath) };
+    const own = `/proc/${pid}/ns/net`;
+    if (netnsInode(own) === netnsInode('/proc/self/ns/net')) return undefined;
+    if (await readNetwork(own).catch(() => 'plugged')) {
+      throw new PhaulError('usage', 'the container\'s network namespace is plugged in but config.json does not name it ' +
+        '(linux.namespaces network path): only a named namespace can be rebuilt at the destination');
+    }
+    return undefined;
+  }
+
+  get network(): ContainerNetwork | undefined {
+    return this.netns?.network;
+  }
+
+  /** The container's network namespace (config.json's, else its own). */
+  get netnsPath(): string {
+    return this.netns?.path ?? `/proc/${this.pid}/ns/net`;
   }
 
   describe(): ContainerDescriptor {
     const f = this.found;
     return { id: this.spec.id, runtime: this.spec.runtime ?? 'runc', config: f.configText, bundle: f.bundle,
-      rootfs: f.rootfs, sharedFs: !!this.spec.sharedFs, volumes: this.volumes, ...(f.podman ? { podman: f.podman } : {}) };
+      rootfs: f.rootfs, sharedFs: !!this.spec.sharedFs, volumes: this.volumes, ...(f.podman ? { podman: f.podman } : {}),
+      ...(this.netns ? { netns: this.netns.network ? { network: this.netns.network } : {} } : {}) };
   }
 
   dumpOptions(): ContainerDumpOptions {
@@ -173,8 +208,39 @@ export class ContainerSource {
     return this.sender.bytes;
   }
 
-  /** After the destination runs it: the runtime forgets the (killed) original. */
-  forget(): Promise<string | undefined> {
-    return this.found.forget();
+  /**
+   * Once the destination runs it: traffic for the container's addresses that
+   * still reaches this host goes on to the destination (`via`, when it is on a
+   * link of this host). Returns a warning when it cannot.
+   */
+  async routeToDestination(via: string): Promise<string | undefined> {
+    if (!this.network) return undefined;
+    const fam = net.isIP(via);
+    const r = fam ? await execCmd(['ip', '-j', 'route', 'get', via], 10_000) : undefined;
+    let onLink = false;
+    try {
+      const [route] = JSON.parse(r?.stdout ?? '[]') as { gateway?: string; dev?: string }[];
+      onLink = !!route && !route.gateway && route.dev !== 'lo';
+    } catch { /* not on a link */ }
+    const prefixes = hostPrefixes(this.network).filter((p) => (p.family === 'inet' ? 4 : 6) === fam);
+    if (!onLink || prefixes.length === 0) return `the container's addresses still route to this host: ${via} is not on one of its links`;
+    for (const p of prefixes) {
+      const res = await execCmd(['ip', p.family === 'inet' ? '-4' : '-6', 'route', 'replace', p.prefix, 'via', via], 10_000);
+      if (res.code !== 0) return `ip route replace ${p.prefix} via ${via}: ${res.stderr.trim()}`;
+    }
+    return undefined;
+  }
+
+  /** After the destination runs it: the runtime forgets the (killed) original, and its named network namespace goes. */
+  async forget(): Promise<string | undefined> {
+    const warnings: string[] = [];
+    const w = await this.found.forget();
+    if (w) warnings.push(w);
+    const name = this.netns ? namedNetns(this.netns.path) : undefined;
+    if (name) {
+      const r = await execCmd(['ip', 'netns', 'del', name], 10_000);
+      if (r.code !== 0) warnings.push(`ip netns del ${name} failed: ${r.stderr.trim()}`);
+    } else if (this.netns) warnings.push(`the container's network namespace ${this.netns.path} is not a named one (ip netns): left in place`);
+    return warnings.length ? warnings.join('; ') : undefined;
   }
 }

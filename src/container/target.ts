@@ -13,6 +13,8 @@ import { criuFlagArgs } from '../criu/cli-flags';
 import { criuLogTail } from '../criu/rpc';
 import type { CriuFlags, TreeData, TreeEntries } from '../protocol/messages';
 import { MASKED_DIR_KEY } from './dump-options';
+import { NetworkPlumbing } from './net-plumbing';
+import { checkNetwork } from './network';
 import { mountsOf, OciConfig, parseOciConfig } from './oci';
 import { CONTAINER_ID, Runc } from './runc';
 import type { ContainerDescriptor } from './source';
@@ -38,9 +40,11 @@ export interface RuntimeTarget {
   handle(m: TreeEntries | TreeData): void;
   /** Restores the tree stopped; resolves with the restored init's pid. */
   restore(o: RestoreOptions): Promise<number>;
+  /** At the commit, before the tree resumes (runc: the lock on the network namespace made here goes). */
+  opening?(): Promise<void>;
   committed(): void;
   rollback(): Promise<void>;
-  report(): { id: string; runtime: string; bundle: string };
+  report(): { id: string; runtime: string; bundle: string; netns?: string };
 }
 
 export interface RestoreOptions {
@@ -121,6 +125,11 @@ export function parseDescriptor(raw: unknown): ContainerDescriptor {
     if (!/^[0-9a-f]{64}$/.test(imageId)) throw new PhaulError('protocol', 'bad podman image id');
     desc.podman = { configDump: s('configDump', 4 << 20, p), imageId, imageName: s('imageName', 1024, p), fullId };
   }
+  if (d.netns !== undefined) {
+    const n = d.netns as { network?: unknown } | null;
+    if (runtime !== 'runc' || !n || typeof n !== 'object') throw new PhaulError('protocol', 'bad container netns');
+    desc.netns = n.network === undefined ? {} : { network: checkNetwork(n.network) };
+  }
   return desc;
 }
 
@@ -142,6 +151,8 @@ export class ContainerTarget implements RuntimeTarget {
   private readonly receiver: TreeReceiver;
   private created = false;
   restoredPid = 0;
+  /** The network namespace made here, when the source's was named in config.json. */
+  readonly plumbing?: NetworkPlumbing;
 
   private constructor(readonly desc: ContainerDescriptor, readonly opts: ContainerServeOptions,
     readonly bundle: string, private readonly config: OciConfig) {
@@ -150,6 +161,7 @@ export class ContainerTarget implements RuntimeTarget {
     if (!desc.sharedFs) roots.set('rootfs', path.join(bundle, 'rootfs'));
     for (const v of desc.volumes) roots.set(`volume-${v.mount}`, path.join(bundle, 'volumes', String(v.mount)));
     this.receiver = new TreeReceiver(roots);
+    if (desc.netns) this.plumbing = new NetworkPlumbing(desc.netns.network, `phaul-${desc.id}`);
   }
 
   /** Checks that nothing here collides with the container, then creates the bundle directory. */
@@ -165,12 +177,19 @@ export class ContainerTarget implements RuntimeTarget {
     const cg = t.cgroupsPath();
     const busy = cg ? cgroupInUse(cg) : undefined;
     if (busy) throw new PhaulError('failed', `the destination's cgroup ${busy} is in use (serve --cgroup-parent puts moved containers elsewhere)`);
+    t.plumbing?.check();
     fs.mkdirSync(path.dirname(bundle), { recursive: true });
     fs.mkdirSync(bundle, { mode: 0o711 });
     t.created = true;
     if (!desc.sharedFs) fs.mkdirSync(path.join(bundle, 'rootfs'), { mode: 0o755 });
     for (const v of desc.volumes) if (v.kind === 'd') fs.mkdirSync(path.join(bundle, 'volumes', String(v.mount)), { recursive: true });
     if (desc.volumes.some((v) => v.kind === 'f')) fs.mkdirSync(path.join(bundle, 'volumes'), { recursive: true });
+    try {
+      await t.plumbing?.plug();
+    } catch (e) {
+      await t.rollback();
+      throw e;
+    }
     return t;
   }
 
@@ -193,6 +212,9 @@ export class ContainerTarget implements RuntimeTarget {
     for (const v of this.desc.volumes) mounts[v.mount].source = path.join(this.bundle, 'volumes', String(v.mount));
     const cg = this.cgroupsPath();
     if (cg) c.linux = { ...(c.linux ?? {}), cgroupsPath: cg };
+    if (this.plumbing && Array.isArray(c.linux?.namespaces)) {
+      for (const ns of c.linux.namespaces) if (ns?.type === 'network') ns.path = this.plumbing.nsPath;
+    }
     c.annotations = { ...(c.annotations ?? {}), 'org.criu.config': path.join(this.bundle, CRIU_CONF) };
     fs.writeFileSync(path.join(this.bundle, 'config.json'), JSON.stringify(c, null, 2));
   }
@@ -223,6 +245,11 @@ export class ContainerTarget implements RuntimeTarget {
     return st.pid;
   }
 
+  /** At the commit, before the tree resumes: its sockets may talk. */
+  async opening(): Promise<void> {
+    await this.plumbing?.open();
+  }
+
   /** After the commit: later checkpoints of this container by runc use the host's settings again. */
   committed(): void {
     try {
@@ -235,9 +262,10 @@ export class ContainerTarget implements RuntimeTarget {
     if (this.restoredPid || (await this.runc.state(this.desc.id))) await this.runc.destroy(this.desc.id);
     if (this.created) fs.rmSync(this.bundle, { recursive: true, force: true });
     this.created = false;
+    await this.plumbing?.unplug();
   }
 
-  report(): { id: string; runtime: string; bundle: string } {
-    return { id: this.desc.id, runtime: this.desc.runtime, bundle: this.bundle };
+  report(): { id: string; runtime: string; bundle: string; netns?: string } {
+    return { id: this.desc.id, runtime: this.desc.runtime, bundle: this.bundle, ...(this.plumbing ? { netns: this.plumbing.nsPath } : {}) };
   }
 }

@@ -12,7 +12,8 @@ import type { RoundEvent } from '../../agent/precopy';
 
 const spec = {
   pid: { type: 'string', help: 'root of the process tree to move (may be the init of its own pid namespace)' },
-  container: { type: 'string', help: 'or: the id of a running container to move (its init and descendants, bundle and ownership)' },
+  container: { type: 'string', help: 'or: the id of a running container to move (its init and descendants, bundle and ownership; ' +
+    'runc: a network namespace named in its config.json moves with its veth, addresses and TCP connections, and the source routes its addresses on to the destination)' },
   runtime: { type: 'string', help: 'container runtime: runc, or podman (containers it runs with runc; not hybrid)', default: 'runc' },
   'runtime-root': { type: 'string', help: 'the runtime\'s state directory (runc --root; podman: DIR/root, DIR/tmp and a run root named after DIR; default the runtime\'s own)' },
   'shared-fs': { type: 'boolean', help: 'container: the destination sees its rootfs at the same path; do not copy it' },
@@ -24,7 +25,7 @@ const spec = {
   tls: { type: 'boolean', help: 'connect with TLS' },
   'tls-ca': { type: 'string', help: 'PEM CA (or self-signed certificate) that the destination\'s certificate must chain to' },
   'tls-servername': { type: 'string', help: 'name to check the destination\'s certificate against' },
-  'tcp-established': { type: 'boolean', help: 'move established TCP connections (nftables network lock)' },
+  'tcp-established': { type: 'boolean', help: 'move established TCP connections (nftables network lock; on for a container with a named network namespace)' },
   'ext-unix-sk': { type: 'boolean', help: 'allow unix sockets connected to peers outside the tree' },
   'shell-job': { type: 'boolean', help: 'the tree is a shell job (its session leader is outside it)' },
   'file-locks': { type: 'boolean', help: 'move file locks' },

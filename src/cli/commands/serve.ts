@@ -18,7 +18,8 @@ const spec = {
   'runtime-root': { type: 'string', help: 'containers: runc\'s state directory here (default runc\'s own)' },
   bundles: { type: 'string', help: 'containers: where moved bundles go, one directory per container (default: the source\'s bundle path; podman: where its archive is staged, default under the temporary directory)' },
   'podman-root': { type: 'string', help: 'podman containers: podman\'s state directory here (as migrate --runtime-root; default podman\'s own)' },
-  'cgroup-parent': { type: 'string', help: 'containers: cgroup parent of moved containers (cgroupsPath PARENT/ID; default the source\'s cgroupsPath)' },
+  'cgroup-parent': { type: 'string', help: 'containers: cgroup parent of moved containers (cgroupsPath PARENT/ID; default the source\'s cgroupsPath); ' +
+    'a runc container with a named network namespace gets /run/netns/phaul-ID here, plugged in as it was at the source' },
   'max-sessions': { type: 'string', help: 'migrations received at once; more are refused (exit 11 at the source)', default: String(DEFAULT_LIMITS.maxSessions) },
   'max-store-bytes': { type: 'string', help: 'pages held at once by all sessions (stores and images), BYTES; sessions that would pass it are refused' },
   'keep-free-memory': { type: 'string', help: 'refuse a session that would leave less memory available, BYTES', default: String(DEFAULT_LIMITS.keepFreeMemory) },
