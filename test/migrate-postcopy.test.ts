@@ -56,6 +56,17 @@ function stores(): string[] {
     .filter((d) => { try { return fs.readdirSync(d).includes('postcopy.pages'); } catch { return false; } });
 }
 
+/** Does a TCP socket listen on `port` in the network namespace of `pid`? */
+function listening(pid: number, port: number): boolean {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  try {
+    return fs.readFileSync(`/proc/${pid}/net/tcp`, 'utf8').split('\n').some((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[1]?.endsWith(hex) && f[3] === '0A';
+    });
+  } catch { return false; }
+}
+
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
   while (!cond() && Date.now() < end) await sleep(20);
@@ -147,8 +158,8 @@ test('postcopy: a restore that fails before the copy runs rolls back: the origin
   let pid = -1;
   try {
     assert.ok(await until(() => (pid = ns.initPid()) > 0, 10_000), ns.stderr());
-    await sleep(500);
-    assert.ok(isAlive(pid) && blocker.exitCode === null, 'workload and blocker listen');
+    // Both bound (python starts slowly on a loaded machine): else the restore would not fail.
+    assert.ok(await until(() => listening(pid, port) && listening(blocker.pid!, port), 30_000), 'workload and blocker listen');
     const r = await runCli(fx.hosts.a, postcopyArgs(pid));
     assert.notEqual(r.code, 0, 'the migration failed');
     assert.equal(r.json!.ok, false);
