@@ -17,7 +17,8 @@
         "native/page_reader.cc",
         "native/lazy_fill.cc",
         "native/lazy_fill_napi.cc",
-        "native/batch_io.cc"
+        "native/batch_io.cc",
+        "native/tcp_repair.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

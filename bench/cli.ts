@@ -10,12 +10,13 @@ import { PACKAGE_ROOT } from '../src/package-root';
 import { ALL_STRATEGIES, buildMatrix, cellLabel, estimateSeconds, LINKS, STRATEGIES, type LinkName, type StrategyName } from './matrix';
 import { abortCleanup, runMatrix, type Row } from './runner';
 import { describeMachine } from './machine';
-import { BASELINE, markdown, svgChart } from './report';
+import { BASELINE, CONTAINER_BASELINE, markdown, svgChart } from './report';
 import { addPauseRatios } from './stats';
 
 const spec = {
   quick: { type: 'boolean', help: 'the small matrix (under 3 minutes; includes a 1 GiB workload)' },
   switchover: { type: 'boolean', help: 'the switchover matrix: 32 MiB to 1 GiB and memcached, against CRIU\'s own paths (~15 min)' },
+  containers: { type: 'boolean', help: 'the container matrix: memwork in a container, phaul-fast\'s modes against runc\'s and podman\'s own paths (~6 min)' },
   json: { type: 'boolean', help: 'print { machine, rows } as JSON on the last line of stdout' },
   out: { type: 'string', help: 'directory for results.json, results.md and pause-vs-memory.svg', default: 'bench/results' },
   runs: { type: 'string', help: 'runs per cell (default: 2 quick, 3 full)' },
@@ -42,7 +43,7 @@ function subset<T extends string>(v: string | boolean | undefined, all: readonly
 export async function run(argv: string[]): Promise<number> {
   const { flags, positionals } = parseArgs(argv, spec);
   if (flags.help) {
-    process.stdout.write(formatHelp('phaul-fast bench [--quick] [--json] [--out DIR]',
+    process.stdout.write(formatHelp('phaul-fast bench [--quick | --switchover | --containers] [--json] [--out DIR]',
       'Migrates self-verifying workloads (memwork at several sizes and write rates, memcached) with every\n' +
       'phaul-fast mode and with CRIU\'s page server and lazy pages, over loopback and tbf-shaped veth links,\n' +
       'and reports the pause each workload saw. Needs root. The full matrix takes about an hour (--list).', spec));
@@ -53,6 +54,7 @@ export async function run(argv: string[]): Promise<number> {
   const cells = buildMatrix({
     quick,
     switchover: !!flags.switchover,
+    containers: !!flags.containers,
     runs: intFlag(flags.runs, 'runs', 1, 50),
     strategies: subset(flags.strategies, ALL_STRATEGIES, 'strategies') as StrategyName[] | undefined,
     links: subset(flags.links, Object.keys(LINKS) as LinkName[], 'links'),
@@ -83,7 +85,7 @@ export async function run(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   let rows: Row[];
   try {
-    rows = addPauseRatios(await runMatrix(cells, { criu, scratch: '/dev/shm', progress }), BASELINE);
+    rows = addPauseRatios(addPauseRatios(await runMatrix(cells, { criu, scratch: '/dev/shm', progress }), BASELINE), CONTAINER_BASELINE);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -2,8 +2,9 @@
 // model so the full run can say up front how long it will take.
 import { MODES, type Mode } from '../src/agent/capabilities';
 
-/** Every migrate mode of the capability model, then CRIU's own two paths to compare with. */
-export type StrategyName = `phaul-fast:${Mode}` | `phaul-fast:${Mode}+encrypt` | 'criu:page-server' | 'criu:lazy' | 'criu:local';
+/** Every migrate mode of the capability model, then CRIU's own paths and the container runtimes' own paths to compare with. */
+export type StrategyName = `phaul-fast:${Mode}` | `phaul-fast:${Mode}+encrypt` | 'criu:page-server' | 'criu:lazy' | 'criu:local'
+  | 'runc:page-server' | 'podman:export';
 export const STRATEGIES: readonly StrategyName[] = [
   ...MODES.map((m) => `phaul-fast:${m}` as const),
   'criu:page-server',
@@ -12,15 +13,26 @@ export const STRATEGIES: readonly StrategyName[] = [
 ];
 /** Measured only when asked for (bench --strategies): what --encrypt (TLS-PSK on every connection) costs. */
 export const OPTIONAL_STRATEGIES: readonly StrategyName[] = MODES.map((m) => `phaul-fast:${m}+encrypt` as const);
-export const ALL_STRATEGIES: readonly StrategyName[] = [...STRATEGIES, ...OPTIONAL_STRATEGIES];
+/** A container runtime's own migration path: only for container workloads (bench --containers). */
+export const CONTAINER_ONLY: readonly StrategyName[] = ['runc:page-server', 'podman:export'];
+/** What --containers runs on each container workload: phaul-fast's modes on the container and the runtimes' own paths. */
+export const CONTAINER_STRATEGIES: readonly StrategyName[] = [...MODES.map((m) => `phaul-fast:${m}` as const), ...CONTAINER_ONLY];
+export const ALL_STRATEGIES: readonly StrategyName[] = [...STRATEGIES, ...OPTIONAL_STRATEGIES, ...CONTAINER_ONLY];
+
+/** The strategies that can move `kind`: CRIU's own paths move a process tree, the runtimes' paths a container. */
+export function appliesTo(strategy: StrategyName, kind: WorkloadSpec['kind']): boolean {
+  if (kind === 'container') return strategy.startsWith('phaul-fast:') || CONTAINER_ONLY.includes(strategy);
+  return !CONTAINER_ONLY.includes(strategy);
+}
 
 /** Link name -> tbf rate in Mbit/s (null: loopback, unshaped). */
 export const LINKS = { loopback: null, '10gbit': 10_000, '1gbit': 1_000 } as const;
 export type LinkName = keyof typeof LINKS;
 
 export interface WorkloadSpec {
-  kind: 'memwork' | 'memcached' | 'redis' | 'pythreads';
-  /** memwork, pythreads: buffer size; memcached: data loaded; redis: 8192 keys per MiB (2^20 keys in 128). */
+  /** container: memwork as the init of a runc container (a podman one for podman:*), as test/migrate-container.test.ts builds it. */
+  kind: 'memwork' | 'memcached' | 'redis' | 'pythreads' | 'container';
+  /** memwork, pythreads, container: buffer size; memcached: data loaded; redis: 8192 keys per MiB (2^20 keys in 128). */
   memMiB: number;
   /** memwork, pythreads: rewrite rate; memcached, redis: the client's set rate. MB = 10^6 bytes. */
   writeMBps: number;
@@ -37,6 +49,8 @@ export interface MatrixOptions {
   quick?: boolean;
   /** The switchover matrix (issue 12): small and real workloads, default mode against CRIU's own paths. */
   switchover?: boolean;
+  /** The container matrix (issue 10): memwork in a container, phaul-fast's modes against runc's and podman's own paths. */
+  containers?: boolean;
   runs?: number;
   strategies?: StrategyName[];
   links?: LinkName[];
@@ -49,6 +63,7 @@ const mw = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memwor
 const mc = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'memcached', memMiB, writeMBps });
 const redis = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'redis', memMiB, writeMBps });
 const py = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'pythreads', memMiB, writeMBps });
+const ctr = (memMiB: number, writeMBps: number): WorkloadSpec => ({ kind: 'container', memMiB, writeMBps });
 
 // --quick must finish in under 3 minutes on the 2-core reference machine with
 // every strategy available, and still include a size of 1 GiB or more.
@@ -82,18 +97,32 @@ const SWITCHOVER: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: numbe
   { link: '10gbit', workloads: [mc(256, 20), redis(128, 5)], runs: 3 },
 ];
 
+// --containers: the container workload at the issue's sizes (256 MiB and 1 GiB
+// rewriting 20 MB/s), on loopback (a container brings its own network namespace).
+// The same memwork as a plain process tree, in the default mode only: what
+// the container's pause should come close to.
+const CONTAINERS: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number; only?: StrategyName[] }> = [
+  { link: 'loopback', workloads: [ctr(256, 20), ctr(1024, 20)], runs: 2 },
+  { link: 'loopback', workloads: [mw(256, 20), mw(1024, 20)], runs: 2, only: ['phaul-fast:hybrid'] },
+];
+
 /** Strategies only the switchover matrix runs unless asked for (--strategies): the others' matrices keep their length. */
 export const SWITCHOVER_ONLY: readonly StrategyName[] = ['criu:local'];
 
 export function buildMatrix(o: MatrixOptions = {}): Cell[] {
   const cells: Cell[] = [];
-  const strategies = o.strategies ?? STRATEGIES.filter((s) => o.switchover || !SWITCHOVER_ONLY.includes(s));
-  for (const g of o.switchover ? SWITCHOVER : o.quick ? QUICK : FULL) {
+  const strategies = o.strategies ?? (o.containers ? CONTAINER_STRATEGIES : STRATEGIES.filter((s) => o.switchover || !SWITCHOVER_ONLY.includes(s)));
+  const groups: Array<{ link: LinkName; workloads: WorkloadSpec[]; runs: number; only?: StrategyName[] }> = o.containers ? CONTAINERS
+    : o.switchover ? SWITCHOVER : o.quick ? QUICK : FULL;
+  for (const g of groups) {
     if (o.links && !o.links.includes(g.link)) continue;
     for (const workload of g.workloads) {
       if (o.memMiB && !o.memMiB.includes(workload.memMiB)) continue;
       if (o.writeMBps && !o.writeMBps.includes(workload.writeMBps)) continue;
-      for (const strategy of strategies) cells.push({ strategy, workload, link: g.link, runs: o.runs ?? g.runs });
+      for (const strategy of strategies) {
+        if (g.only && !g.only.includes(strategy)) continue;
+        if (appliesTo(strategy, workload.kind)) cells.push({ strategy, workload, link: g.link, runs: o.runs ?? g.runs });
+      }
     }
   }
   // Cells stay grouped by link: the runner builds each link once.
@@ -109,7 +138,7 @@ export function estimateRunSeconds(c: Cell): number {
   const gib = c.workload.memMiB / 1024;
   const rate = LINKS[c.link];
   const wireGBps = rate === null ? 1.4 : Math.min(1.4, rate / 8000);
-  const setup = { memwork: 0.4 + gib * 1.7, memcached: 1.5 + gib * 6, redis: 1.5 + gib * 12, pythreads: 1 + gib * 4 }[c.workload.kind];
+  const setup = { memwork: 0.4 + gib * 1.7, memcached: 1.5 + gib * 6, redis: 1.5 + gib * 12, pythreads: 1 + gib * 4, container: 1.5 + gib * 1.7 }[c.workload.kind];
   return setup + 0.8 + (gib * 1.07) / wireGBps + gib * 0.6 + 0.3;
 }
 

@@ -11,6 +11,8 @@ export function machineLine(m: Machine): string {
 
 /** The strategy every other is compared with: CRIU's own stop-and-copy over its page server. */
 export const BASELINE = 'criu:page-server';
+/** A container's: its runtime's own checkpoint and restore over CRIU's page server. */
+export const CONTAINER_BASELINE = 'runc:page-server';
 
 const fmt = (x: number | null, scale = 1, digits = 0) => (x === null ? '' : (x / scale).toFixed(digits));
 
@@ -24,13 +26,13 @@ function cell(r: Row, k: keyof Row['spread'] & keyof Row, scale = 1, digits = 0)
 
 function ratio(r: Row): string {
   const q = r.pauseRatio;
-  if (!q) return r.strategy === BASELINE && r.status === 'ok' ? '1x' : '–';
+  if (!q) return (r.strategy === BASELINE || r.strategy === CONTAINER_BASELINE) && r.status === 'ok' ? '1x' : '–';
   const f = (x: number) => x.toFixed(2);
   return q.min === q.max || r.runs < 2 ? `${f(q.median)}x` : `${f(q.median)}x (${f(q.min)}–${f(q.max)})`;
 }
 
 export function markdown(rows: Row[], m: Machine, command: string, seconds: number): string {
-  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', `pause vs ${BASELINE}`, 'downtime ms', 'total ms',
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', 'pause vs baseline', 'downtime ms', 'total ms',
     'sent MiB', 'rounds', 'source free ms', 'CPU s', 'CPU s/GiB', 'first pass MB/s', 'runs', 'status'];
   const lines = [
     `Measured ${m.date.slice(0, 10)} with \`${command}\` in ${Math.round(seconds)} s on: ${machineLine(m)}.`,
@@ -38,7 +40,8 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
     'Medians over the runs, (min–max) when they differ. pause = the longest stall the workload itself saw',
     '(memcached: its client\'s service gap); downtime = the engine\'s frozen-to-running time; source free =',
     'until the source is no longer needed. Every run was verified on the destination; a cell that did not',
-    'verify is marked failed and not averaged. pause vs ' + BASELINE + ' = this pause / its pause, run by run',
+    `verify is marked failed and not averaged. pause vs baseline = this pause / the pause of ${BASELINE} (of ${CONTAINER_BASELINE}`,
+    'for a container) on the same workload and link, run by run',
     '(strategies take turns), median (min–max): below 1x is shorter. See docs/BENCH.md for the definitions.',
     '',
     `| ${head.join(' | ')} |`,
@@ -117,6 +120,8 @@ const COLORS: Record<string, string> = {
   'criu:page-server': '#d62728',
   'criu:lazy': '#ff7f0e',
   'criu:local': '#8c564b',
+  'runc:page-server': '#e377c2',
+  'podman:export': '#7f7f7f',
 };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');

@@ -15,6 +15,7 @@ import { startMemcached } from './workloads/memcached';
 import { startMemwork } from './workloads/memwork';
 import { startPythreads } from './workloads/pythreads';
 import { startRedis } from './workloads/redis';
+import { runtimeFor, startContainerMemwork } from './workloads/container';
 import { sampleDestinationMemory } from './dest-memory';
 import { STORE_DIR } from './peers/phaul-fast';
 import { freshWriteMs } from './fresh-memory';
@@ -166,7 +167,9 @@ export function removeStaleScratch(parent: string): void {
 async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: ReturnType<typeof makePeer>): Promise<{ sample: RunSample; verdict: Verdict }> {
   fs.mkdirSync(ctx.runDir, { recursive: true });
   const env = { link, src: link.a, dst: link.b, dir: ctx.runDir };
-  const start = { memwork: startMemwork, memcached: startMemcached, redis: startRedis, pythreads: startPythreads }[cell.workload.kind](cell.workload, env);
+  const w = cell.workload;
+  const start: Promise<BenchWorkload> = w.kind === 'container' ? startContainerMemwork(w, env, runtimeFor(cell.strategy))
+    : { memwork: startMemwork, memcached: startMemcached, redis: startRedis, pythreads: startPythreads }[w.kind](w, env);
   starting.add(start);
   const wl: BenchWorkload = await start.finally(() => starting.delete(start));
   if (interrupted) {
@@ -185,7 +188,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     let fig: RunFigures;
     let destPeak = 0;
     try {
-      fig = await peer.migrate(wl.pid, ctx, {
+      fig = await peer.migrate(wl.pid, { ...ctx, container: wl.container }, {
         onRunning: (pid) => { restoredPid = pid; wl.onRunning(pid); },
       });
     } finally {
@@ -270,7 +273,7 @@ export async function runMatrix(cells: Cell[], o: RunnerOptions): Promise<Row[]>
       const lanes: Lane[] = [];
       let fresh = NaN;
       const ctx = (cell: Cell, runDir: string): PeerContext => ({
-        link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB,
+        link: link!, src: link!.a, dst: link!.b, runDir, port: port++, criu: o.criu, memMiB: cell.workload.memMiB, workloadKind: cell.workload.kind,
         log: o.progress,
       });
       const fail = (lane: Lane, e: unknown) => {

@@ -11,7 +11,7 @@
 //   const r = new BatchConn(fd);           // destination
 //   const f = await r.read(buf);           // header, ranges, and the payload in buf
 //   const f = await r.read(EMPTY);         // header and ranges only; then
-//   await r.receivePayload(plan);          // the payload spliced straight into the store's files
+//   await r.receivePayload(plan);          // the payload straight into the store's files
 //   w.abort() / r.abort(): a call blocked on the peer fails at once; close() frees the descriptor.
 //   w.setMacKey(k) / r.setMacKey(k): from now on every batch is followed by a 16-byte tag (below).
 //
@@ -23,8 +23,8 @@
 // or moved without the next tag failing). The tag follows the payload. The
 // key is the connection's own (derived from its handshake, one per data
 // connection and direction); TLS connections need none. The receiver checks
-// the tag before the batch counts as received: a raw payload spliced into the
-// store is read back from the file's pages for the check (mapped, no copy).
+// the tag before the batch counts as received; a raw payload then goes to
+// the store through a small reused buffer instead of a splice (RecvToFile).
 //
 // Only the sizes a reader must trust before reading are checked here (magic,
 // version, number of ranges, payload length); JS checks every field of what
@@ -36,7 +36,6 @@
 #include <openssl/evp.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -128,6 +127,8 @@ struct Conn {
   int pipe_r = -1, pipe_w = -1;
   // Set by setMacKey: every batch carries a tag.
   std::unique_ptr<BatchMac> mac;
+  // receivePayload's buffer when batches carry MACs (made on first use, then reused: fresh memory is slow to fill).
+  std::vector<uint8_t> chunk;
   size_t pipe_size = 0;
   explicit Conn(int f) : fd(f) {}
   ~Conn() {
@@ -246,33 +247,6 @@ bool CheckTag(Conn* c, IoError* err) {
     err->message =
         "page batch failed authentication (its MAC does not match: altered on the way, or not from the source)";
     return false;
-  }
-  return true;
-}
-
-// The MAC of bytes already spliced into a file: its pages read back through a
-// read-only mapping (no copy); pread into a small buffer if mapping fails.
-bool MacFileRange(BatchMac* mac, int fd, uint64_t pos, uint64_t len, IoError* err) {
-  const uint64_t kWindow = 8u << 20;
-  while (len > 0) {
-    uint64_t n = std::min(len, kWindow);
-    void* p = mmap(nullptr, n, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, off_t(pos));
-    if (p != MAP_FAILED) {
-      bool ok = mac->Add(static_cast<const uint8_t*>(p), n);
-      munmap(p, n);
-      if (!ok) return MacFailed(err, "MAC update failed");
-    } else {
-      uint8_t buf[65536];
-      for (uint64_t done = 0; done < n;) {
-        ssize_t r = pread(fd, buf, size_t(std::min<uint64_t>(n - done, sizeof buf)), off_t(pos + done));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return MacFailed(err, "cannot read back the stored pages");
-        if (!mac->Add(buf, size_t(r))) return MacFailed(err, "MAC update failed");
-        done += uint64_t(r);
-      }
-    }
-    pos += n;
-    len -= n;
   }
   return true;
 }
@@ -480,6 +454,34 @@ bool SpliceToFile(Conn* c, const Segment& s, IoError* err) {
   return true;
 }
 
+// With a MAC the payload must pass through user space anyway: it is read in
+// chunks small enough to stay in the CPU's cache, added to the MAC while
+// there, and written to the file at pos (two copies, each cache-hot; reading
+// spliced pages back from the file for the MAC took several times longer:
+// they were cold by then).
+bool RecvToFile(Conn* c, const Segment& s, IoError* err) {
+  if (c->chunk.empty()) c->chunk.resize(256 << 10);
+  uint64_t pos = s.pos, left = s.len;
+  while (left > 0) {
+    size_t n = size_t(std::min<uint64_t>(left, c->chunk.size()));
+    if (!ReadAll(c, c->chunk.data(), n, err)) return false;
+    if (!c->mac->Add(c->chunk.data(), n)) return MacFailed(err, "MAC update failed");
+    for (size_t done = 0; done < n;) {
+      ssize_t w = pwrite(s.fd, c->chunk.data() + done, n - done, off_t(pos + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        err->reason = "failed";
+        err->message = std::string("page store write failed: ") + (w < 0 ? strerror(errno) : "nothing written");
+        return false;
+      }
+      done += size_t(w);
+    }
+    pos += n;
+    left -= n;
+  }
+  return true;
+}
+
 // Reads and drops len bytes (counted by the batch's MAC when there is one).
 bool Discard(Conn* c, uint64_t len, IoError* err) {
   uint8_t scratch[65536];
@@ -501,11 +503,10 @@ struct ReceivePayloadJob {
 
 void RunReceivePayload(ReceivePayloadJob* j) {
   Conn* c = j->c.get();
-  if (!MakePipe(c, &j->err)) return void(j->ok = false);
-  BatchMac* mac = c->mac && c->mac->open() ? c->mac.get() : nullptr;
+  bool mac = c->mac && c->mac->open();
+  if (!mac && !MakePipe(c, &j->err)) return void(j->ok = false);
   for (const Segment& s : j->segs) {
-    j->ok = s.fd >= 0 ? SpliceToFile(c, s, &j->err) && (!mac || MacFileRange(mac, s.fd, s.pos, s.len, &j->err))
-                      : Discard(c, s.len, &j->err);
+    j->ok = s.fd < 0 ? Discard(c, s.len, &j->err) : mac ? RecvToFile(c, s, &j->err) : SpliceToFile(c, s, &j->err);
     if (!j->ok) return;
   }
   if (mac) j->ok = CheckTag(c, &j->err);

@@ -16,13 +16,7 @@
 
 #include "probe.h"
 #include "syscall_inject.h"
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_getfd
-#define SYS_pidfd_getfd 438
-#endif
+#include "uapi_compat.h"  // pidfd syscall numbers
 
 namespace phaul {
 namespace dirty {

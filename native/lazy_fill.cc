@@ -366,7 +366,9 @@ uint64_t Server::MissingPages() {
 void Server::Need(uint32_t file, uint64_t off, uint64_t len) {
   if (!asked_.insert({file, off}).second) return;
   ControlRecord r = {kNeed, file, off, len};
-  if (send(control_, &r, sizeof(r), MSG_NOSIGNAL) == ssize_t(sizeof(r))) st_->needs++;
+  if (send(control_, &r, sizeof(r), MSG_NOSIGNAL) != ssize_t(sizeof(r))) return;
+  st_->needs++;
+  if (!finished_) st_->restore_needs++;
 }
 
 // Answers the held faults whose pages have arrived since.
@@ -965,8 +967,8 @@ bool Server::Run(std::string* err) {
           // No more data can come: fine only if every page still to place is here.
           uint64_t missing = MissingPages();
           if (missing || !waiting_.empty()) {
-            Fatal("lazy-pages: the page source went away with " + std::to_string(missing) +
-                  " pages of the tree's memory not arrived");
+            Fatal("lazy-pages: the page source went away before " + std::to_string(missing) +
+                  " pages of the tree's memory arrived");
             break;
           }
         }

@@ -58,6 +58,7 @@ struct Stats {
   uint64_t copies = 0, retries = 0;
   uint64_t waited_faults = 0;  // postcopy: faults that waited for their page to arrive
   uint64_t needs = 0;          // postcopy: ranges asked for (kNeed records written)
+  uint64_t restore_needs = 0;  // postcopy: of which before the restore finished (the tree still frozen)
   uint64_t present_bytes = 0;  // postcopy: bytes said present
   bool restored = false;       // the restore said it finished (the tree may run from then on)
   int64_t restore_ms = 0;      // accept to the restore's "finished"

@@ -57,6 +57,7 @@ Napi::Value Result(Napi::Env env, Served& s) {
   num("gateWaitUsMax", double(st_.gate_us_max));
   num("waitedFaults", double(st_.waited_faults));
   num("needs", double(st_.needs));
+  num("restoreNeeds", double(st_.restore_needs));
   num("presentBytes", double(st_.present_bytes));
   std::vector<uint32_t>& us = s.st.fault_us;
   std::sort(us.begin(), us.end());

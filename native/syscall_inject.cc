@@ -227,7 +227,11 @@ void Session::RememberSignal(int sig) {
 
 int Session::Attach(int timeout_ms) {
   t_attach_ = NowNs();
-  if (ptrace(PTRACE_SEIZE, t_.tid, nullptr, nullptr) < 0) {
+  // A container's seccomp profile may forbid what we inject (podman's and
+  // Docker's default ones deny userfaultfd): suspended while we trace, as
+  // CRIU does. Only a tracer with CAP_SYS_ADMIN may; without, the filter stays.
+  if (ptrace(PTRACE_SEIZE, t_.tid, nullptr, reinterpret_cast<void*>(uintptr_t(PTRACE_O_SUSPEND_SECCOMP))) < 0 &&
+      (errno != EPERM || ptrace(PTRACE_SEIZE, t_.tid, nullptr, nullptr) < 0)) {
     where_ = "PTRACE_SEIZE";
     return -errno;
   }

@@ -56,3 +56,12 @@ struct pm_scan_arg {
 #define PAGE_IS_HUGE (1 << 6)
 #define PAGE_IS_SOFT_DIRTY (1 << 7)
 #endif
+
+// pidfd_open / pidfd_getfd (Linux 5.3 / 5.6), for headers that predate them.
+#include <sys/syscall.h>
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif

@@ -58,6 +58,8 @@ PKGS=(
   clang libclang-rt-14-dev
   # containers: the runtime, and a registry-free rootfs (busybox-static plus our static workloads)
   runc busybox-static libc6-dev
+  # podman containers (migrate --runtime podman, the bench's podman:export); podman drives runc through conmon
+  podman
 )
 missing=()
 for p in "${PKGS[@]}"; do

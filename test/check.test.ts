@@ -188,7 +188,13 @@ test('check names the container runtimes it finds and whether migrate --containe
     assert.equal(runc.migratable, rep.criu.ok && rep.features.nftables, runc.detail);
     assert.match(runc.detail, /network/);
   }
-  for (const other of rep.runtimes.filter((x) => x.name !== 'runc')) assert.equal(other.migratable, false, other.name);
+  const crun = rep.runtimes.find((x) => x.name === 'crun')!;
+  assert.equal(crun.migratable, false, 'crun containers do not move');
+  if (crun.path) assert.match(crun.detail, /CRIU/);
+  // podman's move through runc: only where runc's do.
+  const podman = rep.runtimes.find((x) => x.name === 'podman')!;
+  assert.equal(podman.migratable, podman.path !== null && runc.migratable, podman.detail);
+  if (podman.migratable) assert.match(podman.detail, /stop-copy and precopy/);
   const human = await cli(['check']);
   assert.match(human.stdout, /^container runtimes:\n {2}runc: /m);
 });

@@ -200,7 +200,7 @@ test('a loopback host is one namespace at 127.0.0.1 with its own byte counter', 
 });
 
 // The benchmark's pure parts: matrix, statistics, report.
-import { buildMatrix, estimateSeconds, STRATEGIES, SWITCHOVER_ONLY } from '../bench/matrix';
+import { buildMatrix, CONTAINER_STRATEGIES, estimateSeconds, STRATEGIES, SWITCHOVER_ONLY } from '../bench/matrix';
 import { addPauseRatios, median, summarize, type RatioRow } from '../bench/stats';
 import { markdown, svgChart } from '../bench/report';
 import type { Row } from '../bench/runner';
@@ -223,6 +223,18 @@ test('bench: the quick matrix covers every strategy, a 1 GiB size and fits 3 min
   const full = buildMatrix({});
   assert.deepEqual([...new Set(full.map((c) => c.link))], ['loopback', '10gbit', '1gbit']);
   assert.ok(!full.some((c) => c.link === 'loopback' && c.workload.kind === 'memcached'));
+});
+
+test('bench: the container matrix moves containers with phaul-fast\'s modes and the runtimes\' own paths, and nothing else', () => {
+  const cells = buildMatrix({ containers: true });
+  const ctr = cells.filter((c) => c.workload.kind === 'container');
+  for (const s of CONTAINER_STRATEGIES) assert.ok(ctr.some((c) => c.strategy === s && c.workload.memMiB === 1024), s);
+  assert.ok(!ctr.some((c) => c.strategy.startsWith('criu:')), 'CRIU\'s own paths move process trees, not containers');
+  // The plain process tree beside it, in the default mode only.
+  assert.deepEqual([...new Set(cells.filter((c) => c.workload.kind !== 'container').map((c) => c.strategy))], ['phaul-fast:hybrid']);
+  // Asked for by name, a runtime's path never lands on a process tree.
+  assert.ok(!buildMatrix({ quick: true, strategies: ['runc:page-server', 'criu:page-server'] }).some((c) => c.strategy === 'runc:page-server'));
+  assert.ok(!buildMatrix({}).some((c) => c.workload.kind === 'container'));
 });
 
 test('bench: median and spread', () => {

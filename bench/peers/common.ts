@@ -2,8 +2,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost, type Host } from '../../src/testing/hosts';
-import { procState, runCmd, type RunResult } from '../../src/testing/proc';
-import type { RunFigures } from './types';
+import { procState, runCmd, startCmd, type RunResult, type StartedCmd } from '../../src/testing/proc';
+import type { PeerContext, RunFigures } from './types';
 
 /**
  * Notes when pid stops running: CRIU seizes the tree with ptrace, so its state
@@ -94,4 +94,17 @@ export function stopCopyFigures(t: { start: number; frozen: number; free: number
     rounds: 1,
     cpuS,
   };
+}
+
+/** `criu page-server -D dst` at the destination's address and the context's port, ready (its --status-fd spoke). */
+export async function startPageServer(ctx: PeerContext, dst: string, timeoutMs: number): Promise<StartedCmd> {
+  const ps = startCmd(inHost(ctx.dst, [ctx.criu, 'page-server', '-D', dst, '--address', ctx.dst.addr,
+    '--port', String(ctx.port), '-o', 'page-server.log', '--status-fd', '4']), { statusFd: true, timeoutMs });
+  try {
+    await waitStatus(ps.status!, ps.done, 'criu page-server', 10_000);
+  } catch (e) {
+    ps.kill();
+    throw e;
+  }
+  return ps;
 }

@@ -7,8 +7,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
-import { runCmd, startCmd } from '../../src/testing/proc';
-import { copyImages, criuRestore, logTail, stopCopyFigures, waitStatus, watchFreeze } from './common';
+import { runCmd } from '../../src/testing/proc';
+import { copyImages, startPageServer, criuRestore, logTail, stopCopyFigures, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 
 export class CriuPageServer implements Peer {
@@ -23,10 +23,8 @@ export class CriuPageServer implements Peer {
     fs.mkdirSync(dst, { recursive: true });
     const big = 60_000 + ctx.memMiB * 100; // generous: 1 Gbit/s moves a MiB in ~8 ms
 
-    const ps = startCmd(inHost(ctx.dst, [ctx.criu, 'page-server', '-D', dst, '--address', ctx.dst.addr,
-      '--port', String(ctx.port), '-o', 'page-server.log', '--status-fd', '4']), { statusFd: true, timeoutMs: big });
+    const ps = await startPageServer(ctx, dst, big);
     try {
-      await waitStatus(ps.status!, ps.done, 'criu page-server', 10_000);
 
       const t0 = performance.now();
       const freeze = watchFreeze(pid);

@@ -1,6 +1,8 @@
 // phaul-fast:<mode> — through the CLI, as a user would run it:
 //   D: phaul-fast serve --listen ADDR:PORT --dir DIR --token-file FILE   (once per cell)
 //   S: phaul-fast migrate --pid PID --to ADDR:PORT --token-file FILE --mode MODE --json
+// (a container: serve --runtime-root R2 --bundles B2 --cgroup-parent G2, and
+// migrate --container ID --runtime-root R1 instead of --pid).
 // The last stdout line of migrate is its report { ok, mode, downtimeMs,
 // totalMs, bytesSent, restoredPid, phases, ... }. A mode the CLI does not
 // offer, or rejects, makes the strategy unavailable rather than failed.
@@ -11,6 +13,7 @@ import type { ChildProcess } from 'node:child_process';
 import { PACKAGE_ROOT } from '../../src/package-root';
 import { inHost, spawnIn } from '../../src/testing/hosts';
 import { cpuSeconds, runCmd, signal, waitGone } from '../../src/testing/proc';
+import { containerHosts } from '../workloads/container';
 import { type PeerContext, type Peer, type RunFigures, type RunHooks, Unavailable } from './types';
 
 // PHAUL_FAST_BENCH_CLI: another build's bin/phaul-fast.js, to measure it with this harness.
@@ -83,8 +86,12 @@ export class PhaulFastPeer implements Peer {
     this.tokenFile = path.join(ctx.runDir, 'token');
     this.port = ctx.port;
     fs.writeFileSync(this.tokenFile, crypto.randomBytes(24).toString('hex') + '\n', { mode: 0o600 });
+    // A container cell: the destination's runc state, bundles and cgroups are its own (bench/workloads/container.ts).
+    const h = containerHosts(ctx.runDir);
+    const containers = ctx.workloadKind === 'container'
+      ? ['--runtime-root', h.runcDst, '--bundles', h.bundlesDst, '--cgroup-parent', h.cgDst] : [];
     const serve = spawnIn(ctx.dst, [...CLI, 'serve', '--listen', `${ctx.dst.addr}:${ctx.port}`, '--dir', dir,
-      '--token-file', this.tokenFile, '--store-dir', stores, ...this.encrypt], { stdio: ['ignore', 'ignore', 'pipe'], env: engineEnv(ctx) });
+      '--token-file', this.tokenFile, '--store-dir', stores, ...containers, ...this.encrypt], { stdio: ['ignore', 'ignore', 'pipe'], env: engineEnv(ctx) });
     this.serve = serve;
     serve.stderr!.on('data', (d) => { this.serveLog = (this.serveLog + d).slice(-4000); });
     // Ready when it says it listens (serve logs to stderr).
@@ -108,7 +115,8 @@ export class PhaulFastPeer implements Peer {
     const servePid = this.serve?.pid ?? -1;
     const serveCpu0 = cpuSeconds(servePid);
     const t0 = performance.now();
-    const r = await runCmd(inHost(ctx.src, [...CLI, 'migrate', '--pid', String(pid), '--to', `${ctx.dst.addr}:${this.port}`,
+    const what = ctx.container ? ['--container', ctx.container.id, '--runtime-root', containerHosts(ctx.container.cellDir).runcSrc] : ['--pid', String(pid)];
+    const r = await runCmd(inHost(ctx.src, [...CLI, 'migrate', ...what, '--to', `${ctx.dst.addr}:${this.port}`,
       '--token-file', this.tokenFile, '--mode', this.mode, '--json', ...this.encrypt]), { timeoutMs: 120_000 + ctx.memMiB * 100, env: engineEnv(ctx) });
     const wall = performance.now() - t0;
     const serveCpu = cpuSeconds(servePid) - serveCpu0;

@@ -1,5 +1,7 @@
 // What every migration strategy of the benchmark provides. One file per peer.
 import type { Host, TwoHosts } from '../../src/testing/hosts';
+import type { WorkloadSpec } from '../matrix';
+import type { BenchContainer } from '../workloads/container';
 
 export interface PeerContext {
   link: TwoHosts;
@@ -13,6 +15,10 @@ export interface PeerContext {
   port: number;
   criu: string;
   memMiB: number;
+  /** What the cell moves: a container's strategies need its id and its hosts' runtime state. */
+  workloadKind: WorkloadSpec['kind'];
+  /** The run's container (set once the workload has started; container workloads only). */
+  container?: BenchContainer;
   log(msg: string): void;
 }
 

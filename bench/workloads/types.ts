@@ -2,6 +2,7 @@
 // starts, checked on the destination afterwards.
 import type { TwoHosts, Host } from '../../src/testing/hosts';
 import type { WorkloadSpec } from '../matrix';
+import type { BenchContainer } from './container';
 
 export interface Verdict {
   ok: boolean;
@@ -13,6 +14,8 @@ export interface Verdict {
 export interface BenchWorkload {
   /** The process to migrate, as the source host sees it. */
   readonly pid: number;
+  /** A container workload: the container the strategies move. */
+  readonly container?: BenchContainer;
   /** Right before the migration: reset the pause measurement / end the client's session. */
   beforeMigration(): Promise<void>;
   /** As soon as the workload runs at the destination. */

@@ -120,7 +120,7 @@ export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
   };
 }
 
-/** A pre-copy data connection: page batches, JS-read over TLS, spliced into the sink's files over plain TCP. */
+/** A pre-copy data connection: page batches, JS-read over TLS, read natively into the sink's files over plain TCP. */
 export interface BatchStream {
   attach(sink: BatchSink, onError: (e: PhaulError) => void): BatchStreamHandle;
   close(): void;

@@ -30,7 +30,7 @@ import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCr
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, treePids, waitGone } from './process-tree';
 import { BatchStream, DataChannel, openBatchStream, openDataChannelServer } from './data-channel';
-import { ContainerServeOptions, ContainerTarget } from '../container/target';
+import { ContainerServeOptions, prepareContainerTarget, type RuntimeTarget } from '../container/target';
 import { criuBinary } from '../criu/binary';
 import { StateMachine, type StateChange } from './state-machine';
 import {
@@ -95,7 +95,7 @@ class DestSession {
   private progress?: () => void;
   restoredPid = 0;
   /** A container migration: its bundle here and the runtime that will own it. */
-  container?: ContainerTarget;
+  container?: RuntimeTarget;
   private reservation?: Reservation;
   /** How long a restored copy waits for `commit` before it is discarded. */
   private commitWaitMs = 60_000;
@@ -150,7 +150,7 @@ class DestSession {
       return;
     }
     // Pre-copy: page batches, checked as they come; over plain TCP a raw
-    // batch's payload is spliced natively from the socket into the store's files.
+    // batch's payload goes natively from the socket into the store's files.
     const store = this.store;
     const stream = openBatchStream(conn);
     this.streams.push(stream);
@@ -229,7 +229,7 @@ class DestSession {
       // lands in the pause: CRIU for the restore, and a hybrid restore's
       // lazy-pages server (a Node process: ~0.2-1 s to start on a loaded host).
       if (prep.container !== undefined) {
-        this.container = await ContainerTarget.prepare(prep.container, agent.opts.containers ?? {});
+        this.container = await prepareContainerTarget(prep.container, agent.opts.containers ?? {});
         this.log(`container ${this.container.desc.id} goes to bundle ${this.container.bundle}`);
       }
       // (A container's restore is runc's, which runs its own CRIU.)
@@ -433,6 +433,7 @@ class DestSession {
 
     // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
     await this.receive(this.commitWaitMs);
+    await this.container?.opening?.().catch((e) => this.log(`the container's network stays locked: ${asPhaulError(e).message}`));
     signalAll(treePids(this.restoredPid), 'SIGCONT');
     forgetStoppedCopy(this.dir);
     this.sm.to('running');

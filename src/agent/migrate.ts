@@ -18,7 +18,7 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import { type ClientTls, connectTls } from '../protocol/secure-channel';
 import { FrameConn } from '../protocol/frames';
-import type { MessageOf, Restored, Stats } from '../protocol/messages';
+import type { ContainerName, MessageOf, Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
 import { autoMode, incompatibility, isMode, localCapabilities, MODES, pageServerHeaderSize, type Mode } from './capabilities';
 import { batchSocket, openDataChannelClient, SourceDataChannel } from './data-channel';
@@ -35,6 +35,7 @@ import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
 import { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
 import { containerDumpArgs } from '../container/dump-options';
+import { releaseCriuNetworkLock } from '../criu/network-unlock';
 import { PostcopyLayout } from '../postcopy/layout';
 import { ControlPump, PostcopyPusher } from '../postcopy/source';
 
@@ -123,7 +124,7 @@ export interface MigrationReport {
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
   /** A container: as the destination's runtime knows it now. */
-  container?: { id: string; runtime: string; bundle: string };
+  container?: ContainerName;
 }
 
 export interface FailureReport {
@@ -162,7 +163,7 @@ export class Migration extends EventEmitter {
   private pid = 0;
   private container?: ContainerSource;
   /** The destination's name for the moved container (from `restored`). */
-  private containerAtDest?: { id: string; runtime: string; bundle: string };
+  private containerAtDest?: ContainerName;
   private criuDumpCpu?: DumpCpu;
 
   /** Why abort() ended the migration, if it did. */
@@ -238,6 +239,7 @@ export class Migration extends EventEmitter {
     if (o.container) {
       this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
       this.pid = this.container.pid;
+      if (requested === 'hybrid' && !this.container.lazyRestore) throw new MigrationError(new PhaulError('usage', `${this.container.runtime} cannot restore a container lazily: use --mode precopy or stop-copy`), false);
     } else {
       this.pid = o.pid ?? 0;
     }
@@ -267,6 +269,8 @@ export class Migration extends EventEmitter {
       st.conn.send({ t: 'caps', caps: ours, mode: requested });
       const theirs = (await st.conn.expect('caps')).caps;
       if (requested === 'auto') mode = autoMode(ours, theirs);
+      // A runtime without a lazy restore gets the next best.
+      if (requested === 'auto' && mode === 'hybrid' && this.container && !this.container.lazyRestore) mode = 'precopy';
       const why = incompatibility(ours, theirs, mode);
       if (why) throw new PhaulError('incompatible', why);
 
@@ -303,6 +307,7 @@ export class Migration extends EventEmitter {
       sm.to('committed');
       const runningAt = Date.now();
       this.phase('commit');
+      const unrouted = await this.container?.routeToDestination(o.to.host);
       // CRIU first lets go of the tree (it still holds it under ptrace), then we end it.
       await st.criuDone?.catch((e) => this.emit('log', `criu after the commit: ${asPhaulError(e).message}`));
       let filled = {};
@@ -334,10 +339,13 @@ export class Migration extends EventEmitter {
       if (this.containerAtDest) report.container = this.containerAtDest;
       if (this.criuDumpCpu) report.criuDumpCpu = this.criuDumpCpu;
       Object.assign(report, filled);
-      if (forgot) report.warning = report.warning ? `${report.warning}; ${forgot}` : forgot;
+      for (const w of [unrouted, forgot]) if (w) report.warning = report.warning ? `${report.warning}; ${w}` : w;
       return report;
     } catch (err) {
-      throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : asPhaulError(err));
+      let e = asPhaulError(err);
+      // A data connection reset is often the destination ending the session: its own reason says more.
+      if (e.code === 'network' && !this.abortReason && !this.commitSent && st.conn) e = (await st.conn.peerReason(1000)) ?? e;
+      throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : e);
     } finally {
       clearTimeout(this.freezeTimer);
       this.cut = undefined;
@@ -365,6 +373,13 @@ export class Migration extends EventEmitter {
     // The throttle first: in a stopped window of its duty cycle the tree would
     // otherwise look (and be reported) as not resumed.
     st.throttle?.release();
+    // CRIU keeps its network lock (an nftables table, its TCP sockets in repair
+    // mode) once a dump has succeeded, and a lazy dump resumes the tree as it
+    // ends: a read from a socket still in repair mode fails (EPERM). So a tree
+    // with a network lock stays stopped until we have lifted it.
+    const netLock = recovery !== 'none' && !!(this.container || this.opts.tcpEstablished);
+    const held = netLock && st.dump ? treePids(this.pid) : [];
+    signalAll(held, 'SIGSTOP');
     await st.dump?.rollback();
     // Stop-copy: CRIU resumes the tree when its dump fails; let it finish first.
     if (st.criuRun && (await within(st.criuRun.catch(() => undefined), 30_000)) === 'late')
@@ -380,12 +395,15 @@ export class Migration extends EventEmitter {
         `(pid ${this.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
       return new MigrationError(new PhaulError('lost', msg), false);
     }
-    if (recovery === 'resume') {
-      // CRIU finished and left the original stopped; the destination never got the commit.
-      // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
-      await st.criuDone?.catch(() => undefined);
-      signalAll(treePids(this.pid), 'SIGCONT');
+    // CRIU finished and left the original stopped; the destination never got the commit.
+    // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
+    if (recovery === 'resume') await st.criuDone?.catch(() => undefined);
+    if (netLock) {
+      const did = await releaseCriuNetworkLock(treePids(this.pid), this.container?.netnsPath).catch((x) => asPhaulError(x).message);
+      this.emit('log', `network lock: ${did}`);
     }
+    if (recovery === 'resume') signalAll(treePids(this.pid), 'SIGCONT');
+    signalAll(held, 'SIGCONT');
     const resumed = recovery !== 'none' && isAlive(this.pid) && procState(this.pid) !== 'T';
     if (!sm.terminal) sm.to(resumed ? 'rolled-back' : 'failed');
     return new MigrationError(e, resumed);
@@ -411,7 +429,8 @@ export class Migration extends EventEmitter {
   private criuFlags() {
     const o = this.opts;
     return {
-      tcpEstablished: !!o.tcpEstablished, extUnixSk: !!o.extUnixSk, shellJob: !!o.shellJob,
+      // A container plugged into the host keeps its connections (src/container/network.ts).
+      tcpEstablished: !!o.tcpEstablished || !!this.container?.network, extUnixSk: !!o.extUnixSk, shellJob: !!o.shellJob,
       fileLocks: !!o.fileLocks, linkRemap: !!o.linkRemap,
     };
   }
@@ -706,7 +725,7 @@ export class Migration extends EventEmitter {
     this.emit('log', `bundle: last delta ${r.files} files, ${(r.bytes / 2 ** 20).toFixed(1)} MiB while frozen`);
   }
 
-  private noteContainer(c: { id: string; runtime: string; bundle: string } | undefined): void {
+  private noteContainer(c: ContainerName | undefined): void {
     if (this.container && c) this.containerAtDest = c;
   }
 

@@ -4,6 +4,7 @@
 //
 // Pre-copy and hybrid, in order:
 //   connect, handshake          reaching the destination, data connections
+//   bundle                      a container: the first round of its bundle's files (it runs)
 //   precopy                     the rounds, the workload running
 //   criu-freeze                 CRIU (started before the rounds, held at its log FIFO: criu/gate.ts)
 //                               sets up and freezes the tree; the workload still runs
@@ -31,4 +32,4 @@
 export const DESTINATION_PHASES = ['store-flush', 'compose', 'lazy-pages', 'criu-restore'] as const;
 
 /** Phases that are no part of the pause (everything else of a report is). */
-export const OUTSIDE_PAUSE = ['connect', 'handshake', 'precopy', 'criu-freeze', 'criu-start', 'fill'] as const;
+export const OUTSIDE_PAUSE = ['connect', 'bundle', 'handshake', 'precopy', 'criu-freeze', 'criu-start', 'fill'] as const;

@@ -1,7 +1,8 @@
 // The CRIU dump options runc itself uses for a container (runc 1.1's
 // `runc checkpoint`), so that the destination's `runc restore` accepts the
 // images as its own: the container's root, its bind mounts, masked paths and
-// devices as external mounts, an external network namespace when it joined
+// devices as external mounts (masked directories too, unlike runc: see
+// tmpfsMounts' caller), an external network namespace when it joined
 // one, cgroups managed by CRIU, the container's freezer, and the stdio file
 // list runc reads back on restore (descriptors.json).
 import * as fs from 'node:fs';
@@ -38,6 +39,23 @@ function cgroupV1Mounts(): string[] {
   return out;
 }
 
+/** The external-mount key of a masked directory: the destination maps it to an empty directory (target.ts). */
+export const MASKED_DIR_KEY = 'phaul-fast-masked-dir';
+
+/** The container's tmpfs mounts, mountpoint (as the container sees it) -> 'ro' or 'rw'. */
+function tmpfsMounts(pid: number): Map<string, 'ro' | 'rw'> {
+  const out = new Map<string, 'ro' | 'rw'>();
+  let text = '';
+  try { text = fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8'); } catch { return out; }
+  for (const line of text.split('\n')) {
+    const [pre, post] = line.split(' - ');
+    if (!post || post.split(' ')[0] !== 'tmpfs') continue;
+    const f = pre.split(' ');
+    out.set(f[4].replace(/\\040/g, ' '), f[5].split(',').includes('ro') ? 'ro' : 'rw');
+  }
+  return out;
+}
+
 /** The container's freezer cgroup directory (cgroup v1 freezer, else its v2 cgroup). */
 export function freezerOf(pid: number): string | undefined {
   let lines: string[];
@@ -64,10 +82,15 @@ export function containerDumpOptions(cfg: OciConfig, rootfs: string, pid: number
       for (const h of cgroupV1Mounts()) mnt(inContainer(path.posix.join(m.destination, path.basename(h))), inContainer(path.posix.join(m.destination, path.basename(h))));
     }
   }
+  const tmpfs = tmpfsMounts(pid);
   for (const p of maskedPathsOf(cfg)) {
-    // runc masks files with /dev/null and directories with a tmpfs CRIU dumps itself.
+    // runc masks files with /dev/null and directories with an empty read-only
+    // tmpfs. CRIU would archive each such tmpfs with tar and unpack it on
+    // restore (two processes each way, inside the pause): an empty one is an
+    // external mount instead, which the restore binds from an empty directory.
     try {
       if (!fs.statSync(`/proc/${pid}/root${inContainer(p)}`).isDirectory()) mnt(inContainer(p), '/dev/null');
+      else if (tmpfs.get(inContainer(p)) === 'ro') mnt(inContainer(p), MASKED_DIR_KEY);
     } catch { /* not in this container */ }
   }
   for (const d of devicePathsOf(cfg)) mnt(inContainer(d), inContainer(d));

@@ -3,9 +3,8 @@
 // destination restores into it (`runc restore`), so that its runc owns the
 // restored container exactly as one it checkpointed and restored itself.
 import { execFile } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { PhaulError } from '../errors';
+import { which } from '../util/which';
 
 /** A container id runc accepts (libcontainer's rule), and nothing that could be a path. */
 export const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_+.-]{0,127}$/;
@@ -26,9 +25,9 @@ export interface CmdResult {
 }
 
 /** Runs a command without a shell; never rejects (a missing binary is code 127). */
-export function execCmd(argv: string[], timeoutMs = 60_000): Promise<CmdResult> {
+export function execCmd(argv: string[], timeoutMs = 60_000, env?: NodeJS.ProcessEnv): Promise<CmdResult> {
   return new Promise((resolve) => {
-    execFile(argv[0], argv.slice(1), { timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+    execFile(argv[0], argv.slice(1), { timeout: timeoutMs, maxBuffer: 16 << 20, env }, (err, stdout, stderr) => {
       const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
       const code = !e ? 0 : typeof e.code === 'number' ? e.code : e.code === 'ENOENT' ? 127 : 1;
       resolve({ code, stdout: String(stdout), stderr: String(stderr) || (e && !stderr ? e.message : '') });
@@ -44,14 +43,7 @@ export function runcMessage(stderr: string): string {
 }
 
 export function findRunc(): string | undefined {
-  for (const dir of (process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
-    const p = path.join(dir || '.', 'runc');
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch { /* next */ }
-  }
-  return undefined;
+  return which('runc');
 }
 
 export class Runc {

@@ -1,28 +1,43 @@
 // The source side of a container migration: which tree to dump and how (as
 // runc would), the bundle's files in rounds while the container runs and a
-// last delta while it is frozen, and runc's record of the container deleted
-// once the destination runs it.
+// last delta while it is frozen, and the runtime's record of the container
+// deleted once the destination runs it. runc and podman differ only in how the
+// container is found and forgotten (podman: src/container/podman-source.ts).
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import type { FrameConn } from '../protocol/frames';
 import { containerDumpOptions, ContainerDumpOptions, writeDescriptors } from './dump-options';
-import { hasTerminal, isBindMount, mountsOf, OciConfig, readOciConfig, rootfsOf } from './oci';
-import { CONTAINER_ID, Runc } from './runc';
+import { ContainerNetwork, hostPrefixes, namedNetns, netnsInode, readNetwork } from './network';
+import { hasTerminal, isBindMount, mountsOf, namespacePath, OciConfig, readOciConfig, rootfsOf } from './oci';
+import { CONTAINER_ID, execCmd, Runc } from './runc';
+import { findPodmanContainer } from './podman-source';
 import { SyncTree, TreeSender } from './tree-sync';
 
-export type Runtime = 'runc';
-export const RUNTIMES: readonly Runtime[] = ['runc'];
+export type Runtime = 'runc' | 'podman';
+export const RUNTIMES: readonly Runtime[] = ['runc', 'podman'];
 
 export interface ContainerSpec {
   id: string;
   runtime?: Runtime;
-  /** The runtime's state directory (runc --root); default the runtime's. */
+  /** The runtime's state directory (runc --root; podman: src/container/podman.ts); default the runtime's. */
   runtimeRoot?: string;
   /** Both hosts see the container's rootfs at the same path: it is not copied. */
   sharedFs?: boolean;
   /** Host paths both hosts share: volumes under them are not copied. */
   sharedPaths?: string[];
+}
+
+/** What podman's restore needs besides CRIU's images and the writable layer. */
+export interface PodmanDescriptor {
+  /** podman's record of the container (libpod's ContainerConfig), as text: config.dump of a checkpoint archive. */
+  configDump: string;
+  /** The image the container runs on: the destination must have it (its layers are never moved). */
+  imageId: string;
+  imageName: string;
+  /** podman's full id (the descriptor's id is the name or id the user gave). */
+  fullId: string;
 }
 
 /** What the destination learns in `prepare` (checked there: it comes from the network). */
@@ -38,6 +53,32 @@ export interface ContainerDescriptor {
   sharedFs: boolean;
   /** Bind mounts whose source moves with the container: index in config.mounts, and file or directory. */
   volumes: { mount: number; kind: 'd' | 'f' }[];
+  /** podman only: the 'rootfs' tree is the writable layer, and podman's record of the container. */
+  podman?: PodmanDescriptor;
+  /**
+   * runc, when config.json names the container's network namespace by path
+   * (it is external to CRIU): the destination makes a namespace of its own,
+   * plugged in as `network` says (absent: lo only).
+   */
+  netns?: { network?: ContainerNetwork };
+}
+
+/** A running container as its runtime describes it. */
+export interface FoundContainer {
+  pid: number;
+  /** The OCI bundle its runtime ran (config.json). */
+  bundle: string;
+  config: OciConfig;
+  configText: string;
+  /** The root CRIU dumps (the container's / as the host sees it). */
+  rootfs: string;
+  /** What the 'rootfs' tree copies: the rootfs, or podman's writable layer only. */
+  rootTree: string;
+  /** Bind mounts whose source podman provides itself (never volumes). */
+  runtimeOwned?: (source: string) => boolean;
+  podman?: PodmanDescriptor;
+  /** After the destination runs it: the runtime forgets the (killed) original; a warning if it would not. */
+  forget(): Promise<string | undefined>;
 }
 
 /** Paths the kernel or the runtime provides, never copied as volumes. */
@@ -48,23 +89,50 @@ function under(p: string, dir: string): boolean {
   return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
 
+/** runc's record of a running container. */
+async function findRuncContainer(spec: ContainerSpec): Promise<FoundContainer> {
+  const runc = new Runc(spec.runtimeRoot);
+  const st = await runc.state(spec.id);
+  if (!st) throw new PhaulError('notFound', `no container ${spec.id} in runc's state directory ${runc.root}`);
+  if (st.status !== 'running' || st.pid <= 1) throw new PhaulError('usage', `container ${spec.id} is ${st.status || 'not running'}; only a running container can move`);
+  const config = readOciConfig(st.bundle);
+  const rootfs = rootfsOf(config, st.bundle);
+  return {
+    pid: st.pid, bundle: st.bundle, config, configText: fs.readFileSync(path.join(st.bundle, 'config.json'), 'utf8'), rootfs, rootTree: rootfs,
+    async forget() {
+      const gone = await runc.destroy(spec.id);
+      return gone ? undefined : `runc --root ${runc.root} delete --force ${spec.id} failed; delete it by hand`;
+    },
+  };
+}
+
 export class ContainerSource {
   private readonly sender: TreeSender;
 
   private constructor(
     readonly spec: ContainerSpec,
-    readonly runc: Runc,
-    readonly pid: number,
-    readonly bundle: string,
-    readonly config: OciConfig,
-    readonly configText: string,
-    readonly rootfs: string,
+    private readonly found: FoundContainer,
     readonly volumes: ContainerDescriptor['volumes'],
+    /** config.json's network namespace path, and how it is plugged in here. */
+    readonly netns?: { path: string; network?: ContainerNetwork },
   ) {
     const trees: SyncTree[] = [];
-    if (!spec.sharedFs) trees.push({ name: 'rootfs', src: rootfs });
-    for (const v of volumes) trees.push({ name: `volume-${v.mount}`, src: mountsOf(config)[v.mount].source! });
+    if (!spec.sharedFs) trees.push({ name: 'rootfs', src: found.rootTree });
+    for (const v of volumes) trees.push({ name: `volume-${v.mount}`, src: mountsOf(found.config)[v.mount].source! });
     this.sender = new TreeSender(trees);
+  }
+
+  get pid(): number {
+    return this.found.pid;
+  }
+
+  get runtime(): Runtime {
+    return this.spec.runtime ?? 'runc';
+  }
+
+  /** Can its runtime restore it lazily (hybrid)? podman 4.3 cannot. */
+  get lazyRestore(): boolean {
+    return this.runtime !== 'podman';
   }
 
   /** Finds a running container and refuses what cannot move. */
@@ -72,33 +140,57 @@ export class ContainerSource {
     const runtime = spec.runtime ?? 'runc';
     if (!RUNTIMES.includes(runtime)) throw new PhaulError('usage', `runtime ${runtime} is not supported (have: ${RUNTIMES.join(', ')})`);
     if (!CONTAINER_ID.test(spec.id)) throw new PhaulError('usage', `'${spec.id.slice(0, 80)}' is not a container id`);
-    const runc = new Runc(spec.runtimeRoot);
-    const st = await runc.state(spec.id);
-    if (!st) throw new PhaulError('notFound', `no container ${spec.id} in runc's state directory ${runc.root}`);
-    if (st.status !== 'running' || st.pid <= 1) throw new PhaulError('usage', `container ${spec.id} is ${st.status || 'not running'}; only a running container can move`);
-    const config = readOciConfig(st.bundle);
-    const configText = fs.readFileSync(path.join(st.bundle, 'config.json'), 'utf8');
+    const found = runtime === 'podman' ? await findPodmanContainer(spec) : await findRuncContainer(spec);
+    const { config } = found;
     if (hasTerminal(config)) throw new PhaulError('usage', `container ${spec.id} has a terminal (process.terminal): its console cannot move with it`);
-    const rootfs = rootfsOf(config, st.bundle);
     const shared = (spec.sharedPaths ?? []).map((p) => path.resolve(p));
     const volumes: ContainerDescriptor['volumes'] = [];
     mountsOf(config).forEach((m, i) => {
       if (!isBindMount(m) || !m.source || !path.isAbsolute(m.source)) return;
       if (HOST_PROVIDED.some((d) => under(m.source!, d)) || shared.some((d) => under(m.source!, d))) return;
+      if (found.runtimeOwned?.(m.source)) return;
       const s = fs.statSync(m.source, { throwIfNoEntry: false });
       if (!s || !(s.isDirectory() || s.isFile())) return;
+      // podman's restore mounts a volume from where its record says (not from a copy of ours).
+      if (runtime === 'podman') throw new PhaulError('usage', `container ${spec.id} bind-mounts ${m.source}: podman containers move only with volumes both hosts share (--shared-path)`);
       volumes.push({ mount: i, kind: s.isDirectory() ? 'd' : 'f' });
     });
-    return new ContainerSource({ ...spec, runtime }, runc, st.pid, st.bundle, config, configText, rootfs, volumes);
+    // (podman plugs its containers in itself, at both ends.)
+    const netns = runtime === 'runc' ? await ContainerSource.readNetns(config, found.pid) : undefined;
+    return new ContainerSource({ ...spec, runtime }, found, volumes, netns);
+  }
+
+  /** The container's network, when config.json names its namespace; a namespace of runc's own must hold only lo. */
+  private static async readNetns(config: OciConfig, pid: number): Promise<{ path: string; network?: ContainerNetwork } | undefined> {
+    const nsPath = namespacePath(config, 'network');
+    if (nsPath) return { path: nsPath, network: await readNetwork(nsPath) };
+    const own = `/proc/${pid}/ns/net`;
+    if (netnsInode(own) === netnsInode('/proc/self/ns/net')) return undefined;
+    if (await readNetwork(own).catch(() => 'plugged')) {
+      throw new PhaulError('usage', 'the container\'s network namespace is plugged in but config.json does not name it ' +
+        '(linux.namespaces network path): only a named namespace can be rebuilt at the destination');
+    }
+    return undefined;
+  }
+
+  get network(): ContainerNetwork | undefined {
+    return this.netns?.network;
+  }
+
+  /** The container's network namespace (config.json's, else its own). */
+  get netnsPath(): string {
+    return this.netns?.path ?? `/proc/${this.pid}/ns/net`;
   }
 
   describe(): ContainerDescriptor {
-    return { id: this.spec.id, runtime: this.spec.runtime ?? 'runc', config: this.configText, bundle: this.bundle,
-      rootfs: this.rootfs, sharedFs: !!this.spec.sharedFs, volumes: this.volumes };
+    const f = this.found;
+    return { id: this.spec.id, runtime: this.spec.runtime ?? 'runc', config: f.configText, bundle: f.bundle,
+      rootfs: f.rootfs, sharedFs: !!this.spec.sharedFs, volumes: this.volumes, ...(f.podman ? { podman: f.podman } : {}),
+      ...(this.netns ? { netns: this.netns.network ? { network: this.netns.network } : {} } : {}) };
   }
 
   dumpOptions(): ContainerDumpOptions {
-    return containerDumpOptions(this.config, this.rootfs, this.pid);
+    return containerDumpOptions(this.found.config, this.found.rootfs, this.pid);
   }
 
   /** A round of the bundle's files while the container runs. */
@@ -116,9 +208,39 @@ export class ContainerSource {
     return this.sender.bytes;
   }
 
-  /** After the destination runs it: runc forgets the (killed) original. */
+  /**
+   * Once the destination runs it: traffic for the container's addresses that
+   * still reaches this host goes on to the destination (`via`, when it is on a
+   * link of this host). Returns a warning when it cannot.
+   */
+  async routeToDestination(via: string): Promise<string | undefined> {
+    if (!this.network) return undefined;
+    const fam = net.isIP(via);
+    const r = fam ? await execCmd(['ip', '-j', 'route', 'get', via], 10_000) : undefined;
+    let onLink = false;
+    try {
+      const [route] = JSON.parse(r?.stdout ?? '[]') as { gateway?: string; dev?: string }[];
+      onLink = !!route && !route.gateway && route.dev !== 'lo';
+    } catch { /* not on a link */ }
+    const prefixes = hostPrefixes(this.network).filter((p) => (p.family === 'inet' ? 4 : 6) === fam);
+    if (!onLink || prefixes.length === 0) return `the container's addresses still route to this host: ${via} is not on one of its links`;
+    for (const p of prefixes) {
+      const res = await execCmd(['ip', p.family === 'inet' ? '-4' : '-6', 'route', 'replace', p.prefix, 'via', via], 10_000);
+      if (res.code !== 0) return `ip route replace ${p.prefix} via ${via}: ${res.stderr.trim()}`;
+    }
+    return undefined;
+  }
+
+  /** After the destination runs it: the runtime forgets the (killed) original, and its named network namespace goes. */
   async forget(): Promise<string | undefined> {
-    const gone = await this.runc.destroy(this.spec.id);
-    return gone ? undefined : `runc --root ${this.runc.root} delete --force ${this.spec.id} failed; delete it by hand`;
+    const warnings: string[] = [];
+    const w = await this.found.forget();
+    if (w) warnings.push(w);
+    const name = this.netns ? namedNetns(this.netns.path) : undefined;
+    if (name) {
+      const r = await execCmd(['ip', 'netns', 'del', name], 10_000);
+      if (r.code !== 0) warnings.push(`ip netns del ${name} failed: ${r.stderr.trim()}`);
+    } else if (this.netns) warnings.push(`the container's network namespace ${this.netns.path} is not a named one (ip netns): left in place`);
+    return warnings.length ? warnings.join('; ') : undefined;
   }
 }

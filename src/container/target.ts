@@ -9,11 +9,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
+import { criuFlagArgs } from '../criu/cli-flags';
 import { criuLogTail } from '../criu/rpc';
 import type { CriuFlags, TreeData, TreeEntries } from '../protocol/messages';
+import { MASKED_DIR_KEY } from './dump-options';
+import { NetworkPlumbing } from './net-plumbing';
+import { checkNetwork } from './network';
 import { mountsOf, OciConfig, parseOciConfig } from './oci';
 import { CONTAINER_ID, Runc } from './runc';
 import type { ContainerDescriptor } from './source';
+import { PodmanTarget } from './podman-target';
 import { TreeReceiver } from './tree-sync';
 
 export interface ContainerServeOptions {
@@ -23,22 +28,86 @@ export interface ContainerServeOptions {
   bundles?: string;
   /** cgroup parent for moved containers (their cgroupsPath becomes PARENT/ID); default: the source's cgroupsPath. */
   cgroupParent?: string;
+  /** podman's state directory here (src/container/podman.ts; default podman's own). */
+  podmanRoot?: string;
+}
+
+/** What the destination agent needs of a container's runtime, whichever it is. */
+export interface RuntimeTarget {
+  readonly desc: ContainerDescriptor;
+  /** Where this host keeps the container's files. */
+  readonly bundle: string;
+  handle(m: TreeEntries | TreeData): void;
+  /** Restores the tree stopped; resolves with the restored init's pid. */
+  restore(o: RestoreOptions): Promise<number>;
+  /** At the commit, before the tree resumes (runc: the lock on the network namespace made here goes). */
+  opening?(): Promise<void>;
+  committed(): void;
+  rollback(): Promise<void>;
+  report(): { id: string; runtime: string; bundle: string; netns?: string };
+}
+
+export interface RestoreOptions {
+  imagesDir: string;
+  criu: string;
+  criuFlags: CriuFlags;
+  lazy: boolean;
+  timeoutMs: number;
+}
+
+/** Checks a descriptor from the network and prepares its runtime's side. */
+export async function prepareContainerTarget(raw: unknown, opts: ContainerServeOptions): Promise<RuntimeTarget> {
+  const desc = parseDescriptor(raw);
+  return desc.runtime === 'podman' ? PodmanTarget.prepare(desc, opts) : ContainerTarget.prepare(desc, opts);
+}
+
+/** An empty, read-only directory in `dir` for the container's masked directories. */
+export function maskedDir(dir: string): string {
+  const d = path.join(dir, 'masked');
+  fs.mkdirSync(d, { recursive: true, mode: 0o555 });
+  return d;
+}
+
+/** The host's CRIU settings for runc, which our per-container configuration replaces. */
+export function baseCriuConf(): string {
+  try { return fs.readFileSync(RUNC_CRIU_CONF, 'utf8'); } catch { return ''; }
+}
+
+/**
+ * The CRIU configuration runc's CRIU reads for a moved container (its
+ * `org.criu.config` annotation): the host's, the nftables network lock when
+ * the host names none (runc's CRIU would use iptables), the migration's flags,
+ * the empty directory masked directories are bound from (dump-options.ts), and
+ * leave-stopped, so that the restored tree waits for the commit.
+ */
+export function restoreCriuConf(flags: CriuFlags, maskedDir: string): string {
+  const base = baseCriuConf();
+  const lines = [base, `external mnt[${MASKED_DIR_KEY}]:${maskedDir}`];
+  // A configuration file says `option value` where the command line says `--option value`.
+  for (const a of criuFlagArgs(flags)) {
+    if (a.startsWith('--')) lines.push(a.slice(2));
+    else lines[lines.length - 1] += ` ${a}`;
+  }
+  if (!lines.some((l) => /^\s*network-lock\b/m.test(l))) lines.push('network-lock nftables');
+  lines.push('leave-stopped');
+  return `${lines.join('\n')}\n`;
 }
 
 /** The file runc's CRIU reads for this container (its `org.criu.config` annotation), in the bundle. */
-const CRIU_CONF = 'phaul-fast.criu.conf';
+export const CRIU_CONF = 'phaul-fast.criu.conf';
 const RUNC_CRIU_CONF = '/etc/criu/runc.conf';
 
-function parseDescriptor(raw: unknown): ContainerDescriptor {
+export function parseDescriptor(raw: unknown): ContainerDescriptor {
   const d = raw as Record<string, unknown>;
-  const s = (k: string, max = 4096) => {
-    if (typeof d?.[k] !== 'string' || (d[k] as string).length > max) throw new PhaulError('protocol', `bad container '${k}'`);
-    return d[k] as string;
+  const s = (k: string, max = 4096, from: Record<string, unknown> | undefined = d) => {
+    if (typeof from?.[k] !== 'string' || (from[k] as string).length > max) throw new PhaulError('protocol', `bad container '${k}'`);
+    return from[k] as string;
   };
   if (!d || typeof d !== 'object') throw new PhaulError('protocol', 'bad container descriptor');
   const id = s('id', 128);
   if (!CONTAINER_ID.test(id)) throw new PhaulError('protocol', 'bad container id');
-  if (d.runtime !== 'runc') throw new PhaulError('incompatible', `container runtime '${String(d.runtime).slice(0, 20)}' is not supported here`);
+  const runtime = d.runtime;
+  if (runtime !== 'runc' && runtime !== 'podman') throw new PhaulError('incompatible', `container runtime '${String(runtime).slice(0, 20)}' is not supported here`);
   const vols = Array.isArray(d.volumes) ? d.volumes : [];
   if (vols.length > 256) throw new PhaulError('protocol', 'too many volumes');
   const volumes = vols.map((raw: unknown) => {
@@ -46,11 +115,26 @@ function parseDescriptor(raw: unknown): ContainerDescriptor {
     if (!v || typeof v.mount !== 'number' || !Number.isInteger(v.mount) || v.mount < 0 || v.mount > 4096 || (v.kind !== 'd' && v.kind !== 'f')) throw new PhaulError('protocol', 'bad volume');
     return { mount: v.mount, kind: v.kind as 'd' | 'f' };
   });
-  return { id, runtime: 'runc', config: s('config', 4 << 20), bundle: s('bundle'), rootfs: s('rootfs'), sharedFs: d.sharedFs === true, volumes };
+  const desc: ContainerDescriptor = { id, runtime, config: s('config', 4 << 20), bundle: s('bundle'), rootfs: s('rootfs'), sharedFs: d.sharedFs === true, volumes };
+  if (runtime === 'podman') {
+    const p = d.podman as Record<string, unknown> | undefined;
+    if (!p || typeof p !== 'object') throw new PhaulError('protocol', 'a podman container without podman\'s record');
+    const fullId = s('fullId', 64, p);
+    if (!/^[0-9a-f]{64}$/.test(fullId)) throw new PhaulError('protocol', 'bad podman container id');
+    const imageId = s('imageId', 64, p);
+    if (!/^[0-9a-f]{64}$/.test(imageId)) throw new PhaulError('protocol', 'bad podman image id');
+    desc.podman = { configDump: s('configDump', 4 << 20, p), imageId, imageName: s('imageName', 1024, p), fullId };
+  }
+  if (d.netns !== undefined) {
+    const n = d.netns as { network?: unknown } | null;
+    if (runtime !== 'runc' || !n || typeof n !== 'object') throw new PhaulError('protocol', 'bad container netns');
+    desc.netns = n.network === undefined ? {} : { network: checkNetwork(n.network) };
+  }
+  return desc;
 }
 
 /** Does any controller's cgroup at `cgPath` hold processes? */
-function cgroupInUse(cgPath: string): string | undefined {
+export function cgroupInUse(cgPath: string): string | undefined {
   const base = '/sys/fs/cgroup';
   let dirs: string[];
   try { dirs = fs.readdirSync(base); } catch { return undefined; }
@@ -62,11 +146,13 @@ function cgroupInUse(cgPath: string): string | undefined {
   return undefined;
 }
 
-export class ContainerTarget {
+export class ContainerTarget implements RuntimeTarget {
   readonly runc: Runc;
   private readonly receiver: TreeReceiver;
   private created = false;
   restoredPid = 0;
+  /** The network namespace made here, when the source's was named in config.json. */
+  readonly plumbing?: NetworkPlumbing;
 
   private constructor(readonly desc: ContainerDescriptor, readonly opts: ContainerServeOptions,
     readonly bundle: string, private readonly config: OciConfig) {
@@ -75,11 +161,11 @@ export class ContainerTarget {
     if (!desc.sharedFs) roots.set('rootfs', path.join(bundle, 'rootfs'));
     for (const v of desc.volumes) roots.set(`volume-${v.mount}`, path.join(bundle, 'volumes', String(v.mount)));
     this.receiver = new TreeReceiver(roots);
+    if (desc.netns) this.plumbing = new NetworkPlumbing(desc.netns.network, `phaul-${desc.id}`);
   }
 
-  /** Checks the descriptor and that nothing here collides with it, then creates the bundle directory. */
-  static async prepare(raw: unknown, opts: ContainerServeOptions): Promise<ContainerTarget> {
-    const desc = parseDescriptor(raw);
+  /** Checks that nothing here collides with the container, then creates the bundle directory. */
+  static async prepare(desc: ContainerDescriptor, opts: ContainerServeOptions): Promise<ContainerTarget> {
     const config = parseOciConfig(desc.config, 'the container\'s config.json');
     const mounts = mountsOf(config);
     for (const v of desc.volumes) if (!mounts[v.mount]) throw new PhaulError('protocol', 'volume names no mount');
@@ -91,12 +177,19 @@ export class ContainerTarget {
     const cg = t.cgroupsPath();
     const busy = cg ? cgroupInUse(cg) : undefined;
     if (busy) throw new PhaulError('failed', `the destination's cgroup ${busy} is in use (serve --cgroup-parent puts moved containers elsewhere)`);
+    t.plumbing?.check();
     fs.mkdirSync(path.dirname(bundle), { recursive: true });
     fs.mkdirSync(bundle, { mode: 0o711 });
     t.created = true;
     if (!desc.sharedFs) fs.mkdirSync(path.join(bundle, 'rootfs'), { mode: 0o755 });
     for (const v of desc.volumes) if (v.kind === 'd') fs.mkdirSync(path.join(bundle, 'volumes', String(v.mount)), { recursive: true });
     if (desc.volumes.some((v) => v.kind === 'f')) fs.mkdirSync(path.join(bundle, 'volumes'), { recursive: true });
+    try {
+      await t.plumbing?.plug();
+    } catch (e) {
+      await t.rollback();
+      throw e;
+    }
     return t;
   }
 
@@ -119,22 +212,18 @@ export class ContainerTarget {
     for (const v of this.desc.volumes) mounts[v.mount].source = path.join(this.bundle, 'volumes', String(v.mount));
     const cg = this.cgroupsPath();
     if (cg) c.linux = { ...(c.linux ?? {}), cgroupsPath: cg };
+    if (this.plumbing && Array.isArray(c.linux?.namespaces)) {
+      for (const ns of c.linux.namespaces) if (ns?.type === 'network') ns.path = this.plumbing.nsPath;
+    }
     c.annotations = { ...(c.annotations ?? {}), 'org.criu.config': path.join(this.bundle, CRIU_CONF) };
     fs.writeFileSync(path.join(this.bundle, 'config.json'), JSON.stringify(c, null, 2));
   }
 
-  /** The host's CRIU settings for runc, which the annotation replaces. */
-  private static baseCriuConf(): string {
-    try { return fs.readFileSync(RUNC_CRIU_CONF, 'utf8'); } catch { return ''; }
-  }
-
   /** runc restore, leaving the tree stopped; resolves with the restored init's pid. */
-  async restore(o: { imagesDir: string; criu: string; criuFlags: CriuFlags; lazy: boolean; timeoutMs: number }): Promise<number> {
+  async restore(o: RestoreOptions): Promise<number> {
     this.writeConfig();
-    const base = ContainerTarget.baseCriuConf();
-    // runc's CRIU would use iptables for the network lock by default, which this kind of host may lack.
-    const lock = /^\s*network-lock\b/m.test(base) ? '' : 'network-lock nftables\n';
-    fs.writeFileSync(path.join(this.bundle, CRIU_CONF), `${base}\n${lock}leave-stopped\n`);
+    // (The flags go on runc's command line too, which is where runc looks for them.)
+    fs.writeFileSync(path.join(this.bundle, CRIU_CONF), restoreCriuConf({}, maskedDir(this.bundle)));
     const flags: string[] = [];
     if (o.criuFlags.tcpEstablished) flags.push('--tcp-established');
     if (o.criuFlags.extUnixSk) flags.push('--ext-unix-sk');
@@ -156,10 +245,15 @@ export class ContainerTarget {
     return st.pid;
   }
 
+  /** At the commit, before the tree resumes: its sockets may talk. */
+  async opening(): Promise<void> {
+    await this.plumbing?.open();
+  }
+
   /** After the commit: later checkpoints of this container by runc use the host's settings again. */
   committed(): void {
     try {
-      fs.writeFileSync(path.join(this.bundle, CRIU_CONF), ContainerTarget.baseCriuConf());
+      fs.writeFileSync(path.join(this.bundle, CRIU_CONF), baseCriuConf());
     } catch { /* the container runs; this only matters to a later runc checkpoint */ }
   }
 
@@ -168,9 +262,10 @@ export class ContainerTarget {
     if (this.restoredPid || (await this.runc.state(this.desc.id))) await this.runc.destroy(this.desc.id);
     if (this.created) fs.rmSync(this.bundle, { recursive: true, force: true });
     this.created = false;
+    await this.plumbing?.unplug();
   }
 
-  report(): { id: string; runtime: string; bundle: string } {
-    return { id: this.desc.id, runtime: this.desc.runtime, bundle: this.bundle };
+  report(): { id: string; runtime: string; bundle: string; netns?: string } {
+    return { id: this.desc.id, runtime: this.desc.runtime, bundle: this.bundle, ...(this.plumbing ? { netns: this.plumbing.nsPath } : {}) };
   }
 }

@@ -29,9 +29,10 @@ export interface NativeBatchConn {
   /** The payload read() left on the connection, into buf. */
   readPayload(buf: Uint8Array, len: number): Promise<object>;
   /**
-   * The payload read() left on the connection, spliced into files (socket ->
-   * pipe -> file: no copy in user space): `plan` holds [fd, pos, len] triples
-   * in wire order that cover the payload exactly; fd -1 reads and drops.
+   * The payload read() left on the connection, into files: with a MAC key
+   * through a small reused buffer (MAC'd while cache-hot, then pwrite),
+   * without one spliced (socket -> pipe -> file). `plan` holds [fd, pos, len]
+   * triples in wire order that cover the payload exactly; fd -1 reads and drops.
    */
   receivePayload(plan: Float64Array): Promise<object>;
   /**

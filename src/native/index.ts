@@ -30,11 +30,13 @@ import type { PageReaderNative } from './page-reader';
 import type { PageServerNative } from './page-server';
 import type { ProbeNative } from './probe';
 import type { SpliceRelayNative } from './splice-relay';
+import type { TcpRepairNative } from './tcp-repair';
 
 export interface Addon
   extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative,
     LazyFillNative,
-    BatchIoNative {}
+    BatchIoNative,
+    TcpRepairNative {}
 
 /** Where the addon is: $PHAUL_FAST_ADDON (a prebuilt one), else the package's build/Release. */
 export function addonPath(): string {

@@ -33,6 +33,8 @@ export interface FillStats {
   /** Postcopy: faults that waited for their page to arrive; ranges asked for; bytes said present. */
   waitedFaults: number;
   needs: number;
+  /** Postcopy: of the ranges asked for, those before the restore finished (the tree still frozen). */
+  restoreNeeds: number;
   presentBytes: number;
   /** From a fault's message (the reader's wake-up) to its page in place, microseconds. */
   faultUs: { count: number; p50: number; p99: number; max: number };

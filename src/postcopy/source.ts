@@ -94,17 +94,19 @@ export class PostcopyPusher {
     this.requestCount++;
     this.requests.push({ ...m, pages: Math.min(m.pages, BATCH_PAGES) });
     this.cursor = Math.min(m.page + m.pages, this.layout.pages);
-    this.serving ??= this.serveRequests().finally(() => { this.serving = undefined; });
+    this.serving ??= this.serveRequests();
   }
 
+  /** Sends the queued requests in order; clears `serving` in the same turn as it finds the queue empty,
+   *  so that a request queued later starts it again (none waits for the push instead). */
   private async serveRequests(): Promise<void> {
-    for (let m = this.requests.shift(); m && !this.stopped; m = this.requests.shift()) {
-      try {
+    try {
+      for (let m = this.requests.shift(); m && !this.stopped; m = this.requests.shift())
         this.demandPages += await this.sendUntaken(this.demandLane, m.page, m.pages);
-      } catch (e) {
-        this.fail(asPhaulError(e, 'network'));
-        return;
-      }
+    } catch (e) {
+      this.fail(asPhaulError(e, 'network'));
+    } finally {
+      this.serving = undefined;
     }
   }
 

@@ -101,7 +101,7 @@ export interface PageRequest { t: 'page-request'; page: number; pages: number }
 export interface Restored { t: 'restored'; pid: number; restoreMs?: number; phases?: Stats; container?: ContainerName }
 
 /** A moved container as the destination's runtime knows it. */
-export interface ContainerName { id: string; runtime: string; bundle: string }
+export interface ContainerName { id: string; runtime: string; bundle: string; /** the network namespace made for it */ netns?: string }
 
 // ---- a container's bundle files, in rounds (src/container/tree-sync.ts checks each entry) ----
 
@@ -322,6 +322,7 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
     if (f.has('container')) {
       const c = new Fields(f.obj('container'), 'restored.container');
       m.container = { id: c.str('id', 128), runtime: c.str('runtime', 32), bundle: c.str('bundle', 4096) };
+      if (c.has('netns')) m.container.netns = c.str('netns', 4096);
     }
     return m;
   },

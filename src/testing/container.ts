@@ -51,17 +51,21 @@ export interface BundleOptions {
   pidsLimit?: number;
 }
 
-export async function makeBundle(o: BundleOptions): Promise<string> {
-  const rootfs = path.join(o.dir, 'rootfs');
+/** A registry-free rootfs: busybox-static and its applets, plus static workloads in /bin. */
+export async function makeRootfs(rootfs: string, workloads: string[] = []): Promise<void> {
   for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp', 'etc', 'data']) fs.mkdirSync(path.join(rootfs, d), { recursive: true });
   fs.copyFileSync(BUSYBOX, path.join(rootfs, 'bin', 'busybox'));
   fs.chmodSync(path.join(rootfs, 'bin', 'busybox'), 0o755);
   for (const a of APPLETS) fs.symlinkSync('busybox', path.join(rootfs, 'bin', a));
-  for (const w of o.workloads ?? []) {
+  for (const w of workloads) {
     const bin = await staticWorkload(w);
     fs.copyFileSync(bin, path.join(rootfs, 'bin', w));
     fs.chmodSync(path.join(rootfs, 'bin', w), 0o755);
   }
+}
+
+export async function makeBundle(o: BundleOptions): Promise<string> {
+  await makeRootfs(path.join(o.dir, 'rootfs'), o.workloads);
   const r = await runCmd([findRunc()!, 'spec', '--bundle', o.dir], { timeoutMs: 20_000 });
   if (r.code !== 0) throw new PhaulError('failed', `runc spec: ${r.stderr.trim()}`);
   const file = path.join(o.dir, 'config.json');

@@ -386,9 +386,9 @@ function nativeError(e: unknown): PhaulError {
  * attachBatchStream for a plain TCP data connection taken out of Node (its
  * descriptor owned by a native BatchConn, native/batch_io.cc). The header and
  * ranges come to JS and are checked here as on the JS path; the sink plans
- * where the pages go, and a raw batch's payload is then spliced from the
- * socket straight into the store's files on a libuv thread (no user-space
- * copy, no JS buffer). lz4 payloads are read into memory and decompressed.
+ * where the pages go, and a raw batch's payload then goes from the socket
+ * straight into the store's files on a libuv thread (receivePayload: no JS
+ * buffer, no JS per page). lz4 payloads are read into memory and decompressed.
  * Same contract as attachBatchStream: batches reach the sink in arrival
  * order, at most `window` at once; the first failure is reported once;
  * `done` resolves when the peer ended at a batch boundary.

@@ -6,14 +6,16 @@ import { readToken } from '../../protocol/auth';
 import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
 import { AUTO_ORDER, isMode, MODES } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
+import { RUNTIMES, type Runtime } from '../../container/source';
 import { ProgressDisplay } from '../progress';
 import type { RoundEvent } from '../../agent/precopy';
 
 const spec = {
   pid: { type: 'string', help: 'root of the process tree to move (may be the init of its own pid namespace)' },
-  container: { type: 'string', help: 'or: the id of a running container to move (its init and descendants, bundle and ownership)' },
-  runtime: { type: 'string', help: 'container runtime', default: 'runc' },
-  'runtime-root': { type: 'string', help: 'the runtime\'s state directory (runc --root; default runc\'s own)' },
+  container: { type: 'string', help: 'or: the id of a running container to move (its init and descendants, bundle and ownership; ' +
+    'runc: a network namespace named in its config.json moves with its veth, addresses and TCP connections, and the source routes its addresses on to the destination)' },
+  runtime: { type: 'string', help: 'container runtime: runc, or podman (containers it runs with runc; not hybrid)', default: 'runc' },
+  'runtime-root': { type: 'string', help: 'the runtime\'s state directory (runc --root; podman: DIR/root, DIR/tmp and a run root named after DIR; default the runtime\'s own)' },
   'shared-fs': { type: 'boolean', help: 'container: the destination sees its rootfs at the same path; do not copy it' },
   'shared-path': { type: 'string', help: 'container: host directories (comma-separated) both hosts share; volumes under them are not copied' },
   to: { type: 'string', help: 'destination agent, HOST:PORT' },
@@ -23,7 +25,7 @@ const spec = {
   tls: { type: 'boolean', help: 'connect with TLS' },
   'tls-ca': { type: 'string', help: 'PEM CA (or self-signed certificate) that the destination\'s certificate must chain to' },
   'tls-servername': { type: 'string', help: 'name to check the destination\'s certificate against' },
-  'tcp-established': { type: 'boolean', help: 'move established TCP connections (nftables network lock)' },
+  'tcp-established': { type: 'boolean', help: 'move established TCP connections (nftables network lock; on for a container with a named network namespace)' },
   'ext-unix-sk': { type: 'boolean', help: 'allow unix sockets connected to peers outside the tree' },
   'shell-job': { type: 'boolean', help: 'the tree is a shell job (its session leader is outside it)' },
   'file-locks': { type: 'boolean', help: 'move file locks' },
@@ -59,9 +61,9 @@ export async function run(argv: string[]): Promise<number> {
     if ((typeof flags.pid === 'string') === (typeof flags.container === 'string')) throw new PhaulError('usage', 'give either --pid or --container (see --help)');
     const pid = intFlag(flags.pid, 'pid', 1, 1 << 22);
     const runtime = flags.runtime as string;
-    if (runtime !== 'runc') throw new PhaulError('usage', `--runtime must be runc, got '${runtime}'`);
+    if (!(RUNTIMES as readonly string[]).includes(runtime)) throw new PhaulError('usage', `--runtime must be one of ${RUNTIMES.join(', ')}, got '${runtime}'`);
     const container = typeof flags.container === 'string' ? {
-      id: flags.container, runtime: runtime as 'runc', runtimeRoot: flags['runtime-root'] as string | undefined,
+      id: flags.container, runtime: runtime as Runtime, runtimeRoot: flags['runtime-root'] as string | undefined,
       sharedFs: !!flags['shared-fs'],
       sharedPaths: typeof flags['shared-path'] === 'string' ? flags['shared-path'].split(',').filter(Boolean) : [],
     } : undefined;

@@ -16,8 +16,10 @@ const spec = {
   'tls-cert': { type: 'string', help: 'serve TLS with this PEM certificate (for untrusted networks)' },
   'tls-key': { type: 'string', help: 'the PEM private key of --tls-cert' },
   'runtime-root': { type: 'string', help: 'containers: runc\'s state directory here (default runc\'s own)' },
-  bundles: { type: 'string', help: 'containers: where moved bundles go, one directory per container (default: the source\'s bundle path)' },
-  'cgroup-parent': { type: 'string', help: 'containers: cgroup parent of moved containers (cgroupsPath PARENT/ID; default the source\'s cgroupsPath)' },
+  bundles: { type: 'string', help: 'containers: where moved bundles go, one directory per container (default: the source\'s bundle path; podman: where its archive is staged, default under the temporary directory)' },
+  'podman-root': { type: 'string', help: 'podman containers: podman\'s state directory here (as migrate --runtime-root; default podman\'s own)' },
+  'cgroup-parent': { type: 'string', help: 'containers: cgroup parent of moved containers (cgroupsPath PARENT/ID; default the source\'s cgroupsPath); ' +
+    'a runc container with a named network namespace gets /run/netns/phaul-ID here, plugged in as it was at the source' },
   'max-sessions': { type: 'string', help: 'migrations received at once; more are refused (exit 11 at the source)', default: String(DEFAULT_LIMITS.maxSessions) },
   'max-store-bytes': { type: 'string', help: 'pages held at once by all sessions (stores and images), BYTES; sessions that would pass it are refused' },
   'keep-free-memory': { type: 'string', help: 'refuse a session that would leave less memory available, BYTES', default: String(DEFAULT_LIMITS.keepFreeMemory) },
@@ -58,7 +60,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   const agent = new DestinationAgent({ host, port, dir: flags.dir as string, token, tls: tlsOpts, keepImages: !!flags['keep-images'], limits,
     storeDir, containers: { runtimeRoot: flags['runtime-root'] as string | undefined, bundles: flags.bundles as string | undefined,
-      cgroupParent: flags['cgroup-parent'] as string | undefined } });
+      cgroupParent: flags['cgroup-parent'] as string | undefined, podmanRoot: flags['podman-root'] as string | undefined } });
   const json = !!flags.json;
   agent.on('log', (line: string) => process.stderr.write(`phaul-fast serve: ${line}\n`));
   agent.on('migrated', (e) => { if (json) process.stdout.write(JSON.stringify({ event: 'migrated', ...e }) + '\n'); });
