@@ -17,6 +17,7 @@
         "native/page_reader.cc",
         "native/lazy_fill.cc",
         "native/lazy_fill_napi.cc",
+        "native/socket_opts.cc",
         "native/batch_io.cc",
         "native/tcp_repair.cc"
       ],

@@ -14,6 +14,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   phaul::InitPageReader(env, exports);
   phaul::InitLazyFill(env, exports);
   phaul::InitBatchIo(env, exports);
+  phaul::InitSocketOpts(env, exports);
   phaul::InitTcpRepair(env, exports);
   return exports;
 }

@@ -14,4 +14,6 @@ void InitPageReader(Napi::Env env, Napi::Object exports);  // page_reader.cc: re
 void InitLazyFill(Napi::Env env, Napi::Object exports);   // lazy_fill_napi.cc: our lazy-pages server (userfaultfd fill)
 void InitBatchIo(Napi::Env env, Napi::Object exports);    // batch_io.cc: pre-copy page batches, socket <-> memory
 void InitTcpRepair(Napi::Env env, Napi::Object exports);  // tcp_repair.cc: a process's TCP sockets out of repair mode
+void InitSocketOpts(Napi::Env env,
+                    Napi::Object exports);  // socket_opts.cc: socket options Node lacks (TCP_USER_TIMEOUT)
 }  // namespace phaul

@@ -6,72 +6,22 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { runIn, spawnIn } from '../src/testing/hosts';
-import { MemWorkload, startMemWorkload } from '../src/testing/workload';
-import { isAlive, procState, sleep } from '../src/testing/proc';
-import { CLI, useTwoHostsWithServe } from './helpers/agents';
+import { runIn } from '../src/testing/hosts';
+import { startMemWorkload } from '../src/testing/workload';
+import { sleep } from '../src/testing/proc';
+import { useTwoHostsWithServe } from './helpers/agents';
+import { destinationClean as destinationCleanAt, expectRunsAtSource, nft, startMigrate } from './helpers/faults';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root (CRIU, network namespaces, nftables)';
 
 const fx = useTwoHostsWithServe({ prefix: 'pffault', tag: 'faults', enabled: root });
 
-interface Running {
-  /** Resolves with the exit code, stderr and the JSON report. */
-  done: Promise<{ code: number; stderr: string; json?: Record<string, any>; ms: number }>;
-  /** Resolves once stderr matches re. */
-  waitFor(re: RegExp, timeoutMs?: number): Promise<void>;
-  /** Signals migrate's whole process group, as a Ctrl-C at a terminal does. */
-  signalGroup(sig: NodeJS.Signals): void;
+function startMigrateA(pid: number, extra: string[]) {
+  return startMigrate(fx.hosts.a, pid, `${fx.hosts.b.addr}:${fx.serve.port}`, fx.token, extra);
 }
 
-/** Starts `phaul-fast migrate` in host a in its own process group. */
-function startMigrate(pid: number, extra: string[]): Running {
-  const t0 = Date.now();
-  const p = spawnIn(fx.hosts.a, [process.execPath, CLI, 'migrate', '--pid', String(pid), '--to', `${fx.hosts.b.addr}:${fx.serve.port}`,
-    '--token-file', fx.token, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  let out = '';
-  let err = '';
-  p.stdout!.on('data', (d) => { out += d; });
-  p.stderr!.on('data', (d) => { err += d; });
-  const done = new Promise<{ code: number; stderr: string; json?: Record<string, any>; ms: number }>((resolve) => {
-    p.on('close', (code, sig) => {
-      let json: Record<string, any> | undefined;
-      try { json = JSON.parse(out.trim().split('\n').pop() ?? ''); } catch { /* none */ }
-      resolve({ code: code ?? (sig ? 128 : -1), stderr: err, json, ms: Date.now() - t0 });
-    });
-  });
-  return {
-    done,
-    async waitFor(re, timeoutMs = 120_000) {
-      const end = Date.now() + timeoutMs;
-      while (!re.test(err)) {
-        if (p.exitCode !== null || Date.now() > end) throw new Error(`migrate never printed ${re}: ${err}`);
-        await sleep(20);
-      }
-    },
-    signalGroup(sig) {
-      process.kill(-p.pid!, sig);
-    },
-  };
-}
-
-async function expectRunsAtSource(w: MemWorkload): Promise<void> {
-  assert.ok(isAlive(w.pid), 'the original is alive');
-  // CRIU lets go of the tree as it fails; give it a moment to be running again.
-  for (let i = 0; i < 50 && procState(w.pid) === 'T'; i++) await sleep(100);
-  assert.notEqual(procState(w.pid), 'T', 'the original is not left stopped');
-  const r = await w.report();
-  assert.equal(r.ok, true, `the original verifies all its memory: ${JSON.stringify(r)}`);
-  assert.equal(r.badPages, 0);
-}
-
-/** The destination ended the session and removed what it held. */
-async function destinationClean(): Promise<void> {
-  const end = Date.now() + 90_000;
-  while (fs.readdirSync(fx.serve.dir).length && Date.now() < end) await sleep(200);
-  assert.deepEqual(fs.readdirSync(fx.serve.dir), [], 'the destination removed the session');
-}
+const destinationClean = () => destinationCleanAt(fx.serve.dir);
 
 /** cpu.max of pid's cgroup (v2), or 'max' where there is none. */
 function cpuMax(pid: number): string {
@@ -83,16 +33,11 @@ function cpuMax(pid: number): string {
   }
 }
 
-async function nft(host: 'a' | 'b', script: string): Promise<void> {
-  const r = await runIn(fx.hosts[host], ['nft', '-f', '-'], { input: script });
-  assert.equal(r.code, 0, r.stderr);
-}
-
 test('SIGINT on migrate during pre-copy rounds with the throttle on: rolled back, throttle released', { skip }, async () => {
   const w = await startMemWorkload({ mib: 128, writeMBps: 200, netns: fx.hosts.a.netnsPath! });
   try {
     // A slow cap and a fast writer: rounds go on and auto-converge throttles.
-    const m = startMigrate(w.pid, ['--mode', 'precopy', '--max-bandwidth', String(4 << 20), '--auto-converge', '--max-rounds', '1000']);
+    const m = startMigrateA(w.pid, ['--mode', 'precopy', '--max-bandwidth', String(4 << 20), '--auto-converge', '--max-rounds', '1000']);
     await m.waitFor(/throttle\s+[1-9]\d*%/);
     m.signalGroup('SIGINT');
     const r = await m.done;
@@ -112,7 +57,7 @@ test('SIGTERM on migrate while the workload is frozen in stop-copy: CRIU resumes
   const w = await startMemWorkload({ mib: 256, writeMBps: 10, netns: fx.hosts.a.netnsPath! });
   await fx.hosts.shape(100); // ~12 MB/s: the dump takes ~20 s
   try {
-    const m = startMigrate(w.pid, ['--mode', 'stop-copy']);
+    const m = startMigrateA(w.pid, ['--mode', 'stop-copy']);
     await m.waitFor(/criu-start/);
     await sleep(1000);
     m.signalGroup('SIGTERM');
@@ -133,11 +78,11 @@ test('a partition while the workload is frozen in stop-copy gives it back at the
   const w = await startMemWorkload({ mib: 256, writeMBps: 10, netns: fx.hosts.a.netnsPath! });
   await fx.hosts.shape(100);
   try {
-    const m = startMigrate(w.pid, ['--mode', 'stop-copy', '--freeze-timeout', '10']);
+    const m = startMigrateA(w.pid, ['--mode', 'stop-copy', '--freeze-timeout', '10']);
     await m.waitFor(/criu-start/);
     const frozenAt = Date.now();
     // The destination drops everything from the source from now on.
-    await nft('b', `table inet pftest {\n  chain in {\n    type filter hook input priority -10; policy accept;\n    ip saddr ${fx.hosts.a.addr} drop\n  }\n}\n`);
+    await nft(fx.hosts.b, `table inet pftest {\n  chain in {\n    type filter hook input priority -10; policy accept;\n    ip saddr ${fx.hosts.a.addr} drop\n  }\n}\n`);
     const r = await m.done;
     if (r.json?.restoredPid) w.adopt(r.json.restoredPid); // a failure of the test must leave no copy behind
     const frozenMs = Date.now() - frozenAt;

@@ -35,9 +35,11 @@ test("source: the failure table is PROTOCOL.md's", () => {
   assert.equal(SOURCE_FAILURE.restored, 'criu-resumes');
   // Connection lost before `commit` is sent: SIGCONT to the original.
   assert.equal(SOURCE_FAILURE.held, 'resume');
-  // After `commit`, before `running`: cannot know; left stopped, and the outcome is 'lost'.
+  // After `commit`, before `running`: cannot know; left stopped, and only then is the outcome 'lost'
+  // (rolled-back, or failed if the original died meanwhile, only once the destination, asked again,
+  // says its copy never ran: migrate.ts awaitRunning).
   assert.equal(SOURCE_FAILURE.committing, 'leave-stopped');
-  assert.deepEqual(SOURCE_TRANSITIONS.committing, ['committed', 'lost']);
+  assert.deepEqual(SOURCE_TRANSITIONS.committing, ['committed', 'lost', 'rolled-back', 'failed']);
   const toLost = (Object.keys(SOURCE_TRANSITIONS) as SourceState[]).filter((s) => SOURCE_TRANSITIONS[s].includes('lost'));
   // Postcopy's fill is the other: its memory could not all arrive, so both copies are left stopped.
   assert.deepEqual(toLost, ['committing', 'filling']);

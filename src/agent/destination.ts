@@ -22,13 +22,16 @@ import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
 import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
 import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
-import type { Image, Message, Prepare, TreeData, TreeEntries } from '../protocol/messages';
+import type { Image, Message, Prepare, Resolution, Resolve, TreeData, TreeEntries } from '../protocol/messages';
+import { readOutcome, recordOutcome } from './outcomes';
+import { boundSilence } from './connect';
+import { testPause } from './test-pause';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { withDeadline } from '../util/deadline';
 import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
-import { isAlive, signalAll, treePids, waitGone } from './process-tree';
+import { isAlive, signalAll, startTime, treePids, waitGone } from './process-tree';
 import { BatchStream, DataChannel, openBatchStream, openDataChannelServer } from './data-channel';
 import { ContainerServeOptions, prepareContainerTarget, type RuntimeTarget } from '../container/target';
 import { criuBinary } from '../criu/binary';
@@ -115,7 +118,10 @@ class DestSession {
 
   constructor(readonly agent: DestinationAgent, readonly conn: FrameConn) {
     this.sm = new StateMachine(`destination session ${this.id.slice(0, 8)}`, DESTINATION_TRANSITIONS, DESTINATION_INITIAL,
-      (c) => agent.emit('state', { session: this.id, ...c } satisfies SessionStateEvent));
+      (c) => {
+        agent.emit('state', { session: this.id, ...c } satisfies SessionStateEvent);
+        testPause('destination', c.to);
+      });
   }
 
   get state(): DestinationState {
@@ -167,6 +173,8 @@ class DestSession {
     }, (e) => {
       this.streamError ??= asPhaulError(e, 'protocol');
       this.progress?.();
+      // Once the commit is decided an `error` would tell the source its copy never ran (migrate.ts awaitRunning).
+      if (this.commitDecided) return;
       // Fail the session now, not at the next control message: the source may
       // be blocked writing to this (now paused) stream.
       try {
@@ -431,14 +439,20 @@ class DestSession {
     // filled from it): free its memory before resuming.
     if (!lazy) await this.store?.destroy().catch(() => undefined);
 
-    // Only `commit` gets here (receive() refuses the rest; `abort` fails the session).
-    await this.receive(this.commitWaitMs);
+    const decision = await this.awaitDecision();
+    if (decision.decide === 'abort') throw new PhaulError(decision.code, decision.why);
+    this.commitDecided = true;
+    // On record before the SIGCONT: a copy that may have run is never taken for one that did not (outcomes.ts).
+    recordOutcome(agent.opts.dir, this.id, { outcome: 'committed', pid: this.restoredPid, startTime: startTime(this.restoredPid) });
     await this.container?.opening?.().catch((e) => this.log(`the container's network stays locked: ${asPhaulError(e).message}`));
     signalAll(treePids(this.restoredPid), 'SIGCONT');
     forgetStoppedCopy(this.dir);
     this.sm.to('running');
+    this.settle({ state: 'running', pid: this.restoredPid, detail: `the copy runs as pid ${this.restoredPid}` });
     this.container?.committed();
-    conn.send({ t: 'running', pid: this.restoredPid });
+    try {
+      conn.send({ t: 'running', pid: this.restoredPid });
+    } catch { /* committed through a resolve connection: the control connection is gone */ }
     this.log(`running as pid ${this.restoredPid}`);
     agent.emit('migrated', { session: this.id, pid: this.restoredPid, ...(this.container ? { container: this.container.report() } : {}) });
     if (this.lazyPages) {
@@ -527,6 +541,81 @@ class DestSession {
     } catch { /* the source left; nothing of ours depends on it */ }
   }
 
+  /** Settles a stopped copy: set while one waits for its decision (awaitDecision). */
+  private decide?: (d: { decide: 'commit' | 'abort'; why: string; code: PhaulError['code'] }) => void;
+  /** A resolve connection said abort before the copy was restored: it is killed once it is. */
+  private abortRequested = false;
+  /** `commit` came: from here the source hears `running` or nothing, never an `error`. */
+  private commitDecided = false;
+  private settled?: (r: Omit<Resolution, 't'>) => void;
+  private readonly settledAs = new Promise<Omit<Resolution, 't'>>((r) => { this.settled = r; });
+
+  private settle(r: Omit<Resolution, 't'>): void {
+    this.settled?.(r);
+    this.settled = undefined;
+  }
+
+  /**
+   * The stopped copy waits for the source to decide: `commit` or `abort` on
+   * the control connection or, once that is lost, on a `resolve` connection
+   * (the source's migrate, or phaul-fast resolve on the source host). The
+   * source holds the answer: it alone knows whether it sent `commit` and
+   * whether its original runs. Only if nobody asks within the source's freeze
+   * budget (from the restore, and again from a lost connection) is the copy
+   * discarded: it never ran, so the source's original is the workload.
+   */
+  private awaitDecision(): Promise<{ decide: 'commit' | 'abort'; why: string; code: PhaulError['code'] }> {
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (d: { decide: 'commit' | 'abort'; why: string; code: PhaulError['code'] }) => {
+        if (!this.decide) return;
+        this.decide = undefined;
+        clearTimeout(timer);
+        resolve(d);
+      };
+      this.decide = finish;
+      if (this.abortRequested) return finish({ decide: 'abort', code: 'failed', why: 'the source aborted the session (resolve)' });
+      const arm = (why: string) => {
+        clearTimeout(timer);
+        timer = setTimeout(() => finish({ decide: 'abort', code: 'network', why }), this.commitWaitMs);
+      };
+      const s = Math.round(this.commitWaitMs / 1000);
+      arm(`no commit within ${s} s of the restore (the source's freeze budget)`);
+      this.receive(this.commitWaitMs + 60_000).then((m) => {
+        // receive() lets only `commit` through here; `abort` and `error` throw.
+        finish({ decide: m.t === 'commit' ? 'commit' : 'abort', code: 'protocol', why: `'${m.t}' from the source` });
+      }, (e) => {
+        const err = asPhaulError(e);
+        if (!this.decide) return;
+        // The source said no (abort, error) or broke the protocol: decided.
+        if (err.code !== 'network') return finish({ decide: 'abort', code: err.code, why: err.message });
+        arm(`the source went away (${err.message}) and nobody resolved session ${this.id} within ${s} s`);
+        this.log(`lost the source with the copy stopped (pid ${this.restoredPid}, never ran): ${err.message}; it waits up to ${s} s ` +
+          `for the source to decide (its migrate, or phaul-fast resolve ${this.id} on the source host), then is discarded`);
+      });
+    });
+  }
+
+  /** A `resolve` connection asks about this session (and may decide a stopped copy). */
+  async resolve(decide: Resolve['decide']): Promise<Omit<Resolution, 't'>> {
+    const pid = this.restoredPid > 0 ? { pid: this.restoredPid } : {};
+    if (copyRan(this.state)) return { state: 'running', ...pid, detail: `the copy runs as pid ${this.restoredPid}` };
+    if (this.state === 'aborted') return { state: 'aborted', detail: 'the session failed here; its copy never ran' };
+    if (!this.decide) {
+      if (decide !== 'abort') return { state: 'in-progress', detail: `session ${this.id} is in state ${this.state}` };
+      // The source holds its original (it runs again): whatever is restored here must never run.
+      // The session ends now, or, in the middle of a restore, as soon as the copy exists.
+      this.log('abort decided through a resolve connection while in state ' + this.state);
+      this.abortRequested = true;
+      this.conn.close();
+      return this.settledAs;
+    }
+    if (decide === 'query') return { state: 'stopped', ...pid, detail: `the copy (pid ${this.restoredPid}) waits stopped for commit or abort` };
+    this.log(`${decide} decided through a resolve connection`);
+    this.decide({ decide, code: 'failed', why: `the source aborted the session (resolve)` });
+    return this.settledAs;
+  }
+
   /** Postcopy's pages file goes (what the server did not give back yet) once the session ends. */
   private async closePostcopy(): Promise<void> {
     const pc = await Promise.race([this.postcopy!, new Promise<undefined>((r) => setImmediate(() => r(undefined)))]);
@@ -547,6 +636,15 @@ class DestSession {
     }
     await this.lazyPages?.kill();
     await this.container?.rollback().catch((e) => this.log(`container clean-up: ${asPhaulError(e).message}`));
+    // Only a session that restored (or began to) has a copy to speak of; before that, `unknown` says the same.
+    if (recovery === 'kill-copy') {
+      try {
+        recordOutcome(this.agent.opts.dir, this.id, { outcome: 'aborted', ...(this.restoredPid > 0 ? { pid: this.restoredPid } : {}) });
+      } catch (e) {
+        this.log(`cannot record the session's outcome: ${asPhaulError(e).message}`);
+      }
+    }
+    this.settle({ state: 'aborted', detail: 'the session failed here; its copy never ran and is gone' });
   }
 }
 
@@ -576,9 +674,10 @@ export class DestinationAgent extends EventEmitter {
     await localCapabilities(); // fail now, not mid-migration, if CRIU is unusable
     claimDir(this.opts.dir);
     const swept = sweepLeftovers(this.opts.dir, [...new Set([this.opts.storeDir ?? '/dev/shm', os.tmpdir()])]);
-    if (swept.sessionDirs + swept.stores + swept.stoppedCopies)
+    if (swept.sessionDirs + swept.stores + swept.stoppedCopies + swept.resumedCopies)
       this.emit('log', `removed what earlier agents left: ${swept.stoppedCopies} stopped copies (they never ran), ` +
-        `${swept.sessionDirs} session directories, ${swept.stores} page stores`);
+        `${swept.sessionDirs} session directories, ${swept.stores} page stores` +
+        (swept.resumedCopies ? `; resumed ${swept.resumedCopies} stopped copies whose commit was on record` : ''));
     // TLS is layered by hand on every accepted socket, so that connections
     // still in their TLS handshake count as pending too.
     const srv = this.server = net.createServer((sock) => { this.accept(sock).catch(() => undefined); });
@@ -594,7 +693,7 @@ export class DestinationAgent extends EventEmitter {
   private async accept(raw: net.Socket): Promise<void> {
     raw.setNoDelay(true);
     // A source gone silent (a partition) is noticed, and its session ended, in seconds.
-    raw.setKeepAlive(true, 5000);
+    boundSilence(raw);
     raw.on('error', () => undefined); // reported through FrameConn, or irrelevant before it
     const peer = `${raw.remoteAddress}:${raw.remotePort}`;
     this.pending.admit(raw);
@@ -626,6 +725,11 @@ export class DestinationAgent extends EventEmitter {
         await s.run();
         return;
       }
+      if (auth.role === 'resolve') {
+        auth.welcome(auth.session);
+        await this.resolve(conn, auth.session);
+        return;
+      }
       const s = this.sessions.get(auth.session);
       if (!s || !s.wantsData()) {
         conn.send({ t: 'error', code: 'protocol', message: 'no session is waiting for this data connection' });
@@ -639,6 +743,23 @@ export class DestinationAgent extends EventEmitter {
       if (conn) conn.close();
       else raw.destroy();
     }
+  }
+
+  /** Answers a `resolve` connection: what became of session `id` (docs/PROTOCOL.md, "Resolving a session in doubt"). */
+  private async resolve(conn: FrameConn, id: string): Promise<void> {
+    const m = await conn.expect('resolve', HANDSHAKE_MS);
+    const live = this.sessions.get(id);
+    let r: Omit<Resolution, 't'>;
+    if (live) r = await live.resolve(m.decide);
+    else {
+      const rec = readOutcome(this.opts.dir, id);
+      if (rec?.outcome === 'committed') r = { state: 'running', ...(rec.pid ? { pid: rec.pid } : {}), detail: 'the copy was resumed here' };
+      else if (rec?.outcome === 'aborted') r = { state: 'aborted', detail: 'the session failed here; its copy never ran' };
+      else r = { state: 'unknown', detail: `no session ${id} here: no copy of it was ever resumed by this agent's --dir` };
+    }
+    this.emit('log', `resolve ${m.decide} for session ${id.slice(0, 8)}: ${r.state}`);
+    conn.send({ t: 'resolution', ...r });
+    await conn.next(5_000).catch(() => undefined); // let the source close first
   }
 
   async close(): Promise<void> {

@@ -11,12 +11,15 @@
 // tables of source-states.ts; one StateMachine moves between them.
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
-import { type ClientTls, connectTls } from '../protocol/secure-channel';
+import type { ClientTls } from '../protocol/secure-channel';
+import { connectDestination } from './connect';
+import { askDestination } from './resolve';
+import { pruneSettledRecords, removeSourceRecord, snapshotTree, writeSourceRecord, type OriginalProcess } from './source-record';
+import { testPause } from './test-pause';
 import { FrameConn } from '../protocol/frames';
 import type { ContainerName, MessageOf, Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
@@ -78,6 +81,8 @@ export interface MigrateOptions {
   container?: ContainerSpec;
   to: { host: string; port: number };
   token: Buffer;
+  /** Where the token came from: named in the command an in-doubt error gives (nothing reads it). */
+  tokenFile?: string;
   /** Default 'auto': the first of AUTO_ORDER (capabilities.ts) that both hosts offer. */
   mode?: Mode | 'auto';
   /** TLS to the destination: with a certificate (`ca` pins its authority), or `{ psk: true }` keyed by the token. */
@@ -175,6 +180,12 @@ export class Migration extends EventEmitter {
   private cut?: () => void;
   private freezeTimer?: NodeJS.Timeout;
   private commitSent = false;
+  /** The session id the destination gave us (names the session in logs, errors and resolve). */
+  session = '';
+  /** The original's processes as last recorded (source-record.ts). */
+  private original: OriginalProcess[] = [];
+  /** After a lost `running`: the destination confirmed that its copy never ran. */
+  private destinationAborted = false;
 
   constructor(readonly opts: MigrateOptions) {
     super();
@@ -214,6 +225,77 @@ export class Migration extends EventEmitter {
     this.phases[name] = at - this.last;
     this.last = at;
     this.emit('phase', { phase: name, ms: this.phases[name] } satisfies PhaseEvent);
+    testPause('source', name);
+  }
+
+  /**
+   * Keeps the session's record (source-record.ts) while CRIU or we hold the
+   * original, so that `phaul-fast resolve` can finish it if we die or lose the
+   * destination; removes it once one copy runs for sure. `lost` keeps it.
+   */
+  private noteState(s: SourceState): void {
+    if (!this.session) return;
+    try {
+      if (s === 'dumping' || s === 'held' || s === 'committing') {
+        // committing: the same stopped processes as in `held`; no /proc walk in the pause.
+        if (s !== 'committing' || !this.original.length) this.original = snapshotTree(this.pid);
+        writeSourceRecord({ session: this.session, to: this.opts.to, ...(this.opts.tls ? { tls: 'psk' in this.opts.tls ? 'psk' : 'cert' } : {}),
+          root: this.pid, original: this.original, state: s });
+      } else if (s === 'done' || s === 'rolled-back' || s === 'failed') {
+        removeSourceRecord(this.session);
+      }
+    } catch (e) {
+      this.emit('log', `cannot keep the session's record for phaul-fast resolve: ${asPhaulError(e).message}`);
+    }
+  }
+
+  /**
+   * After `commit`: the destination's `running`. If it does not come (the
+   * connection broke, or timed out), the destination is asked over a resolve
+   * connection, again and again within the freeze budget: its copy runs
+   * (a stopped one is committed now: we sent commit and our original is
+   * stopped), or it was discarded (then the original resumes). Only if the
+   * destination never answers is the outcome in doubt.
+   */
+  private async awaitRunning(conn: FrameConn, pump?: ControlPump): Promise<number> {
+    let first: PhaulError;
+    try {
+      // Postcopy: the pump reads the connection (page requests go on meanwhile).
+      const m = pump ? await pump.expect('running', 30_000) : await conn.next(30_000);
+      if (m.t === 'running') return m.pid;
+      // The destination sends `error` only as it discards a copy that never ran (destination.ts):
+      // the original is ours to resume.
+      if (m.t === 'error') {
+        this.destinationAborted = true;
+        throw new PhaulError(m.code, `${conn.peer}: ${m.message} (its copy never ran)`);
+      }
+      first = new PhaulError('protocol', `${conn.peer} sent '${m.t}' where 'running' was expected`);
+    } catch (e) {
+      if (this.destinationAborted) throw e;
+      first = asPhaulError(e);
+    }
+    this.emit('log', `no 'running' after the commit (${first.message}): asking the destination about session ${this.session}`);
+    const end = Date.now() + this.freezeTimeoutMs;
+    let last = first;
+    for (;;) {
+      try {
+        const r = await askDestination(this.opts.to, this.opts.token, this.opts.tls, this.session, 'commit', 5_000);
+        if (r.state === 'running' && r.pid) {
+          this.emit('log', `the destination's copy runs (pid ${r.pid}): ${r.detail}`);
+          return r.pid;
+        }
+        if (r.state === 'aborted' || r.state === 'unknown') {
+          this.destinationAborted = true;
+          throw new PhaulError(first.code, `${first.message}; the destination discarded its copy, which never ran (${r.detail})`);
+        }
+        last = new PhaulError('network', `the destination says '${r.state}': ${r.detail}`);
+      } catch (e) {
+        if (this.destinationAborted) throw e;
+        last = asPhaulError(e);
+      }
+      if (Date.now() > end) throw new PhaulError(first.code, `${first.message}; asking the destination again failed too: ${last.message}`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
   }
 
   /**
@@ -247,8 +329,14 @@ export class Migration extends EventEmitter {
     if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) throw new MigrationError(new PhaulError('usage', `cannot migrate pid ${pid}`), false);
     if (!isAlive(pid)) throw new MigrationError(new PhaulError('notFound', `no running process ${pid}`), false);
 
+    // Records of earlier migrates that died and left nothing to resolve (source-record.ts).
+    try { pruneSettledRecords(); } catch { /* not ours to read, or no /run */ }
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
-    const sm = new StateMachine<SourceState>('source', SOURCE_TRANSITIONS, SOURCE_INITIAL, (c) => this.emit('state', c satisfies SourceStateEvent));
+    const sm = new StateMachine<SourceState>('source', SOURCE_TRANSITIONS, SOURCE_INITIAL, (c) => {
+      this.noteState(c.to);
+      this.emit('state', c satisfies SourceStateEvent);
+      testPause('source', c.to);
+    });
     const st: RunState = { sm };
     let tracker: TreeTracker | undefined;
     let fallback: string | undefined;
@@ -263,6 +351,8 @@ export class Migration extends EventEmitter {
       st.conn = await this.connect();
       if (this.abortReason) this.cut();
       const session = await authenticateClient(st.conn, o.token, 'control');
+      this.session = session;
+      this.emit('log', `session ${session}`);
       this.phase('connect');
 
       sm.to('negotiating');
@@ -303,7 +393,7 @@ export class Migration extends EventEmitter {
         throw asPhaulError(e, 'network');
       }
       sm.to('committing');
-      await (st.pump ? st.pump.expect('running', 30_000) : conn.expect('running', 30_000));
+      result.restoredPid = await this.awaitRunning(conn, st.pump);
       sm.to('committed');
       const runningAt = Date.now();
       this.phase('commit');
@@ -342,7 +432,10 @@ export class Migration extends EventEmitter {
       for (const w of [unrouted, forgot]) if (w) report.warning = report.warning ? `${report.warning}; ${w}` : w;
       return report;
     } catch (err) {
-      throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : asPhaulError(err));
+      let e = asPhaulError(err);
+      // A data connection reset is often the destination ending the session: its own reason says more.
+      if (e.code === 'network' && !this.abortReason && !this.commitSent && st.conn) e = (await st.conn.peerReason(1000)) ?? e;
+      throw await this.recover(st, this.abortReason && !this.commitSent ? this.abortReason : e);
     } finally {
       clearTimeout(this.freezeTimer);
       this.cut = undefined;
@@ -361,7 +454,9 @@ export class Migration extends EventEmitter {
    */
   private async recover(st: RunState, e: PhaulError): Promise<MigrationError> {
     const { sm } = st;
-    const recovery = isLive(sm.state) ? SOURCE_FAILURE[sm.state] : 'none';
+    let recovery = isLive(sm.state) ? SOURCE_FAILURE[sm.state] : 'none';
+    // The destination said its copy never ran: the original is ours to resume after all.
+    if (recovery === 'leave-stopped' && this.destinationAborted) recovery = 'resume';
     // Whatever the state: our relay and CRIU's lazy dump end first (a lazy
     // dump that has not let go of the tree resumes it), then the destination
     // is told, so that it kills a copy that never ran.
@@ -389,7 +484,8 @@ export class Migration extends EventEmitter {
     if (recovery === 'leave-stopped') {
       sm.to('lost');
       const msg = `${e.message}; the destination did not confirm after the commit, so the original is left stopped ` +
-        `(pid ${this.pid}): if the destination runs it, kill the original, otherwise resume it with SIGCONT`;
+        `(pid ${this.pid}): run phaul-fast resolve ${this.session} --token-file ${this.opts.tokenFile ?? 'FILE'} on this host once the destination answers ` +
+        '(it asks the destination and ends with one running copy)';
       return new MigrationError(new PhaulError('lost', msg), false);
     }
     // CRIU finished and left the original stopped; the destination never got the commit.
@@ -743,28 +839,9 @@ export class Migration extends EventEmitter {
   }
 
   private connect(): Promise<FrameConn> {
-    const o = this.opts;
-    const peer = `destination ${o.to.host}:${o.to.port}`;
-    return new Promise((resolve, reject) => {
-      const sock = o.tls ? connectTls(o.to.host, o.to.port, o.tls, o.token) : net.connect({ host: o.to.host, port: o.to.port });
-      const timer = setTimeout(() => {
-        sock.destroy();
-        reject(new PhaulError('network', `cannot reach ${peer}: timed out`));
-      }, o.connectTimeoutMs ?? 10_000);
-      sock.once(o.tls ? 'secureConnect' : 'connect', () => {
-        clearTimeout(timer);
-        sock.removeAllListeners('error');
-        (sock as net.Socket).setNoDelay(true);
-        // A peer gone silent (a partition) is noticed while we wait, not after TCP's ~15 min.
-        (sock as net.Socket).setKeepAlive(true, 5000);
-        resolve(new FrameConn(sock, peer));
-      });
-      sock.once('error', (e: NodeJS.ErrnoException) => {
-        clearTimeout(timer);
-        reject(new PhaulError('network', `cannot reach ${peer}: ${e.code ?? e.message}`));
-      });
-    });
+    return connectDestination(this.opts.to, this.opts.token, this.opts.tls, this.opts.connectTimeoutMs);
   }
+
 }
 
 /** The destination's account of its part of the switchover (`restored.phases`): its known names, sane numbers only. */

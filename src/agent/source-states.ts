@@ -50,7 +50,8 @@ export const SOURCE_TRANSITIONS: TransitionTable<SourceState> = {
   dumping: ['restored', ...FAILED],
   restored: ['held', ...FAILED],
   held: ['committing', ...FAILED],
-  committing: ['committed', 'lost'],
+  // rolled-back: asked after a lost `running`, the destination said its copy never ran.
+  committing: ['committed', 'lost', 'rolled-back', 'failed'],
   committed: ['filling', 'done', 'failed'],
   // A fill that fails is a warning in the report: the workload moved.
   filling: ['done', 'lost'],

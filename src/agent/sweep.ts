@@ -9,15 +9,18 @@
 //   stopped one never ran; its source kills the original only after our
 //   `running`, which a dead agent never sent. Killing it is always safe: the
 //   workload lives on at the source (running, or stopped and "in doubt" with
-//   the command to resume it in migrate's message).
+//   the command to resolve it in migrate's message) — unless the session's
+//   outcome record says `committed` (outcomes.ts): then the agent died between
+//   deciding to resume it and its SIGCONT, the source may have killed its
+//   original, and the copy is resumed instead.
 // Each session directory records its stopped copy (pid and start time) in
 // RESTORED_FILE, so a recycled pid is never hit.
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { isAlive, procState, signalAll, startTime, treePids } from './process-tree';
+import { pruneOutcomes, readOutcome, recordOutcome } from './outcomes';
+import { dirKey, runPath } from './run-dir';
 
 export const RESTORED_FILE = 'restored-stopped.json';
 const SESSION_DIR = /^[0-9a-f]{24}$/;
@@ -26,10 +29,7 @@ const STORE_NAME = /^phaul-fast-store-(\d+)-/;
 
 /** Where the claim on a --dir is kept: outside it, so the directory holds only sessions. */
 function ownerFile(dir: string): string {
-  const id = crypto.createHash('sha256').update(fs.realpathSync(dir)).digest('hex').slice(0, 32);
-  const run = fs.existsSync('/run') ? '/run/phaul-fast' : path.join(os.tmpdir(), 'phaul-fast-run');
-  fs.mkdirSync(run, { recursive: true, mode: 0o700 });
-  return path.join(run, `serve-${id}.pid`);
+  return runPath(`serve-${dirKey(dir)}.pid`);
 }
 
 /** Claims dir for this agent; refuses if another live agent holds it. */
@@ -87,11 +87,13 @@ export interface SweepResult {
   sessionDirs: number;
   stores: number;
   stoppedCopies: number;
+  /** Copies found stopped whose commit was recorded: resumed. */
+  resumedCopies: number;
 }
 
 /** Removes the leftovers of dead agents (see the top of this file); returns what it removed. */
 export function sweepLeftovers(dir: string, storeRoots: string[]): SweepResult {
-  const res: SweepResult = { sessionDirs: 0, stores: 0, stoppedCopies: 0 };
+  const res: SweepResult = { sessionDirs: 0, stores: 0, stoppedCopies: 0, resumedCopies: 0 };
   const sessions = entries(dir).filter((n) => SESSION_DIR.test(n)).map((n) => path.join(dir, n));
   const stores: string[] = [];
   for (const root of storeRoots) {
@@ -100,7 +102,12 @@ export function sweepLeftovers(dir: string, storeRoots: string[]): SweepResult {
       if (m && Number(m[1]) !== process.pid && !isAlive(Number(m[1]))) stores.push(path.join(root, n));
     }
   }
-  for (const s of sessions) if (killStoppedCopy(s)) res.stoppedCopies++;
+  for (const s of sessions) {
+    const done = settleStoppedCopy(dir, s);
+    if (done === 'killed') res.stoppedCopies++;
+    if (done === 'resumed') res.resumedCopies++;
+  }
+  pruneOutcomes(dir);
   const used = pathsInUse([...sessions, ...stores]);
   for (const s of sessions) {
     if (used.has(s)) continue;
@@ -123,19 +130,29 @@ function entries(dir: string): string[] {
   }
 }
 
-/** Kills the copy a session directory says it left stopped, if it is still that process and still stopped. */
-function killStoppedCopy(sessionDir: string): boolean {
+/**
+ * The copy a session directory says it left stopped, if it is still that
+ * process and still stopped: resumed if its commit is on record, else killed
+ * (and recorded as aborted).
+ */
+function settleStoppedCopy(dir: string, sessionDir: string): 'killed' | 'resumed' | undefined {
   let rec: { pid?: unknown; startTime?: unknown };
   try {
     rec = JSON.parse(fs.readFileSync(path.join(sessionDir, RESTORED_FILE), 'utf8'));
   } catch {
-    return false;
+    return undefined;
   }
   const pid = rec.pid;
-  if (typeof pid !== 'number' || !Number.isInteger(pid) || pid < 2) return false;
-  if (startTime(pid) !== rec.startTime || procState(pid) !== 'T') return false;
+  if (typeof pid !== 'number' || !Number.isInteger(pid) || pid < 2) return undefined;
+  if (startTime(pid) !== rec.startTime || procState(pid) !== 'T') return undefined;
+  const id = path.basename(sessionDir);
+  if (readOutcome(dir, id)?.outcome === 'committed') {
+    signalAll(treePids(pid), 'SIGCONT');
+    return 'resumed';
+  }
   signalAll(treePids(pid), 'SIGKILL');
-  return true;
+  recordOutcome(dir, id, { outcome: 'aborted', pid, startTime: rec.startTime as number });
+  return 'killed';
 }
 
 /** Records the restored copy of a session as stopped (see killStoppedCopy); forget it once resumed. */

@@ -14,6 +14,7 @@ const commands: Record<string, Command> = {
   setup: { about: 'as root: install what is missing (Debian packages, CRIU, sysctls) and build the addon', load: () => require('./commands/setup') as CommandModule },
   serve: { about: 'run the destination agent that receives migrations', load: () => require('./commands/serve') as CommandModule },
   migrate: { about: 'move a process tree to a destination agent', load: () => require('./commands/migrate') as CommandModule },
+  resolve: { about: 'end a migration left in doubt with exactly one running copy (asks the destination)', load: () => require('./commands/resolve') as CommandModule },
   token: { about: 'write a new random token file (mode 0600) for serve and migrate', load: () => require('./commands/token') as CommandModule },
   bench: { about: 'measure downtime against CRIU\'s own migration paths (source checkout only)', load: () => require('./commands/bench') as CommandModule },
 };

@@ -29,6 +29,7 @@ import type { LazyFillNative } from './lazy-fill';
 import type { PageReaderNative } from './page-reader';
 import type { PageServerNative } from './page-server';
 import type { ProbeNative } from './probe';
+import type { SocketOptsNative } from './socket-opts';
 import type { SpliceRelayNative } from './splice-relay';
 import type { TcpRepairNative } from './tcp-repair';
 
@@ -36,6 +37,7 @@ export interface Addon
   extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative,
     LazyFillNative,
     BatchIoNative,
+    SocketOptsNative,
     TcpRepairNative {}
 
 /** Where the addon is: $PHAUL_FAST_ADDON (a prebuilt one), else the package's build/Release. */

@@ -23,7 +23,9 @@ export const MIN_TOKEN_CHARS = 32;
 /** The whole handshake, from accept to welcome; a peer slower than this is cut off. */
 export const HANDSHAKE_MS = 10_000;
 
-export type Role = 'control' | 'data';
+/** control: a new session; data: one of its data connections; resolve: asks about (and may decide) a session
+ *  whose source lost its control connection (src/agent/resolve.ts). */
+export type Role = 'control' | 'data' | 'resolve';
 
 function lp(...parts: (Buffer | string)[]): Buffer[] {
   const out: Buffer[] = [];
@@ -131,7 +133,7 @@ export async function authenticateClient(conn: FrameConn, token: Buffer, role: R
   const given = str(w, 'session', 128);
   if (!same(bin(w, 'proof', 64), hmac(k, 'server proof', given)))
     throw new PhaulError('auth', `${conn.peer} does not know our token (wrong token, or not a phaul-fast agent)`);
-  if (role === 'data' && given !== session) throw new PhaulError('protocol', `${conn.peer} put the data connection in another session`);
+  if (role !== 'control' && given !== session) throw new PhaulError('protocol', `${conn.peer} answered for another session`);
   conn.protect(frameKeys(k, 'client'));
   return given;
 }
@@ -158,7 +160,7 @@ export async function authenticateServer(conn: FrameConn, token: Buffer, timeout
     throw new PhaulError('incompatible', `client speaks protocol ${proto}`);
   }
   const role = str(hello, 'role', 16);
-  if (role !== 'control' && role !== 'data') throw new PhaulError('protocol', `unknown role '${role}'`);
+  if (role !== 'control' && role !== 'data' && role !== 'resolve') throw new PhaulError('protocol', `unknown role '${role}'`);
   const session = str(hello, 'session', 128);
   const cn = bin(hello, 'nonce', NONCE);
   if (cn.length !== NONCE) throw new PhaulError('protocol', 'client nonce has the wrong size');

@@ -215,6 +215,16 @@ export class FrameConn {
 
   private fail(e: PhaulError): void {
     if (this.failure) return;
+    // The peer said why before it closed (an `error` frame nobody asked for
+    // yet): that is the connection's failure, not the close.
+    for (const f of this.frames) {
+      try {
+        const m = parseMessage(this.decode(f));
+        if (m.t === 'error') { e = new PhaulError(m.code, `${this.peer}: ${m.message}`); break; }
+      } catch {
+        break;
+      }
+    }
     this.failure = e;
     this.frames = [];
     this.framedBytes = 0;
@@ -223,6 +233,22 @@ export class FrameConn {
 
   get closed(): boolean {
     return this.failure !== undefined;
+  }
+
+  /**
+   * Why the peer ended the connection, if it said so: its `error` message, up
+   * to waitMs from now. A failure elsewhere (say, a data connection reset) is
+   * often the echo of the peer giving up; its own reason says more. Consumes
+   * the next message when it is something else.
+   */
+  async peerReason(waitMs: number): Promise<PhaulError | undefined> {
+    try {
+      const m = await this.next(waitMs);
+      return m.t === 'error' ? new PhaulError(m.code, `${this.peer}: ${m.message}`) : undefined;
+    } catch (e) {
+      const f = this.failure;
+      return f && f.code !== 'network' && f === e ? f : undefined;
+    }
   }
 
   send(msg: Message): void {

@@ -45,7 +45,7 @@ export const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 // ---- authentication (every connection; src/protocol/auth.ts) ----
 
 /** S -> D, first on every connection: protocol version, role, session (empty for control), client nonce, key-exchange value. */
-export interface Hello { t: 'hello'; proto: number; role: 'control' | 'data'; session: string; nonce: Buffer; kx?: Buffer }
+export interface Hello { t: 'hello'; proto: number; role: 'control' | 'data' | 'resolve'; session: string; nonce: Buffer; kx?: Buffer }
 /** D -> S: server nonce, key-exchange value, and (where the protocol has the server prove first) its proof. */
 export interface Challenge { t: 'challenge'; nonce: Buffer; kx?: Buffer; proof?: Buffer }
 /** S -> D: the client's proof that it knows the token. */
@@ -125,12 +125,25 @@ export interface Filled { t: 'filled'; ok: boolean; ms: number; fill?: Stats }
 /** S -> D, before `commit`: the source gave up (and resumes its original); the destination discards everything. */
 export interface Abort { t: 'abort'; message: string }
 
+// ---- resolving a session whose source lost its control connection (role 'resolve') ----
+
+/** S -> D: what became of the session this connection named in `hello`; `decide` settles a copy still
+ *  stopped (`commit` resumes it, `abort` kills it); `query` changes nothing. */
+export interface Resolve { t: 'resolve'; decide: 'query' | 'commit' | 'abort' }
+/** What the destination knows of a session: its copy runs (`running`), waits stopped for a decision
+ *  (`stopped`), was discarded and never ran (`aborted`), is still being received or restored
+ *  (`in-progress`), or the destination has no record of it (`unknown`: no copy of it runs there). */
+export type SessionOutcome = 'running' | 'stopped' | 'aborted' | 'in-progress' | 'unknown';
+/** D -> S: the answer to `resolve`, after acting on its decision. */
+export interface Resolution { t: 'resolution'; state: SessionOutcome; pid?: number; detail: string }
+
 export type Message =
   | Hello | Challenge | Auth | Welcome | ErrorMessage
   | Caps | Prepare | Prepared
   | Layout | LayoutAck | Round | RoundAck
   | Image | ImagesDone | Restore | Switchover | Postcopy | PageRequest | Restored | TreeEntries | TreeData
-  | Commit | Running | Filled | Abort;
+  | Commit | Running | Filled | Abort
+  | Resolve | Resolution;
 
 export type MessageType = Message['t'];
 export type MessageOf<T extends MessageType> = Extract<Message, { t: T }>;
@@ -258,7 +271,7 @@ export function checkCapabilities(c: unknown): Capabilities | undefined {
 const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = {
   hello: (f) => ({
     proto: f.int('proto', 0, 1 << 30),
-    role: f.str('role', 16, /^(control|data)$/) as 'control' | 'data',
+    role: f.str('role', 16, /^(control|data|resolve)$/) as 'control' | 'data' | 'resolve',
     session: f.str('session', 128),
     nonce: f.bin('nonce', MAX_AUTH_BYTES),
     ...f.optionalBin('kx', MAX_AUTH_BYTES),
@@ -338,6 +351,12 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
   running: (f) => ({ pid: f.int('pid', 1, PID_MAX) }),
   filled: (f) => ({ ok: f.bool('ok'), ms: f.int('ms', 0, 2 ** 40), ...(f.has('fill') ? { fill: f.stats('fill') } : {}) }),
   abort: (f) => ({ message: f.text('message') }),
+  resolve: (f) => ({ decide: f.str('decide', 8, /^(query|commit|abort)$/) as Resolve['decide'] }),
+  resolution: (f) => ({
+    state: f.str('state', 16, /^(running|stopped|aborted|in-progress|unknown)$/) as SessionOutcome,
+    ...(f.has('pid') ? { pid: f.int('pid', 1, PID_MAX) } : {}),
+    detail: f.text('detail'),
+  }),
 };
 
 /**

@@ -34,10 +34,11 @@ export interface ServeAgent {
 }
 
 /** Starts `phaul-fast serve` in `host` and waits until it listens. */
-export async function startServe(host: Host, tokenFile: string, dir: string, extra: string[] = []): Promise<ServeAgent> {
+export async function startServe(host: Host, tokenFile: string, dir: string, extra: string[] = [],
+  env: Record<string, string> = {}): Promise<ServeAgent> {
   const port = nextPort++;
   const proc = spawnIn(host, [process.execPath, CLI, 'serve', '--listen', `${host.addr}:${port}`, '--dir', dir,
-    '--token-file', tokenFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--token-file', tokenFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let err = '';
   proc.stderr!.on('data', (d) => { err += d; });
   proc.stdout!.resume();

@@ -1,11 +1,11 @@
 // `phaul-fast migrate`: moves a process tree to a destination agent.
-import * as fs from 'node:fs';
 import { formatHelp, intFlag, parseArgs } from '../args';
 import { asPhaulError, PhaulError } from '../../errors';
 import { readToken } from '../../protocol/auth';
-import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, PhaseEvent, type MigrateOptions } from '../../agent/migrate';
+import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, PhaseEvent } from '../../agent/migrate';
 import { AUTO_ORDER, isMode, MODES } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
+import { CLIENT_TLS_FLAGS, clientTls } from '../client-tls';
 import { RUNTIMES, type Runtime } from '../../container/source';
 import { ProgressDisplay } from '../progress';
 import type { RoundEvent } from '../../agent/precopy';
@@ -21,10 +21,7 @@ const spec = {
   to: { type: 'string', help: 'destination agent, HOST:PORT' },
   'token-file': { type: 'string', help: 'file holding the shared secret' },
   mode: { type: 'string', help: `how to move memory: auto, ${MODES.join(', ')} (auto: the first of ${AUTO_ORDER.join(', ')} both hosts offer)`, default: 'auto' },
-  encrypt: { type: 'boolean', help: 'TLS keyed by the token (no certificate or CA); the destination runs serve --encrypt' },
-  tls: { type: 'boolean', help: 'connect with TLS' },
-  'tls-ca': { type: 'string', help: 'PEM CA (or self-signed certificate) that the destination\'s certificate must chain to' },
-  'tls-servername': { type: 'string', help: 'name to check the destination\'s certificate against' },
+  ...CLIENT_TLS_FLAGS,
   'tcp-established': { type: 'boolean', help: 'move established TCP connections (nftables network lock; on for a container with a named network namespace)' },
   'ext-unix-sk': { type: 'boolean', help: 'allow unix sockets connected to peers outside the tree' },
   'shell-job': { type: 'boolean', help: 'the tree is a shell job (its session leader is outside it)' },
@@ -51,7 +48,8 @@ export async function run(argv: string[]): Promise<number> {
       'dirty pages while frozen); hybrid (precopy, then the destination resumes it before its memory is back\n' +
       'in place and fills it from its own copy: the pause no longer grows with memory).\n' +
       'Exit codes: 0 moved, 1 failed and rolled back, 2 usage, 3 unavailable, 4 auth, 5 incompatible, 6 network,\n' +
-      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (see the message), 11 destination busy (nothing touched).', spec));
+      '7 protocol, 8 CRIU, 9 no such process, 10 outcome in doubt (the original is left stopped: run\n' +
+      'phaul-fast resolve SESSION as the message says), 11 destination busy (nothing touched).', spec));
     return 0;
   }
   const json = !!flags.json;
@@ -71,16 +69,7 @@ export async function run(argv: string[]): Promise<number> {
     const mode = flags.mode as string;
     if (mode !== 'auto' && !isMode(mode)) throw new PhaulError('usage', `--mode must be auto or one of ${MODES.join(', ')}, got '${mode}'`);
     const token = readToken(flags['token-file'] as string);
-    let tls: MigrateOptions['tls'];
-    if (flags.encrypt && (flags.tls || flags['tls-ca'])) throw new PhaulError('usage', '--encrypt and --tls are alternatives: pick one');
-    if (flags.encrypt) tls = { psk: true };
-    if (flags.tls || flags['tls-ca']) {
-      let ca: Buffer | undefined;
-      if (flags['tls-ca']) {
-        try { ca = fs.readFileSync(flags['tls-ca'] as string); } catch { throw new PhaulError('usage', `cannot read ${flags['tls-ca']}`); }
-      }
-      tls = { ca, servername: flags['tls-servername'] as string | undefined };
-    }
+    const tls = clientTls(flags);
     const compress = flags.compress as string;
     if (!['auto', 'lz4', 'none'].includes(compress)) throw new PhaulError('usage', `--compress must be auto, lz4 or none, got '${compress}'`);
     const precopy = {
@@ -92,7 +81,7 @@ export async function run(argv: string[]): Promise<number> {
       autoConverge: !!flags['auto-converge'],
     };
     const m = new Migration({
-      pid, container, to, token, mode, tls, precopy,
+      pid, container, to, token, tokenFile: flags['token-file'] as string, mode, tls, precopy,
       tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,
