@@ -13,7 +13,7 @@ import { startInPidNamespace, startMemWorkload } from '../src/testing/workload';
 import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
 import { spawnIn } from '../src/testing/hosts';
 import { PACKAGE_ROOT } from '../src/package-root';
-import { CLI, netnsOf, netnsOfPath, runCli, useTwoHostsWithServe } from './helpers/agents';
+import { CLI, netnsOf, netnsOfPath, runCli, startServe, useTwoHostsWithServe } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root (CRIU, ptrace, userfaultfd, network namespaces)';
@@ -38,11 +38,11 @@ function ourFillServers(): number[] {
 }
 
 /** The pid of our destination agent (stores are named after it; other checkouts run their own agents). */
-function servePid(): number {
+function servePid(dir = fx.serve.dir): number {
   const me = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).find((p) => {
     try {
       const argv = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-      return argv.includes('serve') && argv.includes(fx.serve.dir);
+      return argv.includes('serve') && argv.includes(dir);
     } catch { return false; }
   });
   assert.ok(me, 'our destination agent runs');
@@ -54,6 +54,17 @@ function stores(): string[] {
   const prefix = `phaul-fast-store-${servePid()}-`;
   return fs.readdirSync('/dev/shm').filter((n) => n.startsWith(prefix)).map((n) => path.join('/dev/shm', n))
     .filter((d) => { try { return fs.readdirSync(d).includes('postcopy.pages'); } catch { return false; } });
+}
+
+/** Does a TCP socket listen on `port` in the network namespace of `pid`? */
+function listening(pid: number, port: number): boolean {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  try {
+    return fs.readFileSync(`/proc/${pid}/net/tcp`, 'utf8').split('\n').some((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[1]?.endsWith(hex) && f[3] === '0A';
+    });
+  } catch { return false; }
 }
 
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
@@ -147,8 +158,8 @@ test('postcopy: a restore that fails before the copy runs rolls back: the origin
   let pid = -1;
   try {
     assert.ok(await until(() => (pid = ns.initPid()) > 0, 10_000), ns.stderr());
-    await sleep(500);
-    assert.ok(isAlive(pid) && blocker.exitCode === null, 'workload and blocker listen');
+    // Both bound (python starts slowly on a loaded machine): else the restore would not fail.
+    assert.ok(await until(() => listening(pid, port) && listening(blocker.pid!, port), 30_000), 'workload and blocker listen');
     const r = await runCli(fx.hosts.a, postcopyArgs(pid));
     assert.notEqual(r.code, 0, 'the migration failed');
     assert.equal(r.json!.ok, false);
@@ -197,5 +208,33 @@ test('postcopy: a tree that forks, maps, unmaps, grows (mremap) and shares memor
     for (const x of [pid, restored]) if (x > 0 && isAlive(x)) process.kill(x, 'SIGKILL');
     if (ns.child.pid && isAlive(ns.child.pid)) process.kill(ns.child.pid, 'SIGKILL');
     fs.rmSync(reports, { recursive: true, force: true });
+  }
+});
+
+test('postcopy: the destination agent killed mid-fill: the lazy-pages server stops the copy itself; the source exits lost, the original stopped', { skip }, async () => {
+  const own = await startServe(fx.hosts.b, fx.token, path.join(fx.dir, 'dest-killed'));
+  const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
+  const agentPid = servePid(own.dir);
+  let restored = 0;
+  const servers: number[] = [];
+  try {
+    const run = runCli(fx.hosts.a, postcopyArgs(w.pid, own.port), 300_000);
+    assert.ok(await until(() => /running as pid/.test(own.stderr()), 120_000), own.stderr());
+    own.proc.kill('SIGKILL'); // the agent we started for this test
+    restored = Number(/running as pid (\d+)/.exec(own.stderr())![1]);
+    servers.push(...ourFillServers());
+    const r = await run;
+    assert.equal(r.code, 10, r.stderr);
+    assert.equal(r.json!.error.code, 'lost');
+    assert.match(r.json!.error.message, /before all the workload's memory reached the destination/);
+    assert.equal(procState(w.pid), 'T', 'the original is left stopped');
+    // With its agent gone, the server stops the copy: it cannot get the rest of its memory.
+    assert.ok(await until(() => !isAlive(restored) || procState(restored) === 'T', 10_000), `the copy is ${procState(restored)}`);
+    assert.ok(servers.length > 0, 'the server outlived its agent (it holds the copy\'s userfaultfds)');
+  } finally {
+    for (const p of [...servers, restored]) if (p > 0 && isAlive(p)) process.kill(p, 'SIGKILL'); // the copy and the server our agent started
+    await w.stop();
+    await own.stop('SIGKILL');
+    for (const n of fs.readdirSync('/dev/shm')) if (agentPid && n.startsWith(`phaul-fast-store-${agentPid}-`)) fs.rmSync(path.join('/dev/shm', n), { recursive: true, force: true });
   }
 });

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { findPodman } from '../../src/container/podman';
+import { removeCgroups } from '../../src/testing/container';
 import { inHost } from '../../src/testing/hosts';
 import { importImage, podmanHost, removePodmanHost, shareImage } from '../../src/testing/podman';
 import { runCmd } from '../../src/testing/proc';
@@ -59,5 +60,7 @@ export class PodmanExport implements Peer {
     if (!this.cellDir) return;
     const h = containerHosts(this.cellDir);
     for (const d of [h.podmanSrc, h.podmanDst]) await removePodmanHost(podmanHost(d));
+    // conmon's cgroups under the workloads' parent outlive `podman rm` for a moment: gone by now.
+    removeCgroups(h.cgSrc);
   }
 }

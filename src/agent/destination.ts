@@ -430,6 +430,7 @@ class DestSession {
     } else await this.restoreWithCriu(criuFlags, lazy, timeoutMs);
     this.sm.to('restored-stopped');
     this.phase('criu-restore');
+    if (this.postcopy) this.lazyPages?.tree(this.restoredPid);
     // Should this agent die now, the next one kills the copy (it never ran): sweep.ts.
     recordStoppedCopy(this.dir, this.restoredPid);
     conn.send({ t: 'restored', pid: this.restoredPid, restoreMs: Date.now() - t0, phases: this.phases,

@@ -118,7 +118,18 @@ export class LazyPagesServer {
     if (this.started) throw new PhaulError('failed', 'lazy-pages server already started');
     this.started = true;
     const from = o.pagesFile !== undefined ? { postcopy: { file: o.pagesFile } } : { top: o.chainTop };
-    this.child.stdin!.end(JSON.stringify({ ...from, cleanup: o.cleanup ?? [], agentPid: process.pid }) + '\n');
+    const line = JSON.stringify({ ...from, cleanup: o.cleanup ?? [], agentPid: process.pid }) + '\n';
+    // Postcopy: stdin stays open to name the tree once restored (tree()).
+    if (o.pagesFile !== undefined) this.child.stdin!.write(line);
+    else this.child.stdin!.end(line);
+  }
+
+  /**
+   * Postcopy: the restored tree's root. Should this agent die before every
+   * page arrived, the server stops the tree itself (no more pages can come).
+   */
+  tree(pid: number): void {
+    this.child.stdin!.end(JSON.stringify({ tree: pid }) + '\n');
   }
 
   /** The server's last words (its log, in the images directory). */

@@ -2,7 +2,8 @@
 //
 //   node lazy-fill-process.js IMAGES_DIR [THREADS]
 //   stdin:  {"top": CHAIN_TOP_DIR, "cleanup": [DIR...], "agentPid": N}, then end
-//           (postcopy: {"postcopy": {"file": PAGES_FILE}, ...} instead of "top";
+//           (postcopy: {"postcopy": {"file": PAGES_FILE}, ...} instead of "top",
+//           one line, stdin staying open for {"tree": ROOT_PID} once restored;
 //           fd 3 is then the agent's control socket, handed to the server as
 //           is: "these pages are present" in, "this range is needed" out)
 //   stdout: "ready" once it listens on IMAGES_DIR/lazy-pages.socket, where
@@ -27,6 +28,7 @@ import { addon } from '../native';
 import { ChainReader } from '../store/chain-reader';
 import { fillPlan } from './lazy-fill-plan';
 import { PostcopyLayout } from '../postcopy/layout';
+import { signalAll, treePids } from '../agent/process-tree';
 
 /** The agent's end of the postcopy control socket (lazy-pages.ts). */
 const CONTROL_FD = 3;
@@ -38,10 +40,42 @@ function alive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch { return false; }
 }
 
-async function readStdin(): Promise<string> {
-  let text = '';
-  for await (const chunk of process.stdin) text += chunk;
-  return text;
+/** The restored tree's root, once the agent names it (postcopy). */
+let treeRoot = 0;
+
+/** The first line of stdin (the rest, if it stays open, names the tree). */
+function readConfig(): Promise<string> {
+  return new Promise((resolve) => {
+    let text = '';
+    let first = true;
+    const line = (l: string) => {
+      if (first) { first = false; resolve(l); return; }
+      const pid = Number((JSON.parse(l) as { tree?: unknown }).tree);
+      if (Number.isInteger(pid) && pid > 1) treeRoot = pid;
+    };
+    process.stdin.on('data', (d) => {
+      text += d;
+      for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n')) {
+        line(text.slice(0, i));
+        text = text.slice(i + 1);
+      }
+    });
+    process.stdin.on('end', () => { if (first) resolve(text); });
+    process.stdin.on('error', () => { if (first) resolve(''); });
+  });
+}
+
+/**
+ * Postcopy with the agent gone: nobody else will stop the tree, whose
+ * missing memory can no longer come. Stop it (its faulting threads wait on
+ * our userfaultfds; the others would run on).
+ */
+function stopTreeIfOrphaned(agentPid: number): boolean {
+  if (!treeRoot || alive(agentPid)) return false;
+  const pids = treePids(treeRoot);
+  signalAll(pids, 'SIGSTOP');
+  process.stderr.write(`lazy-fill: the agent is gone: stopped the tree (${pids.join(' ')}) that cannot get the rest of its memory\n`);
+  return true;
 }
 
 async function main(): Promise<number> {
@@ -54,7 +88,7 @@ async function main(): Promise<number> {
   process.chdir(dir);
   const listenFd = addon().lazyFillListen(LAZY_SOCKET);
   process.stdout.write('ready\n');
-  const text = await readStdin();
+  const text = await readConfig();
   if (!text.trim()) return 3;
   const o = JSON.parse(text) as { top?: string; postcopy?: { file: string }; cleanup?: string[]; agentPid?: number };
   let plan: Pick<ReturnType<typeof fillPlan>, 'files' | 'images'>;
@@ -86,7 +120,10 @@ async function main(): Promise<number> {
       process.stderr.write('lazy-fill: the agent is gone: holding the tree\'s userfaultfds so that it cannot read unfilled ' +
         'pages as zeros; stop or kill the tree before ending this process\n');
     }
-    await new Promise(() => setInterval(() => undefined, 60_000));
+    // Should the agent die meanwhile, with the tree still running (postcopy names it), stop it ourselves.
+    await new Promise(() => {
+      const watch = setInterval(() => { if (stopTreeIfOrphaned(Number(o.agentPid) || 0)) clearInterval(watch); }, 100);
+    });
   }
   if (!alive(Number(o.agentPid) || 0)) {
     for (const d of o.cleanup ?? []) {
