@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { startInPidNamespace, startMemWorkload } from '../src/testing/workload';
-import { isAlive, procState, sleep, waitGone } from '../src/testing/proc';
+import { isAlive, listening, procState, processesMentioning, sleep, waitGone } from '../src/testing/proc';
 import { spawnIn } from '../src/testing/hosts';
 import { PACKAGE_ROOT } from '../src/package-root';
 import { CLI, netnsOf, netnsOfPath, runCli, startServe, useTwoHostsWithServe } from './helpers/agents';
@@ -54,17 +54,6 @@ function stores(): string[] {
   const prefix = `phaul-fast-store-${servePid()}-`;
   return fs.readdirSync('/dev/shm').filter((n) => n.startsWith(prefix)).map((n) => path.join('/dev/shm', n))
     .filter((d) => { try { return fs.readdirSync(d).includes('postcopy.pages'); } catch { return false; } });
-}
-
-/** Does a TCP socket listen on `port` in the network namespace of `pid`? */
-function listening(pid: number, port: number): boolean {
-  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  try {
-    return fs.readFileSync(`/proc/${pid}/net/tcp`, 'utf8').split('\n').some((l) => {
-      const f = l.trim().split(/\s+/);
-      return f[1]?.endsWith(hex) && f[3] === '0A';
-    });
-  } catch { return false; }
 }
 
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
@@ -173,6 +162,8 @@ test('postcopy: a restore that fails before the copy runs rolls back: the origin
     if (pid > 0 && isAlive(pid)) process.kill(pid, 'SIGKILL');
     if (ns.child.pid && isAlive(ns.child.pid)) process.kill(ns.child.pid, 'SIGKILL');
     blocker.kill('SIGKILL');
+    // A copy restored against expectation runs this test's program: ours to end.
+    for (const p of processesMentioning(listener)) if (isAlive(p)) process.kill(p, 'SIGKILL');
   }
 });
 

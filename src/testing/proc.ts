@@ -141,3 +141,22 @@ export async function killPids(pids: number[], comms: string[], timeoutMs = 5_00
   }
   for (const p of live) await waitGone(p, timeoutMs);
 }
+
+/** Live processes whose command line mentions `needle` (zombies aside). */
+export function processesMentioning(needle: string): number[] {
+  return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
+    try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle) && procState(p) !== 'Z'; } catch { return false; }
+  });
+}
+
+/** Does a TCP socket listen on `port` in the network namespace of `pid`? */
+export function listening(pid: number, port: number): boolean {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  try {
+    return fs.readFileSync(`/proc/${pid}/net/tcp`, 'utf8').split('\n').some((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[1]?.endsWith(hex) && f[3] === '0A';
+    });
+  } catch { return false; }
+}
+

@@ -149,7 +149,10 @@ export async function startMemWorkload(opts: MemWorkloadOptions): Promise<MemWor
   const child = ns.child;
   const exited = () => ns.exited;
   const launcherPid = child.pid ?? -1;
-  const timeoutMs = opts.startTimeoutMs ?? 20_000 + opts.mib * 10;
+  // A guard against a workload that never starts, not a speed check: on this
+  // kind of VM, memory the hypervisor took back costs up to ~4.5 s/GiB to touch
+  // when quiet and several times that on a loaded machine.
+  const timeoutMs = opts.startTimeoutMs ?? 30_000 + opts.mib * 60;
   const end = Date.now() + timeoutMs;
   let pid = -1;
   for (;;) {
