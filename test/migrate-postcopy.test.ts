@@ -106,10 +106,13 @@ test('postcopy: the source agent killed mid-fill: the destination stops its copy
   let restored = 0;
   const logBefore = fx.serve.stderr().length;
   const log = () => fx.serve.stderr().slice(logBefore);
+  // A quiet machine pushes 1 GiB over the veth in about the time the restore
+  // takes: at 200 Mbit/s the copy surely runs long before its memory is all there.
+  await fx.hosts.shape(200);
   const src = spawnIn(fx.hosts.a, [process.execPath, CLI, ...postcopyArgs(w.pid)], { stdio: ['ignore', 'ignore', 'ignore'] });
   t.after(() => t.diagnostic(log().split('\n').filter((l) => /failed|stopped|lost/.test(l)).join('\n')));
   try {
-    // The moment the copy runs, its memory is still on its way (1 GiB takes seconds to send on any machine).
+    // The moment the copy runs, its memory is still on its way (~40 s at this rate).
     assert.ok(await until(() => /running as pid/.test(log()) || src.exitCode !== null, 120_000), log());
     src.kill('SIGKILL'); // the migrate process we started
     const m = /running as pid (\d+)/.exec(log());
@@ -132,6 +135,7 @@ test('postcopy: the source agent killed mid-fill: the destination stops its copy
     if (src.exitCode === null) src.kill('SIGKILL');
     if (restored > 0 && isAlive(restored)) process.kill(restored, 'SIGKILL'); // the stopped copy, ours
     await w.stop();
+    await fx.hosts.shape(null);
   }
 });
 
@@ -208,6 +212,7 @@ test('postcopy: the destination agent killed mid-fill: the lazy-pages server sto
   const agentPid = servePid(own.dir);
   let restored = 0;
   const servers: number[] = [];
+  await fx.hosts.shape(200); // the copy runs long before its memory is all there (see above)
   try {
     const run = runCli(fx.hosts.a, postcopyArgs(w.pid, own.port), 300_000);
     assert.ok(await until(() => /running as pid/.test(own.stderr()), 120_000), own.stderr());
@@ -226,6 +231,7 @@ test('postcopy: the destination agent killed mid-fill: the lazy-pages server sto
     for (const p of [...servers, restored]) if (p > 0 && isAlive(p)) process.kill(p, 'SIGKILL'); // the copy and the server our agent started
     await w.stop();
     await own.stop('SIGKILL');
+    await fx.hosts.shape(null);
     for (const n of fs.readdirSync('/dev/shm')) if (agentPid && n.startsWith(`phaul-fast-store-${agentPid}-`)) fs.rmSync(path.join('/dev/shm', n), { recursive: true, force: true });
   }
 });

@@ -79,6 +79,11 @@ function stopTreeIfOrphaned(agentPid: number): boolean {
 }
 
 async function main(): Promise<number> {
+  // The agent reads our stdout; once it is dead a write there fails (EPIPE).
+  // Unhandled, that error would end this process, closing the tree's
+  // userfaultfds: its unfilled pages would then read as zeros.
+  process.stdout.on('error', () => undefined);
+  process.stdin.on('error', () => undefined);
   const [dir, threadsArg] = process.argv.slice(2);
   if (!dir) {
     process.stderr.write('usage: lazy-fill-process IMAGES_DIR [THREADS]\n');
