@@ -177,7 +177,7 @@ export class Migration extends EventEmitter {
   /** Rejects on abort(): raced against waits that no connection can cut (CRIU writing its images). */
   private readonly aborted = new Promise<never>((_, reject) => { this.rejectAborted = reject; });
   /** Cuts every connection of the running migration; set while it runs. */
-  private cut?: () => void;
+  private cut?: (reason?: PhaulError) => void;
   private freezeTimer?: NodeJS.Timeout;
   private commitSent = false;
   /** The session id the destination gave us (names the session in logs, errors and resolve). */
@@ -206,7 +206,7 @@ export class Migration extends EventEmitter {
     if (this.abortReason) return;
     this.abortReason = reason;
     this.rejectAborted(reason);
-    this.cut?.();
+    this.cut?.(reason);
   }
 
   private get freezeTimeoutMs(): number {
@@ -340,8 +340,12 @@ export class Migration extends EventEmitter {
     const st: RunState = { sm };
     let tracker: TreeTracker | undefined;
     let fallback: string | undefined;
-    this.cut = () => {
+    this.cut = (reason?: PhaulError) => {
       st.data?.abort();
+      // The `abort` goes to the kernel before the close, so TCP delivers it once the path works again
+      // (a partition that heals): the destination then discards a copy it holds at once, instead of
+      // only when its own wait for `commit` runs out.
+      if (reason && this.session && st.conn && !st.conn.closed) try { st.conn.send({ t: 'abort', message: reason.message }); } catch { /* gone */ }
       st.conn?.socket.destroy();
       st.sender?.abort();
       for (const sock of st.streams ?? []) sock.destroy();
@@ -349,7 +353,7 @@ export class Migration extends EventEmitter {
     try {
       const ours = await localCapabilities();
       st.conn = await this.connect();
-      if (this.abortReason) this.cut();
+      if (this.abortReason) this.cut(this.abortReason);
       const session = await authenticateClient(st.conn, o.token, 'control');
       this.session = session;
       this.emit('log', `session ${session}`);
