@@ -20,7 +20,7 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateServer, HANDSHAKE_MS } from '../protocol/auth';
 import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
 import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
-import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepLeftovers } from './sweep';
+import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepDeadClaims, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
 import type { Image, Message, Prepare, Resolution, Resolve, TreeData, TreeEntries } from '../protocol/messages';
 import { readOutcome, recordOutcome } from './outcomes';
@@ -673,12 +673,14 @@ export class DestinationAgent extends EventEmitter {
   async listen(): Promise<{ host: string; port: number }> {
     fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
     await localCapabilities(); // fail now, not mid-migration, if CRIU is unusable
+    const claims = sweepDeadClaims();
     claimDir(this.opts.dir);
     const swept = sweepLeftovers(this.opts.dir, [...new Set([this.opts.storeDir ?? '/dev/shm', os.tmpdir()])]);
     if (swept.sessionDirs + swept.stores + swept.stoppedCopies + swept.resumedCopies)
       this.emit('log', `removed what earlier agents left: ${swept.stoppedCopies} stopped copies (they never ran), ` +
         `${swept.sessionDirs} session directories, ${swept.stores} page stores` +
         (swept.resumedCopies ? `; resumed ${swept.resumedCopies} stopped copies whose commit was on record` : ''));
+    if (claims) this.emit('log', `removed ${claims} claims on a --dir (in /run/phaul-fast) of agents that died`);
     // TLS is layered by hand on every accepted socket, so that connections
     // still in their TLS handshake count as pending too.
     const srv = this.server = net.createServer((sock) => { this.accept(sock).catch(() => undefined); });
