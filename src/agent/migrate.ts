@@ -783,8 +783,8 @@ export class Migration extends EventEmitter {
       st.sm.to('lost');
       return new PhaulError('lost', `postcopy: ${why} before all the workload's memory reached the destination. The copy ` +
         `there (pid ${result.restoredPid}) is stopped: it cannot run without that memory. The original here is left stopped ` +
-        `(pid ${this.pid}) with its memory as of the freeze: kill the copy, then resume the original (SIGCONT) and ` +
-        'lose what the copy did since the switchover; or restart the workload');
+        `(pid ${this.pid}) with its memory as of the freeze: phaul-fast resolve ${this.session} --token-file ${this.opts.tokenFile ?? 'FILE'} ` +
+        'on this host kills the copy and resumes the original (SIGCONT), losing what the copy did since the switchover');
     };
     const timeoutMs = 60_000 + this.memBytes / 5e3; // 5 MB/s at worst, a minute of slack
     let m: MessageOf<'filled'>;

@@ -13,7 +13,11 @@
 //                         original is stopped or gone), or abort it (the
 //                         original runs again: it must not run twice);
 //   aborted, unknown   -> no copy runs there: the original is resumed;
-//   in-progress        -> the destination has not restored it yet: try again.
+//   unfilled           -> the copy ran but its memory never all arrived
+//                         (unfilled.ts): it is killed and the original,
+//                         stopped with the memory it lacks, resumed;
+//   in-progress        -> the destination has not restored it yet (or,
+//                         postcopy, still fills its memory): try again.
 // The destination is asked, never guessed: if it cannot be reached, nothing
 // is touched and the original stays stopped.
 import { PhaulError } from '../errors';
@@ -153,6 +157,21 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
         throw new PhaulError('lost', `no copy of session ${session} runs at ${where} (${q.detail}), and this host has no record of its original: ` +
           'run phaul-fast resolve on the source host');
       throw new PhaulError('lost', `no copy of session ${session} runs at ${where} (${q.detail}) and its original (pid ${rec!.root}) is gone: the workload is lost`);
+    }
+    case 'unfilled': {
+      // The copy ran but lacks memory only the original has: the original is the workload, as of the freeze.
+      if (orig.state === 'unrecorded')
+        throw new PhaulError('lost', `${where} holds session ${session}'s copy stopped for lack of its memory (pid ${q.pid}), but this ` +
+          'host has no record of its original: run phaul-fast resolve on the source host');
+      if (orig.state === 'gone')
+        throw new PhaulError('lost', `${where} holds session ${session}'s copy stopped for lack of its memory (pid ${q.pid}) and the ` +
+          `original (pid ${rec!.root}) is gone: the workload is lost; nothing was changed`);
+      const r = await ask('abort');
+      if (r.state !== 'aborted')
+        throw new PhaulError('lost', `asked ${where} to discard session ${session}'s unfilled copy and it answered '${r.state}' (${r.detail}): run resolve again`);
+      resumeOriginal();
+      return done('rolled-back', `the destination's copy (pid ${q.pid}) ran but its memory never all arrived, so it was killed; the ` +
+        `original runs at the source again (pid ${rec!.root}) with its memory as of the freeze: what the copy did since the switchover is lost`, rec!.root);
     }
     case 'in-progress':
       throw new PhaulError('lost', `${where} is still restoring session ${session} (${q.detail}) after ${IN_PROGRESS_WAIT_MS / 1000} s; ` +
