@@ -240,7 +240,8 @@ export class Migration extends EventEmitter {
         // committing: the same stopped processes as in `held`; no /proc walk in the pause.
         if (s !== 'committing' || !this.original.length) this.original = snapshotTree(this.pid);
         writeSourceRecord({ session: this.session, to: this.opts.to, ...(this.opts.tls ? { tls: 'psk' in this.opts.tls ? 'psk' : 'cert' } : {}),
-          root: this.pid, original: this.original, state: s });
+          root: this.pid, original: this.original, state: s,
+          ...(this.container || this.opts.tcpEstablished ? { networkLock: this.container?.netnsPath ? { netns: this.container.netnsPath } : {} } : {}) });
       } else if (s === 'done' || s === 'rolled-back' || s === 'failed') {
         removeSourceRecord(this.session);
       }

@@ -20,7 +20,8 @@
 //                         postcopy, still fills its memory): try again.
 // The destination is asked, never guessed: if it cannot be reached, nothing
 // is touched and the original stays stopped.
-import { PhaulError } from '../errors';
+import { asPhaulError, PhaulError } from '../errors';
+import { releaseCriuNetworkLock } from '../criu/network-unlock';
 import type { FrameConn } from '../protocol/frames';
 import { authenticateClient } from '../protocol/auth';
 import type { Resolution, Resolve } from '../protocol/messages';
@@ -120,13 +121,21 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
   }
   const done = (outcome: ResolveReport['outcome'], detail: string, pid?: number): ResolveReport => {
     removeSourceRecord(session, o.recordDir);
-    return { ok: true, session, outcome, destination: q.state, ...(pid ? { pid } : {}), detail };
+    return { ok: true, session, outcome, destination: q.state, ...(pid ? { pid } : {}), detail: detail + lockNote };
   };
   const killOriginal = async () => {
     signalAll(orig.pids, 'SIGKILL');
     if (rec) await waitGone(rec.root, 5000);
   };
-  const resumeOriginal = () => signalAll(orig.pids, 'SIGCONT');
+  let lockNote = '';
+  // CRIU's network lock outlives a dump that succeeded: lifted first, or the resumed tree's connections hang.
+  const resumeOriginal = async () => {
+    if (rec?.networkLock && orig.pids.length) {
+      const pids = [rec.root, ...orig.pids.filter((p) => p !== rec.root)].filter((p) => orig.pids.includes(p));
+      lockNote = `; network lock: ${await releaseCriuNetworkLock(pids, rec.networkLock.netns).catch((e) => asPhaulError(e).message)}`;
+    }
+    signalAll(orig.pids, 'SIGCONT');
+  };
 
   switch (q.state) {
     case 'running':
@@ -150,7 +159,7 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
     case 'aborted':
     case 'unknown': {
       if (orig.state === 'stopped' || orig.state === 'running') {
-        resumeOriginal();
+        await resumeOriginal();
         return done('rolled-back', `no copy of session ${session} runs at ${where} (${q.detail}); the original runs at the source (pid ${rec!.root})`, rec!.root);
       }
       if (orig.state === 'unrecorded')
@@ -169,7 +178,7 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
       const r = await ask('abort');
       if (r.state !== 'aborted')
         throw new PhaulError('lost', `asked ${where} to discard session ${session}'s unfilled copy and it answered '${r.state}' (${r.detail}): run resolve again`);
-      resumeOriginal();
+      await resumeOriginal();
       return done('rolled-back', `the destination's copy (pid ${q.pid}) ran but its memory never all arrived, so it was killed; the ` +
         `original runs at the source again (pid ${rec!.root}) with its memory as of the freeze: what the copy did since the switchover is lost`, rec!.root);
     }

@@ -27,6 +27,9 @@ export interface SourceRecord {
   root: number;
   original: OriginalProcess[];
   state: SourceState;
+  /** CRIU locked the tree's network for the dump (--tcp-established, containers): an nftables table in
+   *  `netns` (default: the root's namespace) and TCP sockets in repair mode, to be lifted before a resume. */
+  networkLock?: { netns?: string };
   at: number;
 }
 
