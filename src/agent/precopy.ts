@@ -15,6 +15,7 @@ import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtySet } from '../memory/dirty-tracker';
 import { DirtyTrackingError } from '../memory/errors';
+import { frozenSnapshot } from '../memory/frozen-snapshot';
 import { batches, PAGE_SIZE, pairBytes, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
 import { encodeBatch, encodeRawHead } from '../transport/page-batch';
 import { BufferPool } from '../transport/buffer-pool';
@@ -214,7 +215,13 @@ export class PrecopySender {
       if (this.out.native && !this.compress) {
         // Read and written on a libuv thread (batch-sender.ts); its bytes never come into JS.
         const bytes = pairBytes(b);
-        await this.out.sendPages(pid, round, b, bytes, this.pool);
+        try {
+          await this.out.sendPages(pid, round, b, bytes, this.pool);
+        } catch (e) {
+          // As below: a process that exited since the scan (the batch is read before anything of it is written).
+          if (e instanceof DirtyTrackingError && e.reason === 'process-gone') break;
+          throw e;
+        }
         pages += bytes / PAGE_SIZE;
         count++;
         continue;
@@ -314,7 +321,7 @@ export class PrecopyRun {
     const sinceLastMs = this.lastScanAt ? t - this.lastScanAt : 0;
     this.lastScanAt = t;
     // The last scan, with the tree frozen, need not protect anything again.
-    const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen' });
+    const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen', frozen: final });
     const scanMs = Date.now() - t;
     const before = this.sender.bytesSent;
     let pages = 0;
@@ -336,6 +343,15 @@ export class PrecopyRun {
         if (more.length) extra = BigUint64Array.from(more);
       }
       const [n, c] = await this.sender.sendSet(pid, this.round, set, tr.vmas().ranges, extra);
+      pages += n;
+      count += c;
+    }
+    // Forked after the last live scan: all of its memory, read once (frozen-snapshot.ts).
+    for (const pid of scan.untrackedNew) {
+      const snap = frozenSnapshot(pid);
+      if (!snap) continue;
+      this.log(`pid ${pid} appeared after the last live scan: ${snap.pages} pages sent whole`);
+      const [n, c] = await this.sender.sendSet(pid, this.round, { ranges: snap.ranges } as DirtySet, snap.vmas);
       pages += n;
       count += c;
     }

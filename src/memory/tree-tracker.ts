@@ -18,6 +18,8 @@ export interface TreeScan {
   /** Processes that share the address space of a tracked one (vfork, CLONE_VM):
    *  pid -> the pid whose set covers it. */
   aliases: Map<number, number>;
+  /** `frozen` scans: processes new since the last live scan, not tracked (see frozen-snapshot.ts). */
+  untrackedNew: number[];
 }
 
 /** Direct children of every thread of `pid` (empty when it is gone). */
@@ -46,6 +48,17 @@ function alive(pid: number): boolean {
   return fs.existsSync(`/proc/${pid}`);
 }
 
+/** Gone, or a zombie (it exited; its parent has not reaped it yet). */
+function exiting(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state === 'Z' || state === 'X';
+  } catch {
+    return true;
+  }
+}
+
 export class TreeTracker {
   readonly root: number;
   private trackers = new Map<number, DirtyTracker>();
@@ -66,9 +79,11 @@ export class TreeTracker {
 
   /** One round: picks up new processes, then scans every tracked one (see DirtyTracker.scan for
    *  `protect` and `sync`; without sync, no new process is picked up either). */
-  async scan(opts: { protect?: boolean; sync?: boolean } = {}): Promise<TreeScan> {
+  async scan(opts: { protect?: boolean; sync?: boolean; frozen?: boolean } = {}): Promise<TreeScan> {
     if (this.closed) throw new DirtyTrackingError('failed', this.root, 'TreeTracker is closed');
-    const added = opts.sync === false ? [] : await this.discover();
+    // Frozen under CRIU's ptrace, a new process cannot get a tracker: it is only named.
+    const untrackedNew: number[] = [];
+    const added = opts.sync === false ? [] : await this.discover(opts.frozen ? untrackedNew : undefined);
     const sets = new Map<number, DirtySet>();
     const exited: number[] = [];
     const pids = [...this.trackers.keys()];
@@ -81,7 +96,7 @@ export class TreeTracker {
         continue;
       }
       const err = r.reason;
-      if (!(err instanceof DirtyTrackingError) || err.reason !== 'process-gone') {
+      if (!(err instanceof DirtyTrackingError) || (err.reason !== 'process-gone' && !exiting(pid))) {
         this.close();
         throw err;
       }
@@ -99,7 +114,7 @@ export class TreeTracker {
       exited.push(pid);
     }
     for (const [a, owner] of this.aliases) if (!alive(a) || !this.trackers.has(owner)) this.aliases.delete(a);
-    return { sets, added, exited, aliases: new Map(this.aliases) };
+    return { sets, added, exited, aliases: new Map(this.aliases), untrackedNew };
   }
 
   pids(): number[] {
@@ -130,7 +145,8 @@ export class TreeTracker {
     return [...seen].sort((a, b) => a - b);
   }
 
-  private async discover(): Promise<number[]> {
+  /** New processes get a tracker, or with `untracked` given, are only listed there. */
+  private async discover(untracked?: number[]): Promise<number[]> {
     const added: number[] = [];
     for (const pid of this.tree()) {
       if (this.trackers.has(pid) || this.aliases.has(pid)) continue;
@@ -139,7 +155,8 @@ export class TreeTracker {
         this.aliases.set(pid, owner);
         continue;
       }
-      if (await this.startOne(pid)) added.push(pid);
+      if (untracked) untracked.push(pid);
+      else if (await this.startOne(pid)) added.push(pid);
     }
     return added;
   }
@@ -162,6 +179,14 @@ export class TreeTracker {
     } catch (e) {
       t.close();
       if (e instanceof DirtyTrackingError && e.reason === 'process-gone') return null;
+      // A child that exits while we attach refuses ptrace (EPERM) or vanishes
+      // mid-start; it needs no tracking. (Exiting is not visible at once: wait a little.)
+      if (pid !== this.root) {
+        for (let i = 0; i < 50; i++) {
+          if (exiting(pid)) return null;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
       throw e;
     }
     this.trackers.set(pid, t);

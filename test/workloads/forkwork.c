@@ -1,0 +1,86 @@
+// A tree that forks all the time, for migrations whose switchover comes
+// between a fork and the next scan: `forkwork REPORT_FILE`.
+//
+// Every ~20 ms the parent forks a child that fills 64 pages of fresh private
+// memory with a pattern derived from its pid, then checks them every 10 ms for
+// ~0.3 s and exits 0 if every check passed, 3 otherwise. The parent reaps them and
+// counts children and failures; on SIGUSR1 it writes
+// {"ok":..., "children":N, "bad":N, "seq":N} to REPORT_FILE (temporary file and
+// rename). So a child forked right before a freeze must come through the
+// migration with its memory, or it reports a failure.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGES 64
+#define PAGE 4096
+
+static volatile sig_atomic_t want_report;
+static void on_usr1(int s) { (void)s; want_report = 1; }
+
+static void nap(long ns) {
+  struct timespec t = {0, ns};
+  while (nanosleep(&t, &t) != 0 && errno == EINTR) {
+  }
+}
+
+static uint64_t word(pid_t pid, size_t i) { return ((uint64_t)pid << 32) ^ (i * 0x9e3779b97f4a7c15ull); }
+
+static int child(void) {
+  pid_t me = getpid();
+  uint64_t* mem = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return 4;
+  size_t n = PAGES * PAGE / sizeof(uint64_t);
+  for (size_t i = 0; i < n; i++) mem[i] = word(me, i);
+  for (int round = 0; round < 30; round++) {
+    for (size_t i = 0; i < n; i++)
+      if (mem[i] != word(me, i)) return 3;
+    nap(10 * 1000 * 1000);
+  }
+  return 0;
+}
+
+static void report(const char* path, unsigned long children, unsigned long bad, unsigned long seq) {
+  char tmp[4096];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  FILE* f = fopen(tmp, "w");
+  if (!f) return;
+  fprintf(f, "{\"ok\":%s,\"children\":%lu,\"bad\":%lu,\"seq\":%lu}\n", bad ? "false" : "true", children, bad, seq);
+  fclose(f);
+  rename(tmp, path);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: forkwork REPORT_FILE\n");
+    return 2;
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_usr1;
+  sigaction(SIGUSR1, &sa, NULL);
+  unsigned long children = 0, bad = 0, seq = 0;
+  report(argv[1], 0, 0, seq++);
+  for (;;) {
+    pid_t p = fork();
+    if (p == 0) _exit(child());
+    if (p > 0) children++;
+    int st;
+    pid_t r;
+    while ((r = waitpid(-1, &st, WNOHANG)) > 0)
+      if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) bad++;
+    if (want_report) {
+      want_report = 0;
+      report(argv[1], children, bad, seq++);
+    }
+    nap(20 * 1000 * 1000);
+  }
+}
