@@ -674,7 +674,7 @@ export class Migration extends EventEmitter {
     this.phase('images');
     await frozen;
     this.phase('frozen-pages'); // what of that round CRIU's dump did not hide
-    const fin = await run.finalRound();
+    const fin = await run.finalRound(workDir);
     this.phase('final-scan', this.last + fin.scanMs);
     this.phase('final-pages', this.last + fin.sendMs);
     this.phase('final-stored');

@@ -1,4 +1,5 @@
-// test/workloads/forkwork.c's report, asked for with SIGUSR1.
+// test/workloads/forkwork.c's report, and a migration held between its last
+// live scan and CRIU's freeze while forkwork keeps forking.
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { isAlive, sleep } from '../../src/testing/proc';
@@ -19,3 +20,26 @@ export async function forkReport(pid: number, file: string): Promise<ForkReport>
   }
 }
 
+/**
+ * runCli's options that stop the source once its rounds are over (the
+ * test-only pause hook, src/agent/test-pause.ts) and let it go on to the
+ * freeze `ms` later (creating `release`): the tree then surely holds
+ * processes forked after the last live scan, and has lost some it tracked.
+ */
+export function holdBeforeFreeze(release: string, ms = 400): { env: Record<string, string>; onStderr: (err: string) => void } {
+  let held = false;
+  return {
+    env: { PHAUL_FAST_TEST_PAUSE: `source:precopy:${release}` },
+    onStderr: (err) => {
+      if (held || !/test pause: source at precopy/.test(err)) return;
+      held = true;
+      setTimeout(() => fs.writeFileSync(release, ''), ms);
+    },
+  };
+}
+
+/** How many processes the source's log says appeared after its last live scan (0 if none). */
+export function lateProcesses(stderr: string): number {
+  const m = /(\d+) process\(es\) appeared after the last live scan/.exec(stderr);
+  return m ? Number(m[1]) : 0;
+}
