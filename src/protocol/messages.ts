@@ -31,7 +31,7 @@ export interface Capabilities {
 
 /** CRIU options the source asks the destination to restore with (the dump used the same). */
 export type { CriuFlags };
-export const CRIU_FLAGS = ['tcpEstablished', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
+export const CRIU_FLAGS = ['tcpEstablished', 'tcpClose', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
 
 /** A mapping the destination's page store is to hold (whole pages from vaddr). */
 export interface LayoutRange {
