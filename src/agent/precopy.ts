@@ -23,6 +23,7 @@ import { nativeBatchConns } from './data-channel';
 import { chooseCompression, measureLz4 } from '../transport/compression';
 import { SwitchoverPolicy } from '../policy/switchover';
 import { PE_LAZY, PE_PRESENT, readPagemapImage } from '../store/pagemap-image';
+import { LAYOUT_MAX_RANGES, type ProcLayout } from '../protocol/messages';
 
 export interface PrecopyOptions {
   downtimeLimitMs?: number;
@@ -67,6 +68,15 @@ export function nsPid(pid: number): number {
 }
 
 const NONE = new BigUint64Array(0);
+
+/** One process's part of a round: PrecopySender.plan, announce, send. */
+export interface PlannedSet {
+  pid: number;
+  /** [start, end) pairs to read and send. */
+  pairs: BigUint64Array;
+  /** [start, end) pairs of known-zero anonymous memory. */
+  zeros: bigint[];
+}
 
 /**
  * What CRIU's lazy dump in imagesDir lists as host process `pid`'s lazy
@@ -150,6 +160,8 @@ export class PrecopySender {
   private readonly pool: BufferPool;
   /** batchesWritten when the round began. */
   private batchesBefore = 0;
+  /** Layouts planned and not yet announced. */
+  private pendingLayout: ProcLayout[] = [];
 
   constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
     this.out = new BatchSender(streams, nativeBatchConns(streams), () => control.closed, opts.maxBandwidthBps);
@@ -176,8 +188,8 @@ export class PrecopySender {
     this.compress = chooseCompression(mode, { linkBps, lz4Bps });
   }
 
-  /** Announces the tracked mappings of `set` the store has not seen (whole VMAs: the store's files are sparse). */
-  private async announce(pid: number, data: BigUint64Array, vmas: BigUint64Array): Promise<void> {
+  /** Records the tracked mappings holding `data` that the store has not seen (whole VMAs: the store's files are sparse) for the next announce(). */
+  private addLayout(pid: number, data: BigUint64Array, vmas: BigUint64Array): void {
     const want: Array<[bigint, bigint]> = [];
     for (let i = 0; i < vmas.length; i += 3) {
       if (!(vmas[i + 2] & BigInt(VMA_TRACKED))) continue;
@@ -193,19 +205,40 @@ export class PrecopySender {
     }
     const fresh = this.known.add(pid, want);
     if (fresh.length) {
-      this.control.send({
-        t: 'layout', pid,
-        ranges: fresh.map(([s, e]) => ({ vaddr: Number(s), nrPages: Number((e - s) / BigInt(PAGE_SIZE)) })),
-      });
-      // The layout travels on the control connection, the pages on the data
-      // streams: without this acknowledgement a batch could reach the store
-      // before the layout it needs (new process after a fork, new mapping).
+      this.pendingLayout.push({ pid, ranges: fresh.map(([s, e]) => ({ vaddr: Number(s), nrPages: Number((e - s) / BigInt(PAGE_SIZE)) })) });
+    }
+  }
+
+  /**
+   * Announces every layout planned since the last call, in as few messages
+   * as the size limit allows (one per round as a rule: a tree of many
+   * processes costs one round trip, not one per process), and waits for the
+   * store to hold them. The layouts travel on the control connection, the
+   * pages on the data streams: without the acknowledgement a batch could
+   * reach the store before the layout it needs (a new process, a new mapping).
+   */
+  async announce(): Promise<void> {
+    const all = this.pendingLayout;
+    this.pendingLayout = [];
+    for (let i = 0; i < all.length; ) {
+      const procs: ProcLayout[] = [];
+      let n = 0;
+      // Whole processes per message: a process announced twice would get a second level in the store.
+      for (; i < all.length && (procs.length === 0 || n + all[i].ranges.length <= LAYOUT_MAX_RANGES); i++) {
+        procs.push(all[i]);
+        n += all[i].ranges.length;
+      }
+      this.control.send({ t: 'layout', procs });
       await this.control.expect('layout-ack', 60_000);
     }
   }
 
-  /** Sends the pages of one scan of one process (`ranges`: a DirtySet's triples); returns the pages read. */
-  async sendSet(pid: number, round: number, ranges: BigUint64Array, vmas: BigUint64Array, extra?: BigUint64Array): Promise<number> {
+  /**
+   * What one scan of one process (`ranges`: a DirtySet's triples, `extra`:
+   * more [start, end) pairs to read) asks to send; the mappings it needs join
+   * the layout the next announce() sends. send() it after that announce().
+   */
+  plan(pid: number, ranges: BigUint64Array, vmas: BigUint64Array, extra?: BigUint64Array): PlannedSet {
     let pairs = selectPairs(ranges, RANGE_PRESENT | RANGE_SWAPPED);
     if (extra && extra.length) pairs = BigUint64Array.from([...pairs, ...extra]);
     const zeros = anonZeroPairs(ranges, vmas);
@@ -214,7 +247,13 @@ export class PrecopySender {
       for (const z of zeros) known.push(z);
       this.zeroRanges.set(pid, known);
     }
-    await this.announce(pid, BigUint64Array.from([...pairs, ...zeros]), vmas);
+    this.addLayout(pid, BigUint64Array.from([...pairs, ...zeros]), vmas);
+    return { pid, pairs, zeros };
+  }
+
+  /** Sends the pages of a plan (announced); returns the pages read. */
+  async send(p: PlannedSet, round: number): Promise<number> {
+    const { pid, pairs, zeros } = p;
     let pages = 0;
     // Known-zero anonymous pages: unpopulated (or MADV_DONTNEED'd) under
     // write-protection. Their uffd-wp markers look like swap entries in
@@ -344,7 +383,7 @@ export class PrecopyRun {
     const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen', frozen: final });
     const scanMs = Date.now() - t;
     const before = this.sender.bytesSent;
-    let pages = 0;
+    const plans: PlannedSet[] = [];
     for (const [pid, set] of scan.sets) {
       const tr = this.tracker.tracker(pid);
       if (!tr) continue;
@@ -361,19 +400,28 @@ export class PrecopyRun {
         }
         if (more.length) extra = BigUint64Array.from(more);
       }
-      pages += await this.sender.sendSet(pid, this.round, set.ranges, tr.vmas().ranges, extra);
+      plans.push(this.sender.plan(pid, set.ranges, tr.vmas().ranges, extra));
     }
-    if (final && scan.untracked.length) {
-      // Forked between the last live scan and the freeze: no tracker (CRIU
-      // holds them), so no page of theirs was sent. They cannot run either,
-      // so what CRIU lists as their lazy memory is read once, exactly.
-      let sent = 0;
+    // Forked between the last live scan and the freeze: no tracker (CRIU
+    // holds them), so no page of theirs was sent. They cannot run either, so
+    // what CRIU lists as their lazy memory is read once, exactly.
+    const tracked = plans.length;
+    if (final) {
       for (const pid of scan.untracked) {
         const lazy = criuLazyRanges(imagesDir!, pid);
-        if (lazy.length) sent += await this.sender.sendSet(pid, this.round, lazy, NONE);
+        if (lazy.length) plans.push(this.sender.plan(pid, lazy, NONE));
       }
-      pages += sent;
-      this.log(`${scan.untracked.length} process(es) appeared after the last live scan (${scan.untracked.join(' ')}): the ${sent} pages CRIU lists for them sent whole`);
+    }
+    await this.sender.announce();
+    let pages = 0;
+    let late = 0;
+    for (let i = 0; i < plans.length; i++) {
+      const n = await this.sender.send(plans[i], this.round);
+      pages += n;
+      if (i >= tracked) late += n;
+    }
+    if (scan.untracked.length) {
+      this.log(`${scan.untracked.length} process(es) appeared after the last live scan (${scan.untracked.join(' ')}): the ${late} pages CRIU lists for them sent whole`);
     }
     const sendMs = Date.now() - t - scanMs;
     await this.sender.endRound(this.round, final);
