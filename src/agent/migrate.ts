@@ -246,7 +246,8 @@ export class Migration extends EventEmitter {
         if (s !== 'committing' || !this.original.length) this.original = snapshotTree(this.pid);
         writeSourceRecord({ session: this.session, to: this.opts.to, ...(this.opts.tls ? { tls: 'psk' in this.opts.tls ? 'psk' : 'cert' } : {}),
           root: this.pid, original: this.original, state: s,
-          ...(this.container || this.opts.tcpEstablished ? { networkLock: this.container?.netnsPath ? { netns: this.container.netnsPath } : {} } : {}) });
+          ...(this.container || this.opts.tcpEstablished ? { networkLock: this.container?.netnsPath ? { netns: this.container.netnsPath } : {} } : {}),
+          ...(this.container ? { container: { spec: this.container.spec, ...(this.container.netns ? { netns: this.container.netns.path } : {}) } } : {}) });
       } else if (s === 'done' || s === 'rolled-back' || s === 'failed') {
         removeSourceRecord(this.session);
       }

@@ -22,6 +22,7 @@
 // is touched and the original stays stopped.
 import { asPhaulError, PhaulError } from '../errors';
 import { releaseCriuNetworkLock } from '../criu/network-unlock';
+import { forgetMovedContainer } from '../container/source';
 import type { FrameConn } from '../protocol/frames';
 import { authenticateClient } from '../protocol/auth';
 import type { Resolution, Resolve } from '../protocol/messages';
@@ -121,12 +122,18 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
   }
   const done = (outcome: ResolveReport['outcome'], detail: string, pid?: number): ResolveReport => {
     removeSourceRecord(session, o.recordDir);
-    return { ok: true, session, outcome, destination: q.state, ...(pid ? { pid } : {}), detail: detail + lockNote };
+    return { ok: true, session, outcome, destination: q.state, ...(pid ? { pid } : {}), detail: detail + lockNote + runtimeNote };
   };
+  // A container's original, once killed, is forgotten by its runtime too (as at the end of a migration).
   const killOriginal = async () => {
     signalAll(orig.pids, 'SIGKILL');
     if (rec) await waitGone(rec.root, 5000);
+    if (rec?.container) {
+      const w = await forgetMovedContainer(rec.container.spec, rec.container.netns).catch((e) => asPhaulError(e).message);
+      runtimeNote = w ? `; ${w}` : `; the source's ${rec.container.spec.runtime ?? 'runc'} forgot container ${rec.container.spec.id}`;
+    }
   };
+  let runtimeNote = '';
   let lockNote = '';
   // CRIU's network lock outlives a dump that succeeded: lifted first, or the resumed tree's connections hang.
   const resumeOriginal = async () => {
