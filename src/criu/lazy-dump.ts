@@ -41,6 +41,14 @@ function onCpuNs(pids: number[]): number {
   return ns;
 }
 
+/** Peak resident memory of process `pid` (VmHWM, KiB); undefined once it is gone. */
+function peakRssKiB(pid: number): number | undefined {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch { return undefined; }
+}
+
 /** CPU spent between the tree seen frozen and CRIU's images ready: it grows with the tree's memory
  *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; its parasite pins every lazy page),
  *  and unlike wall time it barely moves when the host is loaded. */
@@ -72,6 +80,10 @@ export class LazyDump {
   readyAt = 0;
   /** Set once the images are ready (when the freeze was seen before that). */
   dumpCpu?: DumpCpu;
+  /** CRIU's peak resident memory when its images were ready (KiB). It stays near CRIU's own
+   *  size only with the lazy iovec fix setup builds CRIU with (scripts/setup.sh): without it
+   *  CRIU faults in up to 32 bytes per page of the tree's private mappings while the tree is frozen. */
+  criuPeakRssKiB?: number;
   private cpuAtFreeze?: { criu: number; tree: number; pids: number[] };
   /** Resolves when the images are written and the tree is frozen. */
   readonly ready: Promise<void>;
@@ -98,6 +110,7 @@ export class LazyDump {
     this.ready = new Promise<void>((resolve, reject) => {
       (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => {
         this.readyAt = Date.now();
+        this.criuPeakRssKiB = peakRssKiB(this.child.pid ?? -1);
         const at = this.cpuAtFreeze;
         if (at) {
           this.dumpCpu = { criuMs: Math.round((onCpuNs([this.child.pid ?? -1]) - at.criu) / 1e6),
