@@ -127,15 +127,22 @@ EOF
   echo "$tarball"
 }
 
-# One fix we carry in the CRIU we build (recorded in $PREFIX/patches; a build
-# without it is rebuilt). A lazy dump copies its iovec array into the
-# parasite's arguments sized for every private page of the tree (16 bytes a
-# page) instead of the iovecs it filled (a few per pipe): at 4 GiB that is
-# 16 MiB of fresh shared memory faulted in while the tree is frozen, ~110 ms
-# of CRIU's ~300 ms of CPU from the freeze to its images (perf, CRIU 4.2.1;
-# docs/BENCH.md "CRIU's lazy dump at 4 GiB"). Copying only the filled ones is
-# what the parasite reads (its offsets stop at the last filled iovec).
-CRIU_PATCHES="lazy-iovs-1"
+# Two changes we carry in the CRIU we build (recorded in $PREFIX/patches; a
+# build without them is rebuilt), both in its lazy dump, whose memory walk is
+# most of a large hybrid switchover (docs/BENCH.md "CRIU's lazy dump at 4 GiB"):
+# - lazy-iovs: CRIU copied its iovec array into the parasite's arguments sized
+#   for every private page of the tree (16 bytes a page) instead of the
+#   iovecs it filled (a few per pipe): at 4 GiB, 16 MiB of fresh shared memory
+#   faulted in while the tree is frozen, ~110 ms of CPU. Copying only the
+#   filled ones is what the parasite reads (its offsets stop there).
+# - lazy-unpinned: with CRIU_LAZY_PAGES_UNPINNED=1 in its environment (set by
+#   src/criu/lazy-dump.ts only), a lazy dump does not have its parasite
+#   vmsplice every lazy page into pipes (~100 ms of the frozen tree's CPU at
+#   4 GiB): those pipes are read only by a lazy-pages client asking CRIU's
+#   page server for pages, and we never do (our store holds every page; we
+#   only send the page server's CLOSE). The images are the same: CRIU writes
+#   lazy entries to the pagemap without reading their pipes.
+CRIU_PATCHES="lazy-iovs-1 lazy-unpinned-1"
 patch_criu_source() { # $1 = CRIU's source tree
   local f="$1/criu/mem.c"
   local from='memcpy(pargs_iovs(args), pp->iovs, sizeof(struct iovec) \* pp->nr_iovs);'
@@ -143,6 +150,13 @@ patch_criu_source() { # $1 = CRIU's source tree
   grep -q "$from" "$f" || die "CRIU $CRIU_VERSION's criu/mem.c has no lazy iovec copy to fix (scripts/setup.sh patch_criu_source)"
   sed -i "s/$from/$to/" "$f"
   grep -qF "$to" "$f" || die "could not apply the lazy iovec fix to $f"
+  # drain_pages: the loop after this comment hands each pipe buffer to the parasite.
+  local anchor='Step 2 -- grab pages into page-pipe'
+  [ "$(grep -c "$anchor" "$f")" = 1 ] && [ "$(grep -A1 "$anchor" "$f" | grep -c 'list_for_each_entry(ppb, &pp->bufs, l) {')" = 1 ] \
+    || die "CRIU $CRIU_VERSION's drain_pages is not where scripts/setup.sh expects it (lazy-unpinned)"
+  local line='		if (opts.lazy_pages && (ppb->flags & PPB_LAZY) && getenv("CRIU_LAZY_PAGES_UNPINNED")) { args->off += ppb->nr_segs; continue; }'
+  sed -i -e "/$anchor/{n" -e "a\\$line" -e '}' "$f"
+  grep -q 'getenv("CRIU_LAZY_PAGES_UNPINNED")' "$f" || die "could not apply lazy-unpinned to $f"
 }
 
 build_criu() {

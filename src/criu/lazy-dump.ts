@@ -50,7 +50,8 @@ function peakRssKiB(pid: number): number | undefined {
 }
 
 /** CPU spent between the tree seen frozen and CRIU's images ready: it grows with the tree's memory
- *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; its parasite pins every lazy page),
+ *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; a CRIU built without our changes
+ *  also has its parasite pin every lazy page),
  *  and unlike wall time it barely moves when the host is loaded. */
 export interface DumpCpu {
   /** CRIU's own process. */
@@ -99,7 +100,13 @@ export class LazyDump {
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
       // detached: its own session, so a Ctrl-C at the terminal reaches only our
       // agent, which rolls back and tells CRIU (its parent-death signal stays).
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true });
+      // CRIU_LAZY_PAGES_UNPINNED: the CRIU setup builds then leaves the lazy pages
+      // where they are instead of pinning each into a pipe while the tree is
+      // frozen (scripts/setup.sh patch_criu_source). Those pipes serve only a
+      // lazy-pages client asking CRIU for pages; we never ask (our store holds
+      // every page, postcopy reads the frozen tree itself), we only CLOSE.
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true,
+        env: { ...process.env, CRIU_LAZY_PAGES_UNPINNED: '1' } });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
