@@ -193,7 +193,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     let fig: RunFigures;
     let destPeak = 0;
     try {
-      fig = await peer.migrate(wl.pid, { ...ctx, container: wl.container }, {
+      fig = await peer.migrate(wl.pid, { ...ctx, container: wl.container, tcpClose: wl.tcpClose }, {
         onRunning: (pid) => { restoredPid = pid; wl.onRunning(pid); },
       });
     } finally {

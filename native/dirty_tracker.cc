@@ -193,7 +193,7 @@ bool Tracker::Start(Failure* f) {
   pagemap_ = open(("/proc/" + std::to_string(pid_) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC);
   if (pagemap_ < 0) {
     int e = errno;
-    Fail(f, e == ENOENT ? "process-gone" : "failed", "open pagemap: " + Errno(e), e);
+    Fail(f, (e == ENOENT || e == ESRCH) ? "process-gone" : "failed", "open pagemap: " + Errno(e), e);
     Close();
     return false;
   }

@@ -422,8 +422,12 @@ void Server::AddMm(int uffd, int32_t id, const std::vector<Extent>* ext, std::sh
   mms_.push_back(std::move(m));
 }
 
-// Reads what the restore sent; false when the socket closed.
+// Reads what the restore sent; false when the socket closed. What came
+// before the close is taken all the same: the restore's last message
+// ("finished") and its close can be read in one go (seen under load, when
+// the server then failed a restore that had finished).
 bool Server::ReadControl() {
+  bool open = true;
   for (;;) {
     char data[256];
     union {
@@ -437,11 +441,11 @@ bool Server::ReadControl() {
     mh.msg_control = cm.buf;
     mh.msg_controllen = sizeof(cm.buf);
     ssize_t n = recvmsg(ctl_, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) break;
-      return false;
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    if (n <= 0) {
+      open = false;
+      break;
     }
-    if (n == 0) return false;
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
       size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -479,7 +483,7 @@ bool Server::ReadControl() {
     AddMm(fd, pid, it == by_id_.end() ? nullptr : it->second, nullptr, nullptr);
     st_->tasks++;
   }
-  return true;
+  return open;
 }
 
 // Takes up to `max` bytes of pending pages out of the map, from `at` on

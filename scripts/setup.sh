@@ -208,7 +208,7 @@ done
 
 # The same workloads built -static, to run inside a busybox container rootfs.
 mkdir -p build/workloads/static
-for w in memwork tcpwork; do
+for w in memwork tcpwork forkwork; do
   out="build/workloads/static/$w"
   if newer "$out" "test/workloads/$w.c"; then
     gcc -O2 -static -o "$out" "test/workloads/$w.c" -lpthread || die "could not compile $w -static"

@@ -15,6 +15,7 @@ import {
 import { findRunc } from '../src/container/runc';
 import { runCli, writeToken } from './helpers/agents';
 import { containerSkip, useContainerHosts } from './helpers/container-hosts';
+import { forkReport, holdBeforeFreeze, lateProcesses } from './helpers/fork-report';
 
 const skip = containerSkip;
 const fx = useContainerHosts('pfctr');
@@ -218,6 +219,30 @@ test('--shared-fs and --shared-path: the rootfs and a shared volume stay where t
     assert.ok(sameFile(`/proc/${dst!.pid}/root/bin/busybox`, path.join(bundle, 'rootfs', 'bin', 'busybox')), 'runs from the shared rootfs');
     assert.ok(sameFile(`/proc/${dst!.pid}/root/shared/x`, path.join(sharedVol, 'x')), 'the shared volume is mounted from its own path');
     assert.ok(sameFile(`/proc/${dst!.pid}/root/own/y`, path.join(moved, 'y')), 'the moved volume from the destination\'s copy');
+  } finally {
+    await cleanup(c);
+  }
+});
+
+test('a container whose init forks every 20 ms moves in the default mode; children forked after the last live scan keep their memory', { skip }, async () => {
+  const id = `ctr-${crypto.randomBytes(3).toString('hex')}`;
+  const bundle = await makeBundle({ dir: path.join(fx.dir, 'bundles-a', id), cgroupsPath: `/${fx.cgA}/${id}`, workloads: ['forkwork'],
+    args: ['/bin/forkwork', '/report.json'] });
+  const c: Started = { id, bundle, pid: 0, report: path.join(bundle, 'rootfs', 'report.json') };
+  try {
+    c.pid = await runContainer(fx.rootA, bundle, id, fx.hosts.a.netnsPath);
+    await new Promise((res) => setTimeout(res, 300));
+    const r = await runCli(fx.hosts.a, migrate(id), 300_000, holdBeforeFreeze(path.join(fx.dir, `release-${id}`)));
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(lateProcesses(r.stderr) > 0, `children were forked between the last scan and the freeze: ${r.stderr}`);
+    const dst = await runcState(fx.rootB, id);
+    assert.equal(dst?.status, 'running');
+    const report = path.join(dst!.bundle, 'rootfs', 'report.json');
+    const first = await forkReport(dst!.pid, report);
+    await new Promise((res) => setTimeout(res, 2000)); // every child alive at the freeze finishes its checks
+    const after = await forkReport(dst!.pid, report);
+    assert.equal(after.bad, 0, JSON.stringify(after));
+    assert.ok(after.children > first.children, 'it keeps forking at the destination');
   } finally {
     await cleanup(c);
   }

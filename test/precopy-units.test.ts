@@ -1,8 +1,11 @@
-// Pure parts of the pre-copy sender: what gets announced to the store, and
-// which not-present pages are sent as zeros. Both once caused lost pages.
+// Pure parts of the pre-copy sender: what gets announced to the store (and
+// in how many messages), and which not-present pages are sent as zeros.
+// Both once caused lost pages. The control connection is a stand-in.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { anonZeroPairs, KnownRanges } from '../src/agent/precopy';
+import { anonZeroPairs, KnownRanges, PrecopySender } from '../src/agent/precopy';
+import type { FrameConn } from '../src/protocol/frames';
+import type { Message } from '../src/protocol/messages';
 import { RANGE_PRESENT, RANGE_ZERO, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../src/memory/ranges';
 
 const P = 0x1000n;
@@ -38,4 +41,39 @@ test('known-zero pages are taken only from private anonymous tracked mappings', 
     0x400n * P, 0x410n * P, BigInt(RANGE_ZERO),
   ]);
   assert.deepEqual(anonZeroPairs(ranges, vmas), [0x104n * P, 0x110n * P]);
+});
+
+test('one layout message per round announces every process whose pages the round sends, each mapping once', async () => {
+  const sent: Message[] = [];
+  const control = {
+    closed: false,
+    send: (m: Message) => { sent.push(m); },
+    expect: async (t: string) => ({ t }),
+  } as unknown as FrameConn;
+  const s = new PrecopySender(control, [], {});
+  try {
+    const T = BigInt(VMA_TRACKED);
+    const vmas = BigUint64Array.from([0x100n * P, 0x110n * P, T, 0x200n * P, 0x204n * P, T]);
+    const present = (a: bigint, b: bigint) => BigUint64Array.from([a * P, b * P, BigInt(RANGE_PRESENT)]);
+    s.plan(10, present(0x101n, 0x102n), vmas);
+    s.plan(11, present(0x200n, 0x201n), vmas);
+    // A process forked after the last scan: CRIU's ranges, no VMAs.
+    s.plan(12, present(0x300n, 0x302n), new BigUint64Array(0));
+    assert.equal(sent.length, 0, 'nothing before announce()');
+    await s.announce();
+    assert.deepEqual(sent, [{ t: 'layout', procs: [
+      { pid: 10, ranges: [{ vaddr: 0x100 * 4096, nrPages: 0x10 }] },
+      { pid: 11, ranges: [{ vaddr: 0x200 * 4096, nrPages: 4 }] },
+      { pid: 12, ranges: [{ vaddr: 0x300 * 4096, nrPages: 2 }] },
+    ] }]);
+    // The next round: only what is new, still one message; none when nothing is.
+    s.plan(10, present(0x101n, 0x103n), vmas);
+    s.plan(11, present(0x108n, 0x109n), BigUint64Array.from([0x108n * P, 0x10an * P, T]));
+    await s.announce();
+    assert.deepEqual(sent.slice(1), [{ t: 'layout', procs: [{ pid: 11, ranges: [{ vaddr: 0x108 * 4096, nrPages: 2 }] }] }]);
+    await s.announce();
+    assert.equal(sent.length, 2);
+  } finally {
+    s.close();
+  }
 });

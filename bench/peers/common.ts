@@ -69,6 +69,11 @@ export function waitStatus(status: NodeJS.ReadableStream, done: Promise<unknown>
   });
 }
 
+/** CRIU's options for the run's TCP connections (PeerContext.tcpClose), on dump and restore alike. */
+export function tcpArgs(ctx: PeerContext): string[] {
+  return ctx.tcpClose ? ['--tcp-close'] : [];
+}
+
 /**
  * `criu restore -D dir -d` (plus `extra` options) in `host`, as CRIU's own
  * paths do it: the restored root's pid, when it runs, and CRIU's result (CPU).

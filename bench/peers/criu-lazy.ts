@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
 import { startCmd, type StartedCmd } from '../../src/testing/proc';
-import { copyImages, criuRestore, logTail, waitStatus, watchFreeze } from './common';
+import { copyImages, criuRestore, logTail, tcpArgs, waitStatus, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 
 export class CriuLazy implements Peer {
@@ -34,7 +34,7 @@ export class CriuLazy implements Peer {
       // The source's page server listens on the source's address; a socketpair
       // (--ps-socket) would be safer but is not what CRIU's CLI peers do.
       const dump = startCmd(inHost(ctx.src, [ctx.criu, 'dump', '-t', String(pid), '-D', src, '--lazy-pages',
-        '--address', ctx.src.addr, '--port', String(ctx.port), '-o', 'dump.log', '--status-fd', '4']), { statusFd: true, timeoutMs: big });
+        '--address', ctx.src.addr, '--port', String(ctx.port), '-o', 'dump.log', '--status-fd', '4', ...tcpArgs(ctx)]), { statusFd: true, timeoutMs: big });
       started.push(dump);
       await waitStatus(dump.status!, dump.done, 'criu dump --lazy-pages', 30_000)
         .catch((e) => { throw new Error(`${e.message}: ${logTail(path.join(src, 'dump.log'))}`); });
@@ -47,7 +47,7 @@ export class CriuLazy implements Peer {
       await waitStatus(lazy.status!, lazy.done, 'criu lazy-pages', 10_000)
         .catch((e) => { throw new Error(`${e.message}: ${logTail(path.join(dst, 'lazy-pages.log'))}`); });
 
-      const rs = await criuRestore(ctx.criu, ctx.dst, dst, big, ['--lazy-pages']);
+      const rs = await criuRestore(ctx.criu, ctx.dst, dst, big, ['--lazy-pages', ...tcpArgs(ctx)]);
       const tRun = rs.runningAt;
       const restoredPid = rs.pid;
       hooks.onRunning(restoredPid);

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
 import { runCmd } from '../../src/testing/proc';
-import { criuRestore, logTail, stopCopyFigures, watchFreeze } from './common';
+import { criuRestore, logTail, stopCopyFigures, tcpArgs, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 
 export class CriuLocal implements Peer {
@@ -21,14 +21,14 @@ export class CriuLocal implements Peer {
     const big = 60_000 + ctx.memMiB * 100;
     const t0 = performance.now();
     const freeze = watchFreeze(pid);
-    const dump = await runCmd(inHost(ctx.src, [ctx.criu, 'dump', '-t', String(pid), '-D', dir, '-o', 'dump.log']), { timeoutMs: big })
+    const dump = await runCmd(inHost(ctx.src, [ctx.criu, 'dump', '-t', String(pid), '-D', dir, '-o', 'dump.log', ...tcpArgs(ctx)]), { timeoutMs: big })
       .finally(() => freeze.stop());
     const frozenAt = freeze.stop() ?? t0;
     if (dump.code !== 0) throw new Error(`criu dump: ${logTail(path.join(dir, 'dump.log'))}`);
     const tFree = performance.now();
     let imageBytes = 0;
     for (const f of fs.readdirSync(dir)) if (f.endsWith('.img')) imageBytes += fs.statSync(path.join(dir, f)).size;
-    const rs = await criuRestore(ctx.criu, ctx.dst, dir, big);
+    const rs = await criuRestore(ctx.criu, ctx.dst, dir, big, tcpArgs(ctx));
     hooks.onRunning(rs.pid);
     // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
     return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, imageBytes, { source: dump.cpuS, destination: rs.r.cpuS });

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inHost } from '../../src/testing/hosts';
 import { runCmd } from '../../src/testing/proc';
-import { copyImages, startPageServer, criuRestore, logTail, stopCopyFigures, watchFreeze } from './common';
+import { copyImages, startPageServer, criuRestore, logTail, stopCopyFigures, tcpArgs, watchFreeze } from './common';
 import type { Peer, PeerContext, RunFigures, RunHooks } from './types';
 
 export class CriuPageServer implements Peer {
@@ -29,7 +29,7 @@ export class CriuPageServer implements Peer {
       const t0 = performance.now();
       const freeze = watchFreeze(pid);
       const dump = await runCmd(inHost(ctx.src, [ctx.criu, 'dump', '-t', String(pid), '-D', src, '--page-server',
-        '--address', ctx.dst.addr, '--port', String(ctx.port), '-o', 'dump.log']), { timeoutMs: big })
+        '--address', ctx.dst.addr, '--port', String(ctx.port), '-o', 'dump.log', ...tcpArgs(ctx)]), { timeoutMs: big })
         .finally(() => freeze.stop());
       const dumpMs = performance.now() - t0;
       const frozenAt = freeze.stop() ?? t0;
@@ -41,7 +41,7 @@ export class CriuPageServer implements Peer {
       const copied = copyImages(src, dst);
       const tFree = performance.now();
 
-      const rs = await criuRestore(ctx.criu, ctx.dst, dst, big);
+      const rs = await criuRestore(ctx.criu, ctx.dst, dst, big, tcpArgs(ctx));
       hooks.onRunning(rs.pid);
       // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
       return { ...stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, { source: dump.cpuS, destination: psr.cpuS + rs.r.cpuS }),

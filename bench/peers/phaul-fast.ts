@@ -117,7 +117,7 @@ export class PhaulFastPeer implements Peer {
     const t0 = performance.now();
     const what = ctx.container ? ['--container', ctx.container.id, '--runtime-root', containerHosts(ctx.container.cellDir).runcSrc] : ['--pid', String(pid)];
     const r = await runCmd(inHost(ctx.src, [...CLI, 'migrate', ...what, '--to', `${ctx.dst.addr}:${this.port}`,
-      '--token-file', this.tokenFile, '--mode', this.mode, '--json', ...this.encrypt]), { timeoutMs: 120_000 + ctx.memMiB * 100, env: engineEnv(ctx) });
+      '--token-file', this.tokenFile, '--mode', this.mode, '--json', ...this.encrypt, ...(ctx.tcpClose ? ['--tcp-close'] : [])]), { timeoutMs: 120_000 + ctx.memMiB * 100, env: engineEnv(ctx) });
     const wall = performance.now() - t0;
     const serveCpu = cpuSeconds(servePid) - serveCpu0;
     const last = r.stdout.trim().split('\n').pop() ?? '';

@@ -19,6 +19,12 @@ export interface PeerContext {
   workloadKind: WorkloadSpec['kind'];
   /** The run's container (set once the workload has started; container workloads only). */
   container?: BenchContainer;
+  /**
+   * The workload serves TCP clients that stay connected through the
+   * migration: every strategy dumps and restores their connections closed
+   * (CRIU's --tcp-close, phaul-fast's migrate --tcp-close); the clients reconnect.
+   */
+  tcpClose?: boolean;
   log(msg: string): void;
 }
 

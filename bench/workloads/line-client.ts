@@ -83,16 +83,21 @@ export async function connectRetry<T>(connect: () => Promise<T>, timeoutMs: numb
 /**
  * A busy client: every ~1 ms, `step(n)` with the number of values of `size`
  * bytes due at `mbps` (MB = 10^6 bytes; catching up at most 50 ms after a
- * stall), until SIGTERM. Prints `{"ready":1}` first: the harness starts the
+ * stall), until SIGTERM or until the connection ends (the migrated server's
+ * source is gone). Prints `{"ready":1}` first: the harness starts the
  * migration only after it, since a client stopped before it has its SIGTERM
  * handler would report nothing.
  */
-export async function paced(mbps: number, size: number, connect: () => Promise<unknown>, step: (n: number) => Promise<void>): Promise<void> {
+export async function paced(mbps: number, size: number, connect: () => Promise<unknown>, step: (n: number) => Promise<void>):
+Promise<{ end: string; longestStepMs: number }> {
   let stop = false;
-  process.once('SIGTERM', () => { stop = true; });
+  let stopNow: () => void = () => undefined;
+  // A request to a frozen server is never answered: SIGTERM must not wait for it.
+  const stopped = new Promise<void>((r) => { stopNow = r; });
+  process.once('SIGTERM', () => { stop = true; stopNow(); });
   await connect();
   process.stdout.write('{"ready":1}\n');
-  let credit = 0, prev = now();
+  let credit = 0, prev = now(), longestStepMs = 0;
   const perMs = (mbps * 1e6) / size / 1000;
   while (!stop) {
     const t = now();
@@ -100,7 +105,14 @@ export async function paced(mbps: number, size: number, connect: () => Promise<u
     prev = t;
     const n = Math.floor(credit);
     credit -= n;
-    await step(n);
+    try {
+      await Promise.race([step(n), stopped]);
+    } catch (e) {
+      // The server closed or reset the connection: its session is over.
+      return { end: (e as Error).message, longestStepMs: Math.round(longestStepMs) };
+    }
+    if (!stop) longestStepMs = Math.max(longestStepMs, now() - t);
     await sleep(1);
   }
+  return { end: 'SIGTERM', longestStepMs: Math.round(longestStepMs) };
 }

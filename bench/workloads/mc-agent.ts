@@ -1,7 +1,7 @@
 // Memcached client helper, run inside a host's network namespace (nsenter
 // --net=...: the benchmark process itself cannot open sockets there).
 //   node mc-agent.js load  HOST PORT ITEMS SIZE          -> {"items":n,"ms":t}
-//   node mc-agent.js busy  HOST PORT ITEMS SIZE MBPS     -> {"ready":1}, then at SIGTERM {"ops","bad","lastReplyAt"}
+//   node mc-agent.js busy  HOST PORT ITEMS SIZE MBPS     -> {"ready":1}, then at SIGTERM or when the connection ends {"ops","bad","lastReplyAt","end","longestStepMs"}
 //   node mc-agent.js probe HOST PORT TIMEOUT_MS          -> {"firstReplyAt":t}
 //   node mc-agent.js check HOST PORT ITEMS SIZE          -> {"items","bad","missing","firstBad"}
 // Times are epoch milliseconds with sub-ms precision, comparable across processes.
@@ -30,7 +30,7 @@ async function load(host: string, port: number, items: number, size: number) {
 async function busy(host: string, port: number, items: number, size: number, mbps: number) {
   let c: McClient | undefined;
   let ops = 0, bad = 0, lastReplyAt = 0;
-  await paced(mbps, size, async () => { c = await mcConnect(host, port); }, async (n) => {
+  const how = await paced(mbps, size, async () => { c = await mcConnect(host, port); }, async (n) => {
     const sets: Array<[string, Buffer]> = [];
     for (let j = 0; j < n; j++) { const i = Math.floor(Math.random() * items); sets.push([key(i), value(i, size)]); }
     await c!.setMany(sets);
@@ -41,7 +41,7 @@ async function busy(host: string, port: number, items: number, size: number, mbp
     lastReplyAt = now();
   });
   c?.close();
-  return { ops, bad, lastReplyAt };
+  return { ops, bad, lastReplyAt, ...how };
 }
 
 async function probe(host: string, port: number, timeoutMs: number) {

@@ -1,7 +1,7 @@
 // Redis client helper, run inside a host's network namespace (like
 // mc-agent.ts, which says why), speaking just enough RESP:
 //   node redis-agent.js load  HOST PORT KEYS SIZE       -> {"keys":n,"ms":t}
-//   node redis-agent.js busy  HOST PORT KEYS SIZE MBPS  -> {"ready":1}, then at SIGTERM {"ops","bad","lastReplyAt"}
+//   node redis-agent.js busy  HOST PORT KEYS SIZE MBPS  -> {"ready":1}, then at SIGTERM or when the connection ends {"ops","bad","lastReplyAt","end","longestStepMs"}
 //   node redis-agent.js probe HOST PORT TIMEOUT_MS      -> {"firstReplyAt":t}
 //   node redis-agent.js check HOST PORT KEYS SIZE       -> {"keys","dbsize","bad","missing","firstBad"}
 // The data set is Redis's own DEBUG POPULATE: keys key:0 .. key:N-1, each
@@ -76,7 +76,7 @@ async function load(host: string, port: number, keys: number, size: number) {
 async function busy(host: string, port: number, keys: number, size: number, mbps: number) {
   let c: RespClient | undefined;
   let ops = 0, bad = 0, lastReplyAt = 0;
-  await paced(mbps, size, async () => { c = await redisConnect(host, port); }, async (n) => {
+  const how = await paced(mbps, size, async () => { c = await redisConnect(host, port); }, async (n) => {
     const cmds: Array<Array<string | Buffer>> = [];
     for (let j = 0; j < n; j++) { const i = Math.floor(Math.random() * keys); cmds.push(['SET', `key:${i}`, expectedValue(i, size)]); }
     const ks = Array.from({ length: 4 }, () => Math.floor(Math.random() * keys));
@@ -87,7 +87,7 @@ async function busy(host: string, port: number, keys: number, size: number, mbps
     lastReplyAt = now();
   });
   c?.close();
-  return { ops, bad, lastReplyAt };
+  return { ops, bad, lastReplyAt, ...how };
 }
 
 async function probe(host: string, port: number, timeoutMs: number) {

@@ -2,17 +2,19 @@
 // redis): started as the init of its own pid namespace on the source host,
 // loaded with a data set by a client helper, kept busy by a client until the
 // switchover; after the migration the whole data set is checked on the
-// destination. The pause is the client's service gap: from the start of the
-// migration (the source served until then) to the first reply from the
-// destination. On two hosts a prober polls the destination's address from
-// the start, so it sees the first moment the restored server answers, not
-// when the engine gets round to saying so; on loopback (one namespace, where
-// the source would answer) it starts when the engine reports the workload running.
+// destination. The pause is the client's service gap: from its last reply
+// from the source (it stays connected through pre-copy rounds until the
+// freeze) to the first reply from the destination. On two hosts a prober
+// polls the destination's address from the start, so it sees the first
+// moment the restored server answers, not when the engine gets round to
+// saying so; on loopback (one namespace, where the source would answer) it
+// starts when the engine reports the workload running.
 //
-// The client disconnects at the switchover (when the migration starts):
-// CRIU cannot dump an established TCP connection without --tcp-established,
-// and that restores only where the source's address exists, which the other
-// host has not. Servers listen on 0.0.0.0 so their socket restores anywhere.
+// The client's connection cannot move: --tcp-established restores only where
+// the source's address exists, which the other host has not. So every
+// strategy dumps it closed (tcpClose: CRIU's --tcp-close, migrate
+// --tcp-close), as a user moving a server whose clients reconnect would.
+// Servers listen on 0.0.0.0 so their socket restores anywhere.
 import type { ChildProcess } from 'node:child_process';
 import { startInPidNamespace } from '../../src/testing/workload';
 import { killPids, runCmd, sleep, signal } from '../../src/testing/proc';
@@ -82,9 +84,7 @@ export async function startServedApp(app: ServedApp, env: WorkloadEnv): Promise<
     }
     await sleep(10);
   }
-  let client: Record<string, number> = {};
   let probe: Promise<{ code: number | null; stdout: string; stderr: string }> | null = null;
-  let startedAt = 0;
   const startProbe = () => {
     probe ??= runIn(env.dst, [...app.agent, 'probe', env.dst.addr, PORT, '120000'], { timeoutMs: 130_000 });
   };
@@ -92,32 +92,26 @@ export async function startServedApp(app: ServedApp, env: WorkloadEnv): Promise<
 
   return {
     pid,
+    tcpClose: true,
     async beforeMigration() {
-      if (busy.pid) signal(busy.pid, 'SIGTERM');
-      await busyDone;
-      try { client = lastJson(busyOut); } catch { throw new Error(`${app.comm} client: ${busyOut.trim().slice(-200)}`); }
-      // Wait until the server has closed its side: an open connection would make CRIU refuse to dump.
-      for (let i = 0; i < 200; i++) {
-        const ss = await runIn(env.src, ['ss', '-Htan', `sport = :${PORT}`]);
-        const states = ss.stdout.trim().split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]);
-        if (states.every((s) => s === 'LISTEN' || s === 'TIME-WAIT')) {
-          startedAt = performance.timeOrigin + performance.now();
-          if (!sameHost) startProbe();
-          return;
-        }
-        await sleep(5);
-      }
-      throw new Error(`${app.comm} still has connections open after its client left`);
+      if (!sameHost) startProbe();
     },
     onRunning: startProbe,
     async verify(): Promise<Verdict> {
       startProbe();
       const p = await probe!;
+      // The busy client ended when the source's connection did; if not yet, now.
+      if (busy.pid && busy.exitCode === null) signal(busy.pid, 'SIGTERM');
+      await busyDone;
+      let client: Record<string, number>;
+      try { client = lastJson(busyOut); } catch { return { ok: false, pauseMs: null, detail: `${app.comm} client: ${busyOut.trim().slice(-200)}` }; }
       if (p.code !== 0) return { ok: false, pauseMs: null, detail: `no reply from the destination: ${p.stderr.trim()}` };
-      const pauseMs = lastJson(p.stdout).firstReplyAt - startedAt;
+      const pauseMs = lastJson(p.stdout).firstReplyAt - client.lastReplyAt;
       const c = await runIn(env.dst, [...app.agent, 'check', env.dst.addr, PORT, ...app.dataArgs], { timeoutMs: 300_000 });
       if (c.code !== 0) return { ok: false, pauseMs, detail: `check failed: ${c.stderr.trim()}` };
-      return { pauseMs, ...app.judge(lastJson(c.stdout), client) };
+      const v = app.judge(lastJson(c.stdout), client);
+      // How the client's session at the source ended, and its longest wait there (a stall before the freeze).
+      return { pauseMs, ok: v.ok, detail: `${v.detail}; client at the source: ended by ${client.end}, longest wait ${client.longestStepMs} ms` };
     },
     stop: (restoredPid?: number) => stopAll(restoredPid),
   };

@@ -16,6 +16,8 @@ export interface BenchWorkload {
   readonly pid: number;
   /** A container workload: the container the strategies move. */
   readonly container?: BenchContainer;
+  /** Its clients stay connected through the migration: their connections are dumped closed (PeerContext.tcpClose). */
+  readonly tcpClose?: boolean;
   /** Right before the migration: reset the pause measurement / end the client's session. */
   beforeMigration(): Promise<void>;
   /** As soon as the workload runs at the destination. */

@@ -309,7 +309,7 @@ class DestSession {
     for (;;) {
       const m = await this.receive(10 * 60_000);
       if (m.t === 'layout') {
-        store.setLayout(m.pid, m.ranges);
+        for (const p of m.procs) store.setLayout(p.pid, p.ranges);
         this.conn.send({ t: 'layout-ack' });
       } else if (m.t === 'round') {
         await this.roundComplete(m.round, m.batches, 10 * 60_000);

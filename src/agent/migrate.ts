@@ -89,6 +89,11 @@ export interface MigrateOptions {
   tls?: ClientTls;
   /** Dump established TCP connections (needs the nftables network lock). */
   tcpEstablished?: boolean;
+  /**
+   * Dump established TCP connections as closed: the restored process finds them
+   * closed and their peers see them end (they reconnect to the destination).
+   */
+  tcpClose?: boolean;
   extUnixSk?: boolean;
   shellJob?: boolean;
   fileLocks?: boolean;
@@ -318,6 +323,8 @@ export class Migration extends EventEmitter {
     let mode: Mode = requested === 'auto' ? 'stop-copy' : requested;
     // Refused before anything is touched: nothing to roll back.
     if (requested !== 'auto' && !isMode(requested)) throw new MigrationError(new PhaulError('usage', `mode ${mode} is not available (have: ${MODES.join(', ')})`), false);
+    if (o.tcpClose && o.tcpEstablished) throw new MigrationError(new PhaulError('usage', 'give either --tcp-established (move TCP connections) or --tcp-close (close them), not both'), false);
+    if (o.tcpClose && o.container) throw new MigrationError(new PhaulError('usage', 'containers keep their TCP connections (--tcp-established); --tcp-close is for process trees'), false);
     if (o.container) {
       this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
       this.pid = this.container.pid;
@@ -523,7 +530,7 @@ export class Migration extends EventEmitter {
     const o = this.opts;
     return {
       // A container plugged into the host keeps its connections (src/container/network.ts).
-      tcpEstablished: !!o.tcpEstablished || !!this.container?.network, extUnixSk: !!o.extUnixSk, shellJob: !!o.shellJob,
+      tcpEstablished: !!o.tcpEstablished || !!this.container?.network, tcpClose: !!o.tcpClose, extUnixSk: !!o.extUnixSk, shellJob: !!o.shellJob,
       fileLocks: !!o.fileLocks, linkRemap: !!o.linkRemap,
     };
   }
@@ -674,7 +681,7 @@ export class Migration extends EventEmitter {
     this.phase('images');
     await frozen;
     this.phase('frozen-pages'); // what of that round CRIU's dump did not hide
-    const fin = await run.finalRound();
+    const fin = await run.finalRound(workDir);
     this.phase('final-scan', this.last + fin.scanMs);
     this.phase('final-pages', this.last + fin.sendMs);
     this.phase('final-stored');

@@ -9,11 +9,11 @@
 // message on the control channel, acknowledged once the store holds them all.
 import * as fs from 'node:fs';
 import type { Socket } from 'node:net';
+import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
 import { TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
-import { DirtySet } from '../memory/dirty-tracker';
 import { DirtyTrackingError } from '../memory/errors';
 import { batches, PAGE_SIZE, pairBytes, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
 import { encodeBatch, encodeRawHead } from '../transport/page-batch';
@@ -22,6 +22,8 @@ import { BatchSender } from '../transport/batch-sender';
 import { nativeBatchConns } from './data-channel';
 import { chooseCompression, measureLz4 } from '../transport/compression';
 import { SwitchoverPolicy } from '../policy/switchover';
+import { PE_LAZY, PE_PRESENT, readPagemapImage } from '../store/pagemap-image';
+import { LAYOUT_MAX_RANGES, type ProcLayout } from '../protocol/messages';
 
 export interface PrecopyOptions {
   downtimeLimitMs?: number;
@@ -63,6 +65,35 @@ export function nsPid(pid: number): number {
   const m = /^NSpid:\s+(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   const ids = (m?.[1] ?? String(pid)).trim().split(/\s+/);
   return Number(ids[ids.length - 1]);
+}
+
+const NONE = new BigUint64Array(0);
+
+/** One process's part of a round: PrecopySender.plan, announce, send. */
+export interface PlannedSet {
+  pid: number;
+  /** [start, end) pairs to read and send. */
+  pairs: BigUint64Array;
+  /** [start, end) pairs of known-zero anonymous memory. */
+  zeros: bigint[];
+}
+
+/**
+ * What CRIU's lazy dump in imagesDir lists as host process `pid`'s lazy
+ * memory (pagemap-<its namespace pid>.img: entries PE_LAZY, not PE_PRESENT),
+ * as [start, end, RANGE_PRESENT] triples; none when CRIU wrote no pagemap for
+ * it (a zombie). The destination's composer requires every such page of the
+ * store (src/store/compose.ts).
+ */
+export function criuLazyRanges(imagesDir: string, pid: number): BigUint64Array {
+  const file = path.join(imagesDir, `pagemap-${nsPid(pid)}.img`);
+  if (!fs.existsSync(file)) return NONE;
+  const out: bigint[] = [];
+  for (const e of readPagemapImage(file).entries) {
+    if (!(e.flags & PE_LAZY) || e.flags & PE_PRESENT) continue;
+    out.push(BigInt(e.vaddr), BigInt(e.vaddr + e.nrPages * PAGE_SIZE), BigInt(RANGE_PRESENT));
+  }
+  return BigUint64Array.from(out);
 }
 
 /** Sorted, merged [start, end) intervals of what the store already knows per pid. */
@@ -127,6 +158,10 @@ export class PrecopySender {
   readonly zeroRanges = new Map<number, bigint[]>();
 
   private readonly pool: BufferPool;
+  /** batchesWritten when the round began. */
+  private batchesBefore = 0;
+  /** Layouts planned and not yet announced. */
+  private pendingLayout: ProcLayout[] = [];
 
   constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
     this.out = new BatchSender(streams, nativeBatchConns(streams), () => control.closed, opts.maxBandwidthBps);
@@ -153,8 +188,8 @@ export class PrecopySender {
     this.compress = chooseCompression(mode, { linkBps, lz4Bps });
   }
 
-  /** Announces the tracked mappings of `set` the store has not seen (whole VMAs: the store's files are sparse). */
-  private async announce(pid: number, data: BigUint64Array, vmas: BigUint64Array): Promise<void> {
+  /** Records the tracked mappings holding `data` that the store has not seen (whole VMAs: the store's files are sparse) for the next announce(). */
+  private addLayout(pid: number, data: BigUint64Array, vmas: BigUint64Array): void {
     const want: Array<[bigint, bigint]> = [];
     for (let i = 0; i < vmas.length; i += 3) {
       if (!(vmas[i + 2] & BigInt(VMA_TRACKED))) continue;
@@ -170,30 +205,56 @@ export class PrecopySender {
     }
     const fresh = this.known.add(pid, want);
     if (fresh.length) {
-      this.control.send({
-        t: 'layout', pid,
-        ranges: fresh.map(([s, e]) => ({ vaddr: Number(s), nrPages: Number((e - s) / BigInt(PAGE_SIZE)) })),
-      });
-      // The layout travels on the control connection, the pages on the data
-      // streams: without this acknowledgement a batch could reach the store
-      // before the layout it needs (new process after a fork, new mapping).
+      this.pendingLayout.push({ pid, ranges: fresh.map(([s, e]) => ({ vaddr: Number(s), nrPages: Number((e - s) / BigInt(PAGE_SIZE)) })) });
+    }
+  }
+
+  /**
+   * Announces every layout planned since the last call, in as few messages
+   * as the size limit allows (one per round as a rule: a tree of many
+   * processes costs one round trip, not one per process), and waits for the
+   * store to hold them. The layouts travel on the control connection, the
+   * pages on the data streams: without the acknowledgement a batch could
+   * reach the store before the layout it needs (a new process, a new mapping).
+   */
+  async announce(): Promise<void> {
+    const all = this.pendingLayout;
+    this.pendingLayout = [];
+    for (let i = 0; i < all.length; ) {
+      const procs: ProcLayout[] = [];
+      let n = 0;
+      // Whole processes per message: a process announced twice would get a second level in the store.
+      for (; i < all.length && (procs.length === 0 || n + all[i].ranges.length <= LAYOUT_MAX_RANGES); i++) {
+        procs.push(all[i]);
+        n += all[i].ranges.length;
+      }
+      this.control.send({ t: 'layout', procs });
       await this.control.expect('layout-ack', 60_000);
     }
   }
 
-  /** Sends the pages of one scan of one process; returns [pages, batches]. */
-  async sendSet(pid: number, round: number, set: DirtySet, vmas: BigUint64Array, extra?: BigUint64Array): Promise<[number, number]> {
-    let pairs = selectPairs(set.ranges, RANGE_PRESENT | RANGE_SWAPPED);
+  /**
+   * What one scan of one process (`ranges`: a DirtySet's triples, `extra`:
+   * more [start, end) pairs to read) asks to send; the mappings it needs join
+   * the layout the next announce() sends. send() it after that announce().
+   */
+  plan(pid: number, ranges: BigUint64Array, vmas: BigUint64Array, extra?: BigUint64Array): PlannedSet {
+    let pairs = selectPairs(ranges, RANGE_PRESENT | RANGE_SWAPPED);
     if (extra && extra.length) pairs = BigUint64Array.from([...pairs, ...extra]);
-    const zeros = anonZeroPairs(set.ranges, vmas);
+    const zeros = anonZeroPairs(ranges, vmas);
     if (zeros.length) {
       const known = this.zeroRanges.get(pid) ?? [];
       for (const z of zeros) known.push(z);
       this.zeroRanges.set(pid, known);
     }
-    await this.announce(pid, BigUint64Array.from([...pairs, ...zeros]), vmas);
+    this.addLayout(pid, BigUint64Array.from([...pairs, ...zeros]), vmas);
+    return { pid, pairs, zeros };
+  }
+
+  /** Sends the pages of a plan (announced); returns the pages read. */
+  async send(p: PlannedSet, round: number): Promise<number> {
+    const { pid, pairs, zeros } = p;
     let pages = 0;
-    let count = 0;
     // Known-zero anonymous pages: unpopulated (or MADV_DONTNEED'd) under
     // write-protection. Their uffd-wp markers look like swap entries in
     // /proc/PID/pagemap, so CRIU lists them as pages to restore: the store must
@@ -208,15 +269,14 @@ export class PrecopySender {
         }
       }
       await this.out.sendBuffers(encodeBatch({ pid, round, ranges, data: Buffer.alloc(0) }, { compress: false }));
-      count++;
     }
     for (const b of batches(pairs, BATCH_BYTES)) {
       if (this.out.native && !this.compress) {
         // Read and written on a libuv thread (batch-sender.ts); its bytes never come into JS.
         const bytes = pairBytes(b);
-        await this.out.sendPages(pid, round, b, bytes, this.pool);
+        // A process that exited since the scan is skipped there (batch-sender.ts), as below.
+        await this.out.sendPages(pid, round, b, bytes, this.pool, true);
         pages += bytes / PAGE_SIZE;
-        count++;
         continue;
       }
       // Into a buffer used before (buffer-pool.ts: fresh memory is slow to fill), back to the pool once written.
@@ -251,7 +311,6 @@ export class PrecopySender {
         page += n;
       }
       pages += page;
-      count++;
       if (this.compress) {
         const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
         const wire = encodeBatch({ pid, round, ranges, data }, { compress: true });
@@ -267,13 +326,19 @@ export class PrecopySender {
       const head = encodeRawHead({ pid, round, ranges }, chunks.reduce((n, c) => n + c.length, 0));
       await this.out.sendBuffers([head, ...chunks], () => this.pool.release(buf));
     }
-    return [pages, count];
+    return pages;
   }
 
-  /** Ends a round: waits until the destination's store holds every batch of it. */
-  async endRound(round: number, batchCount: number, final = false): Promise<void> {
+  /**
+   * Ends a round: waits until the destination's store holds every batch of it.
+   * The count is of batches written, known only once they all are: a batch
+   * of a process that exited before it was read is never sent.
+   */
+  async endRound(round: number, final = false): Promise<void> {
     await this.out.flush();
-    this.control.send({ t: 'round', round, batches: batchCount, final });
+    const batches = this.out.batchesWritten - this.batchesBefore;
+    this.batchesBefore = this.out.batchesWritten;
+    this.control.send({ t: 'round', round, batches, final });
     const ack = await this.control.expect('round-ack', 120_000);
     if (ack.round !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
   }
@@ -301,24 +366,24 @@ export class PrecopyRun {
     });
   }
 
-  /** One scan of the tree, every dirty page sent and acknowledged. */
   /**
+   * One scan of the tree, every dirty page sent and acknowledged.
    * live: a round while the tree runs. frozen: the tree is frozen and CRIU is
    * dumping it (its parasite mapped in): the mappings known so far only,
    * protected again so that the final scan finds only what it did not send.
-   * final: after CRIU's images, everything left, nothing protected again.
+   * final: after CRIU's images (in imagesDir), everything left, nothing
+   * protected again, and the processes that appeared after the last live scan.
    */
-  private async sendRound(kind: 'live' | 'frozen' | 'final'): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sendMs: number; sinceLastMs: number }> {
+  private async sendRound(kind: 'live' | 'frozen' | 'final', imagesDir?: string): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sendMs: number; sinceLastMs: number }> {
     const final = kind === 'final';
     const t = Date.now();
     const sinceLastMs = this.lastScanAt ? t - this.lastScanAt : 0;
     this.lastScanAt = t;
     // The last scan, with the tree frozen, need not protect anything again.
-    const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen' });
+    const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen', frozen: final });
     const scanMs = Date.now() - t;
     const before = this.sender.bytesSent;
-    let pages = 0;
-    let count = 0;
+    const plans: PlannedSet[] = [];
     for (const [pid, set] of scan.sets) {
       const tr = this.tracker.tracker(pid);
       if (!tr) continue;
@@ -335,12 +400,31 @@ export class PrecopyRun {
         }
         if (more.length) extra = BigUint64Array.from(more);
       }
-      const [n, c] = await this.sender.sendSet(pid, this.round, set, tr.vmas().ranges, extra);
+      plans.push(this.sender.plan(pid, set.ranges, tr.vmas().ranges, extra));
+    }
+    // Forked between the last live scan and the freeze: no tracker (CRIU
+    // holds them), so no page of theirs was sent. They cannot run either, so
+    // what CRIU lists as their lazy memory is read once, exactly.
+    const tracked = plans.length;
+    if (final) {
+      for (const pid of scan.untracked) {
+        const lazy = criuLazyRanges(imagesDir!, pid);
+        if (lazy.length) plans.push(this.sender.plan(pid, lazy, NONE));
+      }
+    }
+    await this.sender.announce();
+    let pages = 0;
+    let late = 0;
+    for (let i = 0; i < plans.length; i++) {
+      const n = await this.sender.send(plans[i], this.round);
       pages += n;
-      count += c;
+      if (i >= tracked) late += n;
+    }
+    if (scan.untracked.length) {
+      this.log(`${scan.untracked.length} process(es) appeared after the last live scan (${scan.untracked.join(' ')}): the ${late} pages CRIU lists for them sent whole`);
     }
     const sendMs = Date.now() - t - scanMs;
-    await this.sender.endRound(this.round, count, final);
+    await this.sender.endRound(this.round, final);
     return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sendMs, sinceLastMs };
   }
 
@@ -402,8 +486,8 @@ export class PrecopyRun {
    * memory. Says how long finding them (scanMs) and reading and sending them
    * (sendMs) took; the rest of `ms` waited for the destination to store them.
    */
-  async finalRound(): Promise<{ pages: number; ms: number; scanMs: number; sendMs: number }> {
-    const r = await this.sendRound('final');
+  async finalRound(imagesDir: string): Promise<{ pages: number; ms: number; scanMs: number; sendMs: number }> {
+    const r = await this.sendRound('final', imagesDir);
     this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
     return { pages: r.pages, ms: r.ms, scanMs: r.scanMs, sendMs: r.sendMs };
   }

@@ -2,6 +2,8 @@
 
 export interface CriuFlags {
   tcpEstablished?: boolean;
+  /** Established TCP connections are dumped and restored closed (their peers see them end). */
+  tcpClose?: boolean;
   extUnixSk?: boolean;
   shellJob?: boolean;
   fileLocks?: boolean;
@@ -12,6 +14,7 @@ export interface CriuFlags {
 export function criuFlagArgs(f: CriuFlags): string[] {
   const args: string[] = [];
   if (f.tcpEstablished) args.push('--tcp-established', '--network-lock', 'nftables');
+  if (f.tcpClose) args.push('--tcp-close');
   if (f.extUnixSk) args.push('--ext-unix-sk');
   if (f.shellJob) args.push('--shell-job');
   if (f.fileLocks) args.push('--file-locks');

@@ -106,7 +106,11 @@ export function criuLogTailOf(log: string, lines = 2): string {
   const text = log.split('\n').filter((l) => l.trim() !== '');
   // Root without CAP_SYS_RESOURCE always logs this harmless one; skip it.
   const errs = text.filter((l) => /^Error/.test(l) && !/RLIMIT_NOFILE|Dumping FAILED|Restoring FAILED/.test(l));
-  return (errs.length ? errs : text).slice(-lines).map((l) => l.replace(/^Error \([^)]*\): /, '')).join('; ').trim();
+  const tail = (errs.length ? errs : text).slice(-lines).map((l) => l.replace(/^Error \([^)]*\): /, '')).join('; ').trim();
+  // CRIU names only its own option; say what migrate offers.
+  return errs.some((l) => /Connected TCP socket/.test(l))
+    ? `${tail} (the tree has established TCP connections: migrate --tcp-close dumps them closed, its clients reconnect; --tcp-established moves them where the address moves too)`
+    : tail;
 }
 
 export async function runCriu(req: CriuRequest, ro: RunOptions = {}): Promise<CriuResult> {

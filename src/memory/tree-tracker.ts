@@ -18,6 +18,9 @@ export interface TreeScan {
   /** Processes that share the address space of a tracked one (vfork, CLONE_VM):
    *  pid -> the pid whose set covers it. */
   aliases: Map<number, number>;
+  /** Scans with `frozen`: processes new since the last live scan, found but not tracked
+   *  (their memory comes from what CRIU lists for them: PrecopyRun.sendRound). */
+  untracked: number[];
 }
 
 /** Direct children of every thread of `pid` (empty when it is gone). */
@@ -46,6 +49,18 @@ function alive(pid: number): boolean {
   return fs.existsSync(`/proc/${pid}`);
 }
 
+/** Gone, a zombie (exited, not reaped yet), or past giving up its memory on the way out. */
+export function exiting(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // After the command name: state is field 3, vsize field 23 (0 once exit released the address space).
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return f[0] === 'Z' || f[0] === 'X' || f[20] === '0';
+  } catch {
+    return true;
+  }
+}
+
 export class TreeTracker {
   readonly root: number;
   private trackers = new Map<number, DirtyTracker>();
@@ -65,10 +80,13 @@ export class TreeTracker {
   }
 
   /** One round: picks up new processes, then scans every tracked one (see DirtyTracker.scan for
-   *  `protect` and `sync`; without sync, no new process is picked up either). */
-  async scan(opts: { protect?: boolean; sync?: boolean } = {}): Promise<TreeScan> {
+   *  `protect` and `sync`; without sync, no new process is picked up either). `frozen`: the tree
+   *  is held by CRIU's ptrace, so a new process cannot get a tracker (ours is injected with
+   *  ptrace): it is only listed in `untracked`. */
+  async scan(opts: { protect?: boolean; sync?: boolean; frozen?: boolean } = {}): Promise<TreeScan> {
     if (this.closed) throw new DirtyTrackingError('failed', this.root, 'TreeTracker is closed');
-    const added = opts.sync === false ? [] : await this.discover();
+    const untracked: number[] = [];
+    const added = opts.sync === false ? [] : await this.discover(opts.frozen ? untracked : undefined);
     const sets = new Map<number, DirtySet>();
     const exited: number[] = [];
     const pids = [...this.trackers.keys()];
@@ -81,7 +99,8 @@ export class TreeTracker {
         continue;
       }
       const err = r.reason;
-      if (!(err instanceof DirtyTrackingError) || err.reason !== 'process-gone') {
+      // A child on its way out can fail a scan in other ways than process-gone (its maps or pagemap going).
+      if (!(err instanceof DirtyTrackingError) || (err.reason !== 'process-gone' && (pid === this.root || !exiting(pid)))) {
         this.close();
         throw err;
       }
@@ -99,7 +118,7 @@ export class TreeTracker {
       exited.push(pid);
     }
     for (const [a, owner] of this.aliases) if (!alive(a) || !this.trackers.has(owner)) this.aliases.delete(a);
-    return { sets, added, exited, aliases: new Map(this.aliases) };
+    return { sets, added, exited, aliases: new Map(this.aliases), untracked };
   }
 
   pids(): number[] {
@@ -130,7 +149,8 @@ export class TreeTracker {
     return [...seen].sort((a, b) => a - b);
   }
 
-  private async discover(): Promise<number[]> {
+  /** New processes get a tracker, or with `untracked` given, are only listed there. */
+  private async discover(untracked?: number[]): Promise<number[]> {
     const added: number[] = [];
     for (const pid of this.tree()) {
       if (this.trackers.has(pid) || this.aliases.has(pid)) continue;
@@ -139,7 +159,8 @@ export class TreeTracker {
         this.aliases.set(pid, owner);
         continue;
       }
-      if (await this.startOne(pid)) added.push(pid);
+      if (untracked) untracked.push(pid);
+      else if (await this.startOne(pid)) added.push(pid);
     }
     return added;
   }
@@ -162,6 +183,17 @@ export class TreeTracker {
     } catch (e) {
       t.close();
       if (e instanceof DirtyTrackingError && e.reason === 'process-gone') return null;
+      // A child that exits while we attach needs no tracking, but fails in
+      // other ways: PTRACE_SEIZE refuses a zombie (EPERM), and once its address
+      // space is released there is no syscall instruction to borrow. Its state
+      // says so by the time the failure comes back; a short wait covers a task
+      // between the two steps of its exit.
+      if (pid !== this.root) {
+        for (let i = 0; i < 10; i++) {
+          if (exiting(pid)) return null;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
       throw e;
     }
     this.trackers.set(pid, t);

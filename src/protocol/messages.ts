@@ -31,7 +31,7 @@ export interface Capabilities {
 
 /** CRIU options the source asks the destination to restore with (the dump used the same). */
 export type { CriuFlags };
-export const CRIU_FLAGS = ['tcpEstablished', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
+export const CRIU_FLAGS = ['tcpEstablished', 'tcpClose', 'extUnixSk', 'shellJob', 'fileLocks', 'linkRemap'] as const;
 
 /** A mapping the destination's page store is to hold (whole pages from vaddr). */
 export interface LayoutRange {
@@ -72,8 +72,13 @@ export interface Prepared { t: 'prepared' }
 
 // ---- pre-copy rounds (control connection; pages go over the data streams) ----
 
-/** S -> D: mappings of `pid` the store has not seen yet (never announced twice). */
-export interface Layout { t: 'layout'; pid: number; ranges: LayoutRange[] }
+/** The mappings of one process in a `layout`. */
+export interface ProcLayout { pid: number; ranges: LayoutRange[] }
+/** S -> D: mappings the store has not seen yet (never announced twice), of every process
+ *  whose pages the round is about to send: one message (and one round trip) per round. */
+export interface Layout { t: 'layout'; procs: ProcLayout[] }
+/** Most ranges one `layout` may hold, all processes together. */
+export const LAYOUT_MAX_RANGES = 1 << 20;
 /** D -> S: the layout is in the store; batches that need it may follow. */
 export interface LayoutAck { t: 'layout-ack' }
 /** S -> D: round `round` is over after `batches` batches on the streams; `final` with the tree frozen. */
@@ -302,16 +307,22 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
   },
   prepared: () => ({}),
   layout: (f) => {
-    const pid = f.int('pid', 1, PID_MAX);
-    const raw = f.get('ranges');
-    if (!Array.isArray(raw) || raw.length > 1 << 20) throw f.bad('ranges');
-    const ranges: LayoutRange[] = raw.map((r) => {
-      const vaddr = isRecord(r) ? checkInt(r.vaddr, 0, Number.MAX_SAFE_INTEGER) : undefined;
-      const nrPages = isRecord(r) ? checkInt(r.nrPages, 1, 2 ** 40) : undefined;
-      if (vaddr === undefined || nrPages === undefined) throw f.bad('ranges');
-      return { vaddr, nrPages };
+    const raw = f.get('procs');
+    if (!Array.isArray(raw) || raw.length > 1 << 16) throw f.bad('procs');
+    let total = 0;
+    const procs: ProcLayout[] = raw.map((p) => {
+      const pid = isRecord(p) ? checkInt(p.pid, 1, PID_MAX) : undefined;
+      const list = isRecord(p) ? p.ranges : undefined;
+      if (pid === undefined || !Array.isArray(list) || (total += list.length) > LAYOUT_MAX_RANGES) throw f.bad('procs');
+      const ranges: LayoutRange[] = list.map((r) => {
+        const vaddr = isRecord(r) ? checkInt(r.vaddr, 0, Number.MAX_SAFE_INTEGER) : undefined;
+        const nrPages = isRecord(r) ? checkInt(r.nrPages, 1, 2 ** 40) : undefined;
+        if (vaddr === undefined || nrPages === undefined) throw f.bad('procs');
+        return { vaddr, nrPages };
+      });
+      return { pid, ranges };
     });
-    return { pid, ranges };
+    return { procs };
   },
   'layout-ack': () => ({}),
   round: (f) => ({ round: f.int('round', 0, 1 << 20), batches: f.int('batches', 0, 1 << 30), final: f.has('final') ? f.bool('final') : false }),

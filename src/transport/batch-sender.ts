@@ -23,6 +23,8 @@ export class BatchSender {
   private capStart = 0;
   private capBytes = 0;
   bytesSent = 0;
+  /** Batches written whole so far: what the destination will count. */
+  batchesWritten = 0;
 
   /**
    * natives: the connections taken over by BatchConns (data-channel.ts
@@ -70,16 +72,26 @@ export class BatchSender {
   /**
    * A raw batch of pid's `pairs` read by the native connection into a buffer
    * of `pool` (given back once written). Resolves when it is queued: at most
-   * one batch per connection is in flight.
+   * one batch per connection is in flight. With `goneIsSkipped`, a process
+   * gone before its pages were read (a pre-copy child that exited since the
+   * scan) is no failure: nothing of the batch was written (the read comes
+   * first) and it does not count in batchesWritten. Failing the lane instead
+   * would surface at its next call, for another process or at a flush.
    */
-  async sendPages(pid: number, round: number, pairs: BigUint64Array, bytes: number, pool: BufferPool): Promise<void> {
+  async sendPages(pid: number, round: number, pairs: BigUint64Array, bytes: number, pool: BufferPool, goneIsSkipped = false): Promise<void> {
     await this.pace(bytes);
     const lane = this.lanes[this.next++ % this.lanes.length];
     await this.settle(lane.busy);
     const buf = await pool.acquire();
     this.queue(lane, () => lane.conn!.sendPages(pid, round, pairs, buf).then(
-      (r) => { this.bytesSent += r.wireBytes; },
-      (e) => { throw laneError(e, pid); },
+      (r) => {
+        this.bytesSent += r.wireBytes;
+        if (r.wireBytes > 0) this.batchesWritten++;
+      },
+      (e) => {
+        if (goneIsSkipped && (e as { reason?: string })?.reason === 'process-gone') return;
+        throw laneError(e, pid);
+      },
     ).finally(() => pool.release(buf)));
   }
 
@@ -91,12 +103,16 @@ export class BatchSender {
     if (lane.conn) {
       await this.settle(lane.busy);
       this.queue(lane, () => lane.conn!.sendBuffers(buffers).then(
-        () => { this.bytesSent += n; },
+        () => {
+          this.bytesSent += n;
+          this.batchesWritten++;
+        },
         (e) => { throw laneError(e, 0); },
       ).finally(() => written?.()));
       return;
     }
     const s = lane.sock!;
+    this.batchesWritten++; // handed to the socket whole: it goes out unless the connection fails
     let ok = true;
     for (let i = 0; i < buffers.length; i++) {
       const b = buffers[i];

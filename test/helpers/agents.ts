@@ -70,13 +70,18 @@ export interface CliResult {
 }
 
 /** Runs `phaul-fast ARGS` in `host`; resolves when it exits. */
-export function runCli(host: Host, args: string[], timeoutMs = 120_000): Promise<CliResult> {
+/** `env`: added to the CLI's environment; `onStderr`: called with all of stderr so far, as it grows. */
+export function runCli(host: Host, args: string[], timeoutMs = 120_000,
+  opts: { env?: Record<string, string>; onStderr?: (err: string) => void } = {}): Promise<CliResult> {
   return new Promise((resolve) => {
-    const p = spawnIn(host, [process.execPath, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawnIn(host, [process.execPath, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     let out = '';
     let err = '';
     p.stdout!.on('data', (d) => { out += d; });
-    p.stderr!.on('data', (d) => { err += d; });
+    p.stderr!.on('data', (d) => {
+      err += d;
+      opts.onStderr?.(err);
+    });
     const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
     p.on('close', (code, sig) => {
       clearTimeout(t);

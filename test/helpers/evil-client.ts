@@ -29,7 +29,7 @@ const scenarios: Record<string, Scenario> = {
   // A layout far outside user space.
   'bad-layout': async (c) => {
     await prepare(c, { mode: 'precopy', streams: 1 });
-    c.send({ t: 'layout', pid: 1, ranges: [{ vaddr: 2 ** 52, nrPages: 1 << 30 }] });
+    c.send({ t: 'layout', procs: [{ pid: 1, ranges: [{ vaddr: 2 ** 52, nrPages: 1 << 30 }] }] });
   },
   // A session that claims more memory than the host has: refused up front.
   'too-big': async (c) => {

@@ -23,6 +23,7 @@ const spec = {
   mode: { type: 'string', help: `how to move memory: auto, ${MODES.join(', ')} (auto: the first of ${AUTO_ORDER.join(', ')} both hosts offer)`, default: 'auto' },
   ...CLIENT_TLS_FLAGS,
   'tcp-established': { type: 'boolean', help: 'move established TCP connections (nftables network lock; on for a container with a named network namespace)' },
+  'tcp-close': { type: 'boolean', help: 'established TCP connections are not moved: the restored tree finds them closed, their peers see them end and reconnect (a server whose clients come back)' },
   'ext-unix-sk': { type: 'boolean', help: 'allow unix sockets connected to peers outside the tree' },
   'shell-job': { type: 'boolean', help: 'the tree is a shell job (its session leader is outside it)' },
   'file-locks': { type: 'boolean', help: 'move file locks' },
@@ -82,7 +83,7 @@ export async function run(argv: string[]): Promise<number> {
     };
     const m = new Migration({
       pid, container, to, token, tokenFile: flags['token-file'] as string, mode, tls, precopy,
-      tcpEstablished: !!flags['tcp-established'], extUnixSk: !!flags['ext-unix-sk'],
+      tcpEstablished: !!flags['tcp-established'], tcpClose: !!flags['tcp-close'], extUnixSk: !!flags['ext-unix-sk'],
       shellJob: !!flags['shell-job'], fileLocks: !!flags['file-locks'],
       workDir: flags['work-dir'] as string | undefined,
       freezeTimeoutMs: intFlag(flags['freeze-timeout'], 'freeze-timeout', 1, 3600)! * 1000,
