@@ -216,6 +216,27 @@ export class PageStore {
   }
 
   /**
+   * Forgets a process that exited at the source: its layout, and its pages
+   * files (their memory, on tmpfs, is given back). A later layout for the
+   * same pid (a new process) starts afresh. Unknown pids are ignored; one with
+   * writes still in flight is a protocol error (the source forgets a process
+   * only after the round that last sent it was acknowledged).
+   */
+  forget(pid: number): void {
+    this.checkWritable('forget');
+    const proc = this.procs.get(pid);
+    if (!proc) return;
+    if (proc.inflight.size) throw protocol(`forget pid ${pid}: its batches are still being written`);
+    for (const l of proc.layers) {
+      this.receivedPages -= l.total - l.missing.reduce((n, m) => n + m, 0);
+      fs.closeSync(l.fd);
+      fs.rmSync(l.file, { force: true });
+    }
+    this.layoutPages -= proc.layoutPages;
+    this.procs.delete(pid);
+  }
+
+  /**
    * Stores one batch. Validates everything before changing anything
    * (PhaulError 'protocol', one line). A page's copy from an older round than
    * the one already stored is ignored, whatever the arrival order; writes of
