@@ -23,7 +23,7 @@ const skip = root ? false : 'needs root (CRIU, ptrace, userfaultfd, network name
 const fx = useTwoHostsWithServe({ prefix: 'pffork', tag: 'fork-late', enabled: root });
 
 for (const mode of ['precopy', 'hybrid']) {
-  test(`${mode}: children forked after the last live scan come along with their memory, children gone are not expected`, { skip }, async () => {
+  test(`${mode}: children forked after the last live scan come along with their memory, children gone are not expected`, { skip }, async (t) => {
     const report = path.join(fx.dir, `fork-${mode}.json`);
     const release = path.join(fx.dir, `release-${mode}`);
     const ns = startInPidNamespace([path.join(PACKAGE_ROOT, 'build', 'workloads', 'forkwork'), report],
@@ -42,6 +42,8 @@ for (const mode of ['precopy', 'hybrid']) {
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.json!.mode, mode);
       assert.ok(lateProcesses(r.stderr) > 0, `children were forked between the last scan and the freeze: ${r.stderr}`);
+      // What the pause held, for the record (timings are not asserted).
+      for (const line of r.stderr.split('\n')) if (/appeared after|final-(scan|pages|stored)|criu-dump \d/.test(line)) t.diagnostic(line.trim());
       restored = r.json!.restoredPid;
       assert.ok(await waitGone(pid, 5000));
       try {

@@ -240,6 +240,37 @@ test('malformed batches and layouts are refused with one line, changing nothing'
   }
 });
 
+test('forget: an exited process\'s layout and pages files go, its budget and pid slot come back; its pid starts afresh', async () => {
+  const s = tmpStore('forget', { maxBytes: 12 * P, maxPids: 2, asyncWriteBytes: P });
+  try {
+    s.setLayout(7, [{ vaddr: 0x10000, nrPages: 8 }]);
+    s.setLayout(8, [{ vaddr: 0x10000, nrPages: 2 }]);
+    await s.write({ pid: 7, round: 0, ranges: [{ vaddr: 0x10000, nrPages: 3 }], data: page(7, 3) });
+    s.setLayout(7, [{ vaddr: 0x40000, nrPages: 2 }]); // a second level for pid 7
+    const files = [path.join(s.levelDir(0), 'pages-1.img'), path.join(s.levelDir(1), 'pages-1.img')];
+    assert.ok(files.every((f) => fs.existsSync(f)));
+    assert.throws(() => s.setLayout(9, [{ vaddr: 0x10000, nrPages: 1 }]), /more than 2 processes/);
+    // Writes in flight: refused (a source forgets only after the round was acknowledged).
+    const w = s.write({ pid: 7, round: 1, ranges: [{ vaddr: 0x10000, nrPages: 8 }], data: page(9, 8) });
+    assert.throws(() => s.forget(7), /still being written/);
+    await w;
+    s.forget(7);
+    s.forget(12345); // unknown: nothing to do
+    assert.ok(files.every((f) => !fs.existsSync(f)), 'its pages files are removed');
+    const st = s.stats();
+    assert.equal(st.pids, 1);
+    assert.equal(st.layoutPages, 2);
+    assert.equal(st.receivedPages, 0);
+    assert.equal(s.firstMissing(7, 0x10000 / P, 1), 0x10000 / P, 'nothing of it is held');
+    await assert.rejects(s.write({ pid: 7, round: 2, ranges: [{ vaddr: 0x10000, nrPages: 1 }], data: page(1) }), /no layout was announced/);
+    // Its budget and pid slot are free again; the same pid number is a new process, in the top level.
+    assert.deepEqual(s.setLayout(7, [{ vaddr: 0x80000, nrPages: 10 }]), { level: 1, addedPages: 10 });
+    assert.equal(s.stats().pids, 2);
+  } finally {
+    await done(s);
+  }
+});
+
 test('finalizeParent waits for writes in flight and refuses later batches; thaw accepts them again', async () => {
   const s = tmpStore('final', { asyncWriteBytes: P });
   try {

@@ -43,7 +43,7 @@ test('known-zero pages are taken only from private anonymous tracked mappings', 
   assert.deepEqual(anonZeroPairs(ranges, vmas), [0x104n * P, 0x110n * P]);
 });
 
-test('one layout message per round announces every process whose pages the round sends, each mapping once', async () => {
+test('one layout message per round announces every process whose pages the round sends, each mapping once, and the processes gone', async () => {
   const sent: Message[] = [];
   const control = {
     closed: false,
@@ -73,6 +73,13 @@ test('one layout message per round announces every process whose pages the round
     assert.deepEqual(sent.slice(1), [{ t: 'layout', procs: [{ pid: 11, ranges: [{ vaddr: 0x108 * 4096, nrPages: 2 }] }] }]);
     await s.announce();
     assert.equal(sent.length, 2);
+    // A process that exited: the store forgets it; its pid number, back later, is announced afresh.
+    s.forget(11);
+    await s.announce();
+    assert.deepEqual(sent[2], { t: 'layout', procs: [], gone: [11] });
+    s.plan(11, present(0x200n, 0x201n), vmas);
+    await s.announce();
+    assert.deepEqual(sent[3], { t: 'layout', procs: [{ pid: 11, ranges: [{ vaddr: 0x200 * 4096, nrPages: 4 }] }] });
   } finally {
     s.close();
   }

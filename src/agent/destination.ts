@@ -309,6 +309,7 @@ class DestSession {
     for (;;) {
       const m = await this.receive(10 * 60_000);
       if (m.t === 'layout') {
+        for (const pid of m.gone ?? []) store.forget(pid);
         for (const p of m.procs) store.setLayout(p.pid, p.ranges);
         this.conn.send({ t: 'layout-ack' });
       } else if (m.t === 'round') {

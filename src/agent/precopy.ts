@@ -119,6 +119,11 @@ export class KnownRanges {
     this.byPid.set(pid, merge([...have, ...fresh]));
     return fresh;
   }
+
+  /** Forgets pid (it exited): a later process with its number starts afresh. */
+  forget(pid: number): void {
+    this.byPid.delete(pid);
+  }
 }
 
 /** Sorted, overlapping or touching intervals merged. */
@@ -162,6 +167,8 @@ export class PrecopySender {
   private batchesBefore = 0;
   /** Layouts planned and not yet announced. */
   private pendingLayout: ProcLayout[] = [];
+  /** Processes exited since the last announce(), for the store to forget. */
+  private pendingGone: number[] = [];
 
   constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
     this.out = new BatchSender(streams, nativeBatchConns(streams), () => control.closed, opts.maxBandwidthBps);
@@ -219,8 +226,10 @@ export class PrecopySender {
    */
   async announce(): Promise<void> {
     const all = this.pendingLayout;
+    let gone = this.pendingGone;
     this.pendingLayout = [];
-    for (let i = 0; i < all.length; ) {
+    this.pendingGone = [];
+    for (let i = 0; i < all.length || gone.length; ) {
       const procs: ProcLayout[] = [];
       let n = 0;
       // Whole processes per message: a process announced twice would get a second level in the store.
@@ -228,9 +237,23 @@ export class PrecopySender {
         procs.push(all[i]);
         n += all[i].ranges.length;
       }
-      this.control.send({ t: 'layout', procs });
+      this.control.send(gone.length ? { t: 'layout', procs, gone: gone.slice(0, 1 << 16) } : { t: 'layout', procs });
+      gone = gone.slice(1 << 16);
       await this.control.expect('layout-ack', 60_000);
     }
+  }
+
+  /**
+   * A process that exited (the scan said so, after the round that last sent
+   * its pages was acknowledged): the next announce() has the store forget it
+   * and give its pages back. A tree that forks and reaps all through a long
+   * migration would otherwise fill the store with the dead, and its pid
+   * count up to the store's limit.
+   */
+  forget(pid: number): void {
+    this.known.forget(pid);
+    this.zeroRanges.delete(pid);
+    this.pendingGone.push(pid);
   }
 
   /**
@@ -383,6 +406,7 @@ export class PrecopyRun {
     const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen', frozen: final });
     const scanMs = Date.now() - t;
     const before = this.sender.bytesSent;
+    for (const pid of scan.exited) this.sender.forget(pid);
     const plans: PlannedSet[] = [];
     for (const [pid, set] of scan.sets) {
       const tr = this.tracker.tracker(pid);

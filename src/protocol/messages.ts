@@ -75,8 +75,9 @@ export interface Prepared { t: 'prepared' }
 /** The mappings of one process in a `layout`. */
 export interface ProcLayout { pid: number; ranges: LayoutRange[] }
 /** S -> D: mappings the store has not seen yet (never announced twice), of every process
- *  whose pages the round is about to send: one message (and one round trip) per round. */
-export interface Layout { t: 'layout'; procs: ProcLayout[] }
+ *  whose pages the round is about to send: one message (and one round trip) per round.
+ *  `gone`: processes that exited since the last layout: the store forgets them first. */
+export interface Layout { t: 'layout'; procs: ProcLayout[]; gone?: number[] }
 /** Most ranges one `layout` may hold, all processes together. */
 export const LAYOUT_MAX_RANGES = 1 << 20;
 /** D -> S: the layout is in the store; batches that need it may follow. */
@@ -322,7 +323,10 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
       });
       return { pid, ranges };
     });
-    return { procs };
+    if (!f.has('gone')) return { procs };
+    const gone = f.get('gone');
+    if (!Array.isArray(gone) || gone.length > 1 << 16 || gone.some((g) => checkInt(g, 1, PID_MAX) === undefined)) throw f.bad('gone');
+    return { procs, gone: gone as number[] };
   },
   'layout-ack': () => ({}),
   round: (f) => ({ round: f.int('round', 0, 1 << 20), batches: f.int('batches', 0, 1 << 30), final: f.has('final') ? f.bool('final') : false }),

@@ -6,8 +6,9 @@
 // private memory with a pattern derived from its pid, then checks them, and
 // the 16 pages it inherited (still at the generation of its fork, whatever the
 // parent wrote since), every 10 ms for ~0.3 s, and exits 0 if every check
-// passed, 3 otherwise. The parent reaps them and counts children and failures
-// (a child killed by a signal counts too); on SIGUSR1 it writes
+// passed, 3 otherwise. The parent checks its own 16 pages before each rewrite,
+// reaps the children and counts them and the failures (its own, and a child's
+// exit 3 or death by a signal); on SIGUSR1 it writes
 // {"ok":..., "children":N, "bad":N, "seq":N} to REPORT_FILE (temporary file and
 // rename). So a child forked right before a freeze must come through the
 // migration with its own memory and its copy of its parent's, or it reports a
@@ -83,9 +84,16 @@ int main(int argc, char** argv) {
   if (inherited == MAP_FAILED) return 4;
   unsigned long children = 0, bad = 0, seq = 0;
   report(argv[1], 0, 0, seq++);
+  size_t m = INHERITED * PAGE / sizeof(uint64_t);
   for (;;) {
+    // Its own copy first: still the generation it wrote before its last nap.
+    for (size_t i = 0; generation && i < m; i++)
+      if (inherited[i] != word(generation, i)) {
+        bad++;
+        break;
+      }
     generation++;
-    for (size_t i = 0; i < INHERITED * PAGE / sizeof(uint64_t); i++) inherited[i] = word(generation, i);
+    for (size_t i = 0; i < m; i++) inherited[i] = word(generation, i);
     pid_t p = fork();
     if (p == 0) _exit(child());
     if (p > 0) children++;
