@@ -677,7 +677,8 @@ export class Migration extends EventEmitter {
     this.phase('criu-dump', dump.readyAt);
     if (dump.dumpCpu) {
       this.criuDumpCpu = dump.dumpCpu;
-      this.emit('log', `criu dump: ${dump.readyAt - freezeAt} ms from the freeze to its images, on CPU ${dump.dumpCpu.criuMs} ms (criu) + ${dump.dumpCpu.parasiteMs} ms (its parasite)`);
+      const peak = dump.criuPeakRssKiB === undefined ? '' : `, criu's peak memory ${(dump.criuPeakRssKiB / 1024).toFixed(0)} MiB`;
+      this.emit('log', `criu dump: ${dump.readyAt - freezeAt} ms from the freeze to its images, on CPU ${dump.dumpCpu.criuMs} ms (criu) + ${dump.dumpCpu.parasiteMs} ms (its parasite)${peak}`);
     }
     // CRIU's images next: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
