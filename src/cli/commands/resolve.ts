@@ -25,8 +25,10 @@ export async function run(argv: string[]): Promise<number> {
       'it reads what migrate recorded there (the destination, the original processes), asks the destination\n' +
       'what became of its copy, and acts on the answer: the copy runs -> the original is killed; the copy waits\n' +
       'stopped -> it is committed (or aborted, if the original runs again); no copy runs there -> the original\n' +
-      'is resumed. If the destination cannot be asked, nothing changes. migrate prints the session id; --list\n' +
-      'shows the sessions whose migrate died.\n' +
+      'is resumed; the copy ran but its memory never all arrived (postcopy) -> it is killed and the original\n' +
+      'resumed, losing what the copy did since the switchover. CRIU\'s network lock is lifted before a resume;\n' +
+      'a container killed here is forgotten by its runtime too. If the destination cannot be asked, nothing\n' +
+      'changes. migrate prints the session id; --list shows the sessions whose migrate died.\n' +
       'Exit codes: 0 resolved (see outcome), 2 usage, 4 auth, 6 destination unreachable (nothing changed),\n' +
       '10 cannot be resolved from here (the message says why and what to do).', spec));
     return 0;
