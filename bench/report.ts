@@ -54,8 +54,31 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
       cell(r, 'cpuSPerGiB', 1, 2), cell(r, 'copyMBps'), r.runs, status].join(' | ')} |`);
   }
   lines.push(...pauseBudget(rows));
+  lines.push(...cpuTable(rows));
   lines.push(...fillTable(rows));
   return lines.join('\n') + '\n';
+}
+
+/**
+ * Which side spent the CPU: the source's agent (or CRIU's dump) and the
+ * destination's, each with the processes it waited for, in seconds and per
+ * GiB sent (the main table's CPU s is their sum).
+ */
+function cpuTable(rows: Row[]): string[] {
+  const ok = rows.filter((r) => r.status === 'ok' && r.cpuSourceS != null && r.cpuDestS != null);
+  if (!ok.length) return [];
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'source CPU s', 'destination CPU s', 'source s/GiB', 'destination s/GiB'];
+  const perGiB = (r: Row, s: number | null | undefined) => (s != null && r.bytes ? (s / (r.bytes / 2 ** 30)).toFixed(2) : '–');
+  return [
+    '',
+    'Where the CPU goes: the source\'s agent (or CRIU\'s dump) and the destination\'s agent (or CRIU\'s page server,',
+    'lazy-pages daemon and restore), each with the processes it waited for; per GiB = over the median sent MiB.',
+    '',
+    `| ${head.join(' | ')} |`,
+    `|${head.map((_h, i) => (i < 5 ? '---' : '---:')).join('|')}|`,
+    ...ok.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'cpuSourceS', 1, 2), cell(r, 'cpuDestS', 1, 2),
+      perGiB(r, r.cpuSourceS), perGiB(r, r.cpuDestS)].join(' | ')} |`),
+  ];
 }
 
 /**

@@ -32,6 +32,9 @@ export interface RunSample {
   cpuS: number;
   /** CPU seconds per GiB sent (cpuS over bytes): what moving memory costs, comparable across sizes. */
   cpuSPerGiB: number;
+  /** cpuS split by side: the source's agent (or CRIU dump) and the destination's, each with their children. */
+  cpuSourceS: number;
+  cpuDestS: number;
   /** The first pass over memory, MB/s (RunFigures.copyMBps); NaN when the strategy has none. */
   copyMBps: number;
   phases?: Record<string, number>;
@@ -63,6 +66,8 @@ export interface Row {
   sourceFreeMs: number | null;
   cpuS: number | null;
   cpuSPerGiB: number | null;
+  cpuSourceS?: number | null;
+  cpuDestS?: number | null;
   copyMBps?: number | null;
   /** Median of each phase the engine reported, in the engine's order. */
   phases?: Record<string, number>;
@@ -114,14 +119,14 @@ function track(f: () => Promise<void>): () => Promise<void> {
   return g;
 }
 
-const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'copyMBps', 'destPeakMiB', 'fillMs',
+const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'cpuSourceS', 'cpuDestS', 'copyMBps', 'destPeakMiB', 'fillMs',
   'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs', 'criuDumpCpuMs'] as const;
 
 function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: string): Row {
   const w = cell.workload;
   const row: Row = {
     strategy: cell.strategy, workload: w.kind, memMiB: w.memMiB, writeMBps: w.writeMBps, link: cell.link, status,
-    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null, copyMBps: null,
+    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null, cpuSourceS: null, cpuDestS: null, copyMBps: null,
     destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null, criuDumpCpuMs: null,
     runs: samples.length, spread: {}, ...(note ? { note } : {}),
     samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, typeof v === 'number' ? round(v) : v])) as unknown as RunSample),
@@ -200,6 +205,7 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
     const sample: RunSample = {
       pauseMs: verdict.pauseMs ?? NaN, downtimeMs: fig.downtimeMs, totalMs: fig.totalMs, bytes,
       rounds: fig.rounds, sourceFreeMs: fig.sourceFreeMs, cpuS: fig.cpuS, cpuSPerGiB: bytes > 0 ? fig.cpuS / (bytes / 2 ** 30) : NaN,
+      cpuSourceS: fig.cpuSourceS, cpuDestS: fig.cpuS - fig.cpuSourceS,
       copyMBps: fig.copyMBps ?? NaN,
       destPeakMiB: destPeak / 2 ** 20,
       fillMs: fig.fill?.fillMs ?? NaN, fillMBps: fig.fill ? fig.fill.pages * 4096 / 1e6 / (fig.fill.fillMs / 1000) : NaN,

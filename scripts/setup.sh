@@ -127,21 +127,65 @@ EOF
   echo "$tarball"
 }
 
+# What we change in the CRIU we build (recorded in $PREFIX/patches; a
+# build without them is rebuilt). Two are in its lazy dump, whose memory walk is
+# most of a large hybrid switchover (docs/BENCH.md "CRIU's lazy dump at 4 GiB"):
+# - lazy-iovs: CRIU copied its iovec array into the parasite's arguments sized
+#   for every private page of the tree (16 bytes a page) instead of the
+#   iovecs it filled (a few per pipe): at 4 GiB, 16 MiB of fresh shared memory
+#   faulted in while the tree is frozen, ~110 ms of CPU. Copying only the
+#   filled ones is what the parasite reads (its offsets stop there).
+# - lazy-unpinned: with CRIU_LAZY_PAGES_UNPINNED=1 in its environment (set by
+#   src/criu/lazy-dump.ts only), a lazy dump does not have its parasite
+#   vmsplice every lazy page into pipes (~100 ms of the frozen tree's CPU at
+#   4 GiB): those pipes are read only by a lazy-pages client asking CRIU's
+#   page server for pages, and we never do (our store holds every page; we
+#   only send the page server's CLOSE). The images are the same: CRIU writes
+#   lazy entries to the pagemap without reading their pipes.
+# - kdat-magic: not a change of CRIU's code: the build's SOURCE_DATE_EPOCH is
+#   the tarball's own date. CRIU stamps its kernel-probe cache (/run/criu.kdat,
+#   src/criu/kerndat-cache.ts) with its build time and deletes a cache of any
+#   other build as stale; every build then probes again (100-300 ms) and,
+#   /run being no tmpfs here, cannot save: two checkouts (or a checkout and
+#   any other CRIU build on the host) deleted each other's cache, and a
+#   destination's restore probed inside the pause. Builds of the same source
+#   now share the stamp (their cache layout is the same).
+CRIU_PATCHES="lazy-iovs-1 lazy-unpinned-1 kdat-magic-1"
+patch_criu_source() { # $1 = CRIU's source tree
+  local f="$1/criu/mem.c"
+  local from='memcpy(pargs_iovs(args), pp->iovs, sizeof(struct iovec) \* pp->nr_iovs);'
+  local to='memcpy(pargs_iovs(args), pp->iovs, sizeof(struct iovec) * pp->free_iov);'
+  grep -q "$from" "$f" || die "CRIU $CRIU_VERSION's criu/mem.c has no lazy iovec copy to fix (scripts/setup.sh patch_criu_source)"
+  sed -i "s/$from/$to/" "$f"
+  grep -qF "$to" "$f" || die "could not apply the lazy iovec fix to $f"
+  # drain_pages: the loop after this comment hands each pipe buffer to the parasite.
+  local anchor='Step 2 -- grab pages into page-pipe'
+  [ "$(grep -c "$anchor" "$f")" = 1 ] && [ "$(grep -A1 "$anchor" "$f" | grep -c 'list_for_each_entry(ppb, &pp->bufs, l) {')" = 1 ] \
+    || die "CRIU $CRIU_VERSION's drain_pages is not where scripts/setup.sh expects it (lazy-unpinned)"
+  local line='		if (opts.lazy_pages && (ppb->flags & PPB_LAZY) && getenv("CRIU_LAZY_PAGES_UNPINNED")) { args->off += ppb->nr_segs; continue; }'
+  sed -i -e "/$anchor/{n" -e "a\\$line" -e '}' "$f"
+  grep -q 'getenv("CRIU_LAZY_PAGES_UNPINNED")' "$f" || die "could not apply lazy-unpinned to $f"
+}
+
 build_criu() {
   local tarball src
   tarball=$(fetch_criu_source)
   src=$(mktemp -d)
   loud "building CRIU $CRIU_VERSION into $PREFIX (about 30 s)"
   tar -C "$src" -xf "$tarball"
+  patch_criu_source "$src/criu-$CRIU_VERSION"
   (cd "$src/criu-$CRIU_VERSION" \
+    && export SOURCE_DATE_EPOCH="$(stat -c %Y Makefile)" \
     && make -j"$(nproc)" criu lib >"$src/build.log" 2>&1 \
     && make install-criu install-lib PREFIX="$PREFIX" LIBDIR="$PREFIX/lib" SKIP_PIP_INSTALL=1 >>"$src/build.log" 2>&1) \
     || { tail -20 "$src/build.log" >&2; die "CRIU build failed (log above)"; }
+  echo "$CRIU_PATCHES" > "$PREFIX/patches"
   rm -rf "$src"
 }
 
 CRIU_BIN=""
-if [ "$FORCE_CRIU" = 0 ] && [ -x "$PREFIX/sbin/criu" ] && [ -f "$PREFIX/lib/pkgconfig/criu.pc" ] && criu_ok "$PREFIX/sbin/criu" "$CRIU_VERSION"; then
+if [ "$FORCE_CRIU" = 0 ] && [ -x "$PREFIX/sbin/criu" ] && [ -f "$PREFIX/lib/pkgconfig/criu.pc" ] \
+  && [ "$(cat "$PREFIX/patches" 2>/dev/null)" = "$CRIU_PATCHES" ] && criu_ok "$PREFIX/sbin/criu" "$CRIU_VERSION"; then
   CRIU_BIN="$PREFIX/sbin/criu"
 elif [ "$FORCE_CRIU" = 0 ] && command -v criu >/dev/null && pkg-config --exists criu 2>/dev/null && criu_ok "$(command -v criu)"; then
   CRIU_BIN=$(command -v criu)

@@ -6,11 +6,12 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runIn } from '../src/testing/hosts';
-import { MemWorkload, startMemWorkload, startInPidNamespace } from '../src/testing/workload';
+import { MemWorkload, startMemWorkload } from '../src/testing/workload';
 import { isAlive, procState, runCmd, sleep, waitGone } from '../src/testing/proc';
 import { PACKAGE_ROOT } from '../src/package-root';
 import { ExitCode } from '../src/errors';
 import { netnsOf, netnsOfPath, runCli, startServe, useTwoHostsWithServe, writeToken } from './helpers/agents';
+import { askTcp as askTcpWork, startTcpWork } from './helpers/tcpwork';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root (CRIU, network namespaces)';
@@ -64,17 +65,10 @@ test('a 1 GiB workload moves to the other host and verifies all of its memory', 
 for (const mode of ['stop-copy', 'hybrid']) test(`${mode}: a process tree with an established TCP connection in its own network namespace survives`, { skip }, async () => {
   const report = path.join(fx.dir, `tcp-${mode}.json`);
   // unshare -n inside the pid namespace's launcher: a network namespace of its own.
-  const ns = startInPidNamespace(['unshare', '-n', path.join(PACKAGE_ROOT, 'build', 'workloads', 'tcpwork'), report],
-    { netns: fx.hosts.a.netnsPath! });
-  const readReport = () => { try { return JSON.parse(fs.readFileSync(report, 'utf8')); } catch { return null; } };
-  let pid = -1;
+  const tcp = await startTcpWork(fx.hosts.a.netnsPath!, report);
+  const { ns, pid } = tcp;
   let restored = 0;
   try {
-    const end = Date.now() + 10_000;
-    while ((pid = ns.initPid()) < 0 || !readReport()) {
-      assert.ok(Date.now() < end, `tcpwork did not start: ${ns.stderr()}`);
-      await sleep(20);
-    }
     // The real test: unshare -n gives the tree a network namespace of its own.
     assert.notEqual(netnsOf(pid), netnsOfPath(fx.hosts.a.netnsPath!), 'workload has its own netns');
     await sleep(200);
@@ -95,18 +89,8 @@ for (const mode of ['stop-copy', 'hybrid']) test(`${mode}: a process tree with a
   }
 });
 
-async function askTcp(pid: number, report: string): Promise<any> {
-  const old = fs.statSync(report).mtimeMs;
-  process.kill(pid, 'SIGUSR1');
-  const end = Date.now() + 5000;
-  while (Date.now() < end) {
-    if (fs.statSync(report).mtimeMs !== old) return JSON.parse(fs.readFileSync(report, 'utf8'));
-    await sleep(10);
-  }
-  const state = (p: number) => { try { return `${fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(' ')[2]}/${fs.readFileSync(`/proc/${p}/wchan`, 'utf8')}`; } catch { return 'gone'; } };
-  const tasks = (() => { try { return fs.readdirSync(`/proc/${pid}/task`); } catch { return []; } })();
-  throw new Error(`tcpwork did not report (tasks ${tasks.map((t) => `${t}:${state(Number(t))}`).join(' ')}; ` +
-    `serve: ${fx.serve.stderr().trim().split('\n').slice(-4).join(' | ')})`);
+function askTcp(pid: number, report: string): Promise<any> {
+  return askTcpWork(pid, report, () => `serve: ${fx.serve.stderr().trim().split('\n').slice(-4).join(' | ')}`);
 }
 
 test('a destination killed mid-transfer leaves the workload running at the source', { skip }, async () => {

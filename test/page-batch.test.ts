@@ -18,7 +18,8 @@ import {
   BATCH_MAGIC, HEADER_SIZE, MAX_RANGES, MAX_RAW_BYTES, RANGE_SIZE, decodeBatch, encodeBatch, encodeBatchAsync, lz4WireBound,
   type PageBatch,
 } from '../src/transport/page-batch';
-import { BatchDecoder, attachBatchStream } from '../src/transport/batch-stream';
+import { BatchDecoder, FrameSplitter, POOLED_PAYLOAD_MIN, attachBatchStream } from '../src/transport/batch-stream';
+import { BufferPool } from '../src/transport/buffer-pool';
 import { HEADROOM, chooseCompression, measureLz4, syntheticPages } from '../src/transport/compression';
 
 import { PAGE_SIZE as P } from '../src/util/page-size';
@@ -204,6 +205,23 @@ test('stream: a raw batch inside one chunk is not copied; one split across chunk
   const [got2] = [...d.push(w.subarray(0, 100)), ...d.push(w.subarray(100))];
   assert.notEqual(got2.data.buffer, w.buffer);
   assert.deepEqual(norm(got2), norm(b));
+});
+
+test('stream: a split payload goes into a pool buffer only when it is big (small ones never make the pool fill one)', () => {
+  const pool = new BufferPool(4 << 20, 2);
+  const s = new FrameSplitter(pool);
+  const small = wire(mk([[0x1000, 4]]), false);
+  const [f1] = [...s.push(small.subarray(0, 100)), ...s.push(small.subarray(100))];
+  assert.equal(f1.pooled, undefined);
+  assert.equal(f1.payload.length, 4 * P);
+  assert.equal(pool.inUse, 0, 'no pool buffer was created for 16 KiB');
+  const pages = POOLED_PAYLOAD_MIN / P;
+  const big = wire(mk([[0x100000, pages]]), false);
+  const [f2] = [...s.push(big.subarray(0, 100)), ...s.push(big.subarray(100))];
+  assert.ok(f2.pooled, 'a 1 MiB payload is assembled in a pool buffer');
+  assert.equal(f2.payload.buffer, f2.pooled!.buffer);
+  assert.equal(pool.inUse, 1);
+  assert.ok(f2.payload.equals(big.subarray(big.length - POOLED_PAYLOAD_MIN)), "the payload, intact");
 });
 
 test('stream: truncated at any point is a network error at end(), except at batch boundaries', () => {

@@ -1,6 +1,7 @@
 // serve's start-up sweep (src/agent/sweep.ts): what dead agents left behind
 // is removed, what a live process still uses is kept, a copy left stopped is
-// killed (it never ran), and a --dir held by a live agent is refused.
+// killed (it never ran), dead agents' claims on a --dir go, and a --dir held
+// by a live agent is refused.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -9,6 +10,7 @@ import { spawn } from 'node:child_process';
 import { LOCAL_HOST } from '../src/testing/hosts';
 import { isAlive, runCmd, waitGone } from '../src/testing/proc';
 import { startTime } from '../src/agent/process-tree';
+import { runPath } from '../src/agent/run-dir';
 import { CLI, startServe, tempDir, writeToken } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
@@ -28,6 +30,11 @@ test('serve sweeps session dirs, dead agents\' stores and stopped copies at star
   const busy = path.join(dest, 'b'.repeat(24));
   const store = path.join('/dev/shm', `phaul-fast-store-${await deadPid()}-test`);
   const stopped = spawn('sleep', ['1000'], { stdio: 'ignore' });
+  // Claims on a --dir: one of an agent killed without giving it up, one of a live agent (this test process).
+  const deadClaim = runPath(`serve-${'d'.repeat(32)}.pid`);
+  const liveClaim = runPath(`serve-${'e'.repeat(32)}.pid`);
+  fs.writeFileSync(deadClaim, `${await deadPid()}\n`);
+  fs.writeFileSync(liveClaim, `${process.pid}\n`);
   fs.mkdirSync(busy, { recursive: true });
   const user = spawn('sleep', ['1000'], { stdio: 'ignore', cwd: busy });
   try {
@@ -48,6 +55,9 @@ test('serve sweeps session dirs, dead agents\' stores and stopped copies at star
       assert.ok(fs.existsSync(busy), 'a directory in use is kept');
       assert.ok(!fs.existsSync(store), 'the dead agent\'s store is gone');
       assert.match(serve.stderr(), /1 stopped copies .*1 session directories, [1-9]\d* page stores/);
+      assert.ok(!fs.existsSync(deadClaim), 'a dead agent\'s claim is gone');
+      assert.ok(fs.existsSync(liveClaim), 'a live agent\'s claim is kept');
+      assert.match(serve.stderr(), /removed [1-9]\d* claims on a --dir/);
       // A second agent on the same --dir is refused while the first lives.
       const second = await runCmd([process.execPath, CLI, 'serve', '--listen', '127.0.0.1:0', '--dir', dest, '--token-file', writeToken(dir)]);
       assert.equal(second.code, 2);
@@ -59,6 +69,8 @@ test('serve sweeps session dirs, dead agents\' stores and stopped copies at star
     stopped.kill('SIGKILL');
     user.kill('SIGKILL');
     fs.rmSync(store, { recursive: true, force: true });
+    fs.rmSync(deadClaim, { force: true });
+    fs.rmSync(liveClaim, { force: true });
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -89,7 +89,7 @@ Promise<{ pid: number; runningAt: number; r: RunResult }> {
 
 /** The figures of a stop-and-copy run of CRIU's (one pass, then a restore; times from performance.now()). */
 export function stopCopyFigures(t: { start: number; frozen: number; free: number }, restored: { pid: number; runningAt: number },
-  offLinkBytes: number, cpuS: number): RunFigures {
+  offLinkBytes: number, cpu: { source: number; destination: number }): RunFigures {
   return {
     restoredPid: restored.pid,
     downtimeMs: restored.runningAt - t.frozen,
@@ -97,7 +97,8 @@ export function stopCopyFigures(t: { start: number; frozen: number; free: number
     sourceFreeMs: t.free - t.start,
     offLinkBytes,
     rounds: 1,
-    cpuS,
+    cpuS: cpu.source + cpu.destination,
+    cpuSourceS: cpu.source,
   };
 }
 

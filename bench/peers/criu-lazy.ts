@@ -66,6 +66,7 @@ export class CriuLazy implements Peer {
         offLinkBytes: copied,
         rounds: 1,
         cpuS: dp.r.cpuS + lz.r.cpuS + rs.r.cpuS,
+        cpuSourceS: dp.r.cpuS,
       };
     } finally {
       freeze.stop();

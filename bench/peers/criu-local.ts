@@ -31,7 +31,7 @@ export class CriuLocal implements Peer {
     const rs = await criuRestore(ctx.criu, ctx.dst, dir, big, tcpArgs(ctx));
     hooks.onRunning(rs.pid);
     // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
-    return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, imageBytes, dump.cpuS + rs.r.cpuS);
+    return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, imageBytes, { source: dump.cpuS, destination: rs.r.cpuS });
   }
 
   async close(): Promise<void> {}

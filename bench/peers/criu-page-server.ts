@@ -44,7 +44,7 @@ export class CriuPageServer implements Peer {
       const rs = await criuRestore(ctx.criu, ctx.dst, dst, big, tcpArgs(ctx));
       hooks.onRunning(rs.pid);
       // The parasite's page sending runs in the frozen workload and is not counted (see docs/BENCH.md).
-      return { ...stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, dump.cpuS + psr.cpuS + rs.r.cpuS),
+      return { ...stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, rs, copied, { source: dump.cpuS, destination: psr.cpuS + rs.r.cpuS }),
         copyMBps: pageBytes / 1e6 / (dumpMs / 1000) };
     } finally {
       ps.kill();

@@ -146,6 +146,7 @@ export class PhaulFastPeer implements Peer {
       // Pre-copy reports each round (the last is the final one, frozen); stop-copy is one pass.
       rounds: Array.isArray(rep.rounds) ? rep.rounds.length : 1,
       cpuS: r.cpuS + serveCpu,
+      cpuSourceS: r.cpuS,
       ...(first && first.ms > 0 ? { copyMBps: first.bytes / 1e6 / (first.ms / 1000) } : {}),
       phases: rep.phases,
       ...(rep.criuDumpCpu ? { criuDumpCpuMs: Number(rep.criuDumpCpu.criuMs) + Number(rep.criuDumpCpu.parasiteMs) } : {}),

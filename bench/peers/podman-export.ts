@@ -53,7 +53,7 @@ export class PodmanExport implements Peer {
     const restored = await dst.inspect(c.id);
     if (!restored || restored.pid <= 1) throw new Error(`podman container restore: the destination's podman does not run ${c.id}`);
     hooks.onRunning(restored.pid);
-    return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, { pid: restored.pid, runningAt }, copied, dump.cpuS + rs.cpuS);
+    return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, { pid: restored.pid, runningAt }, copied, { source: dump.cpuS, destination: rs.cpuS });
   }
 
   async close(): Promise<void> {

@@ -68,7 +68,7 @@ export class RuncPageServer implements Peer {
       if (!(restoredPid > 1)) throw new Error(`runc restore: the destination's runc does not know ${c.id}`);
       hooks.onRunning(restoredPid);
       return stopCopyFigures({ start: t0, frozen: frozenAt, free: tFree }, { pid: restoredPid, runningAt }, copied,
-        dump.cpuS + psr.cpuS + rs.cpuS);
+        { source: dump.cpuS, destination: psr.cpuS + rs.cpuS });
     } finally {
       ps.kill();
     }

@@ -49,6 +49,8 @@ export interface RunFigures {
   rounds: number;
   /** user+sys CPU seconds of the agents and every CRIU they ran, at both ends (not of the workload). */
   cpuS: number;
+  /** The source's share of cpuS (its agent or CRIU dump, with their children); the rest is the destination's. */
+  cpuSourceS: number;
   /**
    * The first pass over memory, MB/s (10^6 bytes): pre-copy's first round
    * (its bytes over its time), CRIU's page-server dump (pages over the dump's

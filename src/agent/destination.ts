@@ -20,16 +20,17 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateServer, HANDSHAKE_MS } from '../protocol/auth';
 import { type ServerTls, wrapServerSocket } from '../protocol/secure-channel';
 import { type AdmissionLimits, DEFAULT_LIMITS, PendingConnections, type Reservation, SessionBudget } from './admission';
-import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepLeftovers } from './sweep';
+import { claimDir, forgetStoppedCopy, recordStoppedCopy, releaseDir, STORE_PREFIX, sweepDeadClaims, sweepLeftovers } from './sweep';
 import { FrameConn } from '../protocol/frames';
 import type { Image, Message, Prepare, Resolution, Resolve, TreeData, TreeEntries } from '../protocol/messages';
 import { readOutcome, recordOutcome } from './outcomes';
+import { discardUnfilledCopy, unfilledAndGone, unfilledCopy } from './unfilled';
 import { boundSilence } from './connect';
 import { testPause } from './test-pause';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { withDeadline } from '../util/deadline';
-import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
+import { type CriuSession, discardCriu, ensureKerndatCache, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, startTime, treePids, waitGone } from './process-tree';
 import { BatchStream, DataChannel, openBatchStream, openDataChannelServer } from './data-channel';
@@ -240,6 +241,11 @@ class DestSession {
         this.container = await prepareContainerTarget(prep.container, agent.opts.containers ?? {});
         this.log(`container ${this.container.desc.id} goes to bundle ${this.container.bundle}`);
       }
+      // CRIU's kernel-probe cache, checked again now (a stat when it is there):
+      // another CRIU build on this host deletes it as stale, and a restore
+      // without it probes the kernel inside the pause (kerndat-cache.ts).
+      const kdat = ensureKerndatCache(criuBinary());
+      if (kdat === 'written' || kdat.startsWith('failed')) this.log(`CRIU's kernel-probe cache: ${kdat}`);
       // (A container's restore is runc's, which runs its own CRIU.)
       if (!this.container) this.criu = startCriu();
       if (this.mode === 'hybrid' || this.mode === 'postcopy') this.startLazyPages();
@@ -445,7 +451,8 @@ class DestSession {
     if (decision.decide === 'abort') throw new PhaulError(decision.code, decision.why);
     this.commitDecided = true;
     // On record before the SIGCONT: a copy that may have run is never taken for one that did not (outcomes.ts).
-    recordOutcome(agent.opts.dir, this.id, { outcome: 'committed', pid: this.restoredPid, startTime: startTime(this.restoredPid) });
+    recordOutcome(agent.opts.dir, this.id, { outcome: 'committed', pid: this.restoredPid, startTime: startTime(this.restoredPid),
+      ...(this.lazyPages ? { filling: true } : {}) });
     await this.container?.opening?.().catch((e) => this.log(`the container's network stays locked: ${asPhaulError(e).message}`));
     signalAll(treePids(this.restoredPid), 'SIGCONT');
     forgetStoppedCopy(this.dir);
@@ -521,6 +528,13 @@ class DestSession {
     const { ok, why } = await lazyPages.outcome;
     const ms = Date.now() - t0;
     const fill = lazyPages.stats;
+    // On record for resolve: filled (committed), or stopped for good (unfilled.ts).
+    try {
+      recordOutcome(this.agent.opts.dir, this.id, { outcome: ok ? 'committed' : 'unfilled', pid: this.restoredPid, startTime: startTime(this.restoredPid) });
+    } catch (e) {
+      this.log(`cannot record the session's outcome: ${asPhaulError(e).message}`);
+    }
+    this.unfilled = !ok;
     if (ok) {
       this.log(`memory filled ${ms} ms after the restore began` + (fill ? ` (${fill.copiedPages} pages in ${fill.fillMs} ms after ` +
         `the restore, ${fill.faults} faults, p99 ${fill.faultUs.p99} us, ${Math.round(fill.punchedBytes / 2 ** 20)} MiB of the store given back)` : ''));
@@ -533,7 +547,8 @@ class DestSession {
       this.log(`the lazy-pages server failed before the memory of pid ${this.restoredPid} was filled (${why}); the tree ` +
         `is stopped (SIGSTOP) because unfilled pages would read as zeros` + (this.postcopy
         ? '. Postcopy: the missing pages exist only in the original at the source, left stopped there with its memory ' +
-          'as of the freeze: kill this copy, then resume the original (SIGCONT), losing what the copy did since the switchover'
+          `as of the freeze: phaul-fast resolve ${this.id} on the source host kills this copy and resumes the original (SIGCONT), ` +
+          'losing what the copy did since the switchover'
         : ''));
     }
     this.lazyPages = undefined;
@@ -547,6 +562,8 @@ class DestSession {
   private decide?: (d: { decide: 'commit' | 'abort'; why: string; code: PhaulError['code'] }) => void;
   /** A resolve connection said abort before the copy was restored: it is killed once it is. */
   private abortRequested = false;
+  /** The copy ran, its fill failed, and it is stopped for good (unfilled.ts). */
+  private unfilled = false;
   /** `commit` came: from here the source hears `running` or nothing, never an `error`. */
   private commitDecided = false;
   private settled?: (r: Omit<Resolution, 't'>) => void;
@@ -601,6 +618,17 @@ class DestSession {
   /** A `resolve` connection asks about this session (and may decide a stopped copy). */
   async resolve(decide: Resolve['decide']): Promise<Omit<Resolution, 't'>> {
     const pid = this.restoredPid > 0 ? { pid: this.restoredPid } : {};
+    if (this.unfilled) {
+      if (decide !== 'abort' || !isAlive(this.restoredPid))
+        return { state: isAlive(this.restoredPid) ? 'unfilled' : 'aborted', ...pid, detail: `the copy (pid ${this.restoredPid}) ran, ` +
+          'but its memory never all arrived: it is stopped for good' };
+      this.log(`abort decided through a resolve connection: killing the stopped copy (pid ${this.restoredPid}), its memory incomplete`);
+      await discardUnfilledCopy(this.agent.opts.dir, this.id, this.restoredPid);
+      return { state: 'aborted', ...pid, detail: 'the copy, stopped for lack of its memory, was killed' };
+    }
+    // Postcopy: the original holds memory the copy still lacks; it must not be given up before the fill ends.
+    if (this.postcopy && this.state === 'filling')
+      return { state: 'in-progress', ...pid, detail: `the copy (pid ${this.restoredPid}) runs while its memory arrives from the source` };
     if (copyRan(this.state)) return { state: 'running', ...pid, detail: `the copy runs as pid ${this.restoredPid}` };
     if (this.state === 'aborted') return { state: 'aborted', detail: 'the session failed here; its copy never ran' };
     if (!this.decide) {
@@ -674,12 +702,14 @@ export class DestinationAgent extends EventEmitter {
   async listen(): Promise<{ host: string; port: number }> {
     fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
     await localCapabilities(); // fail now, not mid-migration, if CRIU is unusable
+    const claims = sweepDeadClaims();
     claimDir(this.opts.dir);
     const swept = sweepLeftovers(this.opts.dir, [...new Set([this.opts.storeDir ?? '/dev/shm', os.tmpdir()])]);
     if (swept.sessionDirs + swept.stores + swept.stoppedCopies + swept.resumedCopies)
       this.emit('log', `removed what earlier agents left: ${swept.stoppedCopies} stopped copies (they never ran), ` +
         `${swept.sessionDirs} session directories, ${swept.stores} page stores` +
         (swept.resumedCopies ? `; resumed ${swept.resumedCopies} stopped copies whose commit was on record` : ''));
+    if (claims) this.emit('log', `removed ${claims} claims on a --dir (in /run/phaul-fast) of agents that died`);
     // TLS is layered by hand on every accepted socket, so that connections
     // still in their TLS handshake count as pending too.
     const srv = this.server = net.createServer((sock) => { this.accept(sock).catch(() => undefined); });
@@ -755,7 +785,13 @@ export class DestinationAgent extends EventEmitter {
     if (live) r = await live.resolve(m.decide);
     else {
       const rec = readOutcome(this.opts.dir, id);
-      if (rec?.outcome === 'committed') r = { state: 'running', ...(rec.pid ? { pid: rec.pid } : {}), detail: 'the copy was resumed here' };
+      const unfilled = unfilledCopy(rec);
+      if (unfilled && m.decide === 'abort') {
+        await discardUnfilledCopy(this.opts.dir, id, unfilled);
+        r = { state: 'aborted', pid: unfilled, detail: 'the copy, stopped for lack of its memory, was killed' };
+      } else if (unfilled) r = { state: 'unfilled', pid: unfilled, detail: `the copy (pid ${unfilled}) ran, but its memory never all arrived: it is stopped for good` };
+      else if (unfilledAndGone(rec)) r = { state: 'aborted', detail: 'the copy, stopped for lack of its memory, is gone' };
+      else if (rec?.outcome === 'committed') r = { state: 'running', ...(rec.pid ? { pid: rec.pid } : {}), detail: 'the copy was resumed here' };
       else if (rec?.outcome === 'aborted') r = { state: 'aborted', detail: 'the session failed here; its copy never ran' };
       else r = { state: 'unknown', detail: `no session ${id} here: no copy of it was ever resumed by this agent's --dir` };
     }

@@ -182,7 +182,7 @@ export class Migration extends EventEmitter {
   /** Rejects on abort(): raced against waits that no connection can cut (CRIU writing its images). */
   private readonly aborted = new Promise<never>((_, reject) => { this.rejectAborted = reject; });
   /** Cuts every connection of the running migration; set while it runs. */
-  private cut?: () => void;
+  private cut?: (reason?: PhaulError) => void;
   private freezeTimer?: NodeJS.Timeout;
   private commitSent = false;
   /** The session id the destination gave us (names the session in logs, errors and resolve). */
@@ -211,7 +211,7 @@ export class Migration extends EventEmitter {
     if (this.abortReason) return;
     this.abortReason = reason;
     this.rejectAborted(reason);
-    this.cut?.();
+    this.cut?.(reason);
   }
 
   private get freezeTimeoutMs(): number {
@@ -245,7 +245,9 @@ export class Migration extends EventEmitter {
         // committing: the same stopped processes as in `held`; no /proc walk in the pause.
         if (s !== 'committing' || !this.original.length) this.original = snapshotTree(this.pid);
         writeSourceRecord({ session: this.session, to: this.opts.to, ...(this.opts.tls ? { tls: 'psk' in this.opts.tls ? 'psk' : 'cert' } : {}),
-          root: this.pid, original: this.original, state: s });
+          root: this.pid, original: this.original, state: s,
+          ...(this.container || this.opts.tcpEstablished ? { networkLock: this.container?.netnsPath ? { netns: this.container.netnsPath } : {} } : {}),
+          ...(this.container ? { container: { spec: this.container.spec, ...(this.container.netns ? { netns: this.container.netns.path } : {}) } } : {}) });
       } else if (s === 'done' || s === 'rolled-back' || s === 'failed') {
         removeSourceRecord(this.session);
       }
@@ -347,8 +349,12 @@ export class Migration extends EventEmitter {
     const st: RunState = { sm };
     let tracker: TreeTracker | undefined;
     let fallback: string | undefined;
-    this.cut = () => {
+    this.cut = (reason?: PhaulError) => {
       st.data?.abort();
+      // The `abort` goes to the kernel before the close, so TCP delivers it once the path works again
+      // (a partition that heals): the destination then discards a copy it holds at once, instead of
+      // only when its own wait for `commit` runs out.
+      if (reason && this.session && st.conn && !st.conn.closed) try { st.conn.send({ t: 'abort', message: reason.message }); } catch { /* gone */ }
       st.conn?.socket.destroy();
       st.sender?.abort();
       for (const sock of st.streams ?? []) sock.destroy();
@@ -356,7 +362,7 @@ export class Migration extends EventEmitter {
     try {
       const ours = await localCapabilities();
       st.conn = await this.connect();
-      if (this.abortReason) this.cut();
+      if (this.abortReason) this.cut(this.abortReason);
       const session = await authenticateClient(st.conn, o.token, 'control');
       this.session = session;
       this.emit('log', `session ${session}`);
@@ -671,7 +677,8 @@ export class Migration extends EventEmitter {
     this.phase('criu-dump', dump.readyAt);
     if (dump.dumpCpu) {
       this.criuDumpCpu = dump.dumpCpu;
-      this.emit('log', `criu dump: ${dump.readyAt - freezeAt} ms from the freeze to its images, on CPU ${dump.dumpCpu.criuMs} ms (criu) + ${dump.dumpCpu.parasiteMs} ms (its parasite)`);
+      const peak = dump.criuPeakRssKiB === undefined ? '' : `, criu's peak memory ${(dump.criuPeakRssKiB / 1024).toFixed(0)} MiB`;
+      this.emit('log', `criu dump: ${dump.readyAt - freezeAt} ms from the freeze to its images, on CPU ${dump.dumpCpu.criuMs} ms (criu) + ${dump.dumpCpu.parasiteMs} ms (its parasite)${peak}`);
     }
     // CRIU's images next: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
@@ -786,8 +793,8 @@ export class Migration extends EventEmitter {
       st.sm.to('lost');
       return new PhaulError('lost', `postcopy: ${why} before all the workload's memory reached the destination. The copy ` +
         `there (pid ${result.restoredPid}) is stopped: it cannot run without that memory. The original here is left stopped ` +
-        `(pid ${this.pid}) with its memory as of the freeze: kill the copy, then resume the original (SIGCONT) and ` +
-        'lose what the copy did since the switchover; or restart the workload');
+        `(pid ${this.pid}) with its memory as of the freeze: phaul-fast resolve ${this.session} --token-file ${this.opts.tokenFile ?? 'FILE'} ` +
+        'on this host kills the copy and resumes the original (SIGCONT), losing what the copy did since the switchover');
     };
     const timeoutMs = 60_000 + this.memBytes / 5e3; // 5 MB/s at worst, a minute of slack
     let m: MessageOf<'filled'>;

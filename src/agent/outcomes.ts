@@ -4,7 +4,9 @@
 // SIGCONT, so a copy that may have run always has it: an agent that dies in
 // between leaves a committed copy stopped, and the next agent's sweep resumes
 // it (sweep.ts) instead of killing it. `aborted` is written once a copy that
-// never ran is gone. A session with no record never had a copy resumed here.
+// never ran is gone. A lazily filled copy is `committed` with `filling` until
+// its memory is all in (then plain `committed`), or `unfilled` if it never
+// will be: the fill failed and the copy is stopped (unfilled.ts). A session with no record never had a copy resumed here.
 // Records live outside the --dir (which holds only sessions), in
 // /run/phaul-fast/outcomes-KEY/ID.json with KEY naming the --dir (run-dir.ts),
 // one small file each, pruned after OUTCOME_KEEP_MS or by a reboot (which
@@ -13,13 +15,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { dirKey, runPath } from './run-dir';
 
-export type Outcome = 'committed' | 'aborted';
+export type Outcome = 'committed' | 'aborted' | 'unfilled';
 
 export interface OutcomeRecord {
   outcome: Outcome;
   /** The copy's root (committed; aborted when there was one) and its start time. */
   pid?: number;
   startTime?: number;
+  /** committed, hybrid and postcopy: its memory was still being filled (a later record says how that ended). */
+  filling?: boolean;
   at: number;
 }
 
@@ -57,7 +61,7 @@ export function readOutcome(dir: string, id: string): OutcomeRecord | undefined 
   if (!SESSION_ID.test(id)) return undefined;
   try {
     const r = JSON.parse(fs.readFileSync(path.join(outcomesDir(dir), `${id}.json`), 'utf8')) as OutcomeRecord;
-    return r.outcome === 'committed' || r.outcome === 'aborted' ? r : undefined;
+    return r.outcome === 'committed' || r.outcome === 'aborted' || r.outcome === 'unfilled' ? r : undefined;
   } catch {
     return undefined;
   }

@@ -13,10 +13,16 @@
 //                         original is stopped or gone), or abort it (the
 //                         original runs again: it must not run twice);
 //   aborted, unknown   -> no copy runs there: the original is resumed;
-//   in-progress        -> the destination has not restored it yet: try again.
+//   unfilled           -> the copy ran but its memory never all arrived
+//                         (unfilled.ts): it is killed and the original,
+//                         stopped with the memory it lacks, resumed;
+//   in-progress        -> the destination has not restored it yet (or,
+//                         postcopy, still fills its memory): try again.
 // The destination is asked, never guessed: if it cannot be reached, nothing
 // is touched and the original stays stopped.
-import { PhaulError } from '../errors';
+import { asPhaulError, PhaulError } from '../errors';
+import { releaseCriuNetworkLock } from '../criu/network-unlock';
+import { forgetMovedContainer } from '../container/source';
 import type { FrameConn } from '../protocol/frames';
 import { authenticateClient } from '../protocol/auth';
 import type { Resolution, Resolve } from '../protocol/messages';
@@ -116,13 +122,27 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
   }
   const done = (outcome: ResolveReport['outcome'], detail: string, pid?: number): ResolveReport => {
     removeSourceRecord(session, o.recordDir);
-    return { ok: true, session, outcome, destination: q.state, ...(pid ? { pid } : {}), detail };
+    return { ok: true, session, outcome, destination: q.state, ...(pid ? { pid } : {}), detail: detail + lockNote + runtimeNote };
   };
+  // A container's original, once killed, is forgotten by its runtime too (as at the end of a migration).
   const killOriginal = async () => {
     signalAll(orig.pids, 'SIGKILL');
     if (rec) await waitGone(rec.root, 5000);
+    if (rec?.container) {
+      const w = await forgetMovedContainer(rec.container.spec, rec.container.netns).catch((e) => asPhaulError(e).message);
+      runtimeNote = w ? `; ${w}` : `; the source's ${rec.container.spec.runtime ?? 'runc'} forgot container ${rec.container.spec.id}`;
+    }
   };
-  const resumeOriginal = () => signalAll(orig.pids, 'SIGCONT');
+  let runtimeNote = '';
+  let lockNote = '';
+  // CRIU's network lock outlives a dump that succeeded: lifted first, or the resumed tree's connections hang.
+  const resumeOriginal = async () => {
+    if (rec?.networkLock && orig.pids.length) {
+      const pids = [rec.root, ...orig.pids.filter((p) => p !== rec.root)].filter((p) => orig.pids.includes(p));
+      lockNote = `; network lock: ${await releaseCriuNetworkLock(pids, rec.networkLock.netns).catch((e) => asPhaulError(e).message)}`;
+    }
+    signalAll(orig.pids, 'SIGCONT');
+  };
 
   switch (q.state) {
     case 'running':
@@ -146,13 +166,28 @@ export async function resolveSession(o: ResolveOptions): Promise<ResolveReport> 
     case 'aborted':
     case 'unknown': {
       if (orig.state === 'stopped' || orig.state === 'running') {
-        resumeOriginal();
+        await resumeOriginal();
         return done('rolled-back', `no copy of session ${session} runs at ${where} (${q.detail}); the original runs at the source (pid ${rec!.root})`, rec!.root);
       }
       if (orig.state === 'unrecorded')
         throw new PhaulError('lost', `no copy of session ${session} runs at ${where} (${q.detail}), and this host has no record of its original: ` +
           'run phaul-fast resolve on the source host');
       throw new PhaulError('lost', `no copy of session ${session} runs at ${where} (${q.detail}) and its original (pid ${rec!.root}) is gone: the workload is lost`);
+    }
+    case 'unfilled': {
+      // The copy ran but lacks memory only the original has: the original is the workload, as of the freeze.
+      if (orig.state === 'unrecorded')
+        throw new PhaulError('lost', `${where} holds session ${session}'s copy stopped for lack of its memory (pid ${q.pid}), but this ` +
+          'host has no record of its original: run phaul-fast resolve on the source host');
+      if (orig.state === 'gone')
+        throw new PhaulError('lost', `${where} holds session ${session}'s copy stopped for lack of its memory (pid ${q.pid}) and the ` +
+          `original (pid ${rec!.root}) is gone: the workload is lost; nothing was changed`);
+      const r = await ask('abort');
+      if (r.state !== 'aborted')
+        throw new PhaulError('lost', `asked ${where} to discard session ${session}'s unfilled copy and it answered '${r.state}' (${r.detail}): run resolve again`);
+      await resumeOriginal();
+      return done('rolled-back', `the destination's copy (pid ${q.pid}) ran but its memory never all arrived, so it was killed; the ` +
+        `original runs at the source again (pid ${rec!.root}) with its memory as of the freeze: what the copy did since the switchover is lost`, rec!.root);
     }
     case 'in-progress':
       throw new PhaulError('lost', `${where} is still restoring session ${session} (${q.detail}) after ${IN_PROGRESS_WAIT_MS / 1000} s; ` +

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { isAlive, procState, startTime, treePids } from './process-tree';
 import type { SourceState } from './source-states';
 import { runPath } from './run-dir';
+import type { ContainerSpec } from '../container/source';
 
 export interface OriginalProcess {
   pid: number;
@@ -27,6 +28,11 @@ export interface SourceRecord {
   root: number;
   original: OriginalProcess[];
   state: SourceState;
+  /** CRIU locked the tree's network for the dump (--tcp-established, containers): an nftables table in
+   *  `netns` (default: the root's namespace) and TCP sockets in repair mode, to be lifted before a resume. */
+  networkLock?: { netns?: string };
+  /** A container: its runtime's record, which goes once the copy runs at the destination (the original killed). */
+  container?: { spec: ContainerSpec; netns?: string };
   at: number;
 }
 

@@ -13,6 +13,7 @@
 //   outcome record says `committed` (outcomes.ts): then the agent died between
 //   deciding to resume it and its SIGCONT, the source may have killed its
 //   original, and the copy is resumed instead.
+// - claims on a --dir (/run/phaul-fast/serve-*.pid) of agents that are dead.
 // Each session directory records its stopped copy (pid and start time) in
 // RESTORED_FILE, so a recycled pid is never hit.
 import * as fs from 'node:fs';
@@ -42,6 +43,26 @@ export function claimDir(dir: string): void {
   if (other && other !== process.pid && isAlive(other) && /node|phaul/.test(comm(other)))
     throw new PhaulError('usage', `--dir ${dir} is in use by another phaul-fast serve (pid ${other}): give each agent its own --dir`);
   fs.writeFileSync(owner, `${process.pid}\n`);
+}
+
+/**
+ * Removes the claims (serve-*.pid) of agents that died without giving them up
+ * (a SIGKILL), whatever --dir they were for: they would pile up in
+ * /run/phaul-fast. A claim whose pid is alive and an agent's stays. Returns how many went.
+ */
+export function sweepDeadClaims(): number {
+  const run = runPath('');
+  let n = 0;
+  for (const name of entries(run).filter((x) => /^serve-[0-9a-f]+\.pid$/.test(x))) {
+    const f = path.join(run, name);
+    try {
+      const pid = Number(fs.readFileSync(f, 'utf8').trim());
+      if (Number.isInteger(pid) && pid > 1 && isAlive(pid) && /node|phaul/.test(comm(pid))) continue;
+      fs.rmSync(f, { force: true });
+      n++;
+    } catch { /* gone meanwhile */ }
+  }
+  return n;
 }
 
 /** Gives up this agent's claim on dir (at close). */

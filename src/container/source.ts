@@ -13,6 +13,8 @@ import { ContainerNetwork, hostPrefixes, namedNetns, netnsInode, readNetwork } f
 import { hasTerminal, isBindMount, mountsOf, namespacePath, OciConfig, readOciConfig, rootfsOf } from './oci';
 import { CONTAINER_ID, execCmd, Runc } from './runc';
 import { findPodmanContainer } from './podman-source';
+import { Podman } from './podman';
+import { criuBinary } from '../criu/binary';
 import { SyncTree, TreeSender } from './tree-sync';
 
 export type Runtime = 'runc' | 'podman';
@@ -233,14 +235,32 @@ export class ContainerSource {
 
   /** After the destination runs it: the runtime forgets the (killed) original, and its named network namespace goes. */
   async forget(): Promise<string | undefined> {
-    const warnings: string[] = [];
-    const w = await this.found.forget();
-    if (w) warnings.push(w);
-    const name = this.netns ? namedNetns(this.netns.path) : undefined;
-    if (name) {
-      const r = await execCmd(['ip', 'netns', 'del', name], 10_000);
-      if (r.code !== 0) warnings.push(`ip netns del ${name} failed: ${r.stderr.trim()}`);
-    } else if (this.netns) warnings.push(`the container's network namespace ${this.netns.path} is not a named one (ip netns): left in place`);
-    return warnings.length ? warnings.join('; ') : undefined;
+    return joinWarnings([await this.found.forget(), this.netns ? await deleteNetns(this.netns.path) : undefined]);
   }
+}
+
+/** A container's named network namespace (config.json's) goes once its tasks are gone; a warning if not. */
+async function deleteNetns(nsPath: string): Promise<string | undefined> {
+  const name = namedNetns(nsPath);
+  if (!name) return `the container's network namespace ${nsPath} is not a named one (ip netns): left in place`;
+  const r = await execCmd(['ip', 'netns', 'del', name], 10_000);
+  return r.code !== 0 ? `ip netns del ${name} failed: ${r.stderr.trim()}` : undefined;
+}
+
+function joinWarnings(ws: (string | undefined)[]): string | undefined {
+  const w = ws.filter((x): x is string => !!x);
+  return w.length ? w.join('; ') : undefined;
+}
+
+/**
+ * `phaul-fast resolve` after the destination's copy of a container took over
+ * and the original was killed: the source runtime forgets the container (as
+ * ContainerSource.forget does at the end of a migration), and its named
+ * network namespace goes. A warning if not.
+ */
+export async function forgetMovedContainer(spec: ContainerSpec, netnsPath?: string): Promise<string | undefined> {
+  const found = spec.runtime === 'podman' ? new Podman(spec.runtimeRoot, path.dirname(criuBinary())) : new Runc(spec.runtimeRoot);
+  const gone = await found.destroy(spec.id);
+  const how = spec.runtime === 'podman' ? `podman rm --force ${spec.id}` : `runc delete --force ${spec.id}`;
+  return joinWarnings([gone ? undefined : `${how} failed; remove it by hand`, netnsPath ? await deleteNetns(netnsPath) : undefined]);
 }

@@ -41,8 +41,17 @@ function onCpuNs(pids: number[]): number {
   return ns;
 }
 
+/** Peak resident memory of process `pid` (VmHWM, KiB); undefined once it is gone. */
+function peakRssKiB(pid: number): number | undefined {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch { return undefined; }
+}
+
 /** CPU spent between the tree seen frozen and CRIU's images ready: it grows with the tree's memory
- *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; its parasite pins every lazy page),
+ *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; a CRIU built without our changes
+ *  also has its parasite pin every lazy page),
  *  and unlike wall time it barely moves when the host is loaded. */
 export interface DumpCpu {
   /** CRIU's own process. */
@@ -72,6 +81,10 @@ export class LazyDump {
   readyAt = 0;
   /** Set once the images are ready (when the freeze was seen before that). */
   dumpCpu?: DumpCpu;
+  /** CRIU's peak resident memory when its images were ready (KiB). It stays near CRIU's own
+   *  size only with the lazy iovec fix setup builds CRIU with (scripts/setup.sh): without it
+   *  CRIU faults in up to 32 bytes per page of the tree's private mappings while the tree is frozen. */
+  criuPeakRssKiB?: number;
   private cpuAtFreeze?: { criu: number; tree: number; pids: number[] };
   /** Resolves when the images are written and the tree is frozen. */
   readonly ready: Promise<void>;
@@ -87,7 +100,13 @@ export class LazyDump {
     this.child = spawn('setpriv', ['--pdeathsig', 'SIGALRM', '--', opts.criu ?? criuBinary(), ...args],
       // detached: its own session, so a Ctrl-C at the terminal reaches only our
       // agent, which rolls back and tells CRIU (its parent-death signal stays).
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true });
+      // CRIU_LAZY_PAGES_UNPINNED: the CRIU setup builds then leaves the lazy pages
+      // where they are instead of pinning each into a pipe while the tree is
+      // frozen (scripts/setup.sh patch_criu_source). Those pipes serve only a
+      // lazy-pages client asking CRIU for pages; we never ask (our store holds
+      // every page, postcopy reads the frozen tree itself), we only CLOSE.
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true,
+        env: { ...process.env, CRIU_LAZY_PAGES_UNPINNED: '1' } });
     fs.closeSync(theirs);
     let err = '';
     this.child.stderr!.on('data', (d) => { if (err.length < 4096) err += d; });
@@ -98,6 +117,7 @@ export class LazyDump {
     this.ready = new Promise<void>((resolve, reject) => {
       (this.child.stdio[4] as NodeJS.ReadableStream).once('data', () => {
         this.readyAt = Date.now();
+        this.criuPeakRssKiB = peakRssKiB(this.child.pid ?? -1);
         const at = this.cpuAtFreeze;
         if (at) {
           this.dumpCpu = { criuMs: Math.round((onCpuNs([this.child.pid ?? -1]) - at.criu) / 1e6),

@@ -10,7 +10,11 @@
 // rejects), so the receiver can still tell the peer why before it closes.
 import * as crypto from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import { Packr, Unpackr } from 'msgpackr';
+// The pure JavaScript build: the main entry also loads msgpackr-extract,
+// whose loader probes the C library (~15 ms of CPU at every start of an agent,
+// counted in every migration's cost) to speed up decoding strings, which
+// control frames are too small to need.
+import { Packr, Unpackr } from 'msgpackr/index-no-eval';
 import { asPhaulError, PhaulError } from '../errors';
 import { parseMessage, type Message, type MessageOf, type MessageType } from './messages';
 

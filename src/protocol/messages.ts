@@ -138,8 +138,10 @@ export interface Abort { t: 'abort'; message: string }
 export interface Resolve { t: 'resolve'; decide: 'query' | 'commit' | 'abort' }
 /** What the destination knows of a session: its copy runs (`running`), waits stopped for a decision
  *  (`stopped`), was discarded and never ran (`aborted`), is still being received or restored
- *  (`in-progress`), or the destination has no record of it (`unknown`: no copy of it runs there). */
-export type SessionOutcome = 'running' | 'stopped' | 'aborted' | 'in-progress' | 'unknown';
+ *  (`in-progress`), or the destination has no record of it (`unknown`: no copy of it runs there);
+ *  `unfilled`: the copy ran but its lazily filled memory never all arrived, so it is stopped for good
+ *  (only `abort` settles it: the copy is killed, and the original, stopped at the source, is the workload). */
+export type SessionOutcome = 'running' | 'stopped' | 'aborted' | 'in-progress' | 'unknown' | 'unfilled';
 /** D -> S: the answer to `resolve`, after acting on its decision. */
 export interface Resolution { t: 'resolution'; state: SessionOutcome; pid?: number; detail: string }
 
@@ -368,7 +370,7 @@ const READERS: { [T in MessageType]: (f: Fields) => Omit<MessageOf<T>, 't'> } = 
   abort: (f) => ({ message: f.text('message') }),
   resolve: (f) => ({ decide: f.str('decide', 8, /^(query|commit|abort)$/) as Resolve['decide'] }),
   resolution: (f) => ({
-    state: f.str('state', 16, /^(running|stopped|aborted|in-progress|unknown)$/) as SessionOutcome,
+    state: f.str('state', 16, /^(running|stopped|aborted|in-progress|unknown|unfilled)$/) as SessionOutcome,
     ...(f.has('pid') ? { pid: f.int('pid', 1, PID_MAX) } : {}),
     detail: f.text('detail'),
   }),

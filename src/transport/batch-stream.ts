@@ -24,6 +24,16 @@ import type { IncomingBatch, PayloadPull } from '../store/page-store';
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Payloads at least this big go into pooled 4 MiB buffers (buffer-pool.ts:
+ * used again and again, since fresh memory is slow to fill on the VMs we run
+ * on); smaller ones get a buffer of their own size, which the allocator
+ * serves from memory it already has. A pool buffer costs ~10-20 ms of CPU the
+ * first time it is filled: the few small batches of a late round (e.g. lz4
+ * chosen after the first round) would pay that for a few KiB.
+ */
+export const POOLED_PAYLOAD_MIN = 1 << 20;
+
 /** A batch cut from the stream, checked except for its (maybe compressed) payload. */
 export interface Frame {
   header: BatchHeader;
@@ -121,7 +131,7 @@ export class FrameSplitter {
           this.ranges = parseRanges(h, this.q.take(h.nranges * RANGE_SIZE), this.what());
         }
         if (this.q.length < h.payloadLen) break;
-        const spare = this.pool && h.payloadLen <= this.pool.size ? this.pool.tryAcquire() : undefined;
+        const spare = this.pool && h.payloadLen >= POOLED_PAYLOAD_MIN && h.payloadLen <= this.pool.size ? this.pool.tryAcquire() : undefined;
         const payload = this.q.take(h.payloadLen, spare);
         const pooled = spare && payload.buffer === spare.buffer ? spare : undefined;
         if (spare && !pooled) this.pool!.release(spare);
@@ -438,9 +448,9 @@ export function attachNativeBatchStream(
       const { pid, round, rawLen } = head;
       const receive = sink.receive?.bind(sink);
       if (head.lz4 || !receive) {
-        // Into memory: a pooled buffer (used again and again: fresh memory is slow to fill) when it fits.
+        // Into memory: a pooled buffer when it is big and fits (POOLED_PAYLOAD_MIN), else one of its own.
         pool ??= opts.pool ?? new BufferPool(4 << 20, window + 1);
-        const buf = head.payloadLen <= pool.size ? await pool.acquire() : undefined;
+        const buf = head.payloadLen >= POOLED_PAYLOAD_MIN && head.payloadLen <= pool.size ? await pool.acquire() : undefined;
         let data: Buffer;
         try {
           const payload = buf ? buf.subarray(0, head.payloadLen) : Buffer.allocUnsafe(head.payloadLen);

@@ -53,6 +53,15 @@ export function chooseCompression(mode: CompressionMode, measured: Measured): bo
 }
 
 const PAGE = 4096;
+/**
+ * measureLz4's default sample: 64 pages, enough for lz4's 64 KiB window to
+ * see unlike pages. Small on purpose: every migration's source pays for
+ * building and compressing it, and on a VM whose host takes free memory back
+ * each compress of a 2 MiB sample wrote ~2 MiB of fresh output memory (the
+ * measurement cost ~50 ms of CPU at 2 MiB, docs/BENCH.md "Where pre-copy's CPU
+ * goes").
+ */
+const SAMPLE_BYTES = 256 * 1024;
 
 /**
  * A stand-in for process memory when no real pages are at hand: a third each
@@ -63,7 +72,7 @@ const PAGE = 4096;
  * sequence, not the CSPRNG: the sample is built on every migration's source
  * and needs to be cheap, not secret.
  */
-export function syntheticPages(bytes = 2 * 1024 * 1024): Buffer {
+export function syntheticPages(bytes = SAMPLE_BYTES): Buffer {
   const buf = Buffer.allocUnsafe(bytes - (bytes % PAGE));
   const w32 = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4);
   let x = 0x9e3779b9;
@@ -94,8 +103,8 @@ export function syntheticPages(bytes = 2 * 1024 * 1024): Buffer {
 let cached: number | undefined;
 
 /**
- * lz4 compress throughput of one core on `sample`, bytes/s (default: 2 MiB of
- * syntheticPages, measured once per process and cached). Takes ~15-30 ms of
+ * lz4 compress throughput of one core on `sample`, bytes/s (default: 256 KiB of
+ * syntheticPages, measured once per process and cached). Takes ~10-15 ms of
  * CPU: call once, not per round.
  */
 export function measureLz4(sample?: Uint8Array): number {
@@ -106,8 +115,9 @@ export function measureLz4(sample?: Uint8Array): number {
   let bytes = 0;
   const t0 = process.hrtime.bigint();
   let ns = 0n;
-  // At least 3 runs and 10 ms, so timer resolution and one hiccup don't decide.
-  for (let runs = 0; runs < 3 || ns < 10_000_000n; runs++) {
+  // At least 3 runs and 5 ms, so timer resolution and one hiccup don't decide
+  // (the choice has a 1.25x headroom: a few percent of precision are enough).
+  for (let runs = 0; runs < 3 || ns < 5_000_000n; runs++) {
     lz4.compressSync(buf);
     bytes += buf.length;
     ns = process.hrtime.bigint() - t0;
