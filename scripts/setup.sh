@@ -127,8 +127,8 @@ EOF
   echo "$tarball"
 }
 
-# Two changes we carry in the CRIU we build (recorded in $PREFIX/patches; a
-# build without them is rebuilt), both in its lazy dump, whose memory walk is
+# What we change in the CRIU we build (recorded in $PREFIX/patches; a
+# build without them is rebuilt). Two are in its lazy dump, whose memory walk is
 # most of a large hybrid switchover (docs/BENCH.md "CRIU's lazy dump at 4 GiB"):
 # - lazy-iovs: CRIU copied its iovec array into the parasite's arguments sized
 #   for every private page of the tree (16 bytes a page) instead of the
@@ -142,7 +142,15 @@ EOF
 #   page server for pages, and we never do (our store holds every page; we
 #   only send the page server's CLOSE). The images are the same: CRIU writes
 #   lazy entries to the pagemap without reading their pipes.
-CRIU_PATCHES="lazy-iovs-1 lazy-unpinned-1"
+# - kdat-magic: not a change of CRIU's code: the build's SOURCE_DATE_EPOCH is
+#   the tarball's own date. CRIU stamps its kernel-probe cache (/run/criu.kdat,
+#   src/criu/kerndat-cache.ts) with its build time and deletes a cache of any
+#   other build as stale; every build then probes again (100-300 ms) and,
+#   /run being no tmpfs here, cannot save: two checkouts (or a checkout and
+#   any other CRIU build on the host) deleted each other's cache, and a
+#   destination's restore probed inside the pause. Builds of the same source
+#   now share the stamp (their cache layout is the same).
+CRIU_PATCHES="lazy-iovs-1 lazy-unpinned-1 kdat-magic-1"
 patch_criu_source() { # $1 = CRIU's source tree
   local f="$1/criu/mem.c"
   local from='memcpy(pargs_iovs(args), pp->iovs, sizeof(struct iovec) \* pp->nr_iovs);'
@@ -167,6 +175,7 @@ build_criu() {
   tar -C "$src" -xf "$tarball"
   patch_criu_source "$src/criu-$CRIU_VERSION"
   (cd "$src/criu-$CRIU_VERSION" \
+    && export SOURCE_DATE_EPOCH="$(stat -c %Y Makefile)" \
     && make -j"$(nproc)" criu lib >"$src/build.log" 2>&1 \
     && make install-criu install-lib PREFIX="$PREFIX" LIBDIR="$PREFIX/lib" SKIP_PIP_INSTALL=1 >>"$src/build.log" 2>&1) \
     || { tail -20 "$src/build.log" >&2; die "CRIU build failed (log above)"; }

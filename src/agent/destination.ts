@@ -30,7 +30,7 @@ import { testPause } from './test-pause';
 import { composeImages } from '../store/compose';
 import { defaultStoreRoot, PageStore } from '../store/page-store';
 import { withDeadline } from '../util/deadline';
-import { type CriuSession, discardCriu, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
+import { type CriuSession, discardCriu, ensureKerndatCache, LazyPagesServer, runCriuOrThrow, startCriu } from '../criu';
 import { incompatibility, localCapabilities, pageServerHeaderSize } from './capabilities';
 import { isAlive, signalAll, startTime, treePids, waitGone } from './process-tree';
 import { BatchStream, DataChannel, openBatchStream, openDataChannelServer } from './data-channel';
@@ -241,6 +241,11 @@ class DestSession {
         this.container = await prepareContainerTarget(prep.container, agent.opts.containers ?? {});
         this.log(`container ${this.container.desc.id} goes to bundle ${this.container.bundle}`);
       }
+      // CRIU's kernel-probe cache, checked again now (a stat when it is there):
+      // another CRIU build on this host deletes it as stale, and a restore
+      // without it probes the kernel inside the pause (kerndat-cache.ts).
+      const kdat = ensureKerndatCache(criuBinary());
+      if (kdat === 'written' || kdat.startsWith('failed')) this.log(`CRIU's kernel-probe cache: ${kdat}`);
       // (A container's restore is runc's, which runs its own CRIU.)
       if (!this.container) this.criu = startCriu();
       if (this.mode === 'hybrid' || this.mode === 'postcopy') this.startLazyPages();

@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
-import { TreeTracker } from '../memory/tree-tracker';
+import { exiting, TreeTracker } from '../memory/tree-tracker';
 import { isZeroPage, readPages } from '../memory/read-pages';
 import { DirtyTrackingError } from '../memory/errors';
 import { batches, PAGE_SIZE, pairBytes, RANGE_PRESENT, RANGE_SWAPPED, RANGE_ZERO, selectPairs, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../memory/ranges';
@@ -468,7 +468,8 @@ export class PrecopyRun {
       try {
         bytes += tr.unprotect(BigUint64Array.from(pairs));
       } catch (e) {
-        this.log(`could not clear write protection of pid ${pid}'s empty ranges: ${(e as Error).message}`);
+        // A child that exited since the last scan has nothing to clear (the next scan drops it).
+        if (!exiting(pid)) this.log(`could not clear write protection of pid ${pid}'s empty ranges: ${(e as Error).message}`);
       }
     }
     return bytes;

@@ -6,7 +6,10 @@
 // pause. So, where /run is not a tmpfs, we have CRIU write its cache in a
 // private tmpfs (its own code and format) and install the result, and we
 // write it again after every boot, since nothing clears it then. CRIU itself
-// discards a cache of another CRIU build (size and magic checks).
+// deletes a cache of another CRIU build as stale (size and magic checks; the
+// magic is the build's time unless SOURCE_DATE_EPOCH fixes it, which setup
+// does: scripts/setup.sh kdat-magic), so the destination checks again at
+// each migration's prepare.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
