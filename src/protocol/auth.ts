@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import { PhaulError } from '../errors';
 import { bin, FrameConn, FrameKeys, int, Message, str } from './frames';
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 const NONCE = 32;
 const X25519_PUB = 32;
 /** 32 characters: a generated token (`phaul-fast token`) has 64 hex digits, 256 bits. */

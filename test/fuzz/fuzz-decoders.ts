@@ -109,7 +109,7 @@ function protectedFrame(msg: Message, seq: bigint): Buffer {
 export function seeds(target: Target): Buffer[] {
   if (target === 'frames') {
     const msgs: Message[] = [
-      { t: 'hello', proto: 3, role: 'control', session: '', nonce: Buffer.alloc(32, 3), kx: Buffer.alloc(32, 4) },
+      { t: 'hello', proto: 4, role: 'control', session: '', nonce: Buffer.alloc(32, 3), kx: Buffer.alloc(32, 4) },
       { t: 'image', name: 'core-1.img', data: Buffer.alloc(300, 7), append: false },
       { t: 'layout', procs: [{ pid: 42, ranges: [{ vaddr: 0x7f0000000000, nrPages: 16 }] }] },
       { t: 'error', code: 'auth', message: 'no' },
