@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { LOCAL_HOST } from '../src/testing/hosts';
 import { isAlive, runCmd, waitGone } from '../src/testing/proc';
 import { startTime } from '../src/agent/process-tree';
-import { runPath } from '../src/agent/run-dir';
+import { dirKey, runPath } from '../src/agent/run-dir';
 import { CLI, startServe, tempDir, writeToken } from './helpers/agents';
 
 const root = process.getuid?.() === 0;
@@ -71,6 +71,8 @@ test('serve sweeps session dirs, dead agents\' stores and stopped copies at star
     fs.rmSync(store, { recursive: true, force: true });
     fs.rmSync(deadClaim, { force: true });
     fs.rmSync(liveClaim, { force: true });
+    // The sweep recorded the stopped copy it killed (src/agent/outcomes.ts): that record is ours too.
+    try { fs.rmSync(runPath(`outcomes-${dirKey(dest)}`), { recursive: true, force: true }); } catch { /* dest never made */ }
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
