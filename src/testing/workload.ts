@@ -17,6 +17,8 @@ export interface MemReport {
   firstBad: number;
   /** Longest stall between two iterations of the workload's loop since start or the last resetGap. */
   maxGapMs: number;
+  /** When that stall ended (CLOCK_REALTIME, ms since the epoch; memwork only): where in a migration it fell. */
+  maxGapEndMs?: number;
   iterations: number;
   /** Counts reports; 1 is the ready report after the initial fill. */
   seq: number;

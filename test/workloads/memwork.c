@@ -107,7 +107,7 @@ static void on_usr2(int s) { (void)s; want_reset = 1; }
 
 static void die(const char *msg) { fprintf(stderr, "memwork: %s\n", msg); exit(2); }
 
-static void write_report(double max_gap, uint64_t iterations, uint64_t seq) {
+static void write_report(double max_gap, double max_gap_end, uint64_t iterations, uint64_t seq) {
   uint64_t bad = 0; int64_t first = -1;
   for (uint64_t i = 0; i < npages; i++)
     if (!page_ok(i)) { if (first < 0) first = (int64_t)i; bad++; }
@@ -116,9 +116,9 @@ static void write_report(double max_gap, uint64_t iterations, uint64_t seq) {
   FILE *f = fopen(tmp, "w");
   if (!f) return; /* keep running: the driver times out and says so */
   fprintf(f, "{\"ok\":%s,\"pages\":%llu,\"badPages\":%llu,\"firstBad\":%lld,\"maxGapMs\":%.3f,"
-             "\"iterations\":%llu,\"seq\":%llu,\"addr\":\"%p\"}\n",
+             "\"maxGapEndMs\":%.0f,\"iterations\":%llu,\"seq\":%llu,\"addr\":\"%p\"}\n",
           bad ? "false" : "true", (unsigned long long)npages, (unsigned long long)bad,
-          (long long)first, max_gap, (unsigned long long)iterations, (unsigned long long)seq, (void *)buf);
+          (long long)first, max_gap, max_gap_end, (unsigned long long)iterations, (unsigned long long)seq, (void *)buf);
   fclose(f);
   rename(tmp, report_path);
 }
@@ -196,9 +196,9 @@ int main(int argc, char **argv) {
     for (long k = 0; k < nthreads; k++) pthread_create(&th[k], NULL, writer, (void *)k);
   }
 
-  double pages_per_ms = mbps * 1e6 / PAGE / 1e3, credit = 0, max_gap = 0;
+  double pages_per_ms = mbps * 1e6 / PAGE / 1e3, credit = 0, max_gap = 0, max_gap_end = 0;
   uint64_t seqno = 0, iterations = 0, reports = 0;
-  write_report(0, 0, ++reports);
+  write_report(0, 0, 0, ++reports);
   double prev = now_ms(), prev_mono = mono_ms();
   struct timespec nap = {0, 1000000};
   for (;;) {
@@ -208,11 +208,11 @@ int main(int argc, char **argv) {
     prev = t;
     prev_mono = tm;
     iterations++;
-    if (gap > max_gap) max_gap = gap;
-    if (want_reset) { want_reset = 0; max_gap = 0; }
+    if (gap > max_gap) { max_gap = gap; max_gap_end = t; }
+    if (want_reset) { want_reset = 0; max_gap = 0; max_gap_end = 0; }
     if (want_report) {
       want_report = 0;
-      write_report(max_gap, iterations, ++reports);
+      write_report(max_gap, max_gap_end, iterations, ++reports);
       prev = now_ms(); /* the check's own time is not a stall */
       prev_mono = mono_ms();
       continue;
