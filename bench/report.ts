@@ -31,6 +31,11 @@ function ratio(r: Row): string {
   return q.min === q.max || r.runs < 2 ? `${f(q.median)}x` : `${f(q.median)}x (${f(q.min)}–${f(q.max)})`;
 }
 
+/** A markdown table's header row and its alignment row: text columns left, figures right. */
+function tableHead(head: string[], isText: (col: number) => boolean): string[] {
+  return [`| ${head.join(' | ')} |`, `|${head.map((_h, i) => (isText(i) ? '---' : '---:')).join('|')}|`];
+}
+
 export function markdown(rows: Row[], m: Machine, command: string, seconds: number): string {
   const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'pause ms', 'pause vs baseline', 'downtime ms', 'total ms',
     'sent MiB', 'rounds', 'source free ms', 'CPU s', 'CPU s/GiB', 'first pass MB/s', 'runs', 'status'];
@@ -44,8 +49,7 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
     'for a container) on the same workload and link, run by run',
     '(strategies take turns), median (min–max): below 1x is shorter. See docs/BENCH.md for the definitions.',
     '',
-    `| ${head.join(' | ')} |`,
-    `|${head.map((_h, i) => (i < 5 || i === head.length - 1 ? '---' : '---:')).join('|')}|`,
+    ...tableHead(head, (i) => i < 5 || i === head.length - 1),
   ];
   for (const r of rows) {
     const status = r.status === 'ok' ? 'ok' : `${r.status}${r.note ? `: ${r.note.replace(/\|/g, '/').slice(0, 200)}` : ''}`;
@@ -74,8 +78,7 @@ function cpuTable(rows: Row[]): string[] {
     'Where the CPU goes: the source\'s agent (or CRIU\'s dump) and the destination\'s agent (or CRIU\'s page server,',
     'lazy-pages daemon and restore), each with the processes it waited for; per GiB = over the median sent MiB.',
     '',
-    `| ${head.join(' | ')} |`,
-    `|${head.map((_h, i) => (i < 5 ? '---' : '---:')).join('|')}|`,
+    ...tableHead(head, (i) => i < 5),
     ...ok.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'cpuSourceS', 1, 2), cell(r, 'cpuDestS', 1, 2),
       perGiB(r, r.cpuSourceS), perGiB(r, r.cpuDestS)].join(' | ')} |`),
   ];
@@ -99,8 +102,7 @@ function fillTable(rows: Row[]): string[] {
     'fill = from the restore\'s end until the lazy-pages server placed the last page (hybrid), fault = a fault\'s',
     'message to its page in place.',
     '',
-    `| ${head.join(' | ')} |`,
-    `|${head.map((_h, i) => (i < 4 ? '---' : '---:')).join('|')}|`,
+    ...tableHead(head, (i) => i < 4),
   ];
   for (const r of ok) {
     const per = r.destPeakMiB != null ? `${(r.destPeakMiB / r.memMiB).toFixed(2)}x` : '–';
@@ -128,8 +130,7 @@ function pauseBudget(rows: Row[]): string[] {
     '',
     'Where the pause goes (phaul-fast): median ms of each phase between the freeze and the resume (docs/BENCH.md).',
     '',
-    `| ${head.join(' | ')} |`,
-    `|${head.map((_h, i) => (i < 5 ? '---' : '---:')).join('|')}|`,
+    ...tableHead(head, (i) => i < 5),
     ...withPhases.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, fmt(r.downtimeMs),
       ...names.map((n) => (r.phases![n] === undefined ? '' : String(r.phases![n]))),
       r.criuDumpCpuMs == null ? '' : String(r.criuDumpCpuMs)].join(' | ')} |`),
