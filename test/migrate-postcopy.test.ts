@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { startInPidNamespace, startMemWorkload } from '../src/testing/workload';
-import { isAlive, listening, procState, processesMentioning, sleep, waitGone } from '../src/testing/proc';
+import { isAlive, listening, procState, processesMentioning, sleep, waitGone, until } from '../src/testing/proc';
 import { spawnIn } from '../src/testing/hosts';
 import { PACKAGE_ROOT } from '../src/package-root';
 import { CLI, netnsOf, netnsOfPath, runCli, startServe, useTwoHostsWithServe } from './helpers/agents';
@@ -54,12 +54,6 @@ function stores(): string[] {
   const prefix = `phaul-fast-store-${servePid()}-`;
   return fs.readdirSync('/dev/shm').filter((n) => n.startsWith(prefix)).map((n) => path.join('/dev/shm', n))
     .filter((d) => { try { return fs.readdirSync(d).includes('postcopy.pages'); } catch { return false; } });
-}
-
-async function until(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond() && Date.now() < end) await sleep(20);
-  return cond();
 }
 
 test('postcopy moves a 1 GiB workload: it resumes before its memory arrives, every page verifies, nothing is left behind', { skip }, async (t) => {

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { startInPidNamespace } from '../src/testing/workload';
-import { isAlive, listening, processesMentioning, procState, sleep } from '../src/testing/proc';
+import { isAlive, listening, processesMentioning, procState, until } from '../src/testing/proc';
 import { runIn, spawnIn } from '../src/testing/hosts';
 import { runCli, useTwoHostsWithServe } from './helpers/agents';
 
@@ -41,12 +41,6 @@ interface Running {
   client: ChildProcess;
   out(): string;
   echoes(): number;
-}
-
-async function until(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond() && Date.now() < end) await sleep(20);
-  return cond();
 }
 
 /** The server in its own pid namespace on host a, and a client connected to it from host a. */

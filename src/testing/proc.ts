@@ -7,6 +7,13 @@ import { childrenOf } from '../memory/tree-tracker';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** Polls cond every 20 ms until it holds or ms have passed; says whether it held. */
+export async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await sleep(20);
+  return cond();
+}
+
 /** The state letter of /proc/PID/stat ('R', 'S', 'Z', ...) or null when gone. */
 export function procState(pid: number): string | null {
   return engineProcState(pid) ?? null;
