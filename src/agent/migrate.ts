@@ -20,6 +20,7 @@ import { connectDestination } from './connect';
 import { askDestination } from './resolve';
 import { pruneSettledRecords, removeSourceRecord, snapshotTree, writeSourceRecord, type OriginalProcess } from './source-record';
 import { testPause } from './test-pause';
+import { ImageSender } from './send-images';
 import { FrameConn } from '../protocol/frames';
 import type { ContainerName, MessageOf, Restored, Stats } from '../protocol/messages';
 import { runCriu, criuLogTail } from '../criu';
@@ -191,6 +192,8 @@ export class Migration extends EventEmitter {
   private original: OriginalProcess[] = [];
   /** After a lost `running`: the destination confirmed that its copy never ran. */
   private destinationAborted = false;
+  /** CRIU's images, sent inside the pause from memory touched before it. */
+  private readonly images = new ImageSender();
 
   constructor(readonly opts: MigrateOptions) {
     super();
@@ -341,6 +344,7 @@ export class Migration extends EventEmitter {
     // Records of earlier migrates that died and left nothing to resolve (source-record.ts).
     try { pruneSettledRecords(); } catch { /* not ours to read, or no /run */ }
     const workDir = fs.mkdtempSync(path.join(o.workDir ?? os.tmpdir(), 'phaul-fast-'));
+    this.images.warm();
     const sm = new StateMachine<SourceState>('source', SOURCE_TRANSITIONS, SOURCE_INITIAL, (c) => {
       this.noteState(c.to);
       this.emit('state', c satisfies SourceStateEvent);
@@ -588,7 +592,7 @@ export class Migration extends EventEmitter {
           } else if (script === 'post-dump') {
             this.phase('dump');
             this.finalBundleDelta(conn, workDir);
-            imageBytes = this.sendImages(conn, workDir);
+            imageBytes = await this.images.send(conn, workDir);
             conn.send({ t: 'restore' });
             this.phase('images');
             const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
@@ -683,7 +687,7 @@ export class Migration extends EventEmitter {
     // CRIU's images next: a hybrid destination starts its lazy-pages server
     // on them while the final round is still on its way.
     this.finalBundleDelta(conn, workDir);
-    const imageBytes = this.sendImages(conn, workDir);
+    const imageBytes = await this.images.send(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
     await frozen;
@@ -750,7 +754,7 @@ export class Migration extends EventEmitter {
     this.phase('criu-freeze', freezeAt);
     await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
     this.phase('criu-dump', dump.readyAt);
-    const imageBytes = this.sendImages(conn, workDir);
+    const imageBytes = await this.images.send(conn, workDir);
     const layout = PostcopyLayout.read(workDir);
     const original = treePids(pid);
     const imageIds: Record<string, number> = {};
@@ -834,22 +838,6 @@ export class Migration extends EventEmitter {
 
   private noteContainer(c: ContainerName | undefined): void {
     if (this.container && c) this.containerAtDest = c;
-  }
-
-  /** Sends every image CRIU wrote locally (pages went to the page server). */
-  private sendImages(conn: FrameConn, dir: string): number {
-    const CHUNK = 16 * 1024 * 1024;
-    let bytes = 0;
-    for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
-      const name = ent.name;
-      if (name.endsWith('.log') || !ent.isFile()) continue; // not the dump's gate FIFO either
-      const body = fs.readFileSync(path.join(dir, name));
-      for (let off = 0; off === 0 || off < body.length; off += CHUNK) {
-        conn.send({ t: 'image', name, data: body.subarray(off, off + CHUNK), append: off > 0 });
-      }
-      bytes += body.length;
-    }
-    return bytes;
   }
 
   private connect(): Promise<FrameConn> {
