@@ -204,6 +204,8 @@ import { buildMatrix, CONTAINER_STRATEGIES, estimateSeconds, STRATEGIES, SWITCHO
 import { addPauseRatios, median, summarize, type RatioRow } from '../bench/stats';
 import { markdown, svgChart } from '../bench/report';
 import type { Row } from '../bench/runner';
+import { now, paced, STALL_MS } from '../bench/workloads/line-client';
+import { describeWaits } from '../bench/workloads/served-app';
 
 test('bench: the quick matrix covers every strategy, a 1 GiB size and fits 3 minutes', () => {
   const cells = buildMatrix({ quick: true });
@@ -282,4 +284,25 @@ test('bench: markdown table and SVG chart', () => {
   assert.match(svg, /<polyline[^>]+stroke="#d62728"/); // page-server: a line over two sizes
   assert.ok(!svg.includes('phaul-fast:hybrid'));
   assert.match(svg, /<\/svg>\n$/);
+});
+
+test('bench client: paced() reports its longest wait, when it began, and every stall', async () => {
+  let calls = 0;
+  const listeners = process.listenerCount('SIGTERM');
+  const before = now();
+  const r = await paced(1, 64, async () => undefined, async () => {
+    calls++;
+    if (calls === 2) await sleep(STALL_MS + 30);
+    if (calls === 4) throw new Error('connection closed');
+  });
+  const after = now();
+  assert.equal(r.end, 'connection closed');
+  assert.ok(r.longestStepMs >= STALL_MS + 30, `longest ${r.longestStepMs} ms`);
+  assert.ok(r.longestStepAt >= Math.floor(before) && r.longestStepAt <= after, 'the longest wait began during the run');
+  assert.ok(r.stalls.some(([at, ms]) => at === r.longestStepAt && ms === r.longestStepMs), JSON.stringify(r.stalls));
+  for (const [, ms] of r.stalls) assert.ok(ms >= STALL_MS);
+  assert.equal(process.listenerCount('SIGTERM'), listeners, 'paced() removes its SIGTERM handler');
+  const text = describeWaits({ end: 'x', longestStepMs: 120, longestStepAt: 1_500, stalls: [[900, 60], [1_500, 120]] }, 1_000);
+  assert.equal(text, `longest wait 120 ms from 500 ms; waits >= ${STALL_MS} ms (from ms: length): -100: 60, 500: 120`);
+  assert.equal(describeWaits({ end: 'x', longestStepMs: 7, longestStepAt: 0, stalls: [] }, 0), 'longest wait 7 ms');
 });

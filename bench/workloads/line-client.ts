@@ -68,6 +68,19 @@ export class LineConn {
 }
 
 /** connect() until it succeeds or timeoutMs has passed (the server may still be starting). */
+export interface PacedResult {
+  end: string;
+  longestStepMs: number;
+  /** When the longest wait began (ms since the epoch); 0 if no step ran. */
+  longestStepAt: number;
+  /** Waits of STALL_MS or more: [began (ms since the epoch), ms]. */
+  stalls: Array<[number, number]>;
+}
+
+/** A wait this long is a stall worth placing on the migration's timeline (the client steps every ~1 ms). */
+export const STALL_MS = 50;
+const MAX_STALLS = 32;
+
 export async function connectRetry<T>(connect: () => Promise<T>, timeoutMs: number): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
@@ -87,17 +100,28 @@ export async function connectRetry<T>(connect: () => Promise<T>, timeoutMs: numb
  * source is gone). Prints `{"ready":1}` first: the harness starts the
  * migration only after it, since a client stopped before it has its SIGTERM
  * handler would report nothing.
+ *
+ * Reports its longest wait for one step (request to last reply) and when it
+ * began (wall clock, ms since the epoch), and every wait of STALL_MS or more
+ * (at most MAX_STALLS, as [began, ms]): placed against the migration's own
+ * timeline, they say which of its steps held the server up.
  */
 export async function paced(mbps: number, size: number, connect: () => Promise<unknown>, step: (n: number) => Promise<void>):
-Promise<{ end: string; longestStepMs: number }> {
+Promise<PacedResult> {
   let stop = false;
   let stopNow: () => void = () => undefined;
   // A request to a frozen server is never answered: SIGTERM must not wait for it.
   const stopped = new Promise<void>((r) => { stopNow = r; });
-  process.once('SIGTERM', () => { stop = true; stopNow(); });
+  const onTerm = () => { stop = true; stopNow(); };
+  process.once('SIGTERM', onTerm);
   await connect();
   process.stdout.write('{"ready":1}\n');
-  let credit = 0, prev = now(), longestStepMs = 0;
+  let credit = 0, prev = now(), longestStepMs = 0, longestStepAt = 0;
+  const stalls: Array<[number, number]> = [];
+  const result = (end: string): PacedResult => {
+    process.off('SIGTERM', onTerm);
+    return { end, longestStepMs: Math.round(longestStepMs), longestStepAt: Math.round(longestStepAt), stalls };
+  };
   const perMs = (mbps * 1e6) / size / 1000;
   while (!stop) {
     const t = now();
@@ -109,10 +133,13 @@ Promise<{ end: string; longestStepMs: number }> {
       await Promise.race([step(n), stopped]);
     } catch (e) {
       // The server closed or reset the connection: its session is over.
-      return { end: (e as Error).message, longestStepMs: Math.round(longestStepMs) };
+      return result((e as Error).message);
     }
-    if (!stop) longestStepMs = Math.max(longestStepMs, now() - t);
+    if (stop) break;
+    const waited = now() - t;
+    if (waited > longestStepMs) { longestStepMs = waited; longestStepAt = t; }
+    if (waited >= STALL_MS && stalls.length < MAX_STALLS) stalls.push([Math.round(t), Math.round(waited)]);
     await sleep(1);
   }
-  return { end: 'SIGTERM', longestStepMs: Math.round(longestStepMs) };
+  return result('SIGTERM');
 }

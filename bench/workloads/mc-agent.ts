@@ -1,7 +1,7 @@
 // Memcached client helper, run inside a host's network namespace (nsenter
 // --net=...: the benchmark process itself cannot open sockets there).
 //   node mc-agent.js load  HOST PORT ITEMS SIZE          -> {"items":n,"ms":t}
-//   node mc-agent.js busy  HOST PORT ITEMS SIZE MBPS     -> {"ready":1}, then at SIGTERM or when the connection ends {"ops","bad","lastReplyAt","end","longestStepMs"}
+//   node mc-agent.js busy  HOST PORT ITEMS SIZE MBPS     -> {"ready":1}, then at SIGTERM or when the connection ends {"ops","bad","lastReplyAt","end","longestStepMs","longestStepAt","stalls"}
 //   node mc-agent.js probe HOST PORT TIMEOUT_MS          -> {"firstReplyAt":t}
 //   node mc-agent.js check HOST PORT ITEMS SIZE          -> {"items","bad","missing","firstBad"}
 // Times are epoch milliseconds with sub-ms precision, comparable across processes.

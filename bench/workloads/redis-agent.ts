@@ -1,7 +1,7 @@
 // Redis client helper, run inside a host's network namespace (like
 // mc-agent.ts, which says why), speaking just enough RESP:
 //   node redis-agent.js load  HOST PORT KEYS SIZE       -> {"keys":n,"ms":t}
-//   node redis-agent.js busy  HOST PORT KEYS SIZE MBPS  -> {"ready":1}, then at SIGTERM or when the connection ends {"ops","bad","lastReplyAt","end","longestStepMs"}
+//   node redis-agent.js busy  HOST PORT KEYS SIZE MBPS  -> {"ready":1}, then at SIGTERM or when the connection ends {"ops","bad","lastReplyAt","end","longestStepMs","longestStepAt","stalls"}
 //   node redis-agent.js probe HOST PORT TIMEOUT_MS      -> {"firstReplyAt":t}
 //   node redis-agent.js check HOST PORT KEYS SIZE       -> {"keys","dbsize","bad","missing","firstBad"}
 // The data set is Redis's own DEBUG POPULATE: keys key:0 .. key:N-1, each

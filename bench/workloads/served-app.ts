@@ -20,6 +20,7 @@ import { startInPidNamespace } from '../../src/testing/workload';
 import { killPids, runCmd, sleep, signal } from '../../src/testing/proc';
 import { runIn, spawnIn } from '../../src/testing/hosts';
 import type { BenchWorkload, Verdict, WorkloadEnv } from './types';
+import { now, STALL_MS, type PacedResult } from './line-client';
 
 export interface ServedApp {
   /** The server's command line (its first word is the binary's path). */
@@ -43,8 +44,22 @@ export async function findProgram(name: string): Promise<string> {
   return which.stdout.trim();
 }
 
+// The busy client's last line is its counters and paced()'s PacedResult.
 function lastJson(out: string): Record<string, number> {
   return JSON.parse(out.trim().split('\n').pop() || '{}');
+}
+
+/**
+ * The client's longest wait at the source and its waits of STALL_MS or more,
+ * in ms from the migration's start (negative: before it), so that they can be
+ * placed against the engine's phases and rounds.
+ */
+export function describeWaits(c: PacedResult, migrationAt: number): string {
+  const rel = (at: number) => Math.round(at - migrationAt);
+  const longest = `longest wait ${c.longestStepMs} ms` + (c.longestStepAt && migrationAt ? ` from ${rel(c.longestStepAt)} ms` : '');
+  const stalls = c.stalls ?? [];
+  if (!migrationAt || stalls.length === 0) return longest;
+  return `${longest}; waits >= ${STALL_MS} ms (from ms: length): ${stalls.map(([at, ms]) => `${rel(at)}: ${ms}`).join(', ')}`;
 }
 
 export async function startServedApp(app: ServedApp, env: WorkloadEnv): Promise<BenchWorkload> {
@@ -89,11 +104,14 @@ export async function startServedApp(app: ServedApp, env: WorkloadEnv): Promise<
     probe ??= runIn(env.dst, [...app.agent, 'probe', env.dst.addr, PORT, '120000'], { timeoutMs: 130_000 });
   };
   const sameHost = env.src.netnsPath === env.dst.netnsPath;
+  // When the migration began (wall clock): the client's stalls are told from it.
+  let migrationAt = 0;
 
   return {
     pid,
     tcpClose: true,
     async beforeMigration() {
+      migrationAt = now();
       if (!sameHost) startProbe();
     },
     onRunning: startProbe,
@@ -110,8 +128,8 @@ export async function startServedApp(app: ServedApp, env: WorkloadEnv): Promise<
       const c = await runIn(env.dst, [...app.agent, 'check', env.dst.addr, PORT, ...app.dataArgs], { timeoutMs: 300_000 });
       if (c.code !== 0) return { ok: false, pauseMs, detail: `check failed: ${c.stderr.trim()}` };
       const v = app.judge(lastJson(c.stdout), client);
-      // How the client's session at the source ended, and its longest wait there (a stall before the freeze).
-      return { pauseMs, ok: v.ok, detail: `${v.detail}; client at the source: ended by ${client.end}, longest wait ${client.longestStepMs} ms` };
+      // How the client's session at the source ended, and its waits there (stalls before the freeze).
+      return { pauseMs, ok: v.ok, detail: `${v.detail}; client at the source: ended by ${client.end}, ${describeWaits(client as unknown as PacedResult, migrationAt)}` };
     },
     stop: (restoredPid?: number) => stopAll(restoredPid),
   };
