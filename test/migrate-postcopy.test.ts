@@ -148,11 +148,13 @@ test('postcopy: a restore that fails before the copy runs rolls back: the origin
     // Both bound (python starts slowly on a loaded machine): else the restore would not fail.
     assert.ok(await until(() => listening(pid, port) && listening(blocker.pid!, port), 30_000), 'workload and blocker listen');
     const r = await runCli(fx.hosts.a, postcopyArgs(pid));
-    assert.notEqual(r.code, 0, 'the migration failed');
-    assert.equal(r.json!.ok, false);
-    assert.equal(r.json!.rolledBack, true, r.stderr);
-    assert.match(r.json!.error.message, /criu restore failed/, 'it failed where meant to');
-    assert.ok(isAlive(pid) && procState(pid) !== 'T', 'the original runs on');
+    // Every message carries the report: a failure here once went undiagnosed.
+    const said = `exit ${r.code}: ${r.stderr.trim().slice(-2000)}`;
+    assert.notEqual(r.code, 0, `the migration failed (${said})`);
+    assert.equal(r.json!.ok, false, said);
+    assert.equal(r.json!.rolledBack, true, said);
+    assert.match(r.json!.error.message, /criu restore failed/, `it failed where meant to (${said})`);
+    assert.ok(isAlive(pid) && procState(pid) !== 'T', `the original runs on (${said})`);
     assert.ok(await until(() => fs.readdirSync(fx.serve.dir).length === 0, 10_000), `session left: ${fs.readdirSync(fx.serve.dir)}`);
     assert.ok(await until(() => stores().length === 0, 10_000), `pages file left: ${stores()}`);
     assert.ok(await until(() => ourFillServers().length === 0, 10_000), 'the lazy-pages server was ended');

@@ -321,3 +321,41 @@ test('expectedDowntimeMs is monotonic in pending bytes', () => {
   assert.equal(expectedDowntimeMs(1, 0, 120), Infinity);
   assert.equal(expectedDowntimeMs(117e6, 117e6, 120), 1120);
 });
+
+test('settleBytes: one more live round while it at least halves what the frozen round would read', () => {
+  const MiB = 1 << 20;
+  // Round 0: all of 256 MiB in 300 ms; round 1: 4000 pages dirtied over the 400 ms since,
+  // sent in 40 ms after a 5 ms scan.
+  const rounds: RoundStats[] = [
+    { round: 0, pages: 65536, bytes: 256 * MiB, ms: 310, scanMs: 10, dirtyPagesFound: 65536 },
+    { round: 1, pages: 4000, bytes: 4000 * PAGE, ms: 45, scanMs: 5, dirtyPagesFound: 4000, sinceLastScanMs: 400 },
+  ];
+  const policy = (config: SwitchoverConfig) => {
+    const p = new SwitchoverPolicy({ fixedCostMs: 100, ...config });
+    for (const r of rounds) p.record(r);
+    return p;
+  };
+  // Off by default: the limit alone decides.
+  assert.equal(policy({}).decide({ sinceLastScanMs: 45 }).action, 'switchover');
+  // 45 ms at ~41 MB/s leave ~1.8 MiB; a round (5 ms scan + 40 ms scaled to 1.8 of 15.6 MiB) would leave ~0.4 MiB.
+  const p = policy({ settleBytes: MiB });
+  const d = p.decide({ sinceLastScanMs: 45 });
+  assert.equal(d.action, 'continue', d.reason);
+  assert.match(d.reason, /fits the limit, but 1\.8 MiB > 1\.0 MiB would be read frozen: one more live round \(~10 ms\) leaves ~0\.4 MiB/);
+  // That round: 95 pages in 10 ms; what is left now is under settleBytes.
+  p.record({ round: 2, pages: 95, bytes: 95 * PAGE, ms: 10, scanMs: 5, dirtyPagesFound: 95, sinceLastScanMs: 45 });
+  const d2 = p.decide({ sinceLastScanMs: 10 });
+  assert.equal(d2.action, 'switchover', d2.reason);
+  assert.ok(d2.pendingBytes < MiB);
+
+  // A round that would not halve it (sending is as slow as the writer): switch over at once.
+  const slow = new SwitchoverPolicy({ fixedCostMs: 100, settleBytes: MiB });
+  slow.record(rounds[0]);
+  slow.record({ round: 1, pages: 4000, bytes: 4000 * PAGE, ms: 400, scanMs: 5, dirtyPagesFound: 4000, sinceLastScanMs: 400 });
+  const d3 = slow.decide({ sinceLastScanMs: 400 });
+  assert.equal(d3.action, 'switchover', d3.reason);
+  assert.ok(d3.pendingBytes > 8 * MiB);
+  // Nor past maxRounds.
+  assert.equal(policy({ settleBytes: MiB, maxRounds: 2 }).decide({ sinceLastScanMs: 45 }).action, 'switchover');
+  assert.throws(() => new SwitchoverPolicy({ settleBytes: -1 }), /settleBytes/);
+});

@@ -38,7 +38,12 @@ function outcomesDir(dir: string): string {
 /** Names the --dir an outcomes directory belongs to, so that any agent can drop it once that --dir is gone. */
 const OWNER = 'dir';
 
-/** Records the decision for session `id` of the agent whose --dir is `dir` (atomic: a new file renamed in place). */
+/**
+ * Records the decision for session `id` of the agent whose --dir is `dir` (atomic: a new file renamed in place).
+ * Not fsync'd: a record must outlive the agent that wrote it (the page cache does), not the host: a host
+ * that goes down ends every copy its records name. `committed` is written inside the pause, between the
+ * source's commit and the copy's SIGCONT, where an fsync on a busy disk cost 3-160 ms.
+ */
 export function recordOutcome(dir: string, id: string, rec: Omit<OutcomeRecord, 'at'>): void {
   if (!SESSION_ID.test(id)) return;
   const d = outcomesDir(dir);
@@ -46,13 +51,7 @@ export function recordOutcome(dir: string, id: string, rec: Omit<OutcomeRecord, 
   if (!fs.existsSync(path.join(d, OWNER))) fs.writeFileSync(path.join(d, OWNER), fs.realpathSync(dir));
   const file = path.join(d, `${id}.json`);
   const tmp = `${file}.${process.pid}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o600);
-  try {
-    fs.writeSync(fd, JSON.stringify({ ...rec, at: Date.now() }));
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  fs.writeFileSync(tmp, JSON.stringify({ ...rec, at: Date.now() }), { mode: 0o600 });
   fs.renameSync(tmp, file);
 }
 

@@ -57,6 +57,13 @@ export interface RoundRecord {
 }
 
 const BATCH_BYTES = 4 * 1024 * 1024;
+/**
+ * The most the frozen round should have to move before the policy tries one more live round
+ * (SwitchoverConfig.settleBytes): that round runs while CRIU dumps, and at 256 MiB written at
+ * 50 MB/s it held 6-12 MiB of scattered pages that were still being read and stored tens of ms
+ * after CRIU's images were ready.
+ */
+const SETTLE_BYTES = 1 << 20;
 /** Read buffers per data connection: one being written, one being read into. */
 const BUFFERS_PER_STREAM = 2;
 
@@ -386,6 +393,7 @@ export class PrecopyRun {
       maxRounds: opts.maxRounds ?? 30,
       maxBandwidthBps: opts.maxBandwidthBps,
       autoConverge: !!opts.autoConverge,
+      settleBytes: SETTLE_BYTES,
     });
   }
 

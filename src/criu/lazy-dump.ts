@@ -51,7 +51,7 @@ function peakRssKiB(pid: number): number | undefined {
 
 /** CPU spent between the tree seen frozen and CRIU's images ready: it grows with the tree's memory
  *  (CRIU reads /proc/PID/smaps and PAGEMAP_SCANs every page; a CRIU built without our changes
- *  also has its parasite pin every lazy page),
+ *  also has its parasite pin every lazy page, and looks up every present page's struct page),
  *  and unlike wall time it barely moves when the host is loaded. */
 export interface DumpCpu {
   /** CRIU's own process. */
@@ -102,7 +102,8 @@ export class LazyDump {
       // agent, which rolls back and tells CRIU (its parent-death signal stays).
       // CRIU_LAZY_PAGES_UNPINNED: the CRIU setup builds then leaves the lazy pages
       // where they are instead of pinning each into a pipe while the tree is
-      // frozen (scripts/setup.sh patch_criu_source). Those pipes serve only a
+      // frozen, and keeps them all in one empty pipe (scripts/setup.sh
+      // patch_criu_source: lazy-unpinned, lazy-pipeless). Those pipes serve only a
       // lazy-pages client asking CRIU for pages; we never ask (our store holds
       // every page, postcopy reads the frozen tree itself), we only CLOSE.
       { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', mine], detached: true,

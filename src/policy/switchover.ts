@@ -36,6 +36,14 @@ export interface SwitchoverConfig {
   minMeasureMs?: number;
   /** Weight of the history in the bandwidth estimate, per measurable round (0 = last round only). Default 0.5. */
   bandwidthDecay?: number;
+  /**
+   * Bytes the switchover may leave to the frozen round without one more live round being tried first.
+   * When the expected downtime fits the limit but more than this is pending, decide() says continue
+   * as long as one more round (timed after the last one) would leave at most half as much: that round costs the running workload nothing, while every page left is read and
+   * stored inside the pause, competing with CRIU's dump for the CPUs. Default 0: off (switch over as
+   * soon as the limit allows).
+   */
+  settleBytes?: number;
 }
 
 /** One finished pre-copy round. */
@@ -109,6 +117,7 @@ export class SwitchoverPolicy {
   private maxPages = 0;
   private lastScanMs = 0;
   private lastSendMs = 0;
+  private lastBytes = 0;
   private dirtyRate: number | null = null;
   private highRounds = 0;
   private pct = 0;
@@ -132,6 +141,7 @@ export class SwitchoverPolicy {
       minMeasureBytes: config.minMeasureBytes ?? 1 << 20,
       minMeasureMs: config.minMeasureMs ?? 20,
       bandwidthDecay: config.bandwidthDecay ?? 0.5,
+      settleBytes: config.settleBytes ?? 0,
     };
     const bad = (what: string) => { throw new PhaulError('usage', `switchover policy: ${what}`); };
     const num = (k: keyof Resolved, lo: number, hi: number, int = false) => {
@@ -151,6 +161,7 @@ export class SwitchoverPolicy {
     num('minMeasureBytes', 0, Number.MAX_SAFE_INTEGER);
     num('minMeasureMs', 0, 3_600_000);
     num('bandwidthDecay', 0, 0.99);
+    num('settleBytes', 0, Number.MAX_SAFE_INTEGER);
     if (c.onNoConvergence !== 'switchover' && c.onNoConvergence !== 'throttle') bad(`onNoConvergence must be 'switchover' or 'throttle', got '${c.onNoConvergence}'`);
     if (c.onNoConvergence === 'throttle' && !autoConverge) bad(`onNoConvergence 'throttle' needs autoConverge`);
     this.config = Object.freeze(c);
@@ -204,6 +215,7 @@ export class SwitchoverPolicy {
     const sendMs = r.ms - r.scanMs;
     this.lastScanMs = r.scanMs;
     this.lastSendMs = sendMs;
+    this.lastBytes = r.bytes;
     this.allBytes += r.bytes;
     this.allMs += Math.max(sendMs, 1); // a 0 ms round took < 1 ms: bytes/1 ms is still a lower bound
     if (r.bytes >= c.minMeasureBytes && sendMs >= c.minMeasureMs && sendMs > 0) {
@@ -262,6 +274,8 @@ export class SwitchoverPolicy {
     const e = fmtMs(expected);
 
     if (transferMs <= budget) {
+      const settle = this.settleRound(pending);
+      if (settle) return out('continue', `expected downtime ${e} fits the limit, but ${settle}`, pending, expected);
       const why = expected <= c.downtimeLimitMs
         ? `expected downtime ${e} <= limit ${c.downtimeLimitMs} ms`
         : `fixed part ${fmtMs(fixedPart)} (switchover cost + scan) alone exceeds the ${c.downtimeLimitMs} ms limit; pending transfer ${fmtMs(transferMs)} <= ${fmtMs(budget)}, expected downtime ${e}`;
@@ -281,5 +295,22 @@ export class SwitchoverPolicy {
       return out('throttle', `${stuck}; throttling the workload to ${next}%`, pending, expected, next);
     }
     return out('continue', `expected downtime ${e} > limit ${c.downtimeLimitMs} ms`, pending, expected);
+  }
+
+  /**
+   * Why one more live round should come before a switchover the limit allows (settleBytes), or
+   * undefined. That round would take a scan like the last one's and a send scaled from the last
+   * one's by bytes: small rounds are of scattered pages, so their cost goes by the page, not by
+   * the bandwidth the big first round measured. What the workload dirties meanwhile is what would
+   * be left; rounds go on while each at least halves it.
+   */
+  private settleRound(pending: number): string | undefined {
+    const c = this.config;
+    if (!(c.settleBytes > 0) || pending <= c.settleBytes || this.dirtyRate === null || !(this.lastBytes > 0) || this.rounds >= c.maxRounds) return undefined;
+    const roundMs = this.lastScanMs + this.lastSendMs * (pending / this.lastBytes);
+    const left = this.dirtyRate * (roundMs / 1000);
+    if (left > pending / 2) return undefined;
+    const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+    return `${mib(pending)} > ${mib(c.settleBytes)} would be read frozen: one more live round (~${fmtMs(roundMs)}) leaves ~${mib(left)}`;
   }
 }

@@ -53,11 +53,14 @@ export interface FrameKeys {
   receive: Buffer;
 }
 
-function tag(key: Buffer, seq: bigint, body: Buffer): Buffer {
+function tag(key: Buffer, seq: bigint, body: Buffer | Buffer[]): Buffer {
   const s = Buffer.allocUnsafe(8);
   s.writeBigUInt64BE(seq);
-  return crypto.createHmac('sha256', key).update(s).update(body).digest().subarray(0, TAG_BYTES);
+  const h = crypto.createHmac('sha256', key).update(s);
+  for (const b of Array.isArray(body) ? body : [body]) h.update(b);
+  return h.digest().subarray(0, TAG_BYTES);
 }
+const EMPTY = Buffer.alloc(0);
 
 /**
  * Splits a byte stream into frame bodies. Chunks are kept as they come and
@@ -256,23 +259,47 @@ export class FrameConn {
   }
 
   send(msg: Message): void {
+    this.write([packr.pack(msg)]);
+  }
+
+  /**
+   * Sends `msg` with its Buffer field `data` written straight from the caller's memory instead
+   * of copied into the encoded body (it decodes to the same message as send()'s frame). Resolves once the
+   * socket has handed every byte to the kernel: only then may the caller reuse `data`.
+   * For large payloads inside the pause, where copying into fresh memory costs far more than the
+   * bytes' transfer (docs/BENCH.md, "Where hybrid's pause goes").
+   */
+  sendWithData<M extends Message & { data: Buffer }>(msg: M): Promise<void> {
+    const { data, ...rest } = msg;
+    // `data` encoded last and empty (bin8, length 0), then given its real bin32 header.
+    const head = packr.pack({ ...rest, data: EMPTY });
+    if (head.length < 2 || head[head.length - 2] !== 0xc4 || head[head.length - 1] !== 0) throw new PhaulError('failed', 'frame: cannot place a payload after this message');
+    const prefix = Buffer.allocUnsafe(head.length - 2 + 5);
+    head.copy(prefix, 0, 0, head.length - 2);
+    prefix[head.length - 2] = 0xc6;
+    prefix.writeUInt32BE(data.length, head.length - 1);
+    return new Promise((resolve, reject) => this.write([prefix, data], (e) => (e ? reject(asPhaulError(e, 'network')) : resolve())));
+  }
+
+  /** One frame of body `parts`, with its MAC once authenticated. */
+  private write(parts: Buffer[], done?: (e?: Error | null) => void): void {
     if (this.failure) throw this.failure;
-    const body = packr.pack(msg);
+    const len = parts.reduce((n, b) => n + b.length, 0);
     const head = Buffer.allocUnsafe(4);
     if (!this.keys) {
-      head.writeUInt32BE(body.length, 0);
-      this.socket.write(Buffer.concat([head, body]));
+      head.writeUInt32BE(len, 0);
+      this.socket.write(Buffer.concat([head, ...parts]), done);
       return;
     }
-    head.writeUInt32BE(body.length + TAG_BYTES, 0);
-    const mac = tag(this.keys.send, this.sendSeq++, body);
+    head.writeUInt32BE(len + TAG_BYTES, 0);
+    const mac = tag(this.keys.send, this.sendSeq++, parts);
     // One writev, now: uncorking on the next tick let a caller that logs right
     // after send() ("running as pid N") be seen, and killed, before the frame
     // left (the source then saw no `running` and reported the workload lost).
     this.socket.cork();
     this.socket.write(head);
-    this.socket.write(body);
-    this.socket.write(mac);
+    for (const b of parts) this.socket.write(b);
+    this.socket.write(mac, done);
     this.socket.uncork();
   }
 
