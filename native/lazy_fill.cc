@@ -1050,6 +1050,13 @@ void Server::Worker() {
 // the mm's gate is open; the claim is kept while the gate is closed (a fault
 // may take its part ahead of us meanwhile, an event may recall it).
 void Server::Fly(Mm* mm, Flight* c) {
+  // Placed file ranges are given back in runs of up to 1 MiB: each punch
+  // flushes the TLBs of our own mapping of the file, costly in a VM.
+  Piece run{0, 0, 0};  // end = length
+  auto flush = [&] {
+    if (run.end) PunchAll({run});
+    run.end = 0;
+  };
   for (;;) {
     uint64_t a, b;
     Piece pc;
@@ -1060,6 +1067,8 @@ void Server::Fly(Mm* mm, Flight* c) {
         if (c->listed) mm->flights.erase(c->key);
         c->listed = false;
         if (!stop_) Wake();  // the event thread checks whether all is in place
+        g.unlock();
+        flush();
         return;
       }
       a = c->next;
@@ -1110,8 +1119,13 @@ void Server::Fly(Mm* mm, Flight* c) {
       punch.swap(to_punch_);
     }
     if (r == Put::kGone) Gone(mm);
-    if (o_.punch && done && alone) punch.push_back(Piece{done, pc.file, pc.off});
     PunchAll(punch);
+    if (o_.punch && done && alone) {
+      if (run.end && (run.file != pc.file || run.off + run.end != pc.off)) flush();
+      if (!run.end) run = Piece{0, pc.file, pc.off};
+      run.end += done;
+      if (run.end >= (1 << 20)) flush();
+    }
   }
 }
 
