@@ -28,13 +28,13 @@ struct Options {
   int listen_fd = -1;  // a listening unix socket (Listen()); closed by Serve
   std::vector<std::string> files;
   std::vector<Image> images;
-  int threads = 2;                  // background fill threads (the fault thread is extra)
-  uint64_t chunk_bytes = 1 << 20;   // what a background thread claims at a time
-  uint64_t slice_bytes = 64 << 10;  // what one background UFFDIO_COPY places: a read of a
-                                    // userfaultfd waits for the one under way (lazy_fill.cc)
-  uint64_t fault_bytes = 64 << 10;  // what a fault brings in (aligned around it)
-  bool punch = true;                // give each file range back once it is in the workload
-  int connect_timeout_ms = 600000;  // for the restore to connect
+  int threads = 2;                   // background fill threads (the fault thread is extra)
+  uint64_t chunk_bytes = 1 << 20;    // what a background thread claims at a time
+  uint64_t slice_bytes = 256 << 10;  // what one background UFFDIO_COPY places: a read of a
+                                     // userfaultfd waits for the one under way (lazy_fill.cc)
+  uint64_t fault_bytes = 64 << 10;   // what a fault brings in (aligned around it)
+  bool punch = true;                 // give each file range back once it is in the workload
+  int connect_timeout_ms = 600000;   // for the restore to connect
   // Postcopy: the files' data arrives while the tree runs. No page is copied
   // before its file range is said present on this socket (ControlRecord
   // kPresent, in); a fault on a page not present waits and its neighbourhood

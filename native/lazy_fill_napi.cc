@@ -100,7 +100,7 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
   o->fault_bytes = 4096;
   while (o->fault_bytes < fb && o->fault_bytes < (4u << 20)) o->fault_bytes <<= 1;  // a power of two
   if (o->chunk_bytes < 4096) o->chunk_bytes = 4096;
-  o->slice_bytes = uint64_t(Opt(a, "sliceBytes", double(64 << 10))) & ~uint64_t(4095);
+  o->slice_bytes = uint64_t(Opt(a, "sliceBytes", double(256 << 10))) & ~uint64_t(4095);
   o->slice_bytes = std::max<uint64_t>(4096, std::min<uint64_t>(o->slice_bytes, 16 << 20));
   o->connect_timeout_ms = int(Opt(a, "connectTimeoutMs", 600000));
   o->control_fd = int(Opt(a, "controlFd", -1));

@@ -61,7 +61,7 @@ test('faults racing the background fill, zaps and forks: every page reads its da
     // test got wrong: it copied the fault's window into the parent before it
     // took the child's share (and gave the store's pages back), so the child
     // read zeros there.
-    for (const o of [{ readers: 4 }, { readers: 4, sliceBytes: 256 << 10, threads: 3 }, { readers: 2, faultBytes: 4096 }, { readers: 4 }]) {
+    for (const o of [{ readers: 4 }, { readers: 4, sliceBytes: 64 << 10, threads: 3 }, { readers: 2, faultBytes: 4096 }, { readers: 4 }]) {
       const { report, stats, stderr } = await race(24576, o);
       assert.equal(report.bad, 0, `bad pages (first ${report.firstBad}) with ${JSON.stringify(o)}: ${JSON.stringify(stats)}`);
       assert.equal(report.childBad, 0, `a forked child read a bad page: ${stderr}`);

@@ -60,7 +60,7 @@ export interface LazyFillOptions {
   /** Bytes a background thread claims at a time (default 1 MiB). */
   chunkBytes?: number;
   /**
-   * Bytes one background UFFDIO_COPY places (default 64 KiB): reading a
+   * Bytes one background UFFDIO_COPY places (default 256 KiB): reading a
    * userfaultfd waits for the copy under way (native/lazy_fill.cc says why).
    */
   sliceBytes?: number;
