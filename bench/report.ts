@@ -71,16 +71,21 @@ export function markdown(rows: Row[], m: Machine, command: string, seconds: numb
 function cpuTable(rows: Row[]): string[] {
   const ok = rows.filter((r) => r.status === 'ok' && r.cpuSourceS != null && r.cpuDestS != null);
   if (!ok.length) return [];
-  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'source CPU s', 'destination CPU s', 'source s/GiB', 'destination s/GiB'];
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'source CPU s', 'destination CPU s', 'source s/GiB', 'destination s/GiB',
+    'in workload: source s', 'in workload: destination s', 'whole CPU s', 'whole s/GiB'];
   const perGiB = (r: Row, s: number | null | undefined) => (s != null && r.bytes ? (s / (r.bytes / 2 ** 30)).toFixed(2) : '–');
   return [
     '',
     'Where the CPU goes: the source\'s agent (or CRIU\'s dump) and the destination\'s agent (or CRIU\'s page server,',
     'lazy-pages daemon and restore), each with the processes it waited for; per GiB = over the median sent MiB.',
+    'In workload: CPU the migration spent in the workload\'s own tasks, which no agent counts: at the source while',
+    'frozen (CRIU\'s parasite), at the destination the restored tasks\' CPU when the migration ended (CRIU\'s restorer',
+    'and the pages it reads in). Whole = CPU s of the main table plus both.',
     '',
     ...tableHead(head, (i) => i < 5),
     ...ok.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, cell(r, 'cpuSourceS', 1, 2), cell(r, 'cpuDestS', 1, 2),
-      perGiB(r, r.cpuSourceS), perGiB(r, r.cpuDestS)].join(' | ')} |`),
+      perGiB(r, r.cpuSourceS), perGiB(r, r.cpuDestS), cell(r, 'cpuWorkloadSourceS', 1, 2), cell(r, 'cpuWorkloadDestS', 1, 2),
+      cell(r, 'cpuWholeS', 1, 2), perGiB(r, r.cpuWholeS)].join(' | ')} |`),
   ];
 }
 

@@ -18,6 +18,7 @@ import { startRedis } from './workloads/redis';
 import { runtimeFor, startContainerMemwork } from './workloads/container';
 import { sampleDestinationMemory } from './dest-memory';
 import { STORE_DIR } from './peers/phaul-fast';
+import { ownCpuSeconds, watchFrozenCpu } from './workload-cpu';
 import { freshWriteMs } from './fresh-memory';
 import type { BenchWorkload, Verdict } from './workloads/types';
 
@@ -35,6 +36,15 @@ export interface RunSample {
   /** cpuS split by side: the source's agent (or CRIU dump) and the destination's, each with their children. */
   cpuSourceS: number;
   cpuDestS: number;
+  /**
+   * CPU the migration spent inside the workload's own tasks, not in cpuS
+   * (bench/workload-cpu.ts): the source's while frozen (CRIU's parasite) and
+   * the restored tasks' when the migration ended (CRIU's restorer, its page copies).
+   */
+  cpuWorkloadSourceS: number;
+  cpuWorkloadDestS: number;
+  /** The whole migration's CPU: cpuS plus both of the above. */
+  cpuWholeS: number;
   /** The first pass over memory, MB/s (RunFigures.copyMBps); NaN when the strategy has none. */
   copyMBps: number;
   phases?: Record<string, number>;
@@ -68,6 +78,9 @@ export interface Row {
   cpuSPerGiB: number | null;
   cpuSourceS?: number | null;
   cpuDestS?: number | null;
+  cpuWorkloadSourceS?: number | null;
+  cpuWorkloadDestS?: number | null;
+  cpuWholeS?: number | null;
   copyMBps?: number | null;
   /** Median of each phase the engine reported, in the engine's order. */
   phases?: Record<string, number>;
@@ -119,14 +132,14 @@ function track(f: () => Promise<void>): () => Promise<void> {
   return g;
 }
 
-const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'cpuSourceS', 'cpuDestS', 'copyMBps', 'destPeakMiB', 'fillMs',
+const KEYS = ['pauseMs', 'downtimeMs', 'totalMs', 'bytes', 'rounds', 'sourceFreeMs', 'cpuS', 'cpuSPerGiB', 'cpuSourceS', 'cpuDestS', 'cpuWorkloadSourceS', 'cpuWorkloadDestS', 'cpuWholeS', 'copyMBps', 'destPeakMiB', 'fillMs',
   'fillMBps', 'faultP50Us', 'faultP99Us', 'faultMaxUs', 'criuDumpCpuMs'] as const;
 
 function rowOf(cell: Cell, status: Row['status'], samples: RunSample[], note?: string): Row {
   const w = cell.workload;
   const row: Row = {
     strategy: cell.strategy, workload: w.kind, memMiB: w.memMiB, writeMBps: w.writeMBps, link: cell.link, status,
-    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null, cpuSourceS: null, cpuDestS: null, copyMBps: null,
+    pauseMs: null, downtimeMs: null, totalMs: null, bytes: null, rounds: null, sourceFreeMs: null, cpuS: null, cpuSPerGiB: null, cpuSourceS: null, cpuDestS: null, cpuWorkloadSourceS: null, cpuWorkloadDestS: null, cpuWholeS: null, copyMBps: null,
     destPeakMiB: null, fillMs: null, fillMBps: null, faultP50Us: null, faultP99Us: null, faultMaxUs: null, criuDumpCpuMs: null,
     runs: samples.length, spread: {}, ...(note ? { note } : {}),
     samples: samples.map((x) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, typeof v === 'number' ? round(v) : v])) as unknown as RunSample),
@@ -192,20 +205,26 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
       ctx.dst.netnsPath);
     let fig: RunFigures;
     let destPeak = 0;
+    const frozenCpu = watchFrozenCpu(wl.pid);
+    let workloadSourceS = 0;
     try {
       fig = await peer.migrate(wl.pid, { ...ctx, container: wl.container, tcpClose: wl.tcpClose }, {
         onRunning: (pid) => { restoredPid = pid; wl.onRunning(pid); },
       });
     } finally {
       destPeak = mem.stop();
+      workloadSourceS = frozenCpu.stop();
     }
     restoredPid = fig.restoredPid;
+    // Before verify(), which makes the workload check every page on its own CPU.
+    const workloadDestS = ownCpuSeconds(fig.restoredPid) ?? NaN;
     const bytes = (await link.linkBytes()) - bytes0 + fig.offLinkBytes;
     const verdict = await wl.verify(fig.restoredPid);
     const sample: RunSample = {
       pauseMs: verdict.pauseMs ?? NaN, downtimeMs: fig.downtimeMs, totalMs: fig.totalMs, bytes,
       rounds: fig.rounds, sourceFreeMs: fig.sourceFreeMs, cpuS: fig.cpuS, cpuSPerGiB: bytes > 0 ? fig.cpuS / (bytes / 2 ** 30) : NaN,
       cpuSourceS: fig.cpuSourceS, cpuDestS: fig.cpuS - fig.cpuSourceS,
+      cpuWorkloadSourceS: workloadSourceS, cpuWorkloadDestS: workloadDestS, cpuWholeS: fig.cpuS + workloadSourceS + workloadDestS,
       copyMBps: fig.copyMBps ?? NaN,
       destPeakMiB: destPeak / 2 ** 20,
       fillMs: fig.fill?.fillMs ?? NaN, fillMBps: fig.fill ? fig.fill.pages * 4096 / 1e6 / (fig.fill.fillMs / 1000) : NaN,

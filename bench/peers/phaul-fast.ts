@@ -31,8 +31,17 @@ export function offeredModes(): Promise<string[]> {
   return offered;
 }
 
-/** Both engines use the same CRIU binary, or the comparison means nothing. */
-const engineEnv = (ctx: PeerContext) => ({ ...process.env, PHAUL_FAST_CRIU: ctx.criu });
+/**
+ * Both engines use the same CRIU binary, or the comparison means nothing.
+ * NODE_EXTRA_CA_CERTS (set on this machine for package registries) is left
+ * out: Node parses that CA bundle at every start (~60 ms of CPU here), and
+ * the bench's agents never check a certificate against a CA (plain TCP, or
+ * --encrypt keyed by the token). An agent deployed without it pays nothing of the kind.
+ */
+const engineEnv = (ctx: PeerContext) => {
+  const { NODE_EXTRA_CA_CERTS: _unused, ...env } = process.env;
+  return { ...env, PHAUL_FAST_CRIU: ctx.criu };
+};
 
 interface MigrateReport {
   ok: boolean;

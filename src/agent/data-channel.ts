@@ -7,10 +7,11 @@
 // plain TCP through native BatchConns (native/batch_io.cc: no page byte in
 // JS), over TLS through Node (transport/batch-stream.ts, batch-sender.ts).
 import * as net from 'node:net';
-import * as tls from 'node:tls';
+import type * as tls from 'node:tls';
 import { addon, type NativeBatchConn } from '../native';
 import { PhaulError } from '../errors';
 import { FrameConn } from '../protocol/frames';
+import { isTlsSocket } from '../protocol/secure-channel';
 import { PageServer } from '../transport/page-server';
 import { attachBatchStream, attachNativeBatchStream, type BatchSink, type BatchStreamHandle } from '../transport/batch-stream';
 
@@ -57,9 +58,9 @@ function tlsBridge(sock: tls.TLSSocket): number {
 
 export function openDataChannelServer(conn: FrameConn): DataChannel {
   const sock = conn.socket as net.Socket;
-  conn.detach(!(sock instanceof tls.TLSSocket));
+  conn.detach(!isTlsSocket(sock));
   let fd: number;
-  if (sock instanceof tls.TLSSocket) {
+  if (isTlsSocket(sock)) {
     fd = tlsBridge(sock);
   } else {
     fd = addon().dupStreamFd(rawFd(sock));
@@ -85,8 +86,8 @@ export function openDataChannelServer(conn: FrameConn): DataChannel {
 
 export function openDataChannelClient(conn: FrameConn): SourceDataChannel {
   const sock = conn.socket as net.Socket;
-  conn.detach(!(sock instanceof tls.TLSSocket));
-  if (sock instanceof tls.TLSSocket) {
+  conn.detach(!isTlsSocket(sock));
+  if (isTlsSocket(sock)) {
     const criuFd = tlsBridge(sock);
     const done = new Promise<{ sent: number }>((resolve) => {
       let sent = 0;
@@ -148,7 +149,7 @@ export function batchSocket(conn: FrameConn): net.Socket {
 /** Takes over an authenticated data connection for page batches (destination). */
 export function openBatchStream(conn: FrameConn): BatchStream {
   const sock = conn.socket as net.Socket;
-  if (sock instanceof tls.TLSSocket) {
+  if (isTlsSocket(sock)) {
     conn.detach(false);
     return { attach: (sink, onError) => attachBatchStream(sock, (b) => sink.write(b), onError), close: () => sock.destroy() };
   }
@@ -167,7 +168,7 @@ export function openBatchStream(conn: FrameConn): BatchStream {
  * batches (source): native over plain TCP, each batch with its MAC.
  */
 export function nativeBatchConns(socks: net.Socket[]): NativeBatchConn[] | undefined {
-  if (socks.some((s) => s instanceof tls.TLSSocket)) return undefined;
+  if (socks.some((s) => isTlsSocket(s))) return undefined;
   const keys = socks.map((s) => batchKeys.get(s));
   if (keys.some((k) => !k)) throw new PhaulError('failed', 'a data connection for page batches must come from batchSocket');
   return socks.map((s, i) => {

@@ -17,7 +17,6 @@ import { asPhaulError, PhaulError } from '../errors';
 import { authenticateClient } from '../protocol/auth';
 import type { ClientTls } from '../protocol/secure-channel';
 import { connectDestination } from './connect';
-import { askDestination } from './resolve';
 import { pruneSettledRecords, removeSourceRecord, snapshotTree, writeSourceRecord, type OriginalProcess } from './source-record';
 import { testPause } from './test-pause';
 import { ImageSender } from './send-images';
@@ -37,11 +36,20 @@ import { DESTINATION_PHASES } from './phases';
 import { isAlive, procState, signalAll, treeMemoryBytes, treePids, waitGone } from './process-tree';
 import { StateMachine, type StateChange } from './state-machine';
 import { isLive, SOURCE_FAILURE, SOURCE_INITIAL, SOURCE_TRANSITIONS, type SourceState } from './source-states';
-import { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
-import { containerDumpArgs } from '../container/dump-options';
-import { releaseCriuNetworkLock } from '../criu/network-unlock';
-import { PostcopyLayout } from '../postcopy/layout';
-import { ControlPump, PostcopyPusher } from '../postcopy/source';
+import type { ContainerDescriptor, ContainerSource, ContainerSpec } from '../container/source';
+import type { ControlPump, PostcopyPusher } from '../postcopy/source';
+
+// Loaded when a migration needs them, not at start-up: a process tree moved in
+// pre-copy over plain TCP uses none of them, and a node process pays for every
+// module it compiles (the whole graph is ~100 ms of CPU here).
+const lazy = {
+  resolve: () => require('./resolve') as typeof import('./resolve'),
+  containerSource: () => require('../container/source') as typeof import('../container/source'),
+  dumpOptions: () => require('../container/dump-options') as typeof import('../container/dump-options'),
+  networkUnlock: () => require('../criu/network-unlock') as typeof import('../criu/network-unlock'),
+  postcopyLayout: () => require('../postcopy/layout') as typeof import('../postcopy/layout'),
+  postcopySource: () => require('../postcopy/source') as typeof import('../postcopy/source'),
+};
 
 /** How long the workload may stay frozen before the migration gives up and resumes it. */
 export const DEFAULT_FREEZE_TIMEOUT_MS = 30_000;
@@ -289,7 +297,7 @@ export class Migration extends EventEmitter {
     let last = first;
     for (;;) {
       try {
-        const r = await askDestination(this.opts.to, this.opts.token, this.opts.tls, this.session, 'commit', 5_000);
+        const r = await lazy.resolve().askDestination(this.opts.to, this.opts.token, this.opts.tls, this.session, 'commit', 5_000);
         if (r.state === 'running' && r.pid) {
           this.emit('log', `the destination's copy runs (pid ${r.pid}): ${r.detail}`);
           return r.pid;
@@ -331,7 +339,7 @@ export class Migration extends EventEmitter {
     if (o.tcpClose && o.tcpEstablished) throw new MigrationError(new PhaulError('usage', 'give either --tcp-established (move TCP connections) or --tcp-close (close them), not both'), false);
     if (o.tcpClose && o.container) throw new MigrationError(new PhaulError('usage', 'containers keep their TCP connections (--tcp-established); --tcp-close is for process trees'), false);
     if (o.container) {
-      this.container = await ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
+      this.container = await lazy.containerSource().ContainerSource.open(o.container).catch((e) => { throw new MigrationError(asPhaulError(e), false); });
       this.pid = this.container.pid;
       if (requested === 'hybrid' && !this.container.lazyRestore) throw new MigrationError(new PhaulError('usage', `${this.container.runtime} cannot restore a container lazily: use --mode precopy or stop-copy`), false);
     } else {
@@ -509,7 +517,7 @@ export class Migration extends EventEmitter {
     // (Wait for CRIU to let go first: it stops the tree once more as it leaves.)
     if (recovery === 'resume') await st.criuDone?.catch(() => undefined);
     if (netLock) {
-      const did = await releaseCriuNetworkLock(treePids(this.pid), this.container?.netnsPath).catch((x) => asPhaulError(x).message);
+      const did = await lazy.networkUnlock().releaseCriuNetworkLock(treePids(this.pid), this.container?.netnsPath).catch((x) => asPhaulError(x).message);
       this.emit('log', `network lock: ${did}`);
     }
     if (recovery === 'resume') signalAll(treePids(this.pid), 'SIGCONT');
@@ -648,7 +656,7 @@ export class Migration extends EventEmitter {
     // start-up overlaps the rounds instead of delaying the switchover.
     const ours = await localCapabilities();
     st.dump = new LazyDump({ pid, imagesDir: workDir, headerSize: pageServerHeaderSize(ours.criu), ...this.criuFlags(),
-      extraArgs: this.container ? containerDumpArgs(this.container.dumpOptions()) : undefined });
+      extraArgs: this.container ? lazy.dumpOptions().containerDumpArgs(this.container.dumpOptions()) : undefined });
 
     // Created now so a cgroup quota can be sized from the CPU used during the rounds.
     st.throttle = pc.autoConverge ? new WorkloadThrottle(pid) : undefined;
@@ -755,7 +763,7 @@ export class Migration extends EventEmitter {
     await Promise.race([withDeadline(dump.ready, o.dumpTimeoutMs ?? 120_000, 'criu', 'criu lazy dump did not finish its images'), this.aborted]);
     this.phase('criu-dump', dump.readyAt);
     const imageBytes = await this.images.send(conn, workDir);
-    const layout = PostcopyLayout.read(workDir);
+    const layout = lazy.postcopyLayout().PostcopyLayout.read(workDir);
     const original = treePids(pid);
     const imageIds: Record<string, number> = {};
     const hostPid = new Map<number, number>();
@@ -766,9 +774,9 @@ export class Migration extends EventEmitter {
     conn.send({ t: 'postcopy', imageIds, pages: layout.pages });
     this.phase('images');
     // From here the control connection is read for page requests, whatever else we wait for.
-    const pusher = new PostcopyPusher(layout, hostPid, st.streams, () => conn.closed);
+    const pusher = new (lazy.postcopySource().PostcopyPusher)(layout, hostPid, st.streams, () => conn.closed);
     st.pusher = pusher;
-    st.pump = new ControlPump(conn, (m) => pusher.request(m));
+    st.pump = new (lazy.postcopySource().ControlPump)(conn, (m) => pusher.request(m));
     st.pushed = pusher.push();
     st.pushed.catch(() => undefined); // awaited by postcopyFill
     this.emit('log', `postcopy: ${layout.pages} lazy pages (${(layout.pages * 4096 / 2 ** 20).toFixed(0)} MiB) follow the restore`);

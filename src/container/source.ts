@@ -17,8 +17,9 @@ import { Podman } from './podman';
 import { criuBinary } from '../criu/binary';
 import { SyncTree, TreeSender } from './tree-sync';
 
-export type Runtime = 'runc' | 'podman';
-export const RUNTIMES: readonly Runtime[] = ['runc', 'podman'];
+import { RUNTIMES, type Runtime } from './runtimes';
+
+export { RUNTIMES, type Runtime };
 
 export interface ContainerSpec {
   id: string;

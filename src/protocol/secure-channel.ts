@@ -7,8 +7,16 @@
 //   eavesdropper nothing to test token guesses against.
 // Authentication (auth.ts) runs inside either, unchanged.
 import * as crypto from 'node:crypto';
-import * as net from 'node:net';
-import * as tls from 'node:tls';
+import type * as net from 'node:net';
+import type * as tls from 'node:tls';
+
+/** node:tls, loaded on first use: a migration over plain TCP never needs it (~7 ms of start-up CPU). */
+const tlsModule = (): typeof tls => require('node:tls') as typeof tls;
+
+/** Whether a socket is a TLS one (without loading node:tls to ask instanceof). */
+export function isTlsSocket(sock: net.Socket): sock is tls.TLSSocket {
+  return (sock as { encrypted?: boolean }).encrypted === true;
+}
 
 const PSK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305';
 const PSK_IDENTITY = 'phaul-fast';
@@ -24,17 +32,20 @@ export function pskFromToken(token: Buffer): Buffer {
 export function wrapServerSocket(raw: net.Socket, opts: ServerTls, token: Buffer): tls.TLSSocket {
   if ('psk' in opts) {
     const psk = pskFromToken(token);
+    const tls = tlsModule();
     return new tls.TLSSocket(raw, {
       isServer: true,
       secureContext: tls.createSecureContext({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' }),
       pskCallback: (_sock: tls.TLSSocket, identity: string) => (identity === PSK_IDENTITY ? psk : null),
     } as tls.TLSSocketOptions);
   }
+  const tls = tlsModule();
   return new tls.TLSSocket(raw, { isServer: true, secureContext: tls.createSecureContext({ cert: opts.cert, key: opts.key }) });
 }
 
 /** Connects with TLS; 'secureConnect' fires when the handshake is done. */
 export function connectTls(host: string, port: number, opts: ClientTls, token: Buffer): tls.TLSSocket {
+  const tls = tlsModule();
   if ('psk' in opts) {
     const psk = pskFromToken(token);
     return tls.connect({

@@ -6,7 +6,7 @@ import { DEFAULT_FREEZE_TIMEOUT_MS, Migration, MigrationError, PhaseEvent } from
 import { AUTO_ORDER, isMode, MODES } from '../../agent/capabilities';
 import { parseHostPort } from '../hostport';
 import { CLIENT_TLS_FLAGS, clientTls } from '../client-tls';
-import { RUNTIMES, type Runtime } from '../../container/source';
+import { RUNTIMES, type Runtime } from '../../container/runtimes';
 import { ProgressDisplay } from '../progress';
 import type { RoundEvent } from '../../agent/precopy';
 
