@@ -29,8 +29,11 @@ function stateOf(pid: number): string | null {
   }
 }
 
+/** Poll period: CPU times move in 10 ms ticks (USER_HZ), so a finer poll adds load, not precision. */
+const POLL_MS = 5;
+
 /**
- * Watches the source's workload root every millisecond: the CPU it used from
+ * Watches the source's workload root every POLL_MS: the CPU it used from
  * the moment it stopped running (CRIU's ptrace stop, 't'/'T') until it was
  * last seen (the source copy is killed after the move). It does not run in
  * that window, so whatever it used was CRIU's parasite. stop() returns seconds.
@@ -46,7 +49,7 @@ export function watchFrozenCpu(pid: number): { stop(): number } {
     if (atFreeze === null && (st === 't' || st === 'T')) atFreeze = cpu;
     if (atFreeze !== null) last = cpu;
   };
-  const timer = setInterval(poll, 1);
+  const timer = setInterval(poll, POLL_MS);
   timer.unref();
   return {
     stop() {

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -415,6 +416,15 @@ Napi::Value DupFd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+// mkfifo(path, mode): CRIU's log gate (src/criu/gate.ts). A system call
+// instead of running mkfifo(1): a migrate spent ~10 ms of CPU forking for it.
+Napi::Value MakeFifo(const Napi::CallbackInfo& info) {
+  std::string p = info[0].ToString().Utf8Value();
+  if (mkfifo(p.c_str(), mode_t(info[1].ToNumber().Uint32Value() & 0777)) < 0)
+    throw Napi::Error::New(info.Env(), Errno("mkfifo " + p));
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitCriuRpc(Napi::Env env, Napi::Object exports) {
@@ -422,6 +432,7 @@ void InitCriuRpc(Napi::Env env, Napi::Object exports) {
   exports.Set("openDir", Napi::Function::New(env, OpenDir));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
   exports.Set("dupFd", Napi::Function::New(env, DupFd));
+  exports.Set("makeFifo", Napi::Function::New(env, MakeFifo));
 }
 
 }  // namespace phaul

@@ -5,6 +5,8 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { addon, addonStatus, explainLoadFailure } from '../src/native';
 import * as ranges from '../src/memory/ranges';
@@ -71,4 +73,18 @@ test('the range and VMA flags src/memory/ranges.ts names are the addon\'s', () =
     VMA_FILE: ranges.VMA_FILE, VMA_SPECIAL: ranges.VMA_SPECIAL, VMA_TRACKED: ranges.VMA_TRACKED,
   };
   assert.deepEqual(ts, { ...c });
+});
+
+test('makeFifo makes an owner-only FIFO (CRIU\'s log gate), and names the path when it cannot', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pf-fifo-'));
+  try {
+    const p = path.join(dir, 'dump.log');
+    addon().makeFifo(p, 0o600);
+    const st = fs.statSync(p);
+    assert.ok(st.isFIFO());
+    assert.equal(st.mode & 0o777, 0o600);
+    assert.throws(() => addon().makeFifo(p, 0o600), (e: Error) => /mkfifo .*dump\.log: File exists/.test(e.message));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

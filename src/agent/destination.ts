@@ -510,6 +510,7 @@ class DestSession {
       {
         session: criu,
         timeoutMs,
+        exitInBackground: true,
         onNotify: (_script, pid) => {
           if (pid && !this.restoredPid) this.restoredPid = pid;
           return true;

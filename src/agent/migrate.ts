@@ -703,11 +703,13 @@ export class Migration extends EventEmitter {
     const fin = await run.finalRound(workDir);
     this.phase('final-scan', this.last + fin.scanMs);
     this.phase('final-pages', this.last + fin.sendMs);
-    this.phase('final-stored');
     const imageIds: Record<string, number> = {};
     const original = treePids(pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
+    // Right behind the final round's end: the destination composes once its store holds that round.
     conn.send({ t: 'switchover', imageIds });
+    await fin.stored;
+    this.phase('final-stored');
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
     const restoredPid = r.pid;
     this.noteContainer(r.container);

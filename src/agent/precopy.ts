@@ -365,12 +365,24 @@ export class PrecopySender {
    * of a process that exited before it was read is never sent.
    */
   async endRound(round: number, final = false): Promise<void> {
+    await (await this.sendRoundEnd(round, final)).stored;
+  }
+
+  /**
+   * endRound() up to its `round` message: `stored` is the acknowledgement to
+   * come, which the caller awaits (the final round's switchover message goes
+   * right behind it, and the destination reads them in order).
+   */
+  async sendRoundEnd(round: number, final = false): Promise<{ stored: Promise<void> }> {
     await this.out.flush();
     const batches = this.out.batchesWritten - this.batchesBefore;
     this.batchesBefore = this.out.batchesWritten;
     this.control.send({ t: 'round', round, batches, final });
-    const ack = await this.control.expect('round-ack', 120_000);
-    if (ack.round !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
+    const stored = this.control.expect('round-ack', 120_000).then((ack) => {
+      if (ack.round !== round) throw new PhaulError('protocol', 'round acknowledgement out of order');
+    });
+    stored.catch(() => undefined); // the caller's to await
+    return { stored };
   }
 }
 
@@ -405,7 +417,7 @@ export class PrecopyRun {
    * final: after CRIU's images (in imagesDir), everything left, nothing
    * protected again, and the processes that appeared after the last live scan.
    */
-  private async sendRound(kind: 'live' | 'frozen' | 'final', imagesDir?: string): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sendMs: number; sinceLastMs: number }> {
+  private async sendRound(kind: 'live' | 'frozen' | 'final', imagesDir?: string): Promise<{ pages: number; bytes: number; ms: number; scanMs: number; sendMs: number; sinceLastMs: number; stored: Promise<void> }> {
     const final = kind === 'final';
     const t = Date.now();
     const sinceLastMs = this.lastScanAt ? t - this.lastScanAt : 0;
@@ -456,8 +468,10 @@ export class PrecopyRun {
       this.log(`${scan.untracked.length} process(es) appeared after the last live scan (${scan.untracked.join(' ')}): the ${late} pages CRIU lists for them sent whole`);
     }
     const sendMs = Date.now() - t - scanMs;
-    await this.sender.endRound(this.round, final);
-    return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sendMs, sinceLastMs };
+    // The final round's acknowledgement is the caller's to await (finalRound()).
+    const { stored } = await this.sender.sendRoundEnd(this.round, final);
+    if (!final) await stored;
+    return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sendMs, sinceLastMs, stored };
   }
 
   /**
@@ -517,12 +531,14 @@ export class PrecopyRun {
   /**
    * With the tree frozen: the last dirty pages, plus shared and untracked
    * memory. Says how long finding them (scanMs) and reading and sending them
-   * (sendMs) took; the rest of `ms` waited for the destination to store them.
+   * (sendMs) took; returns once its end is sent: `stored` settles with the
+   * destination's acknowledgement, which the caller awaits after sending the
+   * switchover (saving a round trip inside the pause).
    */
-  async finalRound(imagesDir: string): Promise<{ pages: number; ms: number; scanMs: number; sendMs: number }> {
+  async finalRound(imagesDir: string): Promise<{ pages: number; ms: number; scanMs: number; sendMs: number; stored: Promise<void> }> {
     const r = await this.sendRound('final', imagesDir);
     this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
-    return { pages: r.pages, ms: r.ms, scanMs: r.scanMs, sendMs: r.sendMs };
+    return { pages: r.pages, ms: r.ms, scanMs: r.scanMs, sendMs: r.sendMs, stored: r.stored };
   }
 
   /**

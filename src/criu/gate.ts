@@ -19,11 +19,11 @@
 //   gate.close();     // once CRIU has exited: the log becomes a plain file
 // A CRIU that must not go on is ended with a signal while it waits: it has
 // installed no handler yet and has touched nothing.
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { PhaulError } from '../errors';
+import { addon } from '../native';
 
 /** The log kept in memory: CRIU's default level writes a few KiB; -v4 much more. */
 const MAX_LOG = 1 << 20;
@@ -39,7 +39,7 @@ export class CriuLogGate {
   /** Creates the FIFO `name` in `dir` (CRIU's images directory, where it opens its log). */
   constructor(dir: string, readonly name = 'dump.log') {
     this.fifo = path.join(dir, name);
-    execFileSync('mkfifo', ['-m', '600', this.fifo]);
+    addon().makeFifo(this.fifo, 0o600);
   }
 
   /** Lets CRIU go on (now, or as soon as it reaches its log's open). */

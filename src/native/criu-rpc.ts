@@ -34,4 +34,6 @@ export interface CriuRpcNative {
   closeFd(fd: number): void;
   /** A close-on-exec duplicate (>= 3) of fd. */
   dupFd(fd: number): number;
+  /** mkfifo(2): a FIFO at path with mode (its permission bits); throws with the errno's text. */
+  makeFifo(path: string, mode: number): void;
 }
