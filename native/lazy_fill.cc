@@ -10,13 +10,32 @@
 // registered its lazy ranges.
 //
 // Per userfaultfd ("mm"), the pages still to copy are a map of disjoint
-// extents keyed by address: a fault, a claim and every event cost O(log n)
-// in the number of extents. A copy takes its pages out of the map first
-// (they are "in flight"). Events that change the address space (fork,
-// mremap, munmap, madvise) are only read while no copy of that mm is in
-// flight (its "gate" is closed: background copies wait), so the map is exact
-// when they are applied: after a fork the child needs exactly the parent's
-// missing pages, after MADV_DONTNEED no old copy may land on the zapped range.
+// extents keyed by address (`pending`), and the background claims taken out
+// of it are a second one (`flights`): a claim keeps the part it has not
+// placed yet, and the part in the ioctl under way. A fault, a claim and every
+// event cost O(log n) in the number of extents. So a fault never mistakes a
+// claimed page for an empty one and never waits for a claim: a page still
+// pending, or claimed but not in an ioctl yet, is taken and copied at once
+// (out of the claim); a page in a background ioctl under way is left to that
+// ioctl, whose UFFDIO_COPY wakes the faulting thread (and should the ioctl
+// not place it, the worker hands the fault back to be answered again); only
+// a page in neither is empty and gets the zero page.
+//
+// What still waits: reading the userfaultfd. A read may return an event, and
+// reading an event completes it: the kernel lets the fork, mremap, munmap or
+// madvise go on (mmap_changing drops), so a copy that enters the kernel after
+// the read would land on the range the event changed (a page the workload
+// just zapped with MADV_DONTNEED would get its old data back; a page mremap
+// moved would be copied to the old address, its new one left empty). Copies
+// that entered before cannot: the event's sender waits for them
+// (map_changing_lock) and later ones fail with EAGAIN until the read. So an
+// mm's "gate" is closed around each read: no new background ioctl starts,
+// and the read waits for those under way (one slice, Options::slice_bytes).
+// A batch with an event is handled with the gate still closed: the claims go
+// back into `pending` first, so the map is exact when the event is applied
+// (after a fork the child needs exactly the parent's missing pages, after
+// MADV_DONTNEED no old copy may land on the zapped range). A batch of faults
+// only opens the gate before it copies: the background goes on meanwhile.
 //
 // Postcopy (Options::control_fd): the files fill while the tree runs. A bitmap
 // per file says which pages hold their data; claims take present pages only.
@@ -58,7 +77,6 @@ namespace lazyfill {
 
 static const uint64_t kPage = 4096;
 static const uint32_t kRestoreFinished = 0x52535446;
-static const uint64_t kSlice = 256 << 10;
 
 static int64_t NowUs() {
   struct timespec ts;
@@ -114,20 +132,41 @@ struct Family {
   int members = 1;
 };
 
+// A fault read from a userfaultfd: the address and when its message was seen.
+struct Fault {
+  uint64_t addr;
+  int64_t seen;
+};
+
+// A background claim, owned by the worker placing it and listed in
+// Mm::flights under its first address while some of it is unplaced or in an
+// ioctl (once it is neither, it leaves the list at once, so that no other
+// claim can find its key taken). [next, end) is not placed yet; [next, busy)
+// is in a UFFDIO_COPY under way (none when busy == next). The data of
+// address a is at `off + (a - key)` of `file`.
+struct Flight {
+  uint64_t key, next, busy, end;
+  uint32_t file;
+  uint64_t off;
+  bool listed;
+  std::vector<Fault> waiters;  // faults on [next, busy): the ioctl's wake answers them
+};
+
 struct Mm {
   int uffd = -1;
   int32_t id = 0;
-  std::map<uint64_t, Piece> pending;  // start -> piece
-  uint64_t cursor = 0;                // background copies continue from here
-  int copies = 0;                     // background copies in flight
-  std::atomic<bool> gate{false};      // closed: the event thread owns this mm
+  std::map<uint64_t, Piece> pending;    // start -> piece
+  std::map<uint64_t, Flight*> flights;  // background claims (disjoint from pending)
+  uint64_t cursor = 0;                  // background copies continue from here
+  int busy = 0;                         // background ioctls under way
+  std::atomic<bool> gate{false};        // closed: the event thread reads; no background ioctl starts
   bool dead = false;
   int64_t retry_at = 0;  // after EAGAIN: an event is pending, leave it to the event thread a moment
   std::shared_ptr<Family> family;
 };
 
 // Outcome of placing [dst, dst + len).
-enum class Put { kDone, kAgain, kYield, kGone, kFatal };
+enum class Put { kDone, kAgain, kGone, kFatal };
 
 class Server {
  public:
@@ -142,7 +181,13 @@ class Server {
              const std::map<uint64_t, Piece>* copy);
   void HandleMm(Mm* mm);
   void HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::pair<uint64_t, int64_t>>* again);
+  enum class Where { kTaken, kJoined, kHeld, kEmpty };
+  Where Locate(Mm* mm, const Fault& f, uint64_t* s, uint64_t* e, Piece* pc, ControlRecord* need);
+  void Answered(int64_t seen);
+  void Recall(Mm* mm);
   void Worker();
+  void Fly(Mm* mm, Flight* c);
+  void Unlist(Mm* mm, Flight* c);
   bool Claim(Mm* mm, uint64_t at, uint64_t max, uint64_t* s, uint64_t* e, Piece* pc);
   void Release(Mm* mm, uint64_t s, uint64_t e, const Piece& pc);
   void Drop(Mm* mm, uint64_t s, uint64_t e, bool count);
@@ -160,6 +205,7 @@ class Server {
   // Postcopy.
   bool ReadPresence();
   void ServeWaiters();
+  void AnswerHandedBack();
   uint64_t MissingPages();
   void Need(uint32_t file, uint64_t off, uint64_t len);
   bool IsPresent(uint32_t file, uint64_t off) const;
@@ -197,6 +243,8 @@ class Server {
     int64_t seen;
   };
   std::vector<Waiter> waiting_;                    // faults held for their data (event thread)
+  std::vector<Waiter> handed_back_;                // faults a background ioctl joined but did not place (mu_)
+  std::mutex stat_mu_;                             // st_->faults and fault_us: every thread answers faults
   std::set<std::pair<uint32_t, uint64_t>> asked_;  // (file, off) windows already asked for (event thread)
 };
 
@@ -371,6 +419,23 @@ void Server::Need(uint32_t file, uint64_t off, uint64_t len) {
   if (!finished_) st_->restore_needs++;
 }
 
+// Answers the faults a background ioctl joined but stopped short of (its
+// claim's rest is back in `pending`, or an event took the page).
+void Server::AnswerHandedBack() {
+  std::vector<Waiter> back;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    back.swap(handed_back_);
+  }
+  for (const Waiter& w : back) {
+    if (w.mm->dead || stop_) continue;
+    std::vector<std::pair<uint64_t, int64_t>> again;
+    HandleFault(w.mm, w.addr, w.seen, &again);
+    std::lock_guard<std::mutex> g(mu_);  // an event is under way: again once its message is read
+    for (auto& a : again) handed_back_.push_back({w.mm, a.first, a.second});
+  }
+}
+
 // Answers the held faults whose pages have arrived since.
 void Server::ServeWaiters() {
   std::vector<Waiter> ready, still;
@@ -392,13 +457,12 @@ void Server::ServeWaiters() {
   std::stable_sort(ready.begin(), ready.end(), [](const Waiter& a, const Waiter& b) { return a.mm < b.mm; });
   for (size_t i = 0; i < ready.size();) {
     Mm* mm = ready[i].mm;
-    CloseGate(mm);
+    // No gate: no read here, and a fault needs none (the comment at the top).
     std::vector<std::pair<uint64_t, int64_t>> again;
     for (; i < ready.size() && ready[i].mm == mm; i++)
       if (!mm->dead && !stop_) HandleFault(mm, ready[i].addr, ready[i].seen, &again);
     // An address-space change is under way: its event comes through HandleMm; try again at the next turn.
     for (auto& a : again) waiting_.push_back({mm, a.first, a.second});
-    OpenGate(mm);
   }
 }
 
@@ -590,15 +654,13 @@ void Server::Wake() {
 // Copies [s, e) from its file into the mm. *done: bytes placed (or skipped
 // because already there) from s. Splits a range the kernel refuses as a whole
 // (ENOENT: it spans VMAs, e.g. after an mprotect) until each part lies in one
-// VMA; a single page without a VMA was unmapped: nothing to place.
+// VMA; a single page without a VMA was unmapped: nothing to place. The copy
+// wakes every thread waiting on a page it placed.
 Put Server::Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, uint64_t* done) {
   *done = 0;
   uint64_t at = s;
   while (at < e) {
-    // Background copies go in slices and give way as soon as the event
-    // thread wants this mm: a fault waits for one slice at most.
-    if (!fault && mm->gate.load(std::memory_order_relaxed)) return Put::kYield;
-    uint64_t len = fault ? e - at : std::min(e - at, kSlice);
+    uint64_t len = e - at;
     const uint8_t* from = src_[pc.file].base + pc.off + (at - s);
     // Map the source first: a copy from an unmapped source page takes the
     // kernel's slow path (drop the locks, fault, retry) page by page.
@@ -653,49 +715,90 @@ Put Server::Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, u
   return Put::kDone;
 }
 
+// A fault's thread runs again (its page is in place): counted with the time since its message.
+void Server::Answered(int64_t seen) {
+  std::lock_guard<std::mutex> g(stat_mu_);
+  st_->faults++;
+  st_->fault_us.push_back(uint32_t(std::min<int64_t>(NowUs() - seen, UINT32_MAX)));
+}
+
+// Where the page of a fault is (mu_ held): taken out of `pending` or out of a
+// background claim not yet at it (*s, *e, *pc: the fault's window to copy),
+// in a background ioctl under way (kJoined: the fault waits for its wake),
+// held for its data (postcopy: *need says what to ask for), or in neither
+// (kEmpty: nothing the images hold, or a page placed since).
+Server::Where Server::Locate(Mm* mm, const Fault& f, uint64_t* s, uint64_t* e, Piece* pc, ControlRecord* need) {
+  uint64_t page = f.addr & ~(kPage - 1);
+  uint64_t base = page & ~(o_.fault_bytes - 1);
+  auto it = mm->pending.upper_bound(page);
+  if (it != mm->pending.begin() && std::prev(it)->second.end > page) {
+    // The pages around the fault, within the piece holding it.
+    auto p = std::prev(it);
+    uint64_t from = std::max(p->first, base);
+    uint64_t to = std::min(p->second.end, from + o_.fault_bytes);
+    const Piece q = p->second;
+    auto off = [&](uint64_t at) { return q.off + (at - p->first); };
+    if (!IsPresent(q.file, off(page))) {
+      // Postcopy: its data has not arrived. The faulting thread sleeps in
+      // the kernel until the page is copied; its neighbourhood is asked for.
+      *need = {kNeed, q.file, off(from), to - from};
+      return Where::kHeld;
+    }
+    // The present run around the page (the whole window but in postcopy).
+    uint64_t lo = page;
+    while (lo > from && IsPresent(q.file, off(lo - kPage))) lo -= kPage;
+    uint64_t hi = p->first + (PresentEnd(q.file, off(page), off(to)) - q.off);
+    Take(mm, p, lo, hi, s, e, pc);
+    return Where::kTaken;
+  }
+  auto fl = mm->flights.upper_bound(page);
+  if (fl == mm->flights.begin()) return Where::kEmpty;
+  Flight& c = *std::prev(fl)->second;
+  if (page < c.next || page >= c.end) return Where::kEmpty;
+  if (page < c.busy) {
+    // In the ioctl under way: its UFFDIO_COPY wakes the thread (or, should it
+    // stop short of the page, the worker hands the fault back: Fly()).
+    c.waiters.push_back(f);
+    return Where::kJoined;
+  }
+  // Claimed, not reached yet: the window (past the ioctl under way) is the
+  // fault's now, the claim's part after it goes back to `pending`. A claim
+  // holds present pages only (ClaimPresent), so postcopy needs no check here.
+  uint64_t from = std::max(c.busy, base), to = std::min(c.end, base + o_.fault_bytes);
+  auto off = [&](uint64_t at) { return c.off + (at - c.key); };
+  if (to < c.end) mm->pending.emplace(to, Piece{c.end, c.file, off(to)});
+  c.end = from;
+  if (c.next == c.end) Unlist(mm, &c);
+  *s = from;
+  *e = to;
+  *pc = Piece{to, c.file, off(from)};
+  return Where::kTaken;
+}
+
 void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::pair<uint64_t, int64_t>>* again) {
   uint64_t page = addr & ~(kPage - 1);
-  uint64_t s, e;
+  uint64_t s = 0, e = 0;
   Piece pc;
-  bool claimed = false, held = false;
   ControlRecord need = {};
+  Where w;
   {
     std::lock_guard<std::mutex> g(mu_);
-    uint64_t base = page & ~(o_.fault_bytes - 1);
-    // The pages around the fault, within the piece holding it.
-    auto it = mm->pending.upper_bound(page);
-    if (it != mm->pending.begin()) {
-      auto p = std::prev(it);
-      if (p->second.end > page) {
-        uint64_t from = std::max(p->first, base);
-        uint64_t to = std::min(p->second.end, from + o_.fault_bytes);
-        const Piece q = p->second;
-        auto off = [&](uint64_t at) { return q.off + (at - p->first); };
-        if (IsPresent(q.file, off(page))) {
-          // The present run around the page (the whole window but in postcopy).
-          uint64_t lo = page;
-          while (lo > from && IsPresent(q.file, off(lo - kPage))) lo -= kPage;
-          uint64_t hi = p->first + (PresentEnd(q.file, off(page), off(to)) - q.off);
-          claimed = Take(mm, p, lo, hi, &s, &e, &pc);
-        } else {
-          // Postcopy: its data has not arrived. The faulting thread sleeps in
-          // the kernel until the page is copied; its neighbourhood is asked for.
-          held = true;
-          need = {kNeed, q.file, off(from), to - from};
-        }
-      }
-    }
-    if (claimed) mm->cursor = e;  // the background goes on from the fault's neighbourhood
+    w = Locate(mm, Fault{addr, seen}, &s, &e, &pc, &need);
+    if (w == Where::kTaken) mm->cursor = e;  // the background goes on from the fault's neighbourhood
   }
-  if (held) {
+  if (w == Where::kJoined) {
+    st_->joined_faults++;
+    return;
+  }
+  if (w == Where::kHeld) {
     waiting_.push_back({mm, addr, seen});
     st_->waited_faults++;
     Need(need.file, need.off, need.len);
     return;
   }
-  if (!claimed) {
-    // Not pending: a page the images leave empty (zeros), or one placed since
-    // the fault (that copy woke the thread already; EEXIST then).
+  if (w == Where::kEmpty) {
+    // Not pending, not claimed: a page the images leave empty (zeros), or one
+    // placed since the fault (that copy woke the thread already; EEXIST then).
     struct uffdio_zeropage z = {};
     z.range.start = page;
     z.range.len = kPage;
@@ -713,40 +816,55 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
       ioctl(mm->uffd, UFFDIO_WAKE, &r);
     }
     st_->zero_faults++;
-    st_->faults++;
-    st_->fault_us.push_back(uint32_t(std::min<int64_t>(NowUs() - seen, UINT32_MAX)));
+    Answered(seen);
     return;
   }
-  uint64_t done = 0;
-  Put r = Place(mm, s, e, pc, true, &done);
-  {
+  // The faulting page first (its copy wakes the thread), then the rest of the
+  // window around it, forward first; what a copy could not place (an
+  // address-space change under way) goes back to `pending`.
+  struct Part {
+    uint64_t s, e;
+  } parts[3] = {{page, page + kPage}, {page + kPage, e}, {s, page}};
+  std::vector<Piece> punch;
+  Put r = Put::kDone;
+  size_t i = 0;
+  for (; i < 3 && r == Put::kDone; i++) {
+    if (parts[i].s >= parts[i].e) continue;
+    uint64_t done = 0;
+    Piece at{parts[i].e, pc.file, pc.off + (parts[i].s - s)};
+    r = Place(mm, parts[i].s, parts[i].e, at, true, &done);
+    if (done) punch.push_back(Piece{done, at.file, at.off});
+    if (r == Put::kAgain) {
+      std::lock_guard<std::mutex> g(mu_);
+      Release(mm, parts[i].s + done, parts[i].e, Piece{parts[i].e, at.file, at.off + done});
+    }
+    if (i == 0 && r == Put::kDone) Answered(seen);
+  }
+  if (r == Put::kAgain) {
     std::lock_guard<std::mutex> g(mu_);
-    if (r == Put::kAgain) Release(mm, s + done, e, Piece{e, pc.file, pc.off + done});
+    for (; i < 3; i++)
+      if (parts[i].s < parts[i].e)
+        Release(mm, parts[i].s, parts[i].e, Piece{parts[i].e, pc.file, pc.off + (parts[i].s - s)});
   }
   if (r == Put::kGone) Gone(mm);
-  if (r == Put::kAgain && page >= s + done) {
-    again->push_back({addr, seen});
-    return;
-  }
+  if (r == Put::kAgain && punch.empty()) again->push_back({addr, seen});  // its own page is not in place
   if (r == Put::kFatal) return;
-  if (o_.punch && done) {
+  if (o_.punch && !punch.empty()) {
     // Giving the store's pages back costs TLB flushes: the workers do it.
     std::lock_guard<std::mutex> g(mu_);
-    if (mm->family->members == 1) to_punch_.push_back(Piece{done, pc.file, pc.off});
+    if (mm->family->members == 1) to_punch_.insert(to_punch_.end(), punch.begin(), punch.end());
     work_cv_.notify_one();
   }
-  st_->faults++;
-  st_->fault_us.push_back(uint32_t(std::min<int64_t>(NowUs() - seen, UINT32_MAX)));
 }
 
-// All messages of one userfaultfd, with its background copies held off.
-// Holds off background copies of mm (waits for those in flight).
+// Closes mm's gate for a read: no background ioctl of it starts, and those
+// under way are waited for (the comment at the top says why).
 void Server::CloseGate(Mm* mm) {
   int64_t t = NowUs();
   {
     std::unique_lock<std::mutex> g(mu_);
     mm->gate = true;
-    gate_cv_.wait(g, [&] { return mm->copies == 0 || stop_; });
+    gate_cv_.wait(g, [&] { return mm->busy == 0 || stop_; });
   }
   int64_t waited = NowUs() - t;
   st_->gate_us_total += waited;
@@ -763,23 +881,61 @@ void Server::OpenGate(Mm* mm) {
   work_cv_.notify_all();
 }
 
+// The background claims' unplaced parts back into `pending` (mu_ held; the
+// gate closed and no ioctl under way, so no claim has a part in the kernel
+// or a fault waiting on it): the map is then exact for an event.
+void Server::Recall(Mm* mm) {
+  for (auto& [key, c] : mm->flights) {
+    if (c->next < c->end) mm->pending.emplace(c->next, Piece{c->end, c->file, c->off + (c->next - key)});
+    c->end = c->next;
+    c->listed = false;
+  }
+  mm->flights.clear();
+}
+
+// Takes a claim off the list once nothing of it is unplaced or in an ioctl (mu_ held).
+void Server::Unlist(Mm* mm, Flight* c) {
+  if (c->listed && c->busy == c->next && c->next >= c->end) {
+    mm->flights.erase(c->key);
+    c->listed = false;
+  }
+}
+
+// All messages of one userfaultfd, a read at a time.
 void Server::HandleMm(Mm* mm) {
   int64_t seen = NowUs();
-  CloseGate(mm);
   std::vector<std::pair<uint64_t, int64_t>> again;
   for (int spins = 0;; spins++) {
+    CloseGate(mm);
     struct uffd_msg msgs[32];
     ssize_t n = read(mm->uffd, msgs, sizeof(msgs));
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      OpenGate(mm);
       Gone(mm);
       break;
     }
     size_t k = n > 0 ? size_t(n) / sizeof(struct uffd_msg) : 0;
     if (spins) seen = NowUs();  // the first read's messages waited since the wake-up, later ones since their read
-    for (size_t i = 0; i < k && !stop_; i++) {
+    // The events first, in their order, then the faults. All were raised
+    // before this read, and every copy we make lands after it: after the
+    // events took effect (the read let them go on). So the faults are served
+    // from the address space as the events left it: a fault on a page just
+    // zapped or unmapped gets no old data (a copy could land after the zap),
+    // one at an address mremap moved away finds nothing there (its page is
+    // now pending at the new address), and a fork's child needs what the
+    // parent lacked before this batch's faults are copied into the parent.
+    bool events = false;
+    for (size_t i = 0; i < k; i++) events = events || msgs[i].event != UFFD_EVENT_PAGEFAULT;
+    if (events) {
+      std::lock_guard<std::mutex> g(mu_);
+      Recall(mm);
+    } else {
+      OpenGate(mm);  // faults only: the background goes on while they are copied
+    }
+    for (size_t i = 0; i < k && events && !stop_; i++) {
       const struct uffd_msg& m = msgs[i];
       switch (m.event) {
-        case UFFD_EVENT_PAGEFAULT: HandleFault(mm, m.arg.pagefault.address, seen, &again); break;
+        case UFFD_EVENT_PAGEFAULT: break;
         case UFFD_EVENT_FORK: {
           std::map<uint64_t, Piece> copy;
           std::shared_ptr<Family> fam;
@@ -820,9 +976,12 @@ void Server::HandleMm(Mm* mm) {
         default: Fatal("lazy-pages: unexpected userfaultfd event " + std::to_string(m.event));
       }
     }
+    for (size_t i = 0; i < k && !stop_; i++)
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) HandleFault(mm, msgs[i].arg.pagefault.address, seen, &again);
+    if (events) OpenGate(mm);
     if (stop_ || mm->dead) break;
-    // One read's worth at a time: the background copies get their turn
-    // between batches (epoll brings us back at once if more are queued).
+    // One read's worth at a time: other userfaultfds get their turn between
+    // batches (epoll brings us back at once if more are queued).
     if (again.empty()) break;
     if (k) continue;
     // A copy found an address-space change under way whose event is not
@@ -834,7 +993,6 @@ void Server::HandleMm(Mm* mm) {
     for (auto& f : retry) HandleFault(mm, f.first, f.second, &again);
     if (mm->dead || stop_) break;
   }
-  OpenGate(mm);
 }
 
 void Server::Worker() {
@@ -842,14 +1000,15 @@ void Server::Worker() {
   setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 0);
   for (;;) {
     Mm* mm = nullptr;
-    uint64_t s = 0, e = 0;
-    Piece pc;
+    Flight fl{};
     {
       std::unique_lock<std::mutex> g(mu_);
       for (;;) {
         if (stop_) return;
         int64_t now = NowUs();
         int64_t soonest = 0;
+        uint64_t s = 0, e = 0;
+        Piece pc;
         for (size_t i = 0; i < mms_.size() && !mm; i++) {
           Mm* m = mms_[(rr_ + i) % mms_.size()].get();
           if (m->gate || m->dead || m->pending.empty()) continue;
@@ -863,7 +1022,12 @@ void Server::Worker() {
             rr_ = (rr_ + i + 1) % mms_.size();
           }
         }
-        if (mm) break;
+        if (mm) {
+          fl = Flight{s, s, s, e, pc.file, pc.off, true, {}};
+          mm->flights[s] = &fl;
+          mm->cursor = e;
+          break;
+        }
         if (!to_punch_.empty()) break;  // nothing to copy now: give back what faults placed
         if (soonest)
           work_cv_.wait_for(g, std::chrono::microseconds(std::max<int64_t>(soonest - now, 50)));
@@ -877,31 +1041,91 @@ void Server::Worker() {
         PunchAll(punch);
         continue;
       }
-      mm->cursor = e;
-      mm->copies++;
+    }
+    Fly(mm, &fl);
+  }
+}
+
+// Places a claim a slice (one UFFDIO_COPY) at a time, each started only while
+// the mm's gate is open; the claim is kept while the gate is closed (a fault
+// may take its part ahead of us meanwhile, an event may recall it).
+void Server::Fly(Mm* mm, Flight* c) {
+  // Placed file ranges are given back in runs of up to 1 MiB: each punch
+  // flushes the TLBs of our own mapping of the file, costly in a VM.
+  Piece run{0, 0, 0};  // end = length
+  auto flush = [&] {
+    if (run.end) PunchAll({run});
+    run.end = 0;
+  };
+  for (;;) {
+    uint64_t a, b;
+    Piece pc;
+    {
+      std::unique_lock<std::mutex> g(mu_);
+      work_cv_.wait(g, [&] { return !mm->gate || stop_ || mm->dead; });
+      if (stop_ || mm->dead || c->next >= c->end) {
+        if (c->listed) mm->flights.erase(c->key);
+        c->listed = false;
+        if (!stop_) Wake();  // the event thread checks whether all is in place
+        g.unlock();
+        flush();
+        return;
+      }
+      a = c->next;
+      b = std::min(c->end, a + o_.slice_bytes);
+      c->busy = b;
+      mm->busy++;
+      pc = Piece{b, c->file, c->off + (a - c->key)};
     }
     uint64_t done = 0;
-    Put r = Place(mm, s, e, pc, false, &done);
-    bool alone;
+    Put r = Place(mm, a, b, pc, false, &done);
+    std::vector<Fault> answered;
+    bool alone, back = false;
     {
       std::lock_guard<std::mutex> g(mu_);
-      if (r == Put::kAgain || r == Put::kYield) {
-        Release(mm, s + done, e, Piece{e, pc.file, pc.off + done});
-        if (r == Put::kAgain) mm->retry_at = NowUs() + 200;
-        mm->cursor = s + done;
+      c->next = a + done;
+      c->busy = c->next;
+      // The faults that joined this ioctl: woken by its copy, or (the page not
+      // placed) handed back to the event thread, which answers them afresh.
+      for (const Fault& f : c->waiters)
+        if ((f.addr & ~(kPage - 1)) < c->next)
+          answered.push_back(f);
+        else if (r != Put::kGone) {
+          handed_back_.push_back({mm, f.addr, f.seen});
+          back = true;
+        }
+      c->waiters.clear();
+      if (--mm->busy == 0) gate_cv_.notify_all();
+      if (r == Put::kAgain) {
+        if (c->next < c->end) Release(mm, c->next, c->end, Piece{c->end, c->file, c->off + (c->next - c->key)});
+        c->end = c->next;
+        mm->retry_at = NowUs() + 200;
+        mm->cursor = c->next;
       }
+      if (r == Put::kFatal) c->end = c->next;
+      Unlist(mm, c);
       alone = mm->family->members == 1;
-      if (--mm->copies == 0) gate_cv_.notify_all();
     }
+    for (const Fault& f : answered) {
+      // Woken by the copy unless its page was skipped as already there or gone: wake it anyway.
+      struct uffdio_range rg = {f.addr & ~(kPage - 1), kPage};
+      ioctl(mm->uffd, UFFDIO_WAKE, &rg);
+      Answered(f.seen);
+    }
+    if (back) Wake();
     std::vector<Piece> punch;
     {
       std::lock_guard<std::mutex> g(mu_);
       punch.swap(to_punch_);
     }
     if (r == Put::kGone) Gone(mm);
-    if (o_.punch && done && alone) punch.push_back(Piece{done, pc.file, pc.off});
     PunchAll(punch);
-    if (r == Put::kDone || r == Put::kGone) Wake();  // the event thread checks whether all is in place
+    if (o_.punch && done && alone) {
+      if (run.end && (run.file != pc.file || run.off + run.end != pc.off)) flush();
+      if (!run.end) run = Piece{0, pc.file, pc.off};
+      run.end += done;
+      if (run.end >= (1 << 20)) flush();
+    }
   }
 }
 
@@ -916,8 +1140,8 @@ void Server::PunchAll(const std::vector<Piece>& punch) {
 bool Server::Complete() {
   if (!finished_) return false;
   for (auto& m : mms_)
-    if (!m->dead && (!m->pending.empty() || m->copies)) return false;
-  return true;
+    if (!m->dead && (!m->pending.empty() || !m->flights.empty())) return false;
+  return handed_back_.empty();
 }
 
 bool Server::Run(std::string* err) {
@@ -939,7 +1163,12 @@ bool Server::Run(std::string* err) {
       break;
     }
     struct epoll_event evs[64];
-    int n = epoll_wait(ep_, evs, 64, 200);
+    bool back;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      back = !handed_back_.empty();
+    }
+    int n = epoll_wait(ep_, evs, 64, back ? 1 : 200);
     if (n < 0 && errno != EINTR) {
       Fatal(Errno("epoll_wait", errno));
       break;
@@ -1010,6 +1239,7 @@ bool Server::Run(std::string* err) {
       }
     }
     if (!waiting_.empty() && !stop_) ServeWaiters();
+    if (back && !stop_) AnswerHandedBack();
   }
   {
     std::lock_guard<std::mutex> g(mu_);

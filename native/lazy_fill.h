@@ -28,11 +28,13 @@ struct Options {
   int listen_fd = -1;  // a listening unix socket (Listen()); closed by Serve
   std::vector<std::string> files;
   std::vector<Image> images;
-  int threads = 2;                  // background fill threads (the fault thread is extra)
-  uint64_t chunk_bytes = 1 << 20;   // background UFFDIO_COPY size
-  uint64_t fault_bytes = 64 << 10;  // what a fault brings in (aligned around it)
-  bool punch = true;                // give each file range back once it is in the workload
-  int connect_timeout_ms = 600000;  // for the restore to connect
+  int threads = 2;                   // background fill threads (the fault thread is extra)
+  uint64_t chunk_bytes = 1 << 20;    // what a background thread claims at a time
+  uint64_t slice_bytes = 256 << 10;  // what one background UFFDIO_COPY places: a read of a
+                                     // userfaultfd waits for the one under way (lazy_fill.cc)
+  uint64_t fault_bytes = 64 << 10;   // what a fault brings in (aligned around it)
+  bool punch = true;                 // give each file range back once it is in the workload
+  int connect_timeout_ms = 600000;   // for the restore to connect
   // Postcopy: the files' data arrives while the tree runs. No page is copied
   // before its file range is said present on this socket (ControlRecord
   // kPresent, in); a fault on a page not present waits and its neighbourhood
@@ -56,6 +58,7 @@ struct Stats {
   uint64_t fault_pages = 0;   // of which for a fault
   uint64_t faults = 0, zero_faults = 0, dropped_pages = 0, punched_bytes = 0;
   uint64_t copies = 0, retries = 0;
+  uint64_t joined_faults = 0;  // faults on a page a background copy had under way: its wake answered them
   uint64_t waited_faults = 0;  // postcopy: faults that waited for their page to arrive
   uint64_t needs = 0;          // postcopy: ranges asked for (kNeed records written)
   uint64_t restore_needs = 0;  // postcopy: of which before the restore finished (the tree still frozen)
@@ -63,7 +66,7 @@ struct Stats {
   bool restored = false;       // the restore said it finished (the tree may run from then on)
   int64_t restore_ms = 0;      // accept to the restore's "finished"
   int64_t fill_ms = 0;         // the restore's "finished" to the last page
-  int64_t gate_us_total = 0, gate_us_max = 0, batches = 0;  // waiting for background copies to give way
+  int64_t gate_us_total = 0, gate_us_max = 0, batches = 0;  // reads of a userfaultfd, waiting for background ioctls
   std::vector<uint32_t> fault_us;                           // per answered fault: message seen to page in place
 };
 

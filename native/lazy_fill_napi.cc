@@ -1,7 +1,8 @@
 // N-API binding of the lazy-pages server (lazy_fill.h):
 //   lazyFillListen(path) -> fd
 //   lazyFillServe({listenFd, files, images: [{id, extents: Float64Array of (start, end, file, off)...}],
-//                  threads?, chunkBytes?, faultBytes?, punch?, connectTimeoutMs?, controlFd?}) -> Promise<stats>
+//                  threads?, chunkBytes?, sliceBytes?, faultBytes?, punch?, connectTimeoutMs?, controlFd?}) ->
+//                  Promise<stats>
 // Serving runs on its own threads; the promise settles when every page is in
 // place, or rejects with what stopped it.
 #include <napi.h>
@@ -55,6 +56,7 @@ Napi::Value Result(Napi::Env env, Served& s) {
   num("batches", double(st_.batches));
   num("gateWaitUsTotal", double(st_.gate_us_total));
   num("gateWaitUsMax", double(st_.gate_us_max));
+  num("joinedFaults", double(st_.joined_faults));
   num("waitedFaults", double(st_.waited_faults));
   num("needs", double(st_.needs));
   num("restoreNeeds", double(st_.restore_needs));
@@ -98,6 +100,8 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
   o->fault_bytes = 4096;
   while (o->fault_bytes < fb && o->fault_bytes < (4u << 20)) o->fault_bytes <<= 1;  // a power of two
   if (o->chunk_bytes < 4096) o->chunk_bytes = 4096;
+  o->slice_bytes = uint64_t(Opt(a, "sliceBytes", double(256 << 10))) & ~uint64_t(4095);
+  o->slice_bytes = std::max<uint64_t>(4096, std::min<uint64_t>(o->slice_bytes, 16 << 20));
   o->connect_timeout_ms = int(Opt(a, "connectTimeoutMs", 600000));
   o->control_fd = int(Opt(a, "controlFd", -1));
   Napi::Value punch = a.Get("punch");

@@ -157,12 +157,18 @@ EOF
 #   a scan of one such mapping (CRIU's "simple mode") the category is not
 #   asked for; the zero-page category still is. Same regions, same images.
 # - lazy-pipeless: with CRIU_LAZY_PAGES_UNPINNED=1 (lazy-unpinned above) the
-#   lazy pages never enter a pipe, yet CRIU still sized one pipe per 1024 lazy
-#   pages and grew it seven times (~1 ms of the frozen tree per 4 MiB... per
-#   GiB: 256 pipes). A lazy page buffer is then never "full": all lazy pages
+#   lazy pages never enter a pipe, yet CRIU still created a pipe per 1024 lazy
+#   pages and grew it seven times (256 pipes per resident GiB, part of ~14 ms
+#   per GiB in its page loop). A lazy page buffer is now never "full": all lazy pages
 #   of a dump share one pipe that stays empty, the iovecs (and so the
 #   pagemap's lazy entries) are the same runs, no longer cut every 1024 pages.
-CRIU_PATCHES="lazy-iovs-1 lazy-unpinned-1 kdat-magic-1 pagemap-anon-1 lazy-pipeless-1"
+# - lazy-regions: CRIU's loop then still added the lazy pages of each scanned
+#   region one by one (~3.5 ms per resident GiB; a fully written 4 GiB buffer
+#   is one region of 1M pages). With lazy-pipeless a region's pages go in at
+#   once: the same iovecs as page by page, since every page of a PAGEMAP_SCAN
+#   region has the same categories and CRIU's stack check (is_stack compares
+#   offsets within a page) answers the same for every page-aligned address.
+CRIU_PATCHES="lazy-iovs-1 lazy-unpinned-1 kdat-magic-1 pagemap-anon-1 lazy-pipeless-1 lazy-regions-1"
 patch_criu_source() { # $1 = CRIU's source tree
   local f="$1/criu/mem.c"
   local from='memcpy(pargs_iovs(args), pp->iovs, sizeof(struct iovec) \* pp->nr_iovs);'
@@ -199,6 +205,66 @@ patch_criu_source() { # $1 = CRIU's source tree
   sed -i -e "/^$full\$/{n" -e "a\\$line" -e '}' \
     -e '/^static inline int ppb_resize_pipe(/i\static int lazy_unpinned(void) { static int on = -1; if (on < 0) on = getenv("CRIU_LAZY_PAGES_UNPINNED") != NULL; return on; }\n' "$f"
   [ "$(grep -c 'lazy_unpinned(' "$f")" = 2 ] || die "could not apply lazy-pipeless to $f"
+
+  # lazy-regions: a scanned region of lazy pages goes into the page pipe at once.
+  cat >>"$f" <<'EOF'
+
+/* phaul-fast lazy-regions: n lazy pages from addr, as n page_pipe_add_page()
+ * calls would add them; only when a lazy buffer is never full (lazy-pipeless). */
+int page_pipe_add_lazy_run(struct page_pipe *pp, unsigned long addr, unsigned long n)
+{
+	struct page_pipe_buf *ppb;
+
+	if (!opts.lazy_pages || !lazy_unpinned())
+		return 1;
+	if (page_pipe_add_page(pp, addr, PPB_LAZY))
+		return -1;
+	ppb = list_entry(pp->bufs.prev, struct page_pipe_buf, l);
+	ppb->iov[ppb->nr_segs - 1].iov_len += (n - 1) * PAGE_SIZE;
+	ppb->pages_in += n - 1;
+	pr_debug("lazy run of %lu pages at %lx added at once\n", n, addr);
+	return 0;
+}
+EOF
+  f="$1/criu/mem.c"
+  [ "$(grep -c '^static int generate_iovs(' "$f")" = 1 ] && [ "$(grep -c '^			ppb_flags |= PPB_LAZY;$' "$f")" = 1 ] \
+    || die "CRIU $CRIU_VERSION's generate_iovs is not what scripts/setup.sh expects (lazy-regions)"
+  local helper
+  helper=$(mktemp)
+  cat >"$helper" <<'EOF'
+/* phaul-fast lazy-regions: the rest of the PAGEMAP_SCAN region holding vaddr,
+ * within the VMA, added at once. Every page of a region has the same
+ * categories, and is_stack() (which compares offsets within a page) answers
+ * the same for every page, so the page-by-page loop would add exactly these.
+ * Returns 1 when added, 0 when the loop must go on page by page, -1 on error. */
+extern int page_pipe_add_lazy_run(struct page_pipe *pp, unsigned long addr, unsigned long n);
+static int lazy_region_add(struct vma_area *vma, struct page_pipe *pp, pmc_t *pmc, unsigned long *vaddr,
+			   unsigned long *nr_scanned, unsigned long *nr_lazy)
+{
+	unsigned long end, n;
+	int ret;
+
+	if (!pmc->regs || pmc->regs_idx >= pmc->regs_len)
+		return 0;
+	end = min((unsigned long)pmc->regs[pmc->regs_idx].end, (unsigned long)vma->e->end);
+	if (pmc->regs[pmc->regs_idx].start > *vaddr || end <= *vaddr + PAGE_SIZE)
+		return 0;
+	n = (end - *vaddr) / PAGE_SIZE;
+	ret = page_pipe_add_lazy_run(pp, *vaddr, n);
+	if (ret)
+		return ret > 0 ? 0 : -1;
+	*nr_lazy += n;
+	*nr_scanned += n - 1;
+	*vaddr = end - PAGE_SIZE;
+	return 1;
+}
+
+EOF
+  awk -v f="$helper" '/^static int generate_iovs\(/ { while ((getline l < f) > 0) print l } { print }' "$f" >"$f.new" && mv "$f.new" "$f"
+  rm -f "$helper"
+  line='		if ((ppb_flags \& PPB_LAZY) \&\& !has_parent \&\& !dump_all_pages) { int lr = lazy_region_add(vma, pp, pmc, \&vaddr, \&nr_scanned, \&pages[1]); if (lr < 0) { ret = -1; break; } if (lr) continue; } /* phaul-fast lazy-regions */'
+  sed -i "/^			ppb_flags |= PPB_LAZY;\$/a\\$line" "$f"
+  [ "$(grep -c 'lazy_region_add(' "$f")" = 2 ] || die "could not apply lazy-regions to $f"
 }
 
 build_criu() {

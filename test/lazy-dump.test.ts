@@ -153,14 +153,15 @@ test('lazy dump: the lazy pages are not pinned into CRIU\'s pipes, and a rollbac
 // images say: pagemap-anon scans a private anonymous mapping without
 // PAGEMAP_SCAN's file category (which costs a struct page lookup per present
 // page), lazy-pipeless (with CRIU_LAZY_PAGES_UNPINNED, which LazyDump sets) keeps
-// all lazy pages in one empty pipe instead of one grown pipe per 1024 pages.
+// all lazy pages in one empty pipe instead of one grown pipe per 1024 pages,
+// and lazy-regions adds a scanned region's lazy pages at once, not page by page.
 // The images must still list every page memwork wrote as lazy and no page of a
 // file mapping it only read (libc's code): dropping the file category where a
 // mapping can hold file pages would list those.
 const skipScan = skipFix
-  || (!['pagemap-anon-1', 'lazy-pipeless-1'].every((p) => criuPatches.includes(p)) && '.criu was built before the pagemap-anon and lazy-pipeless changes: bash scripts/setup.sh rebuilds it')
+  || (!['pagemap-anon-1', 'lazy-pipeless-1', 'lazy-regions-1'].every((p) => criuPatches.includes(p)) && '.criu was built before the pagemap-anon, lazy-pipeless and lazy-regions changes: bash scripts/setup.sh rebuilds it')
   || false;
-test('lazy dump: anonymous memory is scanned without the file category and its lazy pages share one pipe; the images list exactly the written pages', { skip: skipScan, timeout: 120_000 }, async () => {
+test('lazy dump: anonymous memory is scanned without the file category, its lazy pages added by region into one pipe; the images list exactly the written pages', { skip: skipScan, timeout: 120_000 }, async () => {
   const mib = 64;
   const w = await startMemWorkload({ mib, writeMBps: 5 });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'phaul-test-lazydump-'));
@@ -184,6 +185,9 @@ test('lazy dump: anonymous memory is scanned without the file category and its l
     const log = fs.readFileSync(path.join(dir, 'dump.log'), 'utf8');
     assert.match(log, new RegExp(`pagemap-cache: ${w.pid}: private anonymous, scanned without the file category`),
       'CRIU scanned the buffer without the file category (pagemap-anon)');
+    const runs = [...log.matchAll(/lazy run of (\d+) pages at ([0-9a-f]+) added at once/g)].map((m) => ({ n: Number(m[1]), at: Number.parseInt(m[2], 16) }));
+    assert.ok(runs.some((r) => r.at <= buf && r.at + r.n * PAGE_SIZE >= buf + mib * 1024 * 1024),
+      `CRIU added memwork's buffer as one run, not page by page (lazy-regions): ${JSON.stringify(runs)}`);
     const pipes = [...log.matchAll(/page-pipe: \* (\d+) pipes/g)].map((m) => Number(m[1]));
     assert.ok(pipes.length > 0, 'CRIU\'s -v4 log shows its page pipe');
     assert.ok(Math.max(...pipes) <= 3, `CRIU used ${Math.max(...pipes)} pipes for ${mib} MiB of lazy pages (lazy-pipeless: one for them all)`);

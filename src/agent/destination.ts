@@ -312,6 +312,7 @@ class DestSession {
    *  then CRIU's lazy images and the switchover: compose images from the store. */
   private async receivePrecopy(): Promise<void> {
     const store = this.store!;
+    let finalAt: number | undefined;
     for (;;) {
       const m = await this.receive(10 * 60_000);
       if (m.t === 'layout') {
@@ -319,6 +320,9 @@ class DestSession {
         for (const p of m.procs) store.setLayout(p.pid, p.ranges);
         this.conn.send({ t: 'layout-ack' });
       } else if (m.t === 'round') {
+        // The final round's storing is the first part of the switchover (store-flush): the
+        // source sends the switchover right behind it.
+        if (m.final) finalAt = Date.now();
         await this.roundComplete(m.round, m.batches, 10 * 60_000);
         this.conn.send({ t: 'round-ack', round: m.round });
       } else if (m.t === 'image') {
@@ -330,7 +334,7 @@ class DestSession {
         // restore's lazy-pages server runs since prepare).
         if (this.mode === 'hybrid' && !this.lazyPages) this.startLazyPages();
       } else if (m.t === 'switchover') {
-        const t0 = Date.now();
+        const t0 = finalAt ?? Date.now();
         const imageIds: Record<number, number> = {};
         for (const [k, v] of Object.entries(m.imageIds)) imageIds[Number(k)] = v;
         await store.finalizeParent();

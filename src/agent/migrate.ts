@@ -706,10 +706,11 @@ export class Migration extends EventEmitter {
     const imageIds: Record<string, number> = {};
     const original = treePids(pid);
     for (const p of original) imageIds[String(nsPid(p))] = p;
-    // Right behind the final round's end: the destination composes once its store holds that round.
+    // Right behind the final round's end: the destination composes once its store holds that
+    // round, and counts that wait as the first part of its store-flush.
     conn.send({ t: 'switchover', imageIds });
-    await fin.stored;
     this.phase('final-stored');
+    await fin.stored;
     const r = await conn.expect('restored', o.restoreTimeoutMs ?? 180_000);
     const restoredPid = r.pid;
     this.noteContainer(r.container);

@@ -16,9 +16,10 @@
 //   final-scan                  what that round could not see (new mappings, shared and untracked
 //                               memory) found
 //   final-pages                 ... read and sent
-//   final-stored                ... until the destination's store acknowledges them
+//   final-stored                ... and the switchover sent right behind them (the wait for
+//                               the store to hold them is the destination's store-flush)
 //   store-flush, compose,       measured by the destination (DESTINATION_PHASES):
-//   lazy-pages, criu-restore      its store's last writes, the images composed from it,
+//   lazy-pages, criu-restore      the final round stored and the store's last writes, the images composed from it,
 //                                 the lazy-pages daemon ready (hybrid), CRIU's restore
 //   restore                     the rest of the restore's round trip (messages)
 //   commit                      the destination resumes the tree and says it runs

@@ -26,10 +26,12 @@ export interface FillStats {
   restoreMs: number;
   /** From the restore's "finished" to the last page in place. */
   fillMs: number;
-  /** Times the reader waited for background copies to give way, and for how long. */
+  /** Reads of a userfaultfd, and how long they waited for the background copies under way. */
   batches: number;
   gateWaitUsTotal: number;
   gateWaitUsMax: number;
+  /** Faults on a page a background copy had under way: that copy's wake answered them. */
+  joinedFaults: number;
   /** Postcopy: faults that waited for their page to arrive; ranges asked for; bytes said present. */
   waitedFaults: number;
   needs: number;
@@ -57,6 +59,11 @@ export interface LazyFillOptions {
   threads?: number;
   /** Bytes a background thread claims at a time (default 1 MiB). */
   chunkBytes?: number;
+  /**
+   * Bytes one background UFFDIO_COPY places (default 256 KiB): reading a
+   * userfaultfd waits for the copy under way (native/lazy_fill.cc says why).
+   */
+  sliceBytes?: number;
   /** Bytes a fault brings in, aligned around it (a power of two, default 64 KiB). */
   faultBytes?: number;
   /** Give each file range back once placed (default true). */
