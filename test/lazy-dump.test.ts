@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LazyDump } from '../src/criu/lazy-dump';
 import { procState } from '../src/agent/process-tree';
-import { startMemWorkload } from '../src/testing/workload';
+import { type MemWorkload, startMemWorkload } from '../src/testing/workload';
 import { sleep } from '../src/testing/proc';
 import { PACKAGE_ROOT } from '../src/package-root';
 import { criuBinary } from '../src/criu/binary';
@@ -28,6 +28,15 @@ function processesWith(needle: string): number[] {
 }
 
 const running = (pid: number) => ['R', 'S', 'D'].includes(procState(pid) ?? '');
+
+/** After a rollback: the workload runs again and every page it checks is intact. */
+async function assertResumedIntact(w: MemWorkload): Promise<void> {
+  await sleep(100);
+  assert.ok(running(w.pid), `the workload runs again (state ${procState(w.pid)})`);
+  const rep = await w.report();
+  assert.equal(rep.ok, true, JSON.stringify(rep));
+  assert.equal(rep.badPages, 0);
+}
 
 for (const when of ['at the gate', 'after the freeze'] as const) {
   test(`lazy dump: a rollback ${when} leaves the workload running and intact, and no CRIU behind`, { skip, timeout: 120_000 }, async () => {
@@ -57,11 +66,7 @@ for (const when of ['at the gate', 'after the freeze'] as const) {
       await dump.rollback();
       const code = await dump.exited;
       assert.notEqual(code, 0, 'CRIU did not complete a dump');
-      await sleep(100);
-      assert.ok(running(w.pid), `the workload runs again (state ${procState(w.pid)})`);
-      const rep = await w.report();
-      assert.equal(rep.ok, true, JSON.stringify(rep));
-      assert.equal(rep.badPages, 0);
+      await assertResumedIntact(w);
       assert.deepEqual(processesWith(dir), [], 'no CRIU is left');
       assert.ok(fs.lstatSync(path.join(dir, 'dump.log')).isFile(), 'the log FIFO became a plain file');
     } finally {
@@ -136,11 +141,7 @@ test('lazy dump: the lazy pages are not pinned into CRIU\'s pipes, and a rollbac
     for (const m of log.matchAll(/PPB: (\d+) pages/g)) toParasite += Number(m[1]);
     assert.ok(lazy >= 16384, `CRIU's log lists ${lazy} lazy pages of ${total} (64 MiB of memwork)`);
     assert.ok(toParasite > 0 && toParasite <= total - lazy, `${toParasite} pages went to the parasite; only the ${total - lazy} non-lazy ones should`);
-    await sleep(100);
-    assert.ok(running(w.pid), `the workload runs again (state ${procState(w.pid)})`);
-    const rep = await w.report();
-    assert.equal(rep.ok, true, JSON.stringify(rep));
-    assert.equal(rep.badPages, 0);
+    await assertResumedIntact(w);
   } finally {
     await dump?.rollback();
     await w.stop();
@@ -197,11 +198,7 @@ test('lazy dump: anonymous memory is scanned without the file category, its lazy
     const c = code[0];
     const inCode = entries.filter((e) => e.vaddr < c.end && e.vaddr + e.nrPages * PAGE_SIZE > c.start);
     assert.deepEqual(inCode, [], `no page of ${c.file}'s code (file-backed, only read) is in the images`);
-    await sleep(100);
-    assert.ok(running(w.pid), `the workload runs again (state ${procState(w.pid)})`);
-    const rep = await w.report();
-    assert.equal(rep.ok, true, JSON.stringify(rep));
-    assert.equal(rep.badPages, 0);
+    await assertResumedIntact(w);
   } finally {
     await dump?.rollback();
     await w.stop();
