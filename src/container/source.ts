@@ -16,10 +16,7 @@ import { findPodmanContainer } from './podman-source';
 import { Podman } from './podman';
 import { criuBinary } from '../criu/binary';
 import { SyncTree, TreeSender } from './tree-sync';
-
 import { RUNTIMES, type Runtime } from './runtimes';
-
-export { RUNTIMES, type Runtime };
 
 export interface ContainerSpec {
   id: string;
