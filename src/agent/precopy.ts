@@ -75,8 +75,8 @@ const BATCH_BYTES = 4 * 1024 * 1024;
  * How long the frozen round may take at the last live round's rate before the policy tries one
  * more live round (SwitchoverConfig.frozenBudgetMs): that round runs while CRIU dumps (its images
  * took 24-140 ms from the freeze at 256 MiB on the 2-core test VM, under load), and a fixed 1 MiB
- * bound let rounds of 4000-5000 scattered pages end the pre-copy at 37-57 MB/s: their 10-23 MiB
- * were still being read and stored 30-170 ms after CRIU's images were ready.
+ * bound let rounds of 1,700-7,000 scattered pages end the pre-copy at 37-90 MB/s: the 8-23 MiB left
+ * were still being read and stored 72-179 ms after CRIU's images were ready.
  */
 const FROZEN_BUDGET_MS = 20;
 /** Pending bytes that never ask for one more round (64 pages: a scan costs more). */
