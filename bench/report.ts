@@ -6,7 +6,7 @@ import { ALL_STRATEGIES, type LinkName } from './matrix';
 import { OUTSIDE_PAUSE } from '../src/agent/phases';
 
 export function machineLine(m: Machine): string {
-  return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}`;
+  return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}${typeof m.wpFaultUs === 'number' ? `, write-protect fault ${m.wpFaultUs} µs` : ''}`;
 }
 
 /** The strategy every other is compared with: CRIU's own stop-and-copy over its page server. */

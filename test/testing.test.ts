@@ -263,7 +263,7 @@ test('bench: pause ratios pair run i of a strategy with run i of criu:page-serve
 });
 
 test('bench: markdown table and SVG chart', () => {
-  const machine = { cpu: 'cpu', cores: 2, memGiB: 24, kernel: '6.18', os: 'Debian', criu: '4.1.1', node: 'v20', phaulFast: '0.1.0', date: '2026-01-01T00:00:00Z' };
+  const machine = { cpu: 'cpu', cores: 2, memGiB: 24, kernel: '6.18', os: 'Debian', criu: '4.1.1', node: 'v20', phaulFast: '0.1.0', date: '2026-01-01T00:00:00Z', wpFaultUs: 15.2 };
   const row = (strategy: Row['strategy'], memMiB: number, pauseMs: number): Row => ({
     strategy, workload: 'memwork', memMiB, writeMBps: 50, link: 'loopback', status: 'ok', pauseMs, downtimeMs: pauseMs,
     totalMs: pauseMs * 2, bytes: memMiB * 2 ** 20, rounds: 1, sourceFreeMs: pauseMs, cpuS: 0.5, cpuSPerGiB: 0.5 / (memMiB / 1024), runs: 2,
@@ -273,6 +273,7 @@ test('bench: markdown table and SVG chart', () => {
     { ...row('phaul-fast:hybrid', 256, 0), status: 'unavailable' as const, pauseMs: null, note: 'not offered' },
     { ...row('phaul-fast:precopy', 256, 300), phases: { precopy: 900, 'criu-dump': 80, 'final-pages': 20, 'criu-restore': 150, commit: 10 } }];
   const md = markdown(rows, machine, 'phaul-fast bench --quick', 100);
+  assert.match(md, /phaul-fast 0\.1\.0, write-protect fault 15\.2 µs\./, 'the machine line says what a write-protect fault costs there');
   assert.match(md, /\| memwork \| 1024 \| 50 \| loopback \| criu:page-server \| 1800 \(1620–1980\) \| 1x \|/);
   assert.match(md, /\| 0\.50 \| 0\.50 \| – \| 2 \| ok \|/, 'CPU s and CPU s per GiB moved (then first pass MB/s: none here)');
   assert.match(md, /unavailable: not offered/);
