@@ -307,3 +307,23 @@ test('bench client: paced() reports its longest wait, when it began, and every s
   assert.equal(text, `longest wait 120 ms from 500 ms; waits >= ${STALL_MS} ms (from ms: length): -100: 60, 500: 120`);
   assert.equal(describeWaits({ end: 'x', longestStepMs: 7, longestStepAt: 0, stalls: [] }, 0), 'longest wait 7 ms');
 });
+
+test('bench tracker-stall: redis writes fault only on pages a round protected, and every one it wrote is reported (root, redis-server)', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('needs root (the tracker borrows a thread of redis with ptrace)');
+  if (!fs.existsSync('/usr/bin/redis-server')) return t.skip('redis-server not installed (scripts/setup.sh installs it)');
+  const tool = path.join(__dirname, '..', 'bench', 'tracker-stall.js');
+  const run = async (mode: string) => {
+    const r = await runCmd([process.execPath, tool, mode, '1'], { timeoutMs: 120_000 });
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { steps: Array<[number, string]>; badValues: number; faultsPerSAfter: number };
+  };
+  const pages = (steps: Array<[number, string]>, round: number) => Number(/, (\d+) pages$/.exec(steps.find(([, s]) => s.startsWith(`round ${round}: scan`))![1])![1]);
+  const read = await run('read');
+  const prot = await run('protect');
+  for (const r of [read, prot]) assert.equal(r.badValues, 0);
+  // Nothing protected: every round reports every page again.
+  assert.equal(pages(read.steps, 1), pages(read.steps, 0));
+  // Protected: round 1 reports what the client wrote since (a fraction at 1 MB/s), each page written once faulted.
+  assert.ok(pages(prot.steps, 1) < pages(prot.steps, 0) / 2, JSON.stringify(prot.steps));
+  assert.ok(prot.faultsPerSAfter > read.faultsPerSAfter, `faults/s protect ${prot.faultsPerSAfter} vs read ${read.faultsPerSAfter}`);
+});
