@@ -7,7 +7,7 @@ import { OUTSIDE_PAUSE } from '../src/agent/phases';
 import { summarize } from './stats';
 
 export function machineLine(m: Machine): string {
-  return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}`;
+  return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}${typeof m.wpFaultUs === 'number' ? `, write-protect fault ${m.wpFaultUs} µs` : ''}`;
 }
 
 /** The strategy every other is compared with: CRIU's own stop-and-copy over its page server. */
