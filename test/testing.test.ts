@@ -271,7 +271,9 @@ test('bench: markdown table and SVG chart', () => {
   });
   const rows = [row('criu:page-server', 256, 600), row('criu:page-server', 1024, 1800), row('criu:lazy', 256, 150),
     { ...row('phaul-fast:hybrid', 256, 0), status: 'unavailable' as const, pauseMs: null, note: 'not offered' },
-    { ...row('phaul-fast:precopy', 256, 300), phases: { precopy: 900, 'criu-dump': 80, 'final-pages': 20, 'criu-restore': 150, commit: 10 } }];
+    { ...row('phaul-fast:precopy', 256, 300), phases: { precopy: 900, 'criu-dump': 80, 'final-pages': 20, 'criu-restore': 150, commit: 10 },
+      // Two runs' frozen rounds: 2 MiB ending 10 ms after CRIU's images, 4 MiB hidden by them.
+      samples: [{ frozenRound: { bytes: 2 * 2 ** 20, endMs: 50, criuDumpMs: 40 } }, { frozenRound: { bytes: 4 * 2 ** 20, endMs: 30, criuDumpMs: 60 } }] as unknown as Row['samples'] }];
   const md = markdown(rows, machine, 'phaul-fast bench --quick', 100);
   assert.match(md, /phaul-fast 0\.1\.0, write-protect fault 15\.2 µs\./, 'the machine line says what a write-protect fault costs there');
   assert.match(md, /\| memwork \| 1024 \| 50 \| loopback \| criu:page-server \| 1800 \(1620–1980\) \| 1x \|/);
@@ -280,6 +282,9 @@ test('bench: markdown table and SVG chart', () => {
   // The pause budget lists the phases inside the pause only, in the engine's order.
   assert.match(md, /\| workload \| MiB \| writes MB\/s \| link \| strategy \| downtime ms \| criu-dump \| final-pages \| criu-restore \| commit \|/);
   assert.match(md, /\| memwork \| 256 \| 50 \| loopback \| phaul-fast:precopy \| 300 \| 80 \| 20 \| 150 \| 10 \|/);
+  // Then the frozen round per run: MiB moved and ms past CRIU's images (median, min–max).
+  assert.match(md, /\| criu-dump CPU ms \| frozen round MiB \| frozen round past dump ms \|/);
+  assert.match(md, /\| phaul-fast:precopy \| 300 \| 80 \| 20 \| 150 \| 10 \|  \| 3\.0 \(2\.0–4\.0\) \| 5 \(0–10\) \|/);
   const svg = svgChart(rows, machine);
   assert.match(svg, /^<svg /);
   assert.match(svg, /<polyline[^>]+stroke="#d62728"/); // page-server: a line over two sizes
