@@ -64,6 +64,18 @@ const BATCH_BYTES = 4 * 1024 * 1024;
  * after CRIU's images were ready.
  */
 const SETTLE_BYTES = 1 << 20;
+/** The most batches one native call sends (32 MiB): per-batch JS and thread-pool hand-offs cost ~0.1 s of CPU per GiB. */
+const MAX_BATCHES_PER_CALL = 8;
+
+/**
+ * How many batches each native call of a process's round should send: as many as keep every
+ * connection busy with at least two calls (a small round, such as the frozen one, still goes
+ * out in single batches over all of them), up to MAX_BATCHES_PER_CALL.
+ */
+export function batchesPerCall(bytes: number, connections: number): number {
+  return Math.max(1, Math.min(MAX_BATCHES_PER_CALL, Math.floor(bytes / (2 * Math.max(1, connections) * BATCH_BYTES))));
+}
+
 /** Read buffers per data connection: one being written, one being read into. */
 const BUFFERS_PER_STREAM = 2;
 
@@ -300,8 +312,11 @@ export class PrecopySender {
       }
       await this.out.sendBuffers(encodeBatch({ pid, round, ranges, data: Buffer.alloc(0) }, { compress: false }));
     }
-    for (const b of batches(pairs, BATCH_BYTES)) {
-      if (this.out.native && !this.compress) {
+    const native = this.out.native && !this.compress;
+    // Natively, one call writes several batches (batch-sender.ts): JS and the thread pool are entered once per call.
+    const perCall = native ? batchesPerCall(pairBytes(pairs), this.out.width) : 1;
+    for (const b of batches(pairs, BATCH_BYTES * perCall)) {
+      if (native) {
         // Read and written on a libuv thread (batch-sender.ts); its bytes never come into JS.
         const bytes = pairBytes(b);
         // A process that exited since the scan is skipped there (batch-sender.ts), as below.
