@@ -66,6 +66,13 @@ const BATCH_BYTES = 4 * 1024 * 1024;
 const SETTLE_BYTES = 1 << 20;
 /** The most batches one native call sends (32 MiB): per-batch JS and thread-pool hand-offs cost ~0.1 s of CPU per GiB. */
 const MAX_BATCHES_PER_CALL = 8;
+/**
+ * The native path's read buffer, and so the largest batch it writes: a call of 8 batches of
+ * BATCH_BYTES goes out as 2 of 16 MiB. The destination's work per batch (header and ranges
+ * into JS, the store's plan, two thread-pool calls) is then paid 4x less often; a small round
+ * still goes in batches of BATCH_BYTES over every connection.
+ */
+const NATIVE_BATCH_BYTES = 16 * 1024 * 1024;
 
 /**
  * How many batches each native call of a process's round should send: as many as keep every
@@ -191,7 +198,7 @@ export class PrecopySender {
 
   constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
     this.out = new BatchSender(streams, nativeBatchConns(streams), () => control.closed, opts.maxBandwidthBps);
-    this.pool = new BufferPool(BATCH_BYTES, BUFFERS_PER_STREAM * streams.length + 1);
+    this.pool = new BufferPool(this.out.native ? NATIVE_BATCH_BYTES : BATCH_BYTES, BUFFERS_PER_STREAM * streams.length + 1);
   }
 
   get bytesSent(): number {
