@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { runCmd } from '../src/testing/proc';
 import { VERSION } from '../src/version';
+import { measureWpFault } from '../src/check/kernel';
 
 export interface Machine {
   cpu: string;
@@ -14,6 +15,8 @@ export interface Machine {
   node: string;
   phaulFast: string;
   date: string;
+  /** One write-protect fault here, µs (check's "write-protect fault"): what pre-copy's rounds cost a writer per page and round. */
+  wpFaultUs: number | null;
 }
 
 export async function describeMachine(criu: string): Promise<Machine> {
@@ -22,6 +25,7 @@ export async function describeMachine(criu: string): Promise<Machine> {
     distro = /^PRETTY_NAME="?([^"\n]+)/m.exec(fs.readFileSync('/etc/os-release', 'utf8'))?.[1] ?? distro;
   } catch { /* keep the default */ }
   const v = await runCmd([criu, '--version'], { timeoutMs: 10_000 });
+  const wpFault = measureWpFault();
   return {
     cpu: os.cpus()[0]?.model.trim() ?? 'unknown',
     cores: os.cpus().length,
@@ -32,5 +36,6 @@ export async function describeMachine(criu: string): Promise<Machine> {
     node: process.version,
     phaulFast: VERSION,
     date: new Date().toISOString(),
+    wpFaultUs: wpFault ? Math.round(wpFault.faultNs / 100) / 10 : null,
   };
 }

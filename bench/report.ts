@@ -4,9 +4,10 @@ import type { Machine } from './machine';
 import type { Row } from './runner';
 import { ALL_STRATEGIES, type LinkName } from './matrix';
 import { OUTSIDE_PAUSE } from '../src/agent/phases';
+import { summarize } from './stats';
 
 export function machineLine(m: Machine): string {
-  return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}`;
+  return `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.os}, CRIU ${m.criu}, Node ${m.node}, phaul-fast ${m.phaulFast}${typeof m.wpFaultUs === 'number' ? `, write-protect fault ${m.wpFaultUs} µs` : ''}`;
 }
 
 /** The strategy every other is compared with: CRIU's own stop-and-copy over its page server. */
@@ -130,7 +131,12 @@ function pauseBudget(rows: Row[]): string[] {
   for (const r of withPhases) {
     for (const n of Object.keys(r.phases!)) if (!(OUTSIDE_PAUSE as readonly string[]).includes(n) && !names.includes(n)) names.push(n);
   }
-  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'downtime ms', ...names, 'criu-dump CPU ms'];
+  const head = ['workload', 'MiB', 'writes MB/s', 'link', 'strategy', 'downtime ms', ...names, 'criu-dump CPU ms', 'frozen round MiB', 'frozen round past dump ms'];
+  // The frozen round per run (migrate --json frozenRound): its size, and how long it ran on after CRIU's images were ready.
+  const frozen = (r: Row, f: (x: Record<string, number>) => number, digits: number) => {
+    const s = summarize(r.samples.flatMap((x) => (x.frozenRound ? [f(x.frozenRound)] : [])));
+    return s ? `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})` : '';
+  };
   return [
     '',
     'Where the pause goes (phaul-fast): median ms of each phase between the freeze and the resume (docs/BENCH.md).',
@@ -138,7 +144,8 @@ function pauseBudget(rows: Row[]): string[] {
     ...tableHead(head, (i) => i < 5),
     ...withPhases.map((r) => `| ${[r.workload, r.memMiB, r.writeMBps, r.link, r.strategy, fmt(r.downtimeMs),
       ...names.map((n) => (r.phases![n] === undefined ? '' : String(r.phases![n]))),
-      r.criuDumpCpuMs == null ? '' : String(r.criuDumpCpuMs)].join(' | ')} |`),
+      r.criuDumpCpuMs == null ? '' : String(r.criuDumpCpuMs),
+      frozen(r, (x) => x.bytes / 2 ** 20, 1), frozen(r, (x) => Math.max(0, x.endMs - x.criuDumpMs), 0)].join(' | ')} |`),
   ];
 }
 

@@ -48,6 +48,14 @@ export interface RunSample {
   /** The first pass over memory, MB/s (RunFigures.copyMBps); NaN when the strategy has none. */
   copyMBps: number;
   phases?: Record<string, number>;
+  /**
+   * The workload's longest pause against the engine's downtime (when both say when): how long
+   * before the freeze it began and after the resume it ended (negative: inside). A pause that
+   * is the downtime has both near 0; one that ends well after `running` is the fill's.
+   */
+  pauseVsDowntime?: { startBeforeFreezeMs: number; endAfterRunningMs: number };
+  /** phaul-fast pre-copy modes: the frozen round's pages, bytes and times (RunFigures.frozenRound). */
+  frozenRound?: Record<string, number>;
   /** The destination's peak: page data on tmpfs plus the restored processes' RSS (bench/dest-memory.ts). */
   destPeakMiB: number;
   /** Fill after resume (hybrid): restore's end to the last page, its rate, fault latency. NaN when none. */
@@ -232,6 +240,13 @@ async function oneRun(cell: Cell, link: TwoHosts, ctx: PeerContext, peer: Return
       criuDumpCpuMs: fig.criuDumpCpuMs ?? NaN,
       ...(fig.engineBytes !== undefined ? { engineBytes: fig.engineBytes } : {}),
       ...(fig.phases ? { phases: fig.phases } : {}),
+      ...(fig.frozenRound ? { frozenRound: fig.frozenRound } : {}),
+      ...(fig.frozenAt !== undefined && fig.runningAt !== undefined && verdict.pauseEndMs !== undefined && verdict.pauseMs !== null ? {
+        pauseVsDowntime: {
+          startBeforeFreezeMs: Math.round(fig.frozenAt - (verdict.pauseEndMs - verdict.pauseMs)),
+          endAfterRunningMs: Math.round(verdict.pauseEndMs - fig.runningAt),
+        },
+      } : {}),
     };
     return { sample, verdict };
   } finally {

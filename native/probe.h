@@ -30,6 +30,21 @@ Result PagemapScan();  // a real PAGEMAP_SCAN over a small mapping of our own
 Result WpTracking();   // uffd-wp async + PAGEMAP_SCAN finding exactly the written pages
 Result SoftDirty();    // clear_refs=4 then a write must set pagemap bit 55
 
+// What one write-protect fault costs here: pre-copy's rounds protect every
+// page they send, and a workload pays this once per page it writes again in
+// each round, far more where a hypervisor keeps shadow page tables (PVM).
+// ns per page; the cheaper of two rounds.
+struct WpFaultCost {
+  bool ok = false;
+  double faultNs = 0;            // first write to a protected page, less an unprotected write
+  double userNs = 0, sysNs = 0;  // the faulting pass's CPU per page, by getrusage (coarse)
+  double plainNsPerPage = 0;     // a write to the same page, unprotected
+  double protectNsPerPage = 0;   // PAGEMAP_SCAN with WP_MATCHING, per page protected
+  uint64_t faults = 0;           // minor faults the protected pass took
+  std::string detail;
+};
+WpFaultCost WpFault();
+
 // What the dirty tracker needs: userfaultfd with WP_ASYNC and WP_UNPOPULATED,
 // and PAGEMAP_SCAN. Probed once per process (the first call), then cached.
 struct TrackerSupport {

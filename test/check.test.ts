@@ -110,6 +110,13 @@ test('uffd-wp async is detected where the kernel has it', (t) => {
   assert.equal(report.details.wpTracking, true, report.details.wpTrackingDetail);
 });
 
+test('the write-protect fault is timed where uffd-wp tracking works: every protected page faulted once, dearer than a plain write', (t) => {
+  if (!report.details.wpTracking) return t.skip(`no uffd-wp tracking here: ${report.details.wpTrackingDetail}`);
+  assert.ok(report.details.wpFaultUs !== null, report.details.wpFaultDetail);
+  assert.match(report.details.wpFaultDetail, /^first write to a write-protected page [\d.]+ us of CPU \(2048 of 2048 writes faulted;/);
+  assert.ok(report.details.wpFaultUs! > 0, report.details.wpFaultDetail);
+});
+
 test('PAGEMAP_SCAN is detected where the kernel has it, as CRIU sees it', (t) => {
   if (!kernelAtLeast('6.7')) return t.skip(`kernel ${os.release()} predates PAGEMAP_SCAN (6.7)`);
   assert.equal(report.features.pagemapScan, true, report.details.pagemapScan);

@@ -322,10 +322,10 @@ test('expectedDowntimeMs is monotonic in pending bytes', () => {
   assert.equal(expectedDowntimeMs(117e6, 117e6, 120), 1120);
 });
 
-test('settleBytes: one more live round while it at least halves what the frozen round would read', () => {
+test('frozenBudgetMs: one more live round while the frozen round would overrun its budget and a round leaves at most two thirds', () => {
   const MiB = 1 << 20;
   // Round 0: all of 256 MiB in 300 ms; round 1: 4000 pages dirtied over the 400 ms since,
-  // sent in 40 ms after a 5 ms scan.
+  // sent and stored in 40 ms (~410 MB/s) after a 5 ms scan.
   const rounds: RoundStats[] = [
     { round: 0, pages: 65536, bytes: 256 * MiB, ms: 310, scanMs: 10, dirtyPagesFound: 65536 },
     { round: 1, pages: 4000, bytes: 4000 * PAGE, ms: 45, scanMs: 5, dirtyPagesFound: 4000, sinceLastScanMs: 400 },
@@ -337,25 +337,38 @@ test('settleBytes: one more live round while it at least halves what the frozen 
   };
   // Off by default: the limit alone decides.
   assert.equal(policy({}).decide({ sinceLastScanMs: 45 }).action, 'switchover');
-  // 45 ms at ~41 MB/s leave ~1.8 MiB; a round (5 ms scan + 40 ms scaled to 1.8 of 15.6 MiB) would leave ~0.4 MiB.
-  const p = policy({ settleBytes: MiB });
+  // 45 ms at ~41 MB/s leave ~1.8 MiB: ~4.6 ms at the last round's rate, within a 20 ms budget.
+  assert.equal(policy({ frozenBudgetMs: 20 }).decide({ sinceLastScanMs: 45 }).action, 'switchover');
+  // Over a 2 ms budget: a round (5 ms scan + 4.6 ms) would leave ~0.4 MiB.
+  const p = policy({ frozenBudgetMs: 2 });
   const d = p.decide({ sinceLastScanMs: 45 });
   assert.equal(d.action, 'continue', d.reason);
-  assert.match(d.reason, /fits the limit, but 1\.8 MiB > 1\.0 MiB would be read frozen: one more live round \(~10 ms\) leaves ~0\.4 MiB/);
-  // That round: 95 pages in 10 ms; what is left now is under settleBytes.
+  assert.match(d.reason, /fits the limit, but 1\.8 MiB would take the frozen round ~5 ms at the last round's 409\.6 MB\/s \(budget 2 ms\): one more live round \(~10 ms\) leaves ~0\.4 MiB/);
+  // That round: 95 pages in 10 ms; what is left (~0.4 MiB) fits the budget: switch over.
   p.record({ round: 2, pages: 95, bytes: 95 * PAGE, ms: 10, scanMs: 5, dirtyPagesFound: 95, sinceLastScanMs: 45 });
   const d2 = p.decide({ sinceLastScanMs: 10 });
   assert.equal(d2.action, 'switchover', d2.reason);
   assert.ok(d2.pendingBytes < MiB);
+  // The rate is the last round's, not the first's: at ~100 MB/s (scattered pages under load) the
+  // same 1.8 MiB would take ~18 ms, over a 10 ms budget; a round (3 ms scan) would leave ~0.9 MiB.
+  const slowRate = new SwitchoverPolicy({ fixedCostMs: 100, frozenBudgetMs: 10 });
+  slowRate.record(rounds[0]);
+  slowRate.record({ round: 1, pages: 400, bytes: 400 * PAGE, ms: 19, scanMs: 3, dirtyPagesFound: 4000, sinceLastScanMs: 400 });
+  const d4 = slowRate.decide({ sinceLastScanMs: 45 });
+  assert.equal(d4.action, 'continue', d4.reason);
+  assert.match(d4.reason, /1\.8 MiB would take the frozen round ~18 ms at the last round's 102\.4 MB\/s/);
+  // Nothing at or under settleBytes asks for a round, whatever the rate.
+  assert.equal(policy({ frozenBudgetMs: 2, settleBytes: 2 * MiB }).decide({ sinceLastScanMs: 45 }).action, 'switchover');
 
-  // A round that would not halve it (sending is as slow as the writer): switch over at once.
-  const slow = new SwitchoverPolicy({ fixedCostMs: 100, settleBytes: MiB });
+  // A round that would leave more than two thirds (sending is as slow as the writer): switch over at once.
+  const slow = new SwitchoverPolicy({ fixedCostMs: 100, frozenBudgetMs: 20 });
   slow.record(rounds[0]);
   slow.record({ round: 1, pages: 4000, bytes: 4000 * PAGE, ms: 400, scanMs: 5, dirtyPagesFound: 4000, sinceLastScanMs: 400 });
   const d3 = slow.decide({ sinceLastScanMs: 400 });
   assert.equal(d3.action, 'switchover', d3.reason);
   assert.ok(d3.pendingBytes > 8 * MiB);
   // Nor past maxRounds.
-  assert.equal(policy({ settleBytes: MiB, maxRounds: 2 }).decide({ sinceLastScanMs: 45 }).action, 'switchover');
+  assert.equal(policy({ frozenBudgetMs: 2, maxRounds: 2 }).decide({ sinceLastScanMs: 45 }).action, 'switchover');
+  assert.throws(() => new SwitchoverPolicy({ frozenBudgetMs: -1 }), /frozenBudgetMs/);
   assert.throws(() => new SwitchoverPolicy({ settleBytes: -1 }), /settleBytes/);
 });

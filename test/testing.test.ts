@@ -263,7 +263,7 @@ test('bench: pause ratios pair run i of a strategy with run i of criu:page-serve
 });
 
 test('bench: markdown table and SVG chart', () => {
-  const machine = { cpu: 'cpu', cores: 2, memGiB: 24, kernel: '6.18', os: 'Debian', criu: '4.1.1', node: 'v20', phaulFast: '0.1.0', date: '2026-01-01T00:00:00Z' };
+  const machine = { cpu: 'cpu', cores: 2, memGiB: 24, kernel: '6.18', os: 'Debian', criu: '4.1.1', node: 'v20', phaulFast: '0.1.0', date: '2026-01-01T00:00:00Z', wpFaultUs: 15.2 };
   const row = (strategy: Row['strategy'], memMiB: number, pauseMs: number): Row => ({
     strategy, workload: 'memwork', memMiB, writeMBps: 50, link: 'loopback', status: 'ok', pauseMs, downtimeMs: pauseMs,
     totalMs: pauseMs * 2, bytes: memMiB * 2 ** 20, rounds: 1, sourceFreeMs: pauseMs, cpuS: 0.5, cpuSPerGiB: 0.5 / (memMiB / 1024), runs: 2,
@@ -273,6 +273,7 @@ test('bench: markdown table and SVG chart', () => {
     { ...row('phaul-fast:hybrid', 256, 0), status: 'unavailable' as const, pauseMs: null, note: 'not offered' },
     { ...row('phaul-fast:precopy', 256, 300), phases: { precopy: 900, 'criu-dump': 80, 'final-pages': 20, 'criu-restore': 150, commit: 10 } }];
   const md = markdown(rows, machine, 'phaul-fast bench --quick', 100);
+  assert.match(md, /phaul-fast 0\.1\.0, write-protect fault 15\.2 µs\./, 'the machine line says what a write-protect fault costs there');
   assert.match(md, /\| memwork \| 1024 \| 50 \| loopback \| criu:page-server \| 1800 \(1620–1980\) \| 1x \|/);
   assert.match(md, /\| 0\.50 \| 0\.50 \| – \| 2 \| ok \|/, 'CPU s and CPU s per GiB moved (then first pass MB/s: none here)');
   assert.match(md, /unavailable: not offered/);
@@ -305,4 +306,24 @@ test('bench client: paced() reports its longest wait, when it began, and every s
   const text = describeWaits({ end: 'x', longestStepMs: 120, longestStepAt: 1_500, stalls: [[900, 60], [1_500, 120]] }, 1_000);
   assert.equal(text, `longest wait 120 ms from 500 ms; waits >= ${STALL_MS} ms (from ms: length): -100: 60, 500: 120`);
   assert.equal(describeWaits({ end: 'x', longestStepMs: 7, longestStepAt: 0, stalls: [] }, 0), 'longest wait 7 ms');
+});
+
+test('bench tracker-stall: redis writes fault only on pages a round protected, and every one it wrote is reported (root, redis-server)', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('needs root (the tracker borrows a thread of redis with ptrace)');
+  if (!fs.existsSync('/usr/bin/redis-server')) return t.skip('redis-server not installed (scripts/setup.sh installs it)');
+  const tool = path.join(__dirname, '..', 'bench', 'tracker-stall.js');
+  const run = async (mode: string) => {
+    const r = await runCmd([process.execPath, tool, mode, '1'], { timeoutMs: 120_000 });
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { steps: Array<[number, string]>; badValues: number; faultsPerSAfter: number };
+  };
+  const pages = (steps: Array<[number, string]>, round: number) => Number(/, (\d+) pages$/.exec(steps.find(([, s]) => s.startsWith(`round ${round}: scan`))![1])![1]);
+  const read = await run('read');
+  const prot = await run('protect');
+  for (const r of [read, prot]) assert.equal(r.badValues, 0);
+  // Nothing protected: every round reports every page again.
+  assert.equal(pages(read.steps, 1), pages(read.steps, 0));
+  // Protected: round 1 reports what the client wrote since (a fraction at 1 MB/s), each page written once faulted.
+  assert.ok(pages(prot.steps, 1) < pages(prot.steps, 0) / 2, JSON.stringify(prot.steps));
+  assert.ok(prot.faultsPerSAfter > read.faultsPerSAfter, `faults/s protect ${prot.faultsPerSAfter} vs read ${read.faultsPerSAfter}`);
 });

@@ -55,6 +55,9 @@ interface MigrateReport {
   criuDumpCpu?: { criuMs?: number; parasiteMs?: number };
   rounds?: Array<{ pages: number; bytes: number; ms: number; dirtyRate: number }>;
   sourceReleasedMs?: number;
+  frozenAt?: number;
+  runningAt?: number;
+  frozenRound?: Record<string, number>;
   /** Hybrid: from the freeze until the memory was filled. */
   filledMs?: number;
   /** Hybrid: the destination's lazy-pages server (src/native/lazy-fill.ts FillStats). */
@@ -158,6 +161,8 @@ export class PhaulFastPeer implements Peer {
       cpuSourceS: r.cpuS,
       ...(first && first.ms > 0 ? { copyMBps: first.bytes / 1e6 / (first.ms / 1000) } : {}),
       phases: rep.phases,
+      ...(rep.frozenAt !== undefined && rep.runningAt !== undefined ? { frozenAt: Number(rep.frozenAt), runningAt: Number(rep.runningAt) } : {}),
+      ...(rep.frozenRound ? { frozenRound: rep.frozenRound } : {}),
       ...(rep.criuDumpCpu ? { criuDumpCpuMs: Number(rep.criuDumpCpu.criuMs) + Number(rep.criuDumpCpu.parasiteMs) } : {}),
       ...(rep.fill ? { fill: {
         fillMs: Number(rep.fill.fillMs), pages: Number(rep.fill.copiedPages), faultP50Us: Number(rep.fill.faultUs?.p50),

@@ -63,6 +63,11 @@ export interface RunFigures {
   criuDumpCpuMs?: number;
   /** A fill after resume (hybrid): what the destination's lazy-pages server reported. */
   fill?: FillFigures;
+  /** When the engine says the workload froze and ran again (epoch ms; phaul-fast pre-copy modes). */
+  frozenAt?: number;
+  runningAt?: number;
+  /** phaul-fast pre-copy modes: the frozen round (migrate --json frozenRound). */
+  frozenRound?: Record<string, number>;
 }
 
 export interface FillFigures {

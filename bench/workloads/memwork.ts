@@ -21,6 +21,7 @@ export async function startMemwork(spec: WorkloadSpec, env: WorkloadEnv): Promis
       return {
         ok: r.ok,
         pauseMs: r.maxGapMs,
+        ...(r.maxGapEndMs !== undefined ? { pauseEndMs: r.maxGapEndMs } : {}),
         detail: r.ok ? `${r.pages} pages verified` : `${r.badPages} of ${r.pages} pages wrong, first ${r.firstBad}`,
       };
     },

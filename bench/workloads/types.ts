@@ -8,6 +8,8 @@ export interface Verdict {
   ok: boolean;
   /** The longest pause the workload (or its client) saw. */
   pauseMs: number | null;
+  /** When that longest pause ended (epoch ms), when the workload says (memwork). */
+  pauseEndMs?: number;
   detail: string;
 }
 

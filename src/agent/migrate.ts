@@ -140,10 +140,28 @@ export interface MigrationReport {
   fill?: Stats;
   /** Pre-copy modes: CPU of CRIU's dump inside the pause (the criu-dump phase), steadier than its wall time. */
   criuDumpCpu?: DumpCpu;
+  /** Pre-copy modes: the frozen round, which runs beside CRIU's dump (docs/BENCH.md "Where hybrid's pause goes"). */
+  frozenRound?: FrozenRoundReport;
+  /** When the tree froze and when the destination said it runs (epoch ms, this host's clock): downtimeMs apart. */
+  frozenAt: number;
+  runningAt: number;
   /** Something went wrong after the workload ran at the destination (it was not rolled back). */
   warning?: string;
   /** A container: as the destination's runtime knows it now. */
   container?: ContainerName;
+}
+
+/** FrozenRoundStats with its end counted from the freeze, and CRIU's images' readiness beside it. */
+export interface FrozenRoundReport {
+  pages: number;
+  bytes: number;
+  scanMs: number;
+  sendMs: number;
+  storedMs: number;
+  /** From the freeze to the round's acknowledgement. */
+  endMs: number;
+  /** From the freeze to CRIU's images ready: the round hides in the pause when endMs <= this. */
+  criuDumpMs: number;
 }
 
 export interface FailureReport {
@@ -184,6 +202,7 @@ export class Migration extends EventEmitter {
   /** The destination's name for the moved container (from `restored`). */
   private containerAtDest?: ContainerName;
   private criuDumpCpu?: DumpCpu;
+  private frozenRound?: FrozenRoundReport;
 
   /** Why abort() ended the migration, if it did. */
   private abortReason?: PhaulError;
@@ -444,6 +463,8 @@ export class Migration extends EventEmitter {
         ok: true,
         mode,
         downtimeMs: runningAt - result.freezeAt,
+        frozenAt: result.freezeAt,
+        runningAt,
         totalMs: runningAt - this.t0,
         bytesSent: result.bytesSent + (this.container?.bytesSent ?? 0),
         restoredPid: result.restoredPid,
@@ -453,6 +474,7 @@ export class Migration extends EventEmitter {
       if (fallback) report.fallback = fallback;
       if (this.containerAtDest) report.container = this.containerAtDest;
       if (this.criuDumpCpu) report.criuDumpCpu = this.criuDumpCpu;
+      if (this.frozenRound) report.frozenRound = this.frozenRound;
       Object.assign(report, filled);
       for (const w of [unrouted, forgot]) if (w) report.warning = report.warning ? `${report.warning}; ${w}` : w;
       return report;
@@ -698,8 +720,10 @@ export class Migration extends EventEmitter {
     const imageBytes = await this.images.send(conn, workDir);
     conn.send({ t: 'images-done' });
     this.phase('images');
-    await frozen;
+    const fr = await frozen;
     this.phase('frozen-pages'); // what of that round CRIU's dump did not hide
+    this.frozenRound = { pages: fr.pages, bytes: fr.bytes, scanMs: fr.scanMs, sendMs: fr.sendMs, storedMs: fr.storedMs,
+      endMs: fr.endAt - freezeAt, criuDumpMs: dump.readyAt - freezeAt };
     const fin = await run.finalRound(workDir);
     this.phase('final-scan', this.last + fin.scanMs);
     this.phase('final-pages', this.last + fin.sendMs);

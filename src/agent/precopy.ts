@@ -49,6 +49,20 @@ export interface RoundEvent {
   action: string;
 }
 
+/** The frozen round (PrecopyRun.frozenRound): what it moved and where its time went. */
+export interface FrozenRoundStats {
+  pages: number;
+  bytes: number;
+  /** Finding the pages (the tree frozen, CRIU dumping it). */
+  scanMs: number;
+  /** Reading and writing them to the data connections. */
+  sendMs: number;
+  /** From its last batch written to the destination's acknowledgement that its store holds them. */
+  storedMs: number;
+  /** When it ended (epoch ms). */
+  endAt: number;
+}
+
 export interface RoundRecord {
   pages: number;
   bytes: number;
@@ -58,12 +72,21 @@ export interface RoundRecord {
 
 const BATCH_BYTES = 4 * 1024 * 1024;
 /**
- * The most the frozen round should have to move before the policy tries one more live round
- * (SwitchoverConfig.settleBytes): that round runs while CRIU dumps, and at 256 MiB written at
- * 50 MB/s it held 6-12 MiB of scattered pages that were still being read and stored tens of ms
- * after CRIU's images were ready.
+ * How long the frozen round may take at the last live round's rate before the policy tries one
+ * more live round (SwitchoverConfig.frozenBudgetMs): that round runs while CRIU dumps (its images
+ * took 24-140 ms from the freeze at 256 MiB on the 2-core test VM, under load), and a fixed 1 MiB
+ * bound let rounds of 1,700-7,000 scattered pages end the pre-copy at 37-90 MB/s: the 8-23 MiB left
+ * were still being read and stored 72-179 ms after CRIU's images were ready.
  */
-const SETTLE_BYTES = 1 << 20;
+const FROZEN_BUDGET_MS = 20;
+/** Pending bytes that never ask for one more round (64 pages: a scan costs more). */
+const SETTLE_BYTES = 64 * PAGE_SIZE;
+/**
+ * From the switchover decision to the freeze: CRIU's set-up once its gate opens (the phase
+ * criu-freeze, 9-61 ms under load). The workload writes on meanwhile, so the frozen round holds
+ * that too: the policy counts it in what is pending.
+ */
+const FREEZE_LEAD_MS = 20;
 /** The most batches one native call sends (32 MiB): per-batch JS and thread-pool hand-offs cost ~0.1 s of CPU per GiB. */
 const MAX_BATCHES_PER_CALL = 8;
 /**
@@ -413,6 +436,13 @@ export class PrecopyRun {
   readonly records: RoundRecord[] = [];
   private round = 0;
   private lastScanAt = 0;
+  /**
+   * The last live round's acknowledgement, not yet awaited: the next round scans and sends while
+   * the destination still stores the previous one (its store lagged the send by 5-140 ms per round
+   * of scattered pages under load, time the workload spent dirtying more). Awaited before the next
+   * round's end is sent, and before the switchover.
+   */
+  private unacked: Promise<void> | undefined;
   private readonly policy: SwitchoverPolicy;
 
   constructor(
@@ -427,6 +457,7 @@ export class PrecopyRun {
       maxRounds: opts.maxRounds ?? 30,
       maxBandwidthBps: opts.maxBandwidthBps,
       autoConverge: !!opts.autoConverge,
+      frozenBudgetMs: FROZEN_BUDGET_MS,
       settleBytes: SETTLE_BYTES,
     });
   }
@@ -490,9 +521,11 @@ export class PrecopyRun {
       this.log(`${scan.untracked.length} process(es) appeared after the last live scan (${scan.untracked.join(' ')}): the ${late} pages CRIU lists for them sent whole`);
     }
     const sendMs = Date.now() - t - scanMs;
-    // The final round's acknowledgement is the caller's to await (finalRound()).
+    await this.acked();
+    // The final round's acknowledgement is the caller's to await (finalRound()), a live round's the next round's.
     const { stored } = await this.sender.sendRoundEnd(this.round, final);
-    if (!final) await stored;
+    if (kind === 'live') this.unacked = stored;
+    else if (kind === 'frozen') await stored;
     return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sendMs, sinceLastMs, stored };
   }
 
@@ -519,13 +552,26 @@ export class PrecopyRun {
     return bytes;
   }
 
+  /** Waits for the last live round's acknowledgement, if it is still to come. */
+  private async acked(): Promise<void> {
+    const p = this.unacked;
+    this.unacked = undefined;
+    await p;
+  }
+
   async rounds(throttle: (pct: number) => Promise<void> | void): Promise<RoundRecord[]> {
     let memBytes = 0;
     for (;;) {
       // Decide BEFORE scanning: a scan re-arms write-protection, so every page
       // it reports must be sent; deciding afterwards would strand them.
       if (this.round > 0) {
-        const d = this.policy.decide({ fixedCostMs: switchoverCostMs(memBytes, !!this.opts.lazyRestore), sinceLastScanMs: Date.now() - this.lastScanAt });
+        const decide = () => this.policy.decide({ fixedCostMs: switchoverCostMs(memBytes, !!this.opts.lazyRestore), sinceLastScanMs: Date.now() - this.lastScanAt + FREEZE_LEAD_MS });
+        let d = decide();
+        if (d.action === 'switchover' && this.unacked) {
+          // Nothing may be in flight at the freeze; the wait dirtied more, so ask again.
+          await this.acked();
+          d = decide();
+        }
         const last = this.records[this.records.length - 1];
         this.onRound({
           round: this.round - 1, pages: last.pages, bytes: last.bytes, ms: last.ms, dirtyRateBps: d.dirtyRateBps,
@@ -569,11 +615,11 @@ export class PrecopyRun {
    * stored in parallel with CRIU's work (the final round then holds only
    * what this one could not see: new mappings, shared and untracked memory).
    */
-  async frozenRound(): Promise<{ pages: number; ms: number }> {
+  async frozenRound(): Promise<FrozenRoundStats> {
     const r = await this.sendRound('frozen');
     this.records.push({ pages: r.pages, bytes: r.bytes, ms: r.ms, dirtyRate: 0 });
     this.round++;
-    return { pages: r.pages, ms: r.ms };
+    return { pages: r.pages, bytes: r.bytes, scanMs: r.scanMs, sendMs: r.sendMs, storedMs: r.ms - r.scanMs - r.sendMs, endAt: Date.now() };
   }
 }
 

@@ -20,6 +20,7 @@ export function formatReport(r: SystemReport): string {
     ['PAGEMAP_SCAN', `${yes(f.pagemapScan)} (${d.pagemapScan})`, 'dirty tracking: the written pages of a process in one ioctl'],
     ['uffd-wp tracking', `${yes(d.wpTracking)} (${d.wpTrackingDetail})`, 'proof that the two above track writes here'],
     ['zero page', `${yes(d.zeroPage)} (${d.zeroPageDetail})`, 'cheap reads of untouched memory; without it, whatever reads a sparse mapping makes it resident'],
+    ['write-protect fault', `${d.wpFaultUs === null ? 'unknown' : `${d.wpFaultUs} µs`} (${d.wpFaultDetail})`, ''],
     ['lazy dump', `${yes(r.facts.lazyDump.ok)} (${r.facts.lazyDump.detail})`, "precopy, hybrid, postcopy: CRIU's lazy dump at switchover"],
     ['lazy restore', `${yes(r.facts.lazyRestore.ok)} (${r.facts.lazyRestore.detail})`, 'hybrid, postcopy: resume before the memory is back'],
     ['nftables', `${yes(f.nftables)} (${d.nftables})`, 'TCP migrations: the network lock without iptables'],

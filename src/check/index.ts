@@ -6,7 +6,7 @@ import { judgeModes, MODES, pickAuto, probeHostFacts, type HostFacts, type Mode,
 import { VERSION } from '../version';
 import { checkCriu, type CriuReport } from './criu';
 import { checkFreezer, checkNftCli, cpuInfo, kernelInfo, type CpuInfo, type FreezerReport, type KernelInfo } from './host';
-import { LAZY_PIPE_BYTES, pipeMaxSize, probeKernel } from './kernel';
+import { LAZY_PIPE_BYTES, measureWpFault, pipeMaxSize, probeKernel } from './kernel';
 import { checkRuntimes, type RuntimeReport } from './runtimes';
 
 /** The CRIU that `npm run setup` builds (scripts/setup.sh CRIU_VERSION). */
@@ -51,6 +51,9 @@ export interface SystemReport {
     /** Reads of untouched anonymous memory map the shared zero page (false: they allocate it). */
     zeroPage: boolean;
     zeroPageDetail: string;
+    /** One write-protect fault (the first write to a page a pre-copy round protected), µs; null where it cannot be timed. */
+    wpFaultUs: number | null;
+    wpFaultDetail: string;
     userfaultfd: boolean;
     userfaultfdDetail: string;
     uffdFeatures: string;
@@ -98,6 +101,7 @@ function advise(r: Omit<SystemReport, 'missing'>): Advice[] {
 /** Probes CRIU, the kernel and the host; never throws for a missing feature. */
 export async function checkSystem(opts: CheckOptions = {}): Promise<SystemReport> {
   const k = probeKernel();
+  const wpFault = k.wpTracking.ok ? measureWpFault() : null;
   const [criu, freezer, nft] = await Promise.all([checkCriu(opts.criuBinary), checkFreezer(), checkNftCli()]);
   const pipe = pipeMaxSize();
   const criuUffd = criu.checkOk ? criu.features['uffd-noncoop'] : true; // only CRIU's say when CRIU runs
@@ -140,6 +144,8 @@ export async function checkSystem(opts: CheckOptions = {}): Promise<SystemReport
       wpTrackingDetail: k.wpTracking.detail,
       zeroPage: k.zeroPage.ok,
       zeroPageDetail: k.zeroPage.detail,
+      wpFaultUs: wpFault ? Math.round(wpFault.faultNs / 100) / 10 : null,
+      wpFaultDetail: wpFault ? `${wpFault.detail}; a workload pays it once per page it writes again in each pre-copy round` : 'not timed (no uffd-wp tracking)',
       userfaultfd: k.userfaultfd.ok,
       userfaultfdDetail: k.userfaultfd.detail,
       uffdFeatures: k.userfaultfd.features,

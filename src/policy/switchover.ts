@@ -37,12 +37,17 @@ export interface SwitchoverConfig {
   /** Weight of the history in the bandwidth estimate, per measurable round (0 = last round only). Default 0.5. */
   bandwidthDecay?: number;
   /**
-   * Bytes the switchover may leave to the frozen round without one more live round being tried first.
-   * When the expected downtime fits the limit but more than this is pending, decide() says continue
-   * as long as one more round (timed after the last one) would leave at most half as much: that round costs the running workload nothing, while every page left is read and
-   * stored inside the pause, competing with CRIU's dump for the CPUs. Default 0: off (switch over as
-   * soon as the limit allows).
+   * How long the frozen round may take, timed at the last round's rate (its bytes over its send and
+   * store time: small rounds are scattered pages, whose cost goes by the page, not by the bandwidth
+   * the big first round measured). That round runs inside the pause beside CRIU's dump, competing
+   * with it for the CPUs; what it moves within CRIU's dump time costs the pause nothing. When the
+   * expected downtime fits the limit but the pending bytes would take longer than this, decide()
+   * says continue as long as one more live round (timed the same way) would leave at most two
+   * thirds as much: that round costs the running workload nothing. Default 0: off (switch over as soon as the
+   * limit allows).
    */
+  frozenBudgetMs?: number;
+  /** With frozenBudgetMs: pending bytes at or under this never ask for one more round, whatever the rate. Default 0. */
   settleBytes?: number;
 }
 
@@ -141,6 +146,7 @@ export class SwitchoverPolicy {
       minMeasureBytes: config.minMeasureBytes ?? 1 << 20,
       minMeasureMs: config.minMeasureMs ?? 20,
       bandwidthDecay: config.bandwidthDecay ?? 0.5,
+      frozenBudgetMs: config.frozenBudgetMs ?? 0,
       settleBytes: config.settleBytes ?? 0,
     };
     const bad = (what: string) => { throw new PhaulError('usage', `switchover policy: ${what}`); };
@@ -161,6 +167,7 @@ export class SwitchoverPolicy {
     num('minMeasureBytes', 0, Number.MAX_SAFE_INTEGER);
     num('minMeasureMs', 0, 3_600_000);
     num('bandwidthDecay', 0, 0.99);
+    num('frozenBudgetMs', 0, 3_600_000);
     num('settleBytes', 0, Number.MAX_SAFE_INTEGER);
     if (c.onNoConvergence !== 'switchover' && c.onNoConvergence !== 'throttle') bad(`onNoConvergence must be 'switchover' or 'throttle', got '${c.onNoConvergence}'`);
     if (c.onNoConvergence === 'throttle' && !autoConverge) bad(`onNoConvergence 'throttle' needs autoConverge`);
@@ -298,19 +305,24 @@ export class SwitchoverPolicy {
   }
 
   /**
-   * Why one more live round should come before a switchover the limit allows (settleBytes), or
-   * undefined. That round would take a scan like the last one's and a send scaled from the last
-   * one's by bytes: small rounds are of scattered pages, so their cost goes by the page, not by
-   * the bandwidth the big first round measured. What the workload dirties meanwhile is what would
-   * be left; rounds go on while each at least halves it.
+   * Why one more live round should come before a switchover the limit allows (frozenBudgetMs), or
+   * undefined. The pending bytes, at the last round's rate (its send and store time over its
+   * bytes, at least 1 ms), would take the frozen round longer than its budget; one more live round
+   * would take a scan like the last one's and the same transfer, and what the workload dirties
+   * meanwhile is what would be left. Rounds go on while each leaves at most two thirds of it (a
+   * geometric series: from 16 MiB to 1 MiB in at most 7 rounds).
    */
   private settleRound(pending: number): string | undefined {
     const c = this.config;
-    if (!(c.settleBytes > 0) || pending <= c.settleBytes || this.dirtyRate === null || !(this.lastBytes > 0) || this.rounds >= c.maxRounds) return undefined;
-    const roundMs = this.lastScanMs + this.lastSendMs * (pending / this.lastBytes);
+    if (!(c.frozenBudgetMs > 0) || pending <= c.settleBytes || this.dirtyRate === null || !(this.lastBytes > 0) || this.rounds >= c.maxRounds) return undefined;
+    const transferMs = Math.max(this.lastSendMs, 1) * (pending / this.lastBytes);
+    if (transferMs <= c.frozenBudgetMs) return undefined;
+    const roundMs = this.lastScanMs + transferMs;
     const left = this.dirtyRate * (roundMs / 1000);
-    if (left > pending / 2) return undefined;
+    if (left > (pending * 2) / 3) return undefined;
     const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
-    return `${mib(pending)} > ${mib(c.settleBytes)} would be read frozen: one more live round (~${fmtMs(roundMs)}) leaves ~${mib(left)}`;
+    const rate = fmtRate((this.lastBytes / Math.max(this.lastSendMs, 1)) * 1000);
+    return `${mib(pending)} would take the frozen round ~${fmtMs(transferMs)} at the last round's ${rate} (budget ${c.frozenBudgetMs} ms): ` +
+      `one more live round (~${fmtMs(roundMs)}) leaves ~${mib(left)}`;
   }
 }
