@@ -41,6 +41,8 @@ struct Options {
   // is asked for (kNeed, out). The socket's end before every page is placed
   // is a failure (the pages can no longer come). -1: all data is there.
   int control_fd = -1;
+  // Keep a timeline of the first seconds after the restore (Stats::trace), for measuring.
+  bool trace = false;
 };
 
 // One record on Options::control_fd, both ways (host byte order).
@@ -68,7 +70,32 @@ struct Stats {
   int64_t fill_ms = 0;         // the restore's "finished" to the last page
   int64_t gate_us_total = 0, gate_us_max = 0, batches = 0;  // reads of a userfaultfd, waiting for background ioctls
   std::vector<uint32_t> fault_us;                           // per answered fault: message seen to page in place
+  // Options::trace: what happened in the first kTraceUs after the restore finished. Times are
+  // microseconds since then (negative: before it).
+  struct FaultEvent {
+    int64_t seen;      // the fault's message seen (the read that returned it)
+    uint32_t us;       // seen to answered
+    uint32_t kind;     // 0 copied by us, 1 joined a background copy, 2 zero page
+    uint64_t bytes;    // what its window placed (kind 0)
+    uint32_t copy_us;  // placing its own page (kind 0)
+    uint32_t tail_us;  // then placing the rest of its window (kind 0)
+  };
+  struct ReadEvent {
+    int64_t at;        // the read's start (gate closed)
+    uint32_t gate_us;  // waiting for background copies under way
+    uint32_t msgs;
+  };
+  struct SliceEvent {
+    int64_t at;  // the background UFFDIO_COPY's start
+    uint32_t us;
+    uint32_t bytes;
+  };
+  std::vector<FaultEvent> trace_faults;
+  std::vector<ReadEvent> trace_reads;
+  std::vector<SliceEvent> trace_slices;
+  std::vector<SliceEvent> trace_punches;  // store ranges given back
 };
+static const int64_t kTraceUs = 3000000;
 
 // Binds and listens on a unix stream socket at path (relative to the cwd).
 int Listen(const std::string& path, std::string* err);

@@ -70,6 +70,32 @@ Napi::Value Result(Napi::Env env, Served& s) {
   lat.Set("p99", Napi::Number::New(env, pct(0.99)));
   lat.Set("max", Napi::Number::New(env, us.empty() ? 0.0 : double(us.back())));
   r.Set("faultUs", lat);
+  if (s.st.trace_reads.size() + s.st.trace_faults.size() + s.st.trace_slices.size() + s.st.trace_punches.size()) {
+    // Flat arrays of numbers, a record after another (FillTrace in src/native/lazy-fill.ts).
+    Napi::Object tr = Napi::Object::New(env);
+    auto flat = [&](const char* k, size_t n, size_t w, auto at) {
+      Napi::Float64Array a = Napi::Float64Array::New(env, n * w);
+      for (size_t i = 0; i < n; i++) at(i, &a[i * w]);
+      tr.Set(k, a);
+    };
+    flat("faults", s.st.trace_faults.size(), 6, [&](size_t i, double* o) {
+      const auto& f = s.st.trace_faults[i];
+      o[0] = double(f.seen), o[1] = f.us, o[2] = f.kind, o[3] = double(f.bytes), o[4] = f.copy_us, o[5] = f.tail_us;
+    });
+    flat("reads", s.st.trace_reads.size(), 3, [&](size_t i, double* o) {
+      const auto& f = s.st.trace_reads[i];
+      o[0] = double(f.at), o[1] = f.gate_us, o[2] = f.msgs;
+    });
+    flat("slices", s.st.trace_slices.size(), 3, [&](size_t i, double* o) {
+      const auto& f = s.st.trace_slices[i];
+      o[0] = double(f.at), o[1] = f.us, o[2] = f.bytes;
+    });
+    flat("punches", s.st.trace_punches.size(), 3, [&](size_t i, double* o) {
+      const auto& f = s.st.trace_punches[i];
+      o[0] = double(f.at), o[1] = f.us, o[2] = f.bytes;
+    });
+    r.Set("trace", tr);
+  }
   return r;
 }
 
@@ -104,6 +130,8 @@ Napi::Value Serve(const Napi::CallbackInfo& info) {
   o->slice_bytes = std::max<uint64_t>(4096, std::min<uint64_t>(o->slice_bytes, 16 << 20));
   o->connect_timeout_ms = int(Opt(a, "connectTimeoutMs", 600000));
   o->control_fd = int(Opt(a, "controlFd", -1));
+  Napi::Value trace = a.Get("trace");
+  o->trace = trace.IsBoolean() && trace.As<Napi::Boolean>().Value();
   Napi::Value punch = a.Get("punch");
   o->punch = !punch.IsBoolean() || punch.As<Napi::Boolean>().Value();
   Napi::Value files = a.Get("files");

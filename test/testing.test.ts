@@ -313,7 +313,7 @@ test('bench tracker-stall: redis writes fault only on pages a round protected, a
   if (!fs.existsSync('/usr/bin/redis-server')) return t.skip('redis-server not installed (scripts/setup.sh installs it)');
   const tool = path.join(__dirname, '..', 'bench', 'tracker-stall.js');
   const run = async (mode: string) => {
-    const r = await runCmd([process.execPath, tool, mode, '1'], { timeoutMs: 120_000 });
+    const r = await runCmd([process.execPath, tool, mode, '0.2'], { timeoutMs: 120_000 });
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as { steps: Array<[number, string]>; badValues: number; faultsPerSAfter: number };
   };
@@ -323,7 +323,8 @@ test('bench tracker-stall: redis writes fault only on pages a round protected, a
   for (const r of [read, prot]) assert.equal(r.badValues, 0);
   // Nothing protected: every round reports every page again.
   assert.equal(pages(read.steps, 1), pages(read.steps, 0));
-  // Protected: round 1 reports what the client wrote since (a fraction at 1 MB/s), each page written once faulted.
-  assert.ok(pages(prot.steps, 1) < pages(prot.steps, 0) / 2, JSON.stringify(prot.steps));
+  // Protected: round 1 reports only what the client wrote since (SETs, and GETs, which write redis's LRU clocks):
+  // at most redis's ~42,700 heap pages, never the ~17,000 other tracked pages nothing writes; each page written faulted once.
+  assert.ok(pages(prot.steps, 1) < pages(prot.steps, 0) * 0.75, JSON.stringify(prot.steps));
   assert.ok(prot.faultsPerSAfter > read.faultsPerSAfter, `faults/s protect ${prot.faultsPerSAfter} vs read ${read.faultsPerSAfter}`);
 });

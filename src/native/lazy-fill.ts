@@ -42,6 +42,20 @@ export interface FillStats {
   faultUs: { count: number; p50: number; p99: number; max: number };
 }
 
+/**
+ * Flat records, microseconds since the restore finished: faults (seen, latency,
+ * kind 0 copied / 1 joined a background copy / 2 zero page, bytes its window placed, time placing its own page, then the rest of its window),
+ * reads of a userfaultfd (start, wait for the background copies under way,
+ * messages), background copies (start, duration, bytes).
+ */
+export interface FillTrace {
+  faults: Float64Array;
+  reads: Float64Array;
+  slices: Float64Array;
+  /** Store ranges given back: start, duration, bytes. */
+  punches: Float64Array;
+}
+
 export interface FillImage {
   /** CRIU's image id (the pid in the tree's namespace). */
   id: number;
@@ -76,11 +90,14 @@ export interface LazyFillOptions {
    * records, native/lazy_fill.h ControlRecord). Closed by the server.
    */
   controlFd?: number;
+  /** Keep FillStats.trace (for measuring). */
+  trace?: boolean;
 }
 
 export interface LazyFillNative {
   /** Binds and listens on a unix stream socket (path relative to the cwd); returns its fd. */
   lazyFillListen(path: string): number;
   /** Serves one restore; resolves once every page is in place, rejects with why it could not go on. */
-  lazyFillServe(o: LazyFillOptions): Promise<FillStats>;
+  /** With LazyFillOptions.trace, also the first seconds after the restore (native/lazy_fill.h Stats). */
+  lazyFillServe(o: LazyFillOptions): Promise<FillStats & { trace?: FillTrace }>;
 }

@@ -110,8 +110,18 @@ async function main(): Promise<number> {
   }
   try {
     const threads = Number(threadsArg) > 0 ? Number(threadsArg) : 2;
+    const traceDir = process.env.PHAUL_FAST_FILL_TRACE;
     const stats = await addon().lazyFillServe({ listenFd, files: plan.files, images: plan.images, threads,
-      ...(o.postcopy ? { controlFd: CONTROL_FD } : {}) });
+      ...(o.postcopy ? { controlFd: CONTROL_FD } : {}), ...(traceDir ? { trace: true } : {}) });
+    if (stats.trace) {
+      // A timeline for measuring (PHAUL_FAST_FILL_TRACE=DIR): one file per fill.
+      const t = stats.trace;
+      delete stats.trace;
+      try {
+        fs.writeFileSync(`${traceDir}/fill-${Date.now()}-${process.pid}.json`, JSON.stringify({
+          faults: Array.from(t.faults), reads: Array.from(t.reads), slices: Array.from(t.slices), punches: Array.from(t.punches), stats }));
+      } catch (e) { process.stderr.write(`lazy-fill: trace: ${(e as Error).message}\n`); }
+    }
     process.stderr.write(`lazy-fill: ${JSON.stringify(stats)}\n`);
     process.stdout.write(`filled ${JSON.stringify(stats)}\n`);
   } catch (e) {

@@ -107,6 +107,26 @@ static void on_usr2(int s) { (void)s; want_reset = 1; }
 
 static void die(const char *msg) { fprintf(stderr, "memwork: %s\n", msg); exit(2); }
 
+/* MEMWORK_TRACE=FILE (for measuring): the slow iterations since the last
+ * report (a gap over 3 ms or writes over 2 ms: realtime at the wake-up, gap,
+ * pages written, ms writing them) are appended to FILE as a JSON line at each
+ * report; opened and closed there, never held open (CRIU). */
+static const char *trace_path;
+static struct { double t, gap, ms; uint64_t n; } slow[256];
+static unsigned nslow;
+
+static void write_trace(void) {
+  FILE *f = trace_path ? fopen(trace_path, "a") : NULL;
+  if (f) {
+    fprintf(f, "[");
+    for (unsigned i = 0; i < nslow && i < 256; i++)
+      fprintf(f, "%s[%.3f,%.3f,%llu,%.3f]", i ? "," : "", slow[i].t, slow[i].gap, (unsigned long long)slow[i].n, slow[i].ms);
+    fprintf(f, "]\n");
+    fclose(f);
+  }
+  nslow = 0;
+}
+
 static void write_report(double max_gap, double max_gap_end, uint64_t iterations, uint64_t seq) {
   uint64_t bad = 0; int64_t first = -1;
   for (uint64_t i = 0; i < npages; i++)
@@ -164,6 +184,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--report")) { if (!v) die("--report needs a file"); report_path = v; i++; }
     else { char m[200]; snprintf(m, sizeof m, "unknown argument '%.100s' (usage: memwork --mib N --report FILE [--write-mbps R] [--threads T])", a); die(m); }
   }
+  trace_path = getenv("MEMWORK_TRACE");
   if (!mib || !report_path) die("usage: memwork --mib N --report FILE [--write-mbps R] [--threads T]");
 
   npages = (uint64_t)mib * (1024 * 1024 / PAGE);
@@ -209,9 +230,10 @@ int main(int argc, char **argv) {
     prev_mono = tm;
     iterations++;
     if (gap > max_gap) { max_gap = gap; max_gap_end = t; }
-    if (want_reset) { want_reset = 0; max_gap = 0; max_gap_end = 0; }
+    if (want_reset) { want_reset = 0; max_gap = 0; max_gap_end = 0; nslow = 0; }
     if (want_report) {
       want_report = 0;
+      if (trace_path) write_trace();
       write_report(max_gap, max_gap_end, iterations, ++reports);
       prev = now_ms(); /* the check's own time is not a stall */
       prev_mono = mono_ms();
@@ -232,5 +254,9 @@ int main(int argc, char **argv) {
       for (uint64_t i = 0; i < n; i++) write_page(seqno + i);
     }
     seqno += n;
+    if (trace_path) {
+      double ms = now_ms() - t;
+      if ((gap > 3 || ms > 2) && nslow < 256) { slow[nslow].t = t; slow[nslow].gap = gap; slow[nslow].n = n; slow[nslow].ms = ms; nslow++; }
+    }
   }
 }
