@@ -15,6 +15,7 @@
         "native/proc_maps.cc",
         "native/syscall_inject.cc",
         "native/page_reader.cc",
+        "native/page_buffer.cc",
         "native/lazy_fill.cc",
         "native/lazy_fill_napi.cc",
         "native/socket_opts.cc",

@@ -12,6 +12,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   phaul::InitPageServer(env, exports);
   phaul::InitDirtyTracker(env, exports);
   phaul::InitPageReader(env, exports);
+  phaul::InitPageBuffer(env, exports);
   phaul::InitLazyFill(env, exports);
   phaul::InitBatchIo(env, exports);
   phaul::InitSocketOpts(env, exports);

@@ -5,8 +5,9 @@
 // per object (the caller keeps order).
 //
 //   const w = new BatchConn(fd);           // source: fd is ours now (a dup of the data socket)
-//   await w.sendPages(pid, round, pairs, buf);  // process_vm_readv into buf, all-zero pages as
-//                                               // zero ranges, one writev of header, ranges, data
+//   await w.sendPages(pid, round, pairs, buf);  // batches of at most buf's size: each read into buf
+//                                               // (process_vm_readv), all-zero pages as zero ranges,
+//                                               // one writev of header, ranges, data
 //   await w.sendBuffers([head, payload]);  // a batch JS encoded (lz4)
 //   const r = new BatchConn(fd);           // destination
 //   const f = await r.read(buf);           // header, ranges, and the payload in buf
@@ -265,36 +266,36 @@ struct SendPagesJob {
   std::vector<uint64_t> pairs;
   uint8_t* data = nullptr;
   size_t len = 0;
-  uint64_t pages = 0, zero_pages = 0, wire = 0;
+  uint64_t pages = 0, zero_pages = 0, wire = 0, batches = 0;
   int64_t read_ns = 0;
   IoError err;
   bool ok = true;
 };
 
-// Reads the pairs into the buffer, then writes one raw batch: runs of
-// all-zero pages as zero ranges, the rest as data straight from the buffer.
-void RunSendPages(SendPagesJob* j) {
+// Reads n pairs (at most j->len bytes) into the buffer, then writes one raw
+// batch: runs of all-zero pages as zero ranges, the rest as data straight
+// from the buffer. Adds to j's totals.
+bool SendBatch(SendPagesJob* j, const uint64_t* pairs, size_t n) {
   pages::ReadResult rr;
-  if (!pages::ReadRanges(j->pid, j->pairs.data(), j->pairs.size() / 2, j->data, j->len, true, &rr)) {
+  if (!pages::ReadRanges(j->pid, pairs, n, j->data, j->len, true, &rr)) {
     j->err.reason = rr.reason;
     j->err.message = rr.message;
-    j->ok = false;
-    return;
+    return false;
   }
-  j->read_ns = rr.ns;
+  j->read_ns += rr.ns;
   std::vector<uint8_t> head(kHeader, 0);
   std::vector<struct iovec> iov(1);
   uint64_t page = 0, raw = 0;
   uint32_t nranges = 0;
   auto zero = [&](uint64_t p) { return ((rr.zero_map[p >> 3] >> (p & 7)) & 1) != 0; };
-  for (size_t i = 0; i + 1 < j->pairs.size(); i += 2) {
-    uint64_t n = (j->pairs[i + 1] - j->pairs[i]) / kPage;
-    for (uint64_t k = 0; k < n;) {
+  for (size_t i = 0; i < n; i++) {
+    uint64_t start = pairs[2 * i], np = (pairs[2 * i + 1] - start) / kPage;
+    for (uint64_t k = 0; k < np;) {
       bool z = zero(page + k);
       uint64_t run = 1;
-      while (k + run < n && zero(page + k + run) == z && run < 0xffffffffu) run++;
+      while (k + run < np && zero(page + k + run) == z && run < 0xffffffffu) run++;
       uint8_t r[kRange];
-      Put64(r, j->pairs[i] + k * kPage);
+      Put64(r, start + k * kPage);
       Put32(r + 8, uint32_t(run));
       Put32(r + 12, z ? 1 : 0);
       head.insert(head.end(), r, r + kRange);
@@ -310,17 +311,16 @@ void RunSendPages(SendPagesJob* j) {
       }
       k += run;
     }
-    page += n;
+    page += np;
   }
-  j->pages = page;
-  j->zero_pages = rr.zero_pages;
-  if (nranges == 0) return;  // nothing to send
+  j->pages += page;
+  j->zero_pages += rr.zero_pages;
+  if (nranges == 0) return true;  // nothing to send
   if (nranges > kMaxRanges || raw > kMaxRaw) {
     j->err.reason = "failed";
     j->err.message =
         "sendPages: batch too large (" + std::to_string(nranges) + " ranges, " + std::to_string(raw) + " bytes)";
-    j->ok = false;
-    return;
+    return false;
   }
   uint8_t* h = head.data();
   Put32(h, kMagic);
@@ -331,13 +331,53 @@ void RunSendPages(SendPagesJob* j) {
   Put32(h + 20, uint32_t(raw));
   Put32(h + 24, uint32_t(raw));
   iov[0] = {head.data(), head.size()};
-  j->wire = head.size() + raw;
+  uint64_t wire = head.size() + raw;
   uint8_t tag[kTag];
   if (j->c->mac) {
-    if (!SealIov(j->c->mac.get(), &iov, tag, &j->err)) return void(j->ok = false);
-    j->wire += kTag;
+    if (!SealIov(j->c->mac.get(), &iov, tag, &j->err)) return false;
+    wire += kTag;
   }
-  j->ok = WriteAll(j->c.get(), &iov, &j->err);
+  if (!WriteAll(j->c.get(), &iov, &j->err)) return false;
+  j->wire += wire;
+  j->batches++;
+  return true;
+}
+
+// The pairs as consecutive batches of at most the buffer's size each (a pair
+// may be split between two), each read and written before the next is read:
+// one call per many batches, so JS and the thread pool are entered once for
+// all of them.
+void RunSendPages(SendPagesJob* j) {
+  const uint64_t cap = j->len / kPage * kPage;
+  if (cap == 0) {
+    j->err.reason = "failed";
+    j->err.message = "sendPages: the buffer holds no page";
+    j->ok = false;
+    return;
+  }
+  for (size_t k = 0; k + 1 < j->pairs.size(); k += 2)
+    if (j->pairs[k] > j->pairs[k + 1] || (j->pairs[k] | j->pairs[k + 1]) % kPage) {
+      j->err.reason = "failed";
+      j->err.message = "sendPages: pairs must be page-aligned [start, end) pairs";
+      j->ok = false;
+      return;
+    }
+  std::vector<uint64_t> piece;
+  size_t i = 0;
+  uint64_t at = j->pairs.empty() ? 0 : j->pairs[0];
+  while (i + 1 < j->pairs.size()) {
+    piece.clear();
+    uint64_t used = 0;
+    while (i + 1 < j->pairs.size() && used < cap) {
+      uint64_t end = j->pairs[i + 1], take = std::min(end - at, cap - used);
+      piece.push_back(at);
+      piece.push_back(at + take);
+      used += take;
+      at += take;
+      if (at == end && (i += 2) + 1 < j->pairs.size()) at = j->pairs[i];
+    }
+    if (!SendBatch(j, piece.data(), piece.size() / 2)) return void(j->ok = false);
+  }
 }
 
 // ---- destination
@@ -555,7 +595,8 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
     return c_;
   }
 
-  // sendPages(pid, round, pairs: BigUint64Array, buf: Uint8Array) -> Promise<{ pages, zeroPages, wireBytes, readNs }>
+  // sendPages(pid, round, pairs: BigUint64Array, buf: Uint8Array)
+  //   -> Promise<{ batches, pages, zeroPages, wireBytes, readNs }>
   Napi::Value SendPages(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !info[2].IsTypedArray() ||
@@ -575,8 +616,14 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
     return AsyncJob::Run(
         env, [j] { RunSendPages(j.get()); },
         [j](Napi::Env env) -> Napi::Value {
-          if (!j->ok) throw ToError(env, j->err);
+          if (!j->ok) {
+            // The batches before the failure were written whole: the caller counts them.
+            Napi::Error e = ToError(env, j->err);
+            e.Set("batches", Napi::Number::New(env, double(j->batches)));
+            throw e;
+          }
           auto o = Napi::Object::New(env);
+          o.Set("batches", Napi::Number::New(env, double(j->batches)));
           o.Set("pages", Napi::Number::New(env, double(j->pages)));
           o.Set("zeroPages", Napi::Number::New(env, double(j->zero_pages)));
           o.Set("wireBytes", Napi::Number::New(env, double(j->wire)));

@@ -11,6 +11,7 @@ void InitPageServer(Napi::Env env, Napi::Object exports);   // page_server.cc: C
 void InitDirtyTracker(Napi::Env env,
                       Napi::Object exports);               // dirty_tracker_binding.cc: uffd-wp + PAGEMAP_SCAN tracking
 void InitPageReader(Napi::Env env, Napi::Object exports);  // page_reader.cc: reading pages of another process
+void InitPageBuffer(Napi::Env env, Napi::Object exports);  // page_buffer.cc: long-lived page buffers in huge pages
 void InitLazyFill(Napi::Env env, Napi::Object exports);   // lazy_fill_napi.cc: our lazy-pages server (userfaultfd fill)
 void InitBatchIo(Napi::Env env, Napi::Object exports);    // batch_io.cc: pre-copy page batches, socket <-> memory
 void InitTcpRepair(Napi::Env env, Napi::Object exports);  // tcp_repair.cc: a process's TCP sockets out of repair mode

@@ -124,56 +124,110 @@ async function tcpPair(): Promise<[number, number]> {
   return fds;
 }
 
+interface StoreRig {
+  w: Awaited<ReturnType<typeof startMemWorkload>>;
+  tx: NativeBatchConn;
+  rx: NativeBatchConn;
+  store: PageStore;
+  /** The workload's biggest private writable mapping, which the store's layout covers. */
+  start: bigint;
+  end: bigint;
+}
+
+/** A 4 MiB workload, a connection pair of `kind` (tcp: with MACs, as the agents run plain TCP) and a store laid out for its biggest mapping; all cleaned up after. */
+async function withStoreRig(kind: 'tcp' | 'unix', body: (r: StoreRig) => Promise<void>): Promise<void> {
+  const w = await startMemWorkload({ mib: 4 });
+  const [a, b] = kind === 'tcp' ? await tcpPair() : addon().streamSocketPair();
+  const tx = new (addon().BatchConn)(a);
+  const rx = new (addon().BatchConn)(b);
+  if (kind === 'tcp') {
+    // Every batch with its MAC, checked from the store's files.
+    const key = crypto.randomBytes(32);
+    tx.setMacKey(key);
+    rx.setMacKey(key);
+  }
+  const dir = fs.mkdtempSync('/dev/shm/phaul-batch-io-');
+  const store = new PageStore(path.join(dir, 'store'));
+  try {
+    const [start, end] = biggestRw(w.pid);
+    store.setLayout(w.pid, [{ vaddr: start, nrPages: Number(end - start) / 4096 }]);
+    await body({ w, tx, rx, store, start, end });
+  } finally {
+    tx.close();
+    rx.close();
+    await store.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+    await w.stop();
+  }
+}
+
+/** The store holds [start, end) of the rig's workload as it is in the workload. */
+async function assertStoreHolds({ w, store, start, end }: StoreRig): Promise<void> {
+  const n = Number(end - start) / 4096;
+  assert.equal(store.firstMissing(w.pid, Number(start) / 4096, n), -1);
+  const direct = await readPages(w.pid, BigUint64Array.of(start, end));
+  const back = Buffer.alloc(n * 4096);
+  store.readPages(w.pid, Number(start) / 4096, n, back);
+  assert.ok(Buffer.compare(back, Buffer.from(direct.buffer)) === 0, 'the store holds the pages as they are in the workload');
+}
+
+/** Receives the rx end of a rig into its store; `stored` counts the batches stored. */
+function receiveIntoStore(r: StoreRig) {
+  const counts = { stored: 0 };
+  const h = attachNativeBatchStream(r.rx, {
+    write: () => Promise.reject(new Error('raw batches never come to write()')),
+    receive: (batch, pull) => r.store.receive(batch, pull).then(() => { counts.stored++; }),
+  });
+  return { counts, done: h.done };
+}
+
 for (const kind of ['tcp', 'unix'] as const) {
-  test(`${kind === 'tcp' ? 'tcp with MACs' : kind}: a batch spliced straight into the page store holds the workload's pages; a stale copy is dropped and the stream stays in step`, { skip, timeout: 60_000 }, async () => {
-    const w = await startMemWorkload({ mib: 4 });
-    const [a, b] = kind === 'tcp' ? await tcpPair() : addon().streamSocketPair();
-    const tx = new (addon().BatchConn)(a);
-    const rx = new (addon().BatchConn)(b);
-    if (kind === 'tcp') {
-      // As the agents run it over plain TCP: every batch with its MAC, checked from the store's files.
-      const key = crypto.randomBytes(32);
-      tx.setMacKey(key);
-      rx.setMacKey(key);
-    }
-    const dir = fs.mkdtempSync('/dev/shm/phaul-batch-io-');
-    const store = new PageStore(path.join(dir, 'store'));
-    try {
-      const pairs = biggestRw(w.pid);
-      const bytes = Number(pairs[1] - pairs[0]);
-      store.setLayout(w.pid, [{ vaddr: pairs[0], nrPages: bytes / 4096 }]);
-      const txBuf = Buffer.alloc(bytes);
+  test(`${kind === 'tcp' ? 'tcp with MACs' : kind}: a batch spliced straight into the page store holds the workload's pages; a stale copy is dropped and the stream stays in step`, { skip, timeout: 60_000 }, () =>
+    withStoreRig(kind, async (r) => {
+      const pairs = BigUint64Array.of(r.start, r.end);
+      const txBuf = Buffer.alloc(Number(r.end - r.start));
       // Round 2, then an older round 1 of the same pages (dropped), then round 2 again.
       const sends = (async () => {
-        for (const round of [2, 1, 2]) await tx.sendPages(w.pid, round, pairs, txBuf);
-        tx.close();
+        for (const round of [2, 1, 2]) await r.tx.sendPages(r.w.pid, round, pairs, txBuf);
+        r.tx.close();
       })();
-      let stored = 0;
-      const h = attachNativeBatchStream(rx, {
-        write: () => Promise.reject(new Error('raw batches never come to write()')),
-        receive: (batch, pull) => store.receive(batch, pull).then(() => { stored++; }),
-      });
+      const rcv = receiveIntoStore(r);
       await sends;
-      const st = await h.done;
+      const st = await rcv.done;
       assert.equal(st.batches, 3);
-      assert.equal(stored, 3);
-      const s = store.stats();
+      assert.equal(rcv.counts.stored, 3);
+      const s = r.store.stats();
       assert.equal(s.pendingBatches, 0);
       assert.ok(s.stalePages > 0, 'the round 1 copy was older than the store\'s');
-      assert.equal(store.firstMissing(w.pid, Number(pairs[0]) / 4096, bytes / 4096), -1);
-      const direct = await readPages(w.pid, pairs);
-      const back = Buffer.alloc(bytes);
-      store.readPages(w.pid, Number(pairs[0]) / 4096, bytes / 4096, back);
-      assert.ok(Buffer.compare(back, Buffer.from(direct.buffer)) === 0, 'the store holds the pages as they are in the workload');
-    } finally {
-      tx.close();
-      rx.close();
-      await store.destroy();
-      fs.rmSync(dir, { recursive: true, force: true });
-      await w.stop();
-    }
-  });
+      await assertStoreHolds(r);
+    }));
 }
+
+test('one sendPages call writes the pairs as batches of at most its buffer, pairs split between them; all arrive intact', { skip, timeout: 60_000 }, () =>
+  withStoreRig('tcp', async (r) => {
+    const { start: s, end: e } = r;
+    const bytes = Number(e - s);
+    // Three pairs, the middle one a single page, and a buffer that is no multiple of them (or of 4 KiB).
+    const mid = s + 4096n * 37n;
+    const pairs = BigUint64Array.of(s, mid, mid, mid + 4096n, mid + 4096n, e);
+    const txBuf = Buffer.alloc((1 << 20) + 3 * 4096 + 100);
+    const cap = Math.floor(txBuf.length / 4096) * 4096;
+    const rcv = receiveIntoStore(r);
+    const sent = await r.tx.sendPages(r.w.pid, 1, pairs, txBuf);
+    r.tx.close();
+    const st = await rcv.done;
+    assert.equal(sent.batches, Math.ceil(bytes / cap), 'one batch per buffer\'s worth of pages');
+    assert.equal(st.batches, sent.batches);
+    assert.equal(rcv.counts.stored, sent.batches);
+    assert.equal(sent.pages, bytes / 4096);
+    await assertStoreHolds(r);
+    const [c, d] = addon().streamSocketPair();
+    const tx2 = new (addon().BatchConn)(c);
+    await assert.rejects(tx2.sendPages(r.w.pid, 1, BigUint64Array.of(s + 100n, e), txBuf), /page-aligned/);
+    await assert.rejects(tx2.sendPages(r.w.pid, 1, BigUint64Array.of(e, s), txBuf), /page-aligned/);
+    tx2.close();
+    addon().closeFd(d);
+  }));
 
 test('a raw batch whose pages lie outside the layout fails the stream before its payload is read', async () => {
   const [a, b] = addon().streamSocketPair();

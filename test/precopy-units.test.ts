@@ -3,7 +3,7 @@
 // Both once caused lost pages. The control connection is a stand-in.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { anonZeroPairs, KnownRanges, PrecopySender } from '../src/agent/precopy';
+import { anonZeroPairs, batchesPerCall, KnownRanges, PrecopySender } from '../src/agent/precopy';
 import type { FrameConn } from '../src/protocol/frames';
 import type { Message } from '../src/protocol/messages';
 import { RANGE_PRESENT, RANGE_ZERO, VMA_FILE, VMA_SHARED, VMA_TRACKED } from '../src/memory/ranges';
@@ -83,4 +83,14 @@ test('one layout message per round announces every process whose pages the round
   } finally {
     s.close();
   }
+});
+
+test('batches per native call: single batches over every connection for a small round, up to 8 for a big one', () => {
+  const MiB = 1 << 20;
+  assert.equal(batchesPerCall(8 * MiB, 2), 1, 'the frozen round keeps both connections busy');
+  assert.equal(batchesPerCall(4 * MiB, 4), 1);
+  assert.equal(batchesPerCall(0, 2), 1);
+  assert.equal(batchesPerCall(32 * MiB, 2), 2, 'each connection still gets two calls');
+  assert.equal(batchesPerCall(1024 * MiB, 2), 8, 'at most 8 per call');
+  assert.equal(batchesPerCall(1024 * MiB, 0), 8);
 });

@@ -87,6 +87,25 @@ const SETTLE_BYTES = 64 * PAGE_SIZE;
  * that too: the policy counts it in what is pending.
  */
 const FREEZE_LEAD_MS = 20;
+/** The most batches one native call sends (32 MiB): per-batch JS and thread-pool hand-offs cost ~0.1 s of CPU per GiB. */
+const MAX_BATCHES_PER_CALL = 8;
+/**
+ * The native path's read buffer, and so the largest batch it writes: a call of 8 batches of
+ * BATCH_BYTES goes out as 2 of 16 MiB. The destination's work per batch (header and ranges
+ * into JS, the store's plan, two thread-pool calls) is then paid 4x less often; a small round
+ * still goes in batches of BATCH_BYTES over every connection.
+ */
+const NATIVE_BATCH_BYTES = 16 * 1024 * 1024;
+
+/**
+ * How many batches each native call of a process's round should send: as many as keep every
+ * connection busy with at least two calls (a small round, such as the frozen one, still goes
+ * out in single batches over all of them), up to MAX_BATCHES_PER_CALL.
+ */
+export function batchesPerCall(bytes: number, connections: number): number {
+  return Math.max(1, Math.min(MAX_BATCHES_PER_CALL, Math.floor(bytes / (2 * Math.max(1, connections) * BATCH_BYTES))));
+}
+
 /** Read buffers per data connection: one being written, one being read into. */
 const BUFFERS_PER_STREAM = 2;
 
@@ -202,7 +221,7 @@ export class PrecopySender {
 
   constructor(private readonly control: FrameConn, streams: Socket[], private readonly opts: PrecopyOptions) {
     this.out = new BatchSender(streams, nativeBatchConns(streams), () => control.closed, opts.maxBandwidthBps);
-    this.pool = new BufferPool(BATCH_BYTES, BUFFERS_PER_STREAM * streams.length + 1);
+    this.pool = new BufferPool(this.out.native ? NATIVE_BATCH_BYTES : BATCH_BYTES, BUFFERS_PER_STREAM * streams.length + 1);
   }
 
   get bytesSent(): number {
@@ -323,8 +342,11 @@ export class PrecopySender {
       }
       await this.out.sendBuffers(encodeBatch({ pid, round, ranges, data: Buffer.alloc(0) }, { compress: false }));
     }
-    for (const b of batches(pairs, BATCH_BYTES)) {
-      if (this.out.native && !this.compress) {
+    const native = this.out.native && !this.compress;
+    // Natively, one call writes several batches (batch-sender.ts): JS and the thread pool are entered once per call.
+    const perCall = native ? batchesPerCall(pairBytes(pairs), this.out.width) : 1;
+    for (const b of batches(pairs, BATCH_BYTES * perCall)) {
+      if (native) {
         // Read and written on a libuv thread (batch-sender.ts); its bytes never come into JS.
         const bytes = pairBytes(b);
         // A process that exited since the scan is skipped there (batch-sender.ts), as below.

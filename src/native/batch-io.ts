@@ -4,6 +4,8 @@
 // 'network', 'process-gone' or 'failed'.
 
 export interface NativeSentPages {
+  /** Batches written (a call writes one per buffer's worth of pages; none for pairs of no page). */
+  batches: number;
   /** Pages of the pairs (data and all-zero). */
   pages: number;
   zeroPages: number;
@@ -20,7 +22,11 @@ export type NativeReadBatch =
   | { end?: undefined; head: Buffer; ranges: Buffer; payloadLen: number; inBuffer: boolean };
 
 export interface NativeBatchConn {
-  /** Reads pid's pairs into buf (process_vm_readv), and writes one raw batch: all-zero pages as zero ranges. */
+  /**
+   * pid's pairs as raw batches of at most buf's size, one after the other: each read into buf
+   * (process_vm_readv), then written, all-zero pages as zero ranges. On failure the error's
+   * `batches` counts the batches written whole before it.
+   */
   sendPages(pid: number, round: number, pairs: BigUint64Array, buf: Uint8Array): Promise<NativeSentPages>;
   /** Writes these buffers, in order, completely. */
   sendBuffers(bufs: Uint8Array[]): Promise<void>;

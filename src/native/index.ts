@@ -26,6 +26,7 @@ import type { CriuOpsNative } from './criu-ops';
 import type { CriuRpcNative } from './criu-rpc';
 import type { DirtyTrackerNative } from './dirty-tracker';
 import type { LazyFillNative } from './lazy-fill';
+import type { PageBufferNative } from './page-buffer';
 import type { PageReaderNative } from './page-reader';
 import type { PageServerNative } from './page-server';
 import type { ProbeNative } from './probe';
@@ -34,7 +35,7 @@ import type { SpliceRelayNative } from './splice-relay';
 import type { TcpRepairNative } from './tcp-repair';
 
 export interface Addon
-  extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative,
+  extends CriuOpsNative, CriuRpcNative, ProbeNative, SpliceRelayNative, PageServerNative, DirtyTrackerNative, PageReaderNative, PageBufferNative,
     LazyFillNative,
     BatchIoNative,
     SocketOptsNative,

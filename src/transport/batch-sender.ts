@@ -36,6 +36,11 @@ export class BatchSender {
     this.lanes = natives ? natives.map((conn) => ({ conn, busy: Promise.resolve() })) : socks.map((sock) => ({ sock, busy: Promise.resolve() }));
   }
 
+  /** How many connections the batches share. */
+  get width(): number {
+    return this.lanes.length;
+  }
+
   /** Whether batches of pages can go without JS reading them (sendPages). */
   get native(): boolean {
     return !!this.lanes[0]?.conn;
@@ -70,13 +75,15 @@ export class BatchSender {
   }
 
   /**
-   * A raw batch of pid's `pairs` read by the native connection into a buffer
-   * of `pool` (given back once written). Resolves when it is queued: at most
-   * one batch per connection is in flight. With `goneIsSkipped`, a process
-   * gone before its pages were read (a pre-copy child that exited since the
-   * scan) is no failure: nothing of the batch was written (the read comes
-   * first) and it does not count in batchesWritten. Failing the lane instead
-   * would surface at its next call, for another process or at a flush.
+   * pid's `pairs` as raw batches of at most the pool's buffer size, read by
+   * the native connection into a buffer of `pool` and written one after the
+   * other (one call for all of them), the buffer given back once the last is
+   * written. Resolves when queued: at most one call per connection is in
+   * flight. With `goneIsSkipped`, a process gone before its pages were read
+   * (a pre-copy child that exited since the scan) is no failure: the batches
+   * written before it count in batchesWritten, the one it stopped did not go
+   * out (the read comes first). Failing the lane instead would surface at its
+   * next call, for another process or at a flush.
    */
   async sendPages(pid: number, round: number, pairs: BigUint64Array, bytes: number, pool: BufferPool, goneIsSkipped = false): Promise<void> {
     await this.pace(bytes);
@@ -86,9 +93,10 @@ export class BatchSender {
     this.queue(lane, () => lane.conn!.sendPages(pid, round, pairs, buf).then(
       (r) => {
         this.bytesSent += r.wireBytes;
-        if (r.wireBytes > 0) this.batchesWritten++;
+        this.batchesWritten += r.batches;
       },
       (e) => {
+        this.batchesWritten += Number((e as { batches?: number })?.batches) || 0;
         if (goneIsSkipped && (e as { reason?: string })?.reason === 'process-gone') return;
         throw laneError(e, pid);
       },
