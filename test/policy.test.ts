@@ -357,6 +357,16 @@ test('frozenBudgetMs: one more live round while the frozen round would overrun i
   const d4 = slowRate.decide({ sinceLastScanMs: 45 });
   assert.equal(d4.action, 'continue', d4.reason);
   assert.match(d4.reason, /1\.8 MiB would take the frozen round ~18 ms at the last round's 102\.4 MB\/s/);
+  // The last round's store lag, learnt later (pipelined rounds), counts in its rate: 4.6 ms of
+  // transfer become ~16 ms with a 100 ms lag on its 40 ms, over a 10 ms budget.
+  const lagged = policy({ frozenBudgetMs: 10 });
+  assert.equal(lagged.decide({ sinceLastScanMs: 45 }).action, 'switchover');
+  lagged.noteStoreLag(100);
+  const d5 = lagged.decide({ sinceLastScanMs: 45 });
+  assert.equal(d5.action, 'continue', d5.reason);
+  assert.match(d5.reason, /would take the frozen round ~16 ms at the last round's 117\.0 MB\/s/);
+  assert.equal(lagged.bandwidthBps, policy({}).bandwidthBps, 'the bandwidth estimate keeps what was recorded');
+  assert.throws(() => lagged.noteStoreLag(-1), /store lag/);
   // Nothing at or under settleBytes asks for a round, whatever the rate.
   assert.equal(policy({ frozenBudgetMs: 2, settleBytes: 2 * MiB }).decide({ sinceLastScanMs: 45 }).action, 'switchover');
 

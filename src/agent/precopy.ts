@@ -568,8 +568,11 @@ export class PrecopyRun {
         const decide = () => this.policy.decide({ fixedCostMs: switchoverCostMs(memBytes, !!this.opts.lazyRestore), sinceLastScanMs: Date.now() - this.lastScanAt + FREEZE_LEAD_MS });
         let d = decide();
         if (d.action === 'switchover' && this.unacked) {
-          // Nothing may be in flight at the freeze; the wait dirtied more, so ask again.
+          // Nothing may be in flight at the freeze; the wait dirtied more and was part of that
+          // round's cost (the destination storing it), so ask again with both counted.
+          const t = Date.now();
           await this.acked();
+          this.policy.noteStoreLag(Date.now() - t);
           d = decide();
         }
         const last = this.records[this.records.length - 1];

@@ -196,6 +196,17 @@ export class SwitchoverPolicy {
     return cap !== undefined && measured > cap ? cap : measured;
   }
 
+  /**
+   * The last round's pages were all stored `ms` after record() (the caller awaited its
+   * acknowledgement only then: live rounds are pipelined): that time is part of what the round
+   * cost, so the frozen round's estimate (frozenBudgetMs) counts it. The bandwidth estimate keeps
+   * what was recorded.
+   */
+  noteStoreLag(ms: number): void {
+    if (!(ms >= 0 && Number.isFinite(ms))) throw new PhaulError('failed', `switchover policy: store lag must be >= 0 ms, got ${ms}`);
+    this.lastSendMs += ms;
+  }
+
   /** Records a finished round. Rounds must come in increasing order. */
   record(r: RoundStats): void {
     for (const k of ['round', 'pages', 'bytes', 'ms', 'scanMs', 'dirtyPagesFound'] as const) {
