@@ -319,6 +319,7 @@ class Server {
   std::atomic<uint64_t> copied_{0}, punched_{0}, copies_{0}, retries_{0}, dropped_{0};
   std::atomic<int64_t> last_fault_{0};  // when a read last returned a fault
   bool boost_ = false;                  // the event thread runs real-time, so may lift a worker it waits for (mu_)
+  bool reader_rt_ = false;              // the event thread runs real-time (SCHED_FIFO)
 
   // Postcopy (control_fd >= 0): per file, a bit per page that holds its data (mu_).
   bool await_ = false;
@@ -936,13 +937,24 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
   } parts[3] = {{page, page + kPage}, {page + kPage, e}, {s, page}};
   std::vector<Piece> punch;
   Put r = Put::kDone;
-  bool yield = false;
+  bool yield = false, demoted = false;
   int64_t t_answered = 0;
   uint32_t copy_us = 0;
   for (size_t i = 0; i < 3; i++) {
     for (uint64_t at = parts[i].s; at < parts[i].e;) {
       uint64_t to = i == 0 ? parts[i].e : std::min(parts[i].e, at + kWindowPiece);
       Piece from{to, pc.file, pc.off + (at - s)};
+      if (i > 0 && !demoted && reader_rt_ && r == Put::kDone) {
+        // The faulting thread is awake: the rest of the window is a favour,
+        // copied at normal priority so that the thread, woken maybe on this
+        // very CPU, can run (and fault again) at once rather than after the
+        // window (a real-time thread is not preempted by it). Not lower: a
+        // fault that arrives meanwhile must not wait behind other tasks.
+        struct sched_param sp = {};
+        sched_setscheduler(0, SCHED_OTHER, &sp);
+        setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 0);
+        demoted = true;
+      }
       if (r == Put::kDone && !yield && i > 0) {
         struct pollfd pf = {mm->uffd, POLLIN, 0};
         yield = poll(&pf, 1, 0) > 0;
@@ -964,6 +976,12 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
       at += done;
       if (r == Put::kDone) at = to;  // (placed, or skipped: already there or unmapped)
     }
+  }
+  if (demoted) {
+    struct sched_param sp = {};
+    sp.sched_priority = kReaderRtPrio;
+    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -10);
+    sched_setscheduler(0, SCHED_FIFO, &sp);
   }
   if (t_answered) {
     uint64_t bytes = 0;
@@ -1365,7 +1383,7 @@ bool Server::Run(std::string* err) {
     // runs (the kernel's real-time throttling still leaves others their share).
     struct sched_param sp = {};
     sp.sched_priority = kReaderRtPrio;
-    boost_ = sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
+    boost_ = reader_rt_ = sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
   }
   std::vector<std::thread> workers;
   int64_t deadline = NowUs() + int64_t(o_.connect_timeout_ms) * 1000;
