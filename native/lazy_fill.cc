@@ -126,6 +126,22 @@ static int64_t NowUs() {
   return int64_t(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
+// The calling thread at normal priority (SCHED_OTHER, nice 0).
+static void NormalPriority() {
+  struct sched_param sp = {};
+  sched_setscheduler(0, SCHED_OTHER, &sp);
+  setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 0);
+}
+
+// The calling thread as the event thread runs: nice -10, and real-time above
+// that when allowed (CAP_SYS_NICE). Whether it is real-time.
+static bool ReaderPriority() {
+  setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -10);
+  struct sched_param sp = {};
+  sp.sched_priority = kReaderRtPrio;
+  return sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
+}
+
 static inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -950,9 +966,7 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
         // very CPU, can run (and fault again) at once rather than after the
         // window (a real-time thread is not preempted by it). Not lower: a
         // fault that arrives meanwhile must not wait behind other tasks.
-        struct sched_param sp = {};
-        sched_setscheduler(0, SCHED_OTHER, &sp);
-        setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 0);
+        NormalPriority();
         demoted = true;
       }
       if (r == Put::kDone && !yield && i > 0) {
@@ -977,12 +991,7 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
       if (r == Put::kDone) at = to;  // (placed, or skipped: already there or unmapped)
     }
   }
-  if (demoted) {
-    struct sched_param sp = {};
-    sp.sched_priority = kReaderRtPrio;
-    setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -10);
-    sched_setscheduler(0, SCHED_FIFO, &sp);
-  }
+  if (demoted) ReaderPriority();
   if (t_answered) {
     uint64_t bytes = 0;
     for (const Piece& p : punch) bytes += p.end;
@@ -1170,10 +1179,7 @@ void Server::HandleMm(Mm* mm) {
 }
 
 void Server::Worker() {
-  // Normal priority (the event thread that started us runs above it).
-  struct sched_param sp = {};
-  sched_setscheduler(0, SCHED_OTHER, &sp);
-  setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), 0);
+  NormalPriority();  // the event thread that started us runs above it
   for (;;) {
     Mm* mm = nullptr;
     Flight fl{};
@@ -1377,14 +1383,9 @@ bool Server::Run(std::string* err) {
   if (!Setup(err)) return false;
   // Faults are answered here: ahead of the background copies when the CPUs
   // are busy (the workload stalls meanwhile). Needs privilege; best effort.
-  setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), -10);
-  {
-    // Better, real-time: a fault's message is read at once, whatever else
-    // runs (the kernel's real-time throttling still leaves others their share).
-    struct sched_param sp = {};
-    sp.sched_priority = kReaderRtPrio;
-    boost_ = reader_rt_ = sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
-  }
+  // Real-time when allowed: a fault's message is read at once, whatever else
+  // runs (the kernel's real-time throttling still leaves others their share).
+  boost_ = reader_rt_ = ReaderPriority();
   std::vector<std::thread> workers;
   int64_t deadline = NowUs() + int64_t(o_.connect_timeout_ms) * 1000;
   bool ok = true;

@@ -19,7 +19,7 @@ namespace phaul {
 namespace {
 
 const size_t kHuge = 2u << 20;
-// A bound on a single buffer: the data path's are 4 MiB.
+// A bound on a single buffer: the data path's are 4 or 16 MiB.
 const double kMaxBuffer = double(1u << 30);
 
 struct Mapping {
