@@ -53,10 +53,10 @@
 // load): read waits p90 2.6 ms and max 16 ms before, p90 ~60 us after.
 //
 // The store is read (pread into the copying thread's own buffer), never
-// mapped, and what is placed (or no longer needed) is given back, punched
-// out of the files, by the workers (never the event thread) once ~1 MiB is
-// queued (kPunchBatch) or when they have nothing to copy, adjacent ranges in
-// one punch. A punch zaps every mapping of its range: when the server mapped
+// mapped, and what is placed (or no longer needed: what no image lists, once
+// the restore is done, Unneeded) is given back, punched out of the files, by
+// the workers (never the event thread) once ~1 MiB is queued (kPunchBatch)
+// or when they have nothing to copy, adjacent ranges in one punch. A punch zaps every mapping of its range: when the server mapped
 // the files (the copies' source), each punch flushed TLBs on the CPUs that
 // ran us, 0.3-0.6 ms a punch here (a PVM guest), so what faults placed (small
 // scattered windows) waited for whole 2 MiB blocks and lingered in the store
@@ -295,6 +295,7 @@ class Server {
   void PunchAll(std::vector<Piece> punch);
   void Placed(uint32_t file, uint64_t off, uint64_t len);
   std::vector<Piece> TakePunches(uint64_t at_least);
+  void Unneeded();
   void Fatal(const std::string& why);
   bool Complete();
   void Wake();
@@ -1354,6 +1355,25 @@ void Server::Placed(uint32_t file, uint64_t off, uint64_t len) {
   to_punch_bytes_ += len;
 }
 
+// Once the restore is done, the store's ranges that no image lists are
+// queued to be given back: the pages the restore itself read, older copies
+// of pages a later round sent again, the files' holes (cheap to punch).
+void Server::Unneeded() {
+  std::vector<std::vector<std::pair<uint64_t, uint64_t>>> used(src_.size());
+  for (const auto& im : o_.images)
+    for (const auto& e : im.extents) used[e.file].push_back({e.off, e.off + (e.end - e.start)});
+  std::lock_guard<PiMutex> g(mu_);
+  for (uint32_t f = 0; f < used.size(); f++) {
+    std::sort(used[f].begin(), used[f].end());
+    uint64_t at = 0;
+    for (const auto& u : used[f]) {
+      if (u.first > at) Placed(f, at, u.first - at);
+      at = std::max(at, u.second);
+    }
+    if (src_[f].size > at) Placed(f, at, src_[f].size - at);
+  }
+}
+
 // The queued ranges, if they hold at least `at_least` bytes (mu_ held).
 std::vector<Piece> Server::TakePunches(uint64_t at_least) {
   std::vector<Piece> punch;
@@ -1467,6 +1487,7 @@ bool Server::Run(std::string* err) {
           }
         }
         if (finished_ && !was) {
+          if (o_.punch) Unneeded();
           int t = std::max(1, o_.threads);
           for (int k = 0; k < t; k++) workers.emplace_back([this] { Worker(); });
         }
