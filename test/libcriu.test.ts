@@ -8,19 +8,12 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { criuBinary } from '../src/criu/binary';
+import { criu, noCriu } from './helpers/criu';
 import { criuCheck, criuDump, criuRestore, criuVersion } from '../src/criu/libcriu';
 import { PhaulError } from '../src/errors';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-let criu: string | undefined;
-let noCriu = '';
-try {
-  criu = criuBinary();
-} catch (err) {
-  noCriu = `no CRIU binary (${(err as Error).message}): run npm run setup`;
-}
 
 function tmpDir(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `phaul-libcriu-${tag}-`));

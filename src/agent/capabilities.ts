@@ -7,10 +7,11 @@
 // engine in src/agent/migrate.ts).
 import * as os from 'node:os';
 import { LAZY_PIPE_BYTES, pipeMaxSize } from '../check/kernel';
-import { criuBinary, criuVersion, ensureKerndatCache } from '../criu';
+import { criuBinary, criuVersionCached, ensureKerndatCache } from '../criu';
 import { DirtyTracker } from '../memory/dirty-tracker';
 import type { Capabilities } from '../protocol/messages';
 import { VERSION } from '../version';
+import { runPath } from './run-dir';
 
 export type { Capabilities };
 
@@ -150,13 +151,15 @@ export function probeHostFacts(criu: Fact): HostFacts {
 
 let cached: Promise<Capabilities> | undefined;
 
-/** This host as the handshake describes it; fails (once) if CRIU is unusable. */
+/** This host as the handshake describes it; fails (once) if CRIU does not answer (a binary that answered once is not asked again). */
 export function localCapabilities(): Promise<Capabilities> {
   // Once per agent, before any migration: CRIU's kernel probe cached (else every CRIU run probes again).
   if (!cached) {
     try { ensureKerndatCache(criuBinary()); } catch { /* no CRIU at all: criuVersion says so below */ }
   }
-  cached ??= criuVersion().then(({ major, minor, sublevel }) => {
+  // The version from the binary's own cache entry when it has one (criu/version-cache.ts): asking
+  // starts CRIU, a fixed cost of every migration's source otherwise.
+  cached ??= (async () => criuVersionCached(criuBinary(), () => runPath('criu-version.json')))().then(({ major, minor, sublevel }) => {
     const criu = { major, minor, sublevel };
     const facts = probeHostFacts({ ok: true, detail: `CRIU ${major}.${minor}.${sublevel}` });
     return {

@@ -33,5 +33,6 @@ export {
   type CriuOpts, type CriuRequest, type CriuResult, type CriuSession, type NotifyHandler, type RunOptions,
 } from './rpc';
 export { ensureKerndatCache } from './kerndat-cache';
+export { criuVersionCached } from './version-cache';
 export { LazyDump, type DumpCpu, type LazyDumpOptions } from './lazy-dump';
 export { LAZY_FILL_LOG, LazyPagesServer, type FillSource, type LazyPagesOptions } from './lazy-pages';

@@ -18,7 +18,7 @@
 // compressible memory is; a peer that can both plant data in the workload and
 // watch the wire could learn something from that (CRIME-style). 'none'
 // avoids it.
-import * as lz4 from 'lz4-napi';
+import { lz4 } from './lz4';
 import { PhaulError } from '../errors';
 
 export type CompressionMode = 'auto' | 'lz4' | 'none';
@@ -63,6 +63,8 @@ const PAGE = 4096;
  */
 const SAMPLE_BYTES = 256 * 1024;
 
+const SAMPLE_WORDS = ['the ', 'migration ', 'page ', 'round ', 'dirty ', 'socket ', 'of ', 'and ', '{"id":', ',"v":', '\n'];
+
 /**
  * A stand-in for process memory when no real pages are at hand: a third each
  * of pointer-rich heap-like pages (compress well), text-like pages (compress
@@ -74,27 +76,36 @@ const SAMPLE_BYTES = 256 * 1024;
  */
 export function syntheticPages(bytes = SAMPLE_BYTES): Buffer {
   const buf = Buffer.allocUnsafe(bytes - (bytes % PAGE));
-  const w32 = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4);
-  let x = 0x9e3779b9;
-  const next = () => { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return x >>> 0; };
-  const words = ['the ', 'migration ', 'page ', 'round ', 'dirty ', 'socket ', 'of ', 'and ', '{"id":', ',"v":', '\n'].map((t) => Buffer.from(t, 'latin1'));
+  // Words written through an Int32Array and the generator kept in a local
+  // int32: this runs once per process, mostly in V8's interpreter, where every
+  // uint32 above 2^31 (half of xorshift's outputs, as `x >>> 0`) was a heap
+  // number allocated. Same bytes as the uint32 formulation.
+  const i32 = new Int32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+  const words = SAMPLE_WORDS.map((t) => Buffer.from(t, 'latin1'));
+  const n = words.length, lowMod = 65536 % n;
+  let x = 0x9e3779b9 | 0;
   for (let p = 0, i = 0; p < buf.length; p += PAGE, i++) {
     const kind = i % 3;
     if (kind === 0) {
       // 8-byte slots: pointers into one region, small integers, zeros.
-      for (let o = p / 4; o < (p + PAGE) / 4; o += 2) {
-        const r = next();
-        const k = r & 0xff;
-        w32[o] = k < 96 ? 0x5600_0000 + ((r >>> 8) & 0xffff) * 16 : k < 192 ? (r >>> 8) & 0xff : 0;
-        w32[o + 1] = k < 96 ? 0x7f : 0;
+      for (let o = p >> 2, end = (p + PAGE) >> 2; o < end; o += 2) {
+        x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+        const k = x & 0xff;
+        i32[o] = k < 96 ? 0x5600_0000 + ((x >>> 8) & 0xffff) * 16 : k < 192 ? (x >>> 8) & 0xff : 0;
+        i32[o + 1] = k < 96 ? 0x7f : 0;
       }
     } else if (kind === 1) {
-      for (let o = p; o < p + PAGE;) {
-        const word = words[next() % words.length];
-        for (let k = 0; k < word.length && o < p + PAGE; k++) buf[o++] = word[k];
+      for (let o = p, end = p + PAGE; o < end;) {
+        x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+        // (x as uint32) % n, in small integers: high half and low half apart.
+        const word = words[(((x >>> 16) % n) * lowMod + (x & 0xffff)) % n];
+        for (let k = 0; k < word.length && o < end; k++) buf[o++] = word[k];
       }
     } else {
-      for (let o = p / 4; o < (p + PAGE) / 4; o++) w32[o] = next();
+      for (let o = p >> 2, end = (p + PAGE) >> 2; o < end; o++) {
+        x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+        i32[o] = x;
+      }
     }
   }
   return buf;
@@ -111,14 +122,15 @@ export function measureLz4(sample?: Uint8Array): number {
   if (!sample && cached !== undefined) return cached;
   const buf = sample ? Buffer.from(sample.buffer, sample.byteOffset, sample.byteLength) : syntheticPages();
   if (buf.length === 0) throw new PhaulError('failed', 'measureLz4: empty sample');
-  lz4.compressSync(buf); // warm-up: first call pays for loading and allocator set-up
+  const { compressSync } = lz4();
+  compressSync(buf); // warm-up: first call pays for loading and allocator set-up
   let bytes = 0;
   const t0 = process.hrtime.bigint();
   let ns = 0n;
   // At least 3 runs and 5 ms, so timer resolution and one hiccup don't decide
   // (the choice has a 1.25x headroom: a few percent of precision are enough).
   for (let runs = 0; runs < 3 || ns < 5_000_000n; runs++) {
-    lz4.compressSync(buf);
+    compressSync(buf);
     bytes += buf.length;
     ns = process.hrtime.bigint() - t0;
     if (ns > 1_000_000_000n) break;

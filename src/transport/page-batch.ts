@@ -35,7 +35,7 @@
 // alignment/extent/nrPages, sum of non-zero pages * 4096 == rawLen, the LZ4
 // size prefix == rawLen before decompressing (lz4_flex would otherwise allocate
 // whatever the prefix says, up to 4 GiB), decompressed length == rawLen.
-import * as lz4 from 'lz4-napi';
+import { lz4 } from './lz4';
 import { PhaulError } from '../errors';
 import { MAX_PID, MAX_ROUND, USER_ADDR_LIMIT, type PageBatch, type PageRange } from '../store/batch';
 
@@ -164,7 +164,7 @@ export function encodeBatch(batch: PageBatch, opts: EncodeOptions): Buffer[] {
   const raw = batch.data.byteLength;
   let compressed: Buffer | undefined;
   if (opts.compress && raw > 0 && raw <= MAX_RAW_BYTES) {
-    compressed = worthIt(raw, lz4.compressSync(asBuffer(batch.data)), opts.minSaving ?? DEFAULT_MIN_SAVING);
+    compressed = worthIt(raw, lz4().compressSync(asBuffer(batch.data)), opts.minSaving ?? DEFAULT_MIN_SAVING);
   }
   return assemble(batch, compressed);
 }
@@ -178,7 +178,7 @@ export async function encodeBatchAsync(batch: PageBatch, opts: EncodeOptions): P
   const raw = batch.data.byteLength;
   let compressed: Buffer | undefined;
   if (opts.compress && raw > 0 && raw <= MAX_RAW_BYTES) {
-    compressed = worthIt(raw, await lz4.compress(asBuffer(batch.data)), opts.minSaving ?? DEFAULT_MIN_SAVING);
+    compressed = worthIt(raw, await lz4().compress(asBuffer(batch.data)), opts.minSaving ?? DEFAULT_MIN_SAVING);
   }
   return assemble(batch, compressed);
 }
@@ -256,7 +256,7 @@ export function unpackPayload(h: BatchHeader, payload: Buffer, what = 'page batc
   checkLz4Prefix(h, payload, what);
   let out: Buffer;
   try {
-    out = lz4.uncompressSync(payload);
+    out = lz4().uncompressSync(payload);
   } catch (e) {
     throw fail(what, `lz4 payload is corrupt (${(e as Error).message})`);
   }
@@ -269,7 +269,7 @@ export async function unpackPayloadAsync(h: BatchHeader, payload: Buffer, what =
   checkLz4Prefix(h, payload, what);
   let out: Buffer;
   try {
-    out = await lz4.uncompress(payload);
+    out = await lz4().uncompress(payload);
   } catch (e) {
     throw fail(what, `lz4 payload is corrupt (${(e as Error).message})`);
   }
