@@ -56,14 +56,15 @@
 // mapped, and what is placed (or no longer needed: what no image lists, once
 // the restore is done, Unneeded) is given back, punched out of the files, by
 // the workers (never the event thread) once ~1 MiB is queued (kPunchBatch)
-// or when they have nothing to copy, adjacent ranges in one punch. A punch zaps every mapping of its range: when the server mapped
-// the files (the copies' source), each punch flushed TLBs on the CPUs that
-// ran us, 0.3-0.6 ms a punch here (a PVM guest), so what faults placed (small
-// scattered windows) waited for whole 2 MiB blocks and lingered in the store
-// beside the workload (destination peak 1.13-1.20x). With nothing mapped, a
-// 64 KiB punch costs 12-35 us (measured under load), what freeing its pages
-// costs; a read costs a memcpy more than copying from a mapping, whose first
-// touch of each page faulted instead.
+// or when they have nothing to copy, adjacent ranges in one punch. A punch
+// zaps every mapping of its range: when the server mapped the files (the
+// copies' source), each punch flushed TLBs on the CPUs that ran us, 0.3-0.6
+// ms a punch here (a PVM guest), so what faults placed (small scattered
+// windows) waited for whole 2 MiB blocks and lingered in the store beside
+// the workload (destination peak 1.13-1.20x). With nothing mapped, a 64 KiB
+// punch costs 12-35 us (measured under load), what freeing its pages costs;
+// a read costs a memcpy more than copying from a mapping, whose first touch
+// of each page faulted instead.
 //
 // Postcopy (Options::control_fd): the files fill while the tree runs. A bitmap
 // per file says which pages hold their data; claims take present pages only.
