@@ -52,14 +52,19 @@
 // leaves other tasks their share. Measured (PHAUL_FAST_FILL_TRACE, under
 // load): read waits p90 2.6 ms and max 16 ms before, p90 ~60 us after.
 //
-// Store pages are given back (punched out of the files) as the background
-// places them, in runs of up to 1 MiB; what faults place (and what events
-// drop) a 2 MiB block at a time, once every page of the block an image needs
-// is placed: a punch flushes TLBs whatever its size (~0.1-0.4 ms here), and
-// a punch per fault window took the workers' whole time during a storm (5,300
-// punches, 4 s of two workers' CPU in 2 s, the background stalled and the
-// 1 GiB fill took 6-10 s), while blocks alone kept the store beside the
-// workload until late in the fill (destination peak 1.5-1.75x the workload).
+// The store is read (pread into the copying thread's own buffer), never
+// mapped, and what is placed (or no longer needed: what no image lists, once
+// the restore is done, Unneeded) is given back, punched out of the files, by
+// the workers (never the event thread) once ~1 MiB is queued (kPunchBatch)
+// or when they have nothing to copy, adjacent ranges in one punch. A punch
+// zaps every mapping of its range: when the server mapped the files (the
+// copies' source), each punch flushed TLBs on the CPUs that ran us, 0.3-0.6
+// ms a punch here (a PVM guest), so what faults placed (small scattered
+// windows) waited for whole 2 MiB blocks and lingered in the store beside
+// the workload (destination peak 1.13-1.20x). With nothing mapped, a 64 KiB
+// punch costs 12-35 us (measured under load), what freeing its pages costs;
+// a read costs a memcpy more than copying from a mapping, whose first touch
+// of each page faulted instead.
 //
 // Postcopy (Options::control_fd): the files fill while the tree runs. A bitmap
 // per file says which pages hold their data; claims take present pages only.
@@ -103,7 +108,9 @@ namespace lazyfill {
 
 static const uint64_t kPage = 4096;
 static const uint32_t kRestoreFinished = 0x52535446;
-static const uint64_t kPunchBlock = 2 << 20;  // store pages given back at a time
+// Placed store ranges are given back (punched) once this much is queued, or
+// when a worker has nothing to copy.
+static const uint64_t kPunchBatch = 1 << 20;
 // While faults are arriving (the last one less than kStormUs ago), a
 // background copy places at most kStormSlice at a time: a read waits for the
 // one under way. Otherwise Options::slice_bytes (fewer, larger ioctls fill faster).
@@ -182,7 +189,6 @@ int Listen(const std::string& path, std::string* err) {
 
 struct Src {
   int fd = -1;
-  const uint8_t* base = nullptr;
   uint64_t size = 0;
 };
 
@@ -285,9 +291,12 @@ class Server {
   void Release(Mm* mm, uint64_t s, uint64_t e, const Piece& pc);
   void Drop(Mm* mm, uint64_t s, uint64_t e, bool count);
   Put Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, uint64_t* done);
+  const uint8_t* Read(uint32_t file, uint64_t off, uint64_t len);
   void Gone(Mm* mm);
-  void PunchAll(const std::vector<Piece>& punch);
-  void Placed(uint32_t file, uint64_t off, uint64_t len, bool run = false);
+  void PunchAll(std::vector<Piece> punch);
+  void Placed(uint32_t file, uint64_t off, uint64_t len);
+  std::vector<Piece> TakePunches(uint64_t at_least);
+  void Unneeded();
   void Fatal(const std::string& why);
   bool Complete();
   void Wake();
@@ -323,15 +332,10 @@ class Server {
   bool stop_ = false;
   std::string fatal_;
   size_t rr_ = 0;
-  // What faults place is given back a block at a time, once every page of
-  // the block that an image needs is placed (or no longer needed): a punch
-  // costs TLB flushes whatever its size (~0.1 ms here), and faults place
-  // small scattered windows (the background punches its own runs, Fly).
-  // Per file, a bit per page (mu_).
-  std::vector<std::vector<uint64_t>> needed_, placed_;
-  std::vector<std::vector<bool>> given_back_;  // per block
-  std::vector<std::vector<bool>> loose_;       // per block: pages of it placed or dropped outside a punched run
-  std::vector<Piece> to_punch_;                // blocks to give back (end = length)
+  // Store ranges placed (or no longer needed) and not given back yet (end =
+  // length), and their bytes (mu_): the workers punch them (Placed).
+  std::vector<Piece> to_punch_;
+  uint64_t to_punch_bytes_ = 0;
   std::atomic<uint64_t> copied_{0}, punched_{0}, copies_{0}, retries_{0}, dropped_{0};
   std::atomic<int64_t> last_fault_{0};  // when a read last returned a fault
   bool boost_ = false;                  // the event thread runs real-time, so may lift a worker it waits for (mu_)
@@ -359,10 +363,8 @@ Server::~Server() {
   for (auto& m : mms_)
     if (m->uffd >= 0 && fatal_.empty()) close(m->uffd);
   for (int fd : ctl_fds_) close(fd);
-  for (auto& s : src_) {
-    if (s.base) munmap((void*)s.base, s.size);
+  for (auto& s : src_)
     if (s.fd >= 0) close(s.fd);
-  }
   for (int fd : {ep_, ctl_, wake_, listen_, control_})
     if (fd >= 0) close(fd);
 }
@@ -383,14 +385,6 @@ bool Server::Setup(std::string* err) {
       return false;
     }
     s.size = uint64_t(sb.st_size);
-    if (s.size) {
-      void* p = mmap(nullptr, s.size, PROT_READ, MAP_SHARED, s.fd, 0);
-      if (p == MAP_FAILED) {
-        *err = Errno("mmap " + f, errno);
-        return false;
-      }
-      s.base = static_cast<const uint8_t*>(p);
-    }
     src_.push_back(s);
   }
   for (const auto& im : o_.images) {
@@ -406,18 +400,6 @@ bool Server::Setup(std::string* err) {
       st_->pages += (e.end - e.start) / kPage;
     }
     by_id_[im.id] = &im.extents;
-  }
-  if (o_.punch) {
-    for (const auto& f : src_) {
-      needed_.emplace_back((f.size / kPage + 63) / 64, 0);
-      placed_.emplace_back(needed_.back().size(), 0);
-      given_back_.emplace_back((f.size + kPunchBlock - 1) / kPunchBlock, false);
-      loose_.emplace_back(given_back_.back().size(), false);
-    }
-    for (const auto& im : o_.images)
-      for (const auto& e : im.extents)
-        for (uint64_t pg = e.off / kPage, end = pg + (e.end - e.start) / kPage; pg < end; pg++)
-          needed_[e.file][pg / 64] |= 1ull << (pg % 64);
   }
   ep_ = epoll_create1(EPOLL_CLOEXEC);
   wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -779,13 +761,12 @@ void Server::Wake() {
 // wakes every thread waiting on a page it placed.
 Put Server::Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, uint64_t* done) {
   *done = 0;
+  const uint8_t* buf = Read(pc.file, pc.off, e - s);
+  if (!buf) return Put::kFatal;
   uint64_t at = s;
   while (at < e) {
     uint64_t len = e - at;
-    const uint8_t* from = src_[pc.file].base + pc.off + (at - s);
-    // Map the source first: a copy from an unmapped source page takes the
-    // kernel's slow path (drop the locks, fault, retry) page by page.
-    madvise((void*)from, len, MADV_POPULATE_READ);
+    const uint8_t* from = buf + (at - s);
     struct uffdio_copy c = {};
     c.dst = at;
     c.src = uint64_t(uintptr_t(from));
@@ -821,6 +802,7 @@ Put Server::Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, u
         *done = at - s;
         continue;
       }
+      // (Each half reads its pages again: the calling thread has one buffer.)
       uint64_t mid = at + ((e - at) / kPage / 2) * kPage;
       uint64_t d1 = 0, d2 = 0;
       Put r = Place(mm, at, mid, Piece{mid, pc.file, pc.off + (at - s)}, fault, &d1);
@@ -834,6 +816,52 @@ Put Server::Place(Mm* mm, uint64_t s, uint64_t e, const Piece& pc, bool fault, u
     return Put::kFatal;
   }
   return Put::kDone;
+}
+
+// The calling thread's copy buffer, grown to `len` (page-aligned, touched
+// so that UFFDIO_COPY never faults on it). Threads copy from their own.
+static uint8_t* CopyBuffer(uint64_t len) {
+  struct Buffer {
+    uint8_t* p = nullptr;
+    uint64_t size = 0;
+    ~Buffer() {
+      if (p) munmap(p, size);
+    }
+  };
+  thread_local Buffer b;
+  if (b.size < len) {
+    if (b.p) munmap(b.p, b.size);
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      b = Buffer();
+      return nullptr;
+    }
+    memset(p, 0, len);
+    b.p = static_cast<uint8_t*>(p);
+    b.size = len;
+  }
+  return b.p;
+}
+
+// File bytes [off, off + len) in the calling thread's buffer (read, not
+// mapped: the comment at the top says why), or null after Fatal.
+const uint8_t* Server::Read(uint32_t file, uint64_t off, uint64_t len) {
+  uint8_t* buf = CopyBuffer(len);
+  if (!buf) {
+    Fatal(Errno("lazy-pages: copy buffer", ENOMEM));
+    return nullptr;
+  }
+  for (uint64_t got = 0; got < len;) {
+    ssize_t n = pread(src_[file].fd, buf + got, len - got, off_t(off + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      Fatal(n < 0 ? Errno("read page file " + o_.files[file], errno)
+                  : "page file " + o_.files[file] + " ends before its pages");
+      return nullptr;
+    }
+    got += uint64_t(n);
+  }
+  return buf;
 }
 
 // A fault's thread runs again (its page is in place): counted with the time since its message.
@@ -1001,11 +1029,11 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
   if (r == Put::kAgain && punch.empty()) again->push_back({addr, seen});  // its own page is not in place
   if (r == Put::kFatal) return;
   if (o_.punch && !punch.empty()) {
-    // Giving the store's pages back costs TLB flushes: the workers do it.
+    // The workers give the store's pages back, off the fault path.
     std::lock_guard<PiMutex> g(mu_);
     if (mm->family->members == 1)
       for (const Piece& p : punch) Placed(p.file, p.off, p.end);
-    if (!to_punch_.empty()) work_cv_.notify_one();
+    if (to_punch_bytes_ >= kPunchBatch) work_cv_.notify_one();
   }
 }
 
@@ -1210,17 +1238,16 @@ void Server::Worker() {
           mm->cursor = e;
           break;
         }
-        if (!to_punch_.empty()) break;  // nothing to copy now: give back what faults placed
+        if (!to_punch_.empty()) break;  // nothing to copy now: give back what is placed
         if (soonest)
           work_cv_.wait_for(g, std::chrono::microseconds(std::max<int64_t>(soonest - now, 50)));
         else
           work_cv_.wait(g);
       }
       if (!mm) {
-        std::vector<Piece> punch;
-        punch.swap(to_punch_);
+        std::vector<Piece> punch = TakePunches(0);
         g.unlock();
-        PunchAll(punch);
+        PunchAll(std::move(punch));
         continue;
       }
     }
@@ -1235,15 +1262,6 @@ void Server::Fly(Mm* mm, Flight* c) {
   const pid_t tid = pid_t(syscall(SYS_gettid));
   const int base_nice = getpriority(PRIO_PROCESS, tid);
   bool low = false;
-  // What this flight placed is given back in runs of up to 1 MiB as it goes
-  // (each punch flushes the TLBs of our mapping of the file, costly in a VM,
-  // but one per 1 MiB is cheap; waiting for whole blocks instead kept most
-  // of the store next to the workload: destination peak 1.75x at 1 GiB).
-  Piece run{0, 0, 0};  // end = length
-  auto flush = [&] {
-    if (run.end) PunchAll({run});
-    run.end = 0;
-  };
   for (;;) {
     uint64_t a, b;
     Piece pc;
@@ -1261,7 +1279,6 @@ void Server::Fly(Mm* mm, Flight* c) {
         if (!stop_) Wake();  // the event thread checks whether all is in place
         g.unlock();
         if (low) setpriority(PRIO_PROCESS, tid, base_nice);
-        flush();
         return;
       }
       a = c->next;
@@ -1306,7 +1323,7 @@ void Server::Fly(Mm* mm, Flight* c) {
       if (r == Put::kFatal) c->end = c->next;
       Unlist(mm, c);
       alone = mm->family->members == 1;
-      if (o_.punch && done && alone) Placed(pc.file, pc.off, done, true);
+      if (o_.punch && done && alone) Placed(pc.file, pc.off, done);
     }
     if (unboost) {  // with mu_ released and the read told
       struct sched_param sp = {};
@@ -1322,44 +1339,63 @@ void Server::Fly(Mm* mm, Flight* c) {
     std::vector<Piece> punch;
     {
       std::lock_guard<PiMutex> g(mu_);
-      punch.swap(to_punch_);
+      punch = TakePunches(kPunchBatch);
     }
     if (r == Put::kGone) Gone(mm);
-    PunchAll(punch);
-    if (o_.punch && done && alone) {
-      if (run.end && (run.file != pc.file || run.off + run.end != pc.off)) flush();
-      if (!run.end) run = Piece{0, pc.file, pc.off};
-      run.end += done;
-      if (run.end >= (1 << 20)) flush();
-    }
+    PunchAll(std::move(punch));
   }
 }
 
 // File pages [off, off + len) are in the workload (or no longer needed), and
-// no other mm needs them (mu_ held): the blocks they complete are queued to
-// be given back, unless a background flight's runs (`run`: it punches them
-// itself) placed every page of the block.
-void Server::Placed(uint32_t file, uint64_t off, uint64_t len, bool run) {
-  std::vector<uint64_t>& pl = placed_[file];
-  const std::vector<uint64_t>& nd = needed_[file];
-  for (uint64_t pg = off / kPage, end = (off + len) / kPage; pg < end; pg++) pl[pg / 64] |= 1ull << (pg % 64);
-  const uint64_t words = kPunchBlock / kPage / 64;
-  for (uint64_t b = off / kPunchBlock; b * kPunchBlock < off + len; b++) {
-    if (!run) loose_[file][b] = true;
-    if (given_back_[file][b]) continue;
-    bool done = true;
-    for (uint64_t w = b * words; w < std::min<uint64_t>((b + 1) * words, nd.size()) && done; w++)
-      done = (nd[w] & ~pl[w]) == 0;
-    if (!done) continue;
-    given_back_[file][b] = true;
-    if (!loose_[file][b]) continue;
-    uint64_t start = b * kPunchBlock;
-    to_punch_.push_back(Piece{std::min(kPunchBlock, src_[file].size - start), file, start});
+// no other mm needs them (mu_ held): queued to be given back.
+void Server::Placed(uint32_t file, uint64_t off, uint64_t len) {
+  if (!to_punch_.empty() && to_punch_.back().file == file && to_punch_.back().off + to_punch_.back().end == off)
+    to_punch_.back().end += len;
+  else
+    to_punch_.push_back(Piece{len, file, off});
+  to_punch_bytes_ += len;
+}
+
+// Once the restore is done, the store's ranges that no image lists are
+// queued to be given back: the pages the restore itself read, older copies
+// of pages a later round sent again, the files' holes (cheap to punch).
+void Server::Unneeded() {
+  std::vector<std::vector<std::pair<uint64_t, uint64_t>>> used(src_.size());
+  for (const auto& im : o_.images)
+    for (const auto& e : im.extents) used[e.file].push_back({e.off, e.off + (e.end - e.start)});
+  std::lock_guard<PiMutex> g(mu_);
+  for (uint32_t f = 0; f < used.size(); f++) {
+    std::sort(used[f].begin(), used[f].end());
+    uint64_t at = 0;
+    for (const auto& u : used[f]) {
+      if (u.first > at) Placed(f, at, u.first - at);
+      at = std::max(at, u.second);
+    }
+    if (src_[f].size > at) Placed(f, at, src_[f].size - at);
   }
 }
 
-// Gives file ranges back (Piece.end is the length here).
-void Server::PunchAll(const std::vector<Piece>& punch) {
+// The queued ranges, if they hold at least `at_least` bytes (mu_ held).
+std::vector<Piece> Server::TakePunches(uint64_t at_least) {
+  std::vector<Piece> punch;
+  if (to_punch_.empty() || to_punch_bytes_ < at_least) return punch;
+  punch.swap(to_punch_);
+  to_punch_bytes_ = 0;
+  return punch;
+}
+
+// Gives file ranges back (Piece.end is the length here), adjacent ones in
+// one punch: the threads queue them in the order they place them.
+void Server::PunchAll(std::vector<Piece> punch) {
+  std::sort(punch.begin(), punch.end(),
+            [](const Piece& a, const Piece& b) { return a.file != b.file ? a.file < b.file : a.off < b.off; });
+  size_t n = 0;
+  for (const Piece& p : punch)
+    if (n && punch[n - 1].file == p.file && punch[n - 1].off + punch[n - 1].end == p.off)
+      punch[n - 1].end += p.end;
+    else
+      punch[n++] = p;
+  punch.resize(n);
   for (const Piece& p : punch) {
     int64_t t = NowUs();
     if (fallocate(src_[p.file].fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(p.off), off_t(p.end)) == 0)
@@ -1452,6 +1488,7 @@ bool Server::Run(std::string* err) {
           }
         }
         if (finished_ && !was) {
+          if (o_.punch) Unneeded();
           int t = std::max(1, o_.threads);
           for (int k = 0; k < t; k++) workers.emplace_back([this] { Worker(); });
         }
@@ -1489,7 +1526,7 @@ bool Server::Run(std::string* err) {
   work_cv_.notify_all();
   gate_cv_.notify_all();
   for (auto& t : workers) t.join();
-  if (ok && o_.punch) PunchAll(to_punch_);
+  if (ok && o_.punch) PunchAll(std::move(to_punch_));
   if (ok) st_->fill_ms = (NowUs() - t_fin_) / 1000;
   st_->copied_pages = copied_;
   st_->punched_bytes = punched_;

@@ -1,6 +1,6 @@
 // The lazy-pages server: fills a lazily restored tree's memory through the
 // userfaultfds `criu restore --lazy-pages` hands over on its lazy-pages
-// socket, from page data already on this host (files mapped read-only). Pure
+// socket, from page data already on this host (files read, never mapped). Pure
 // C++ core; the N-API binding is in lazy_fill_napi.cc.
 #pragma once
 #include <stdint.h>

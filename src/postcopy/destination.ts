@@ -84,8 +84,14 @@ export class PostcopyReceiver {
         if (!r.zero) {
           const from = dataOff + (p - first) * PAGE_SIZE;
           const len = (q - p) * PAGE_SIZE;
-          if (len < SYNC_WRITE_BYTES) fs.writeSync(this.fd, b.data, from, len, p * PAGE_SIZE);
-          else await write(this.fd, b.data, from, len, p * PAGE_SIZE);
+          // A nearly full file system writes part and says how much: the rest is written (or fails) next.
+          for (let done = 0; done < len;) {
+            const n = len - done < SYNC_WRITE_BYTES
+              ? fs.writeSync(this.fd, b.data, from + done, len - done, p * PAGE_SIZE + done)
+              : (await write(this.fd, b.data, from + done, len - done, p * PAGE_SIZE + done)).bytesWritten;
+            if (n <= 0) throw new PhaulError('failed', `postcopy pages file: nothing written at page ${p}`);
+            done += n;
+          }
         }
         this.receivedPages += q - p;
         present.push([p, q]);

@@ -12,8 +12,8 @@
 //
 // It takes the place of CRIU's `criu lazy-pages` daemon with the addon's
 // server (native/lazy_fill.cc): faults first, everything else in large copies
-// on several threads straight from the page store's chain (mapped, no copy
-// through JS), each store page given back once it is in the workload. It runs
+// on several threads straight from the page store's chain (read by the addon,
+// no copy through JS), each store page given back once it is in the workload. It runs
 // in its own session, apart from the agent: a restored workload still gets
 // all of its memory if the agent dies meanwhile. It starts before the chain
 // exists (Node's start-up stays out of the pause) and learns it on stdin; if
@@ -106,7 +106,7 @@ async function main(): Promise<number> {
     process.stderr.write(`lazy-fill: ${(e as Error).message}\n`);
     return 1;
   } finally {
-    chain?.close(); // the server maps the files itself
+    chain?.close(); // the server opens the files itself
   }
   try {
     const threads = Number(threadsArg) > 0 ? Number(threadsArg) : 2;
