@@ -55,8 +55,9 @@
 // The store is read (pread into the copying thread's own buffer), never
 // mapped, and what is placed (or no longer needed: what no image lists, once
 // the restore is done, Unneeded) is given back, punched out of the files, by
-// the workers (never the event thread) once ~1 MiB is queued (kPunchBatch)
-// or when they have nothing to copy, adjacent ranges in one punch. A punch
+// a thread of its own at normal priority (Puncher: never the event thread,
+// and not the workers, which run at nice 19 while faults arrive) once ~1 MiB
+// is queued (kPunchBatch) or every 20 ms, adjacent ranges in one punch. A punch
 // zaps every mapping of its range: when the server mapped the files (the
 // copies' source), each punch flushed TLBs on the CPUs that ran us, 0.3-0.6
 // ms a punch here (a PVM guest), so what faults placed (small scattered
@@ -109,8 +110,9 @@ namespace lazyfill {
 static const uint64_t kPage = 4096;
 static const uint32_t kRestoreFinished = 0x52535446;
 // Placed store ranges are given back (punched) once this much is queued, or
-// when a worker has nothing to copy.
+// this long after the last time.
 static const uint64_t kPunchBatch = 1 << 20;
+static const int64_t kPunchIdleUs = 20000;
 // While faults are arriving (the last one less than kStormUs ago), a
 // background copy places at most kStormSlice at a time: a read waits for the
 // one under way. Otherwise Options::slice_bytes (fewer, larger ioctls fill faster).
@@ -297,6 +299,7 @@ class Server {
   void Placed(uint32_t file, uint64_t off, uint64_t len);
   std::vector<Piece> TakePunches(uint64_t at_least);
   void Unneeded();
+  void Puncher();
   void Fatal(const std::string& why);
   bool Complete();
   void Wake();
@@ -328,12 +331,12 @@ class Server {
   int64_t t_accept_ = 0, t_fin_ = 0;
 
   PiMutex mu_;
-  std::condition_variable_any work_cv_, gate_cv_;
+  std::condition_variable_any work_cv_, gate_cv_, punch_cv_;
   bool stop_ = false;
   std::string fatal_;
   size_t rr_ = 0;
   // Store ranges placed (or no longer needed) and not given back yet (end =
-  // length), and their bytes (mu_): the workers punch them (Placed).
+  // length), and their bytes (mu_): Puncher gives them back.
   std::vector<Piece> to_punch_;
   uint64_t to_punch_bytes_ = 0;
   std::atomic<uint64_t> copied_{0}, punched_{0}, copies_{0}, retries_{0}, dropped_{0};
@@ -745,6 +748,7 @@ void Server::Fatal(const std::string& why) {
   stop_ = true;
   work_cv_.notify_all();
   gate_cv_.notify_all();
+  punch_cv_.notify_all();
   Wake();
 }
 
@@ -1029,11 +1033,10 @@ void Server::HandleFault(Mm* mm, uint64_t addr, int64_t seen, std::vector<std::p
   if (r == Put::kAgain && punch.empty()) again->push_back({addr, seen});  // its own page is not in place
   if (r == Put::kFatal) return;
   if (o_.punch && !punch.empty()) {
-    // The workers give the store's pages back, off the fault path.
+    // The store's pages are given back off the fault path (Puncher).
     std::lock_guard<PiMutex> g(mu_);
     if (mm->family->members == 1)
       for (const Piece& p : punch) Placed(p.file, p.off, p.end);
-    if (to_punch_bytes_ >= kPunchBatch) work_cv_.notify_one();
   }
 }
 
@@ -1238,17 +1241,10 @@ void Server::Worker() {
           mm->cursor = e;
           break;
         }
-        if (!to_punch_.empty()) break;  // nothing to copy now: give back what is placed
         if (soonest)
           work_cv_.wait_for(g, std::chrono::microseconds(std::max<int64_t>(soonest - now, 50)));
         else
           work_cv_.wait(g);
-      }
-      if (!mm) {
-        std::vector<Piece> punch = TakePunches(0);
-        g.unlock();
-        PunchAll(std::move(punch));
-        continue;
       }
     }
     Fly(mm, &fl);
@@ -1336,13 +1332,7 @@ void Server::Fly(Mm* mm, Flight* c) {
       Answered(f.seen, NowUs(), 1);
     }
     if (back) Wake();
-    std::vector<Piece> punch;
-    {
-      std::lock_guard<PiMutex> g(mu_);
-      punch = TakePunches(kPunchBatch);
-    }
     if (r == Put::kGone) Gone(mm);
-    PunchAll(std::move(punch));
   }
 }
 
@@ -1354,11 +1344,31 @@ void Server::Placed(uint32_t file, uint64_t off, uint64_t len) {
   else
     to_punch_.push_back(Piece{len, file, off});
   to_punch_bytes_ += len;
+  if (to_punch_bytes_ >= kPunchBatch) punch_cv_.notify_one();
+}
+
+// Gives back what is queued: once ~1 MiB is (kPunchBatch), else every
+// kPunchIdleUs. A thread of its own at normal priority: the workers run at
+// nice 19 while faults arrive, and on a busy machine the store they left to
+// give back grew beside the workload (tens of MiB at 1 GiB).
+void Server::Puncher() {
+  NormalPriority();
+  for (;;) {
+    std::vector<Piece> punch;
+    {
+      std::unique_lock<PiMutex> g(mu_);
+      punch_cv_.wait_for(g, std::chrono::microseconds(kPunchIdleUs),
+                         [&] { return stop_ || to_punch_bytes_ >= kPunchBatch; });
+      if (stop_) return;
+      punch = TakePunches(0);
+    }
+    PunchAll(std::move(punch));
+  }
 }
 
 // Once the restore is done, the store's ranges that no image lists are
-// queued to be given back: the pages the restore itself read, older copies
-// of pages a later round sent again, the files' holes (cheap to punch).
+// queued to be given back: the pages the restore itself read (not lazy), and
+// the files' holes (cheap to punch).
 void Server::Unneeded() {
   std::vector<std::vector<std::pair<uint64_t, uint64_t>>> used(src_.size());
   for (const auto& im : o_.images)
@@ -1488,9 +1498,12 @@ bool Server::Run(std::string* err) {
           }
         }
         if (finished_ && !was) {
-          if (o_.punch) Unneeded();
           int t = std::max(1, o_.threads);
           for (int k = 0; k < t; k++) workers.emplace_back([this] { Worker(); });
+          if (o_.punch) {
+            Unneeded();
+            workers.emplace_back([this] { Puncher(); });
+          }
         }
       } else {
         Mm* mm = nullptr;
@@ -1525,6 +1538,7 @@ bool Server::Run(std::string* err) {
   }
   work_cv_.notify_all();
   gate_cv_.notify_all();
+  punch_cv_.notify_all();
   for (auto& t : workers) t.join();
   if (ok && o_.punch) PunchAll(std::move(to_punch_));
   if (ok) st_->fill_ms = (NowUs() - t_fin_) / 1000;
