@@ -253,9 +253,10 @@ test('hybrid: a store page the lazy-pages server cannot read mid-fill: the tree 
   const w = await startMemWorkload({ mib: 1024, writeMBps: 20, netns: fx.hosts.a.netnsPath! });
   let restored = 0;
   let server = 0;
+  let run: ReturnType<typeof runCli> | undefined;
   const logBefore = fx.serve.stderr().length;
   try {
-    const run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
+    run = runCli(fx.hosts.a, precopyArgs(w.pid, [], 'hybrid'));
     server = await holdLazyServer(() => fx.serve.stderr().slice(logBefore));
     // The store's pages files, as the server opened them: cut them short under it.
     const open = fs.readdirSync(`/proc/${server}/fd`).map((fd) => {
@@ -279,6 +280,8 @@ test('hybrid: a store page the lazy-pages server cannot read mid-fill: the tree 
     assert.deepEqual(ourDaemons('lazy-fill-process'), [], 'the agent ended the server once the tree was stopped');
   } finally {
     if (server > 0 && isAlive(server)) process.kill(server, 'SIGCONT');
+    // Failed before the copy was known: the migration goes on once the server runs, and its copy must not outlive us.
+    if (!restored && run) restored = (await run.catch(() => undefined))?.json?.restoredPid ?? 0;
     await w.stop(restored);
   }
 });
