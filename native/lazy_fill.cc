@@ -297,7 +297,6 @@ class Server {
   void Gone(Mm* mm);
   void PunchAll(std::vector<Piece> punch);
   void Placed(uint32_t file, uint64_t off, uint64_t len);
-  std::vector<Piece> TakePunches(uint64_t at_least);
   void Unneeded();
   void Puncher();
   void Fatal(const std::string& why);
@@ -1292,7 +1291,7 @@ void Server::Fly(Mm* mm, Flight* c) {
       st_->trace_slices.push_back({t_slice - t_fin_, uint32_t(NowUs() - t_slice), uint32_t(done)});
     }
     std::vector<Fault> answered;
-    bool back = false, unboost = false, alone = false;
+    bool back = false, unboost = false;
     {
       std::lock_guard<PiMutex> g(mu_);
       c->next = a + done;
@@ -1318,8 +1317,7 @@ void Server::Fly(Mm* mm, Flight* c) {
       }
       if (r == Put::kFatal) c->end = c->next;
       Unlist(mm, c);
-      alone = mm->family->members == 1;
-      if (o_.punch && done && alone) Placed(pc.file, pc.off, done);
+      if (o_.punch && done && mm->family->members == 1) Placed(pc.file, pc.off, done);
     }
     if (unboost) {  // with mu_ released and the read told
       struct sched_param sp = {};
@@ -1360,7 +1358,8 @@ void Server::Puncher() {
       punch_cv_.wait_for(g, std::chrono::microseconds(kPunchIdleUs),
                          [&] { return stop_ || to_punch_bytes_ >= kPunchBatch; });
       if (stop_) return;
-      punch = TakePunches(0);
+      punch.swap(to_punch_);
+      to_punch_bytes_ = 0;
     }
     PunchAll(std::move(punch));
   }
@@ -1383,15 +1382,6 @@ void Server::Unneeded() {
     }
     if (src_[f].size > at) Placed(f, at, src_[f].size - at);
   }
-}
-
-// The queued ranges, if they hold at least `at_least` bytes (mu_ held).
-std::vector<Piece> Server::TakePunches(uint64_t at_least) {
-  std::vector<Piece> punch;
-  if (to_punch_.empty() || to_punch_bytes_ < at_least) return punch;
-  punch.swap(to_punch_);
-  to_punch_bytes_ = 0;
-  return punch;
 }
 
 // Gives file ranges back (Piece.end is the length here), adjacent ones in
