@@ -18,7 +18,7 @@ import { addon } from '../src/native';
 import { composeImages } from '../src/store/compose';
 import { PageStore, defaultStoreRoot, type PageRange } from '../src/store/page-store';
 import { PE_LAZY, PE_PARENT, PE_PRESENT, readPagemapImage, writePagemapImage } from '../src/store/pagemap-image';
-import { criuBinary } from '../src/criu/binary';
+import { criu as criuFound, noCriu } from './helpers/criu';
 import { isAlive, killPids, procState, runCmd, signal, sleep } from '../src/testing/proc';
 import { startMemWorkload } from '../src/testing/workload';
 
@@ -331,8 +331,8 @@ test('composer refuses images it cannot trust, before changing anything', async 
   }
 });
 
-const criu = (() => { try { return criuBinary(); } catch { return ''; } })();
-const skip = process.getuid?.() !== 0 ? 'needs root' : !criu ? 'no CRIU binary: run npm run setup' : false;
+const criu = criuFound ?? '';
+const skip = process.getuid?.() !== 0 ? 'needs root' : noCriu || false;
 
 test('chain composition: a 256 MiB workload that kept writing restores intact from a two-level store', { skip, timeout: 180_000 }, async () => {
   const w = await startMemWorkload({ mib: 256, writeMBps: 100, threads: 2 });

@@ -14,7 +14,6 @@ import { PhaulError } from '../src/errors';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-
 function tmpDir(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `phaul-libcriu-${tag}-`));
 }

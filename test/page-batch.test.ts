@@ -484,7 +484,6 @@ test('measureLz4 returns a throughput (printed)', () => {
     `auto compresses below ${(bps / HEADROOM / 1e9).toFixed(2)} GB/s of link`);
 });
 
-
 test('syntheticPages is the fixed xorshift sample: the same bytes as its plain uint32 formulation', () => {
   // The sample as first written (a closure generator and uint32 arithmetic); the
   // module's faster form must not change what measureLz4 measures.
