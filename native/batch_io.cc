@@ -266,7 +266,7 @@ struct SendPagesJob {
   std::vector<uint64_t> pairs;
   uint8_t* data = nullptr;
   size_t len = 0;
-  uint64_t pages = 0, zero_pages = 0, wire = 0, batches = 0;
+  uint64_t pages = 0, zero_pages = 0, missing_pages = 0, forced_pages = 0, wire = 0, batches = 0;
   int64_t read_ns = 0;
   IoError err;
   bool ok = true;
@@ -288,12 +288,23 @@ bool SendBatch(SendPagesJob* j, const uint64_t* pairs, size_t n) {
   uint64_t page = 0, raw = 0;
   uint32_t nranges = 0;
   auto zero = [&](uint64_t p) { return ((rr.zero_map[p >> 3] >> (p & 7)) & 1) != 0; };
+  // A page that could not be read (unmapped since the scan) goes out neither
+  // as data nor as zeros: the store keeps what it had, and a page it never
+  // had stays missing there (a restore that needs it fails; none runs on zeros).
+  auto missing = [&](uint64_t p) { return !rr.missing_map.empty() && ((rr.missing_map[p >> 3] >> (p & 7)) & 1) != 0; };
+  auto kind = [&](uint64_t p) { return missing(p) ? 2 : zero(p) ? 1 : 0; };
   for (size_t i = 0; i < n; i++) {
     uint64_t start = pairs[2 * i], np = (pairs[2 * i + 1] - start) / kPage;
     for (uint64_t k = 0; k < np;) {
-      bool z = zero(page + k);
+      int what = kind(page + k);
+      bool z = what == 1;
       uint64_t run = 1;
-      while (k + run < np && zero(page + k + run) == z && run < 0xffffffffu) run++;
+      while (k + run < np && kind(page + k + run) == what && run < 0xffffffffu) run++;
+      if (what == 2) {
+        j->missing_pages += run;
+        k += run;
+        continue;
+      }
       uint8_t r[kRange];
       Put64(r, start + k * kPage);
       Put32(r + 8, uint32_t(run));
@@ -315,6 +326,7 @@ bool SendBatch(SendPagesJob* j, const uint64_t* pairs, size_t n) {
   }
   j->pages += page;
   j->zero_pages += rr.zero_pages;
+  j->forced_pages += rr.forced_pages;
   if (nranges == 0) return true;  // nothing to send
   if (nranges > kMaxRanges || raw > kMaxRaw) {
     j->err.reason = "failed";
@@ -596,7 +608,7 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
   }
 
   // sendPages(pid, round, pairs: BigUint64Array, buf: Uint8Array)
-  //   -> Promise<{ batches, pages, zeroPages, wireBytes, readNs }>
+  //   -> Promise<{ batches, pages, zeroPages, missingPages, forcedPages, wireBytes, readNs }>
   Napi::Value SendPages(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !info[2].IsTypedArray() ||
@@ -626,6 +638,8 @@ class BatchConn : public Napi::ObjectWrap<BatchConn> {
           o.Set("batches", Napi::Number::New(env, double(j->batches)));
           o.Set("pages", Napi::Number::New(env, double(j->pages)));
           o.Set("zeroPages", Napi::Number::New(env, double(j->zero_pages)));
+          o.Set("missingPages", Napi::Number::New(env, double(j->missing_pages)));
+          o.Set("forcedPages", Napi::Number::New(env, double(j->forced_pages)));
           o.Set("wireBytes", Napi::Number::New(env, double(j->wire)));
           o.Set("readNs", Napi::Number::New(env, double(j->read_ns)));
           return o;

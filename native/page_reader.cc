@@ -1,13 +1,16 @@
-// process_vm_readv page reader (docs/DESIGN.md section 4: the simplest path, needs
-// nothing injected into the target) and its N-API binding. Reads run on the
-// libuv pool: the event loop never waits for them.
+// process_vm_readv page reader (docs/DESIGN.md section 4: the simplest path,
+// needs nothing injected into the target; /proc/PID/mem for what it cannot
+// read) and its N-API binding. Reads run on the libuv pool: the event loop
+// never waits for them.
 #include "page_reader.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <memory>
@@ -65,6 +68,15 @@ bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t
     out->err = EINVAL;
     return false;
   }
+
+  // /proc/PID/mem, opened at the first page process_vm_readv cannot read.
+  struct MemFd {
+    int fd = -2;  // -2: not tried yet; -1: cannot be opened
+    ~MemFd() {
+      if (fd >= 0) close(fd);
+    }
+  } mem;
+  std::vector<uint64_t> missing_at;  // buffer page indices of missing pages (for missing_map)
 
   // Cursor: range i, offset off into it; pos = where it lands in buf.
   size_t i = 0;
@@ -124,10 +136,29 @@ bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t
     }
     if (done == want) continue;
     // The page under the cursor failed (the kernel stops at the first page it
-    // cannot pin). Skip to a readable range start if needed, then record it.
+    // cannot pin). Skip to a readable range start if needed, then read on
+    // through /proc/PID/mem to the end of this range: it reads what a
+    // mapping's protection hides from process_vm_readv, and stops where
+    // nothing is mapped.
     while (i < n && pairs[2 * i] + off >= pairs[2 * i + 1]) i++, off = 0;
     if (i >= n) break;
     uint64_t a = pairs[2 * i] + off;
+    if (mem.fd == -2) {
+      std::string path = "/proc/" + std::to_string(pid) + "/mem";
+      mem.fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    }
+    if (mem.fd >= 0) {
+      uint64_t span = pairs[2 * i + 1] - a;
+      ssize_t g = pread(mem.fd, buf + pos, size_t(span), off_t(a));
+      out->calls++;
+      if (g >= ssize_t(kPage)) {
+        uint64_t k = uint64_t(g) & ~(kPage - 1);
+        out->forced_pages += k / kPage;
+        pos += k;
+        off += k;
+        continue;
+      }
+    }
     struct iovec l1 = {buf + pos, kPage}, r1 = {reinterpret_cast<void*>(a), kPage};
     ssize_t g1 = process_vm_readv(pid, &l1, 1, &r1, 1, 0);
     out->calls++;
@@ -140,6 +171,7 @@ bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t
       }
       memset(buf + pos, 0, kPage);
       AddMissing(&out->missing, a, a + kPage);
+      missing_at.push_back(pos / kPage);
     }
     pos += kPage;
     off += kPage;
@@ -149,8 +181,13 @@ bool ReadRanges(pid_t pid, const uint64_t* pairs, size_t n, uint8_t* buf, size_t
   if (zero_map) {
     uint64_t pages = pos / kPage;
     out->zero_map.assign((pages + 7) / 8, 0);
+    if (!missing_at.empty()) {
+      out->missing_map.assign((pages + 7) / 8, 0);
+      for (uint64_t p : missing_at) out->missing_map[p >> 3] |= uint8_t(1u << (p & 7));
+    }
+    auto missing = [&](uint64_t p) { return !out->missing_map.empty() && (out->missing_map[p >> 3] >> (p & 7)) & 1; };
     for (uint64_t p = 0; p < pages; p++) {
-      if (PageIsZero(buf + p * kPage)) {
+      if (!missing(p) && PageIsZero(buf + p * kPage)) {
         out->zero_map[p >> 3] |= uint8_t(1u << (p & 7));
         out->zero_pages++;
       }
@@ -167,7 +204,8 @@ namespace {
 
 // readPages(pid, ranges: BigUint64Array of [start,end) pairs, buf: Uint8Array,
 //           opts?: { offset?: number, zeroMap?: boolean })
-//   -> Promise<{ bytes, missing: BigUint64Array, zeroMap: Uint8Array|null, zeroPages, calls, ns }>
+//   -> Promise<{ bytes, missing: BigUint64Array, zeroMap: Uint8Array|null, missingMap: Uint8Array|null,
+//                zeroPages, forcedPages, calls, ns }>
 Napi::Value ReadPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray())
@@ -223,6 +261,14 @@ Napi::Value ReadPages(const Napi::CallbackInfo& info) {
           o.Set("zeroMap", env.Null());
           o.Set("zeroPages", Napi::Number::New(env, 0));
         }
+        if (!r.missing_map.empty()) {
+          auto mb = Napi::Uint8Array::New(env, r.missing_map.size());
+          memcpy(mb.Data(), r.missing_map.data(), r.missing_map.size());
+          o.Set("missingMap", mb);
+        } else {
+          o.Set("missingMap", env.Null());
+        }
+        o.Set("forcedPages", Napi::Number::New(env, double(r.forced_pages)));
         o.Set("calls", Napi::Number::New(env, r.calls));
         o.Set("ns", Napi::Number::New(env, double(r.ns)));
         return o;

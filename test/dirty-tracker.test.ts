@@ -30,6 +30,7 @@ import {
   type DirtySet,
 } from '../src/memory';
 import { addon } from '../src/native';
+import { parseHeader, parseRanges } from '../src/transport/page-batch';
 
 const ROOT = path.join(__dirname, '..', '..');
 const SRC = path.join(ROOT, 'test', 'workloads', 'dirtyload.c');
@@ -623,7 +624,7 @@ function registerTests(): void {
     }
   });
 
-  test('readPages reports vanished pages and zero pages', { skip }, async () => {
+  test('readPages reports vanished pages (never as zeros) and zero pages', { skip }, async () => {
     const w = await Workload.start(64, 0, 0);
     try {
       const A = BigInt('0x' + (await w.cmd('mmap 10')));
@@ -634,11 +635,49 @@ function registerTests(): void {
       const r = await readPages(w.pid, ranges, { zeroMap: true });
       assert.equal(r.bytes, (4 + 16 + 8) * PAGE_SIZE);
       assert.deepEqual([...r.missing], [A, A + 0x10n * PG]);
-      assert.equal(r.zeroPages, 16 + 8, 'vanished (zero-filled) and dontneed pages are zero');
-      assert.ok(!isZeroPage(r.zeroMap!, 0) && isZeroPage(r.zeroMap!, 4) && isZeroPage(r.zeroMap!, 27));
+      assert.equal(r.zeroPages, 8, 'dontneed pages are zero; vanished ones are missing, not zero');
+      assert.ok(!isZeroPage(r.zeroMap!, 0) && !isZeroPage(r.zeroMap!, 4) && isZeroPage(r.zeroMap!, 27));
+      assert.ok(r.missingMap && isZeroPage(r.missingMap, 4) && isZeroPage(r.missingMap, 19) && !isZeroPage(r.missingMap, 20), 'the vanished pages, and only they, are in missingMap');
       assert.equal(Buffer.from(r.buffer.buffer, r.buffer.byteOffset, r.buffer.byteLength).readBigUInt64LE(PAGE_SIZE), 1n, 'page 1 of the data region starts with its index');
       await assert.rejects(readPages(w.pid, BigUint64Array.of(w.data + 1n, w.data + PG)), /page-aligned/);
     } finally {
+      await w.stop();
+    }
+  });
+
+  test('PROT_NONE pages hold data: readPages and sendPages read them (/proc/PID/mem); a vanished page is sent neither as data nor as zeros', { skip }, async () => {
+    const w = await Workload.start(64, 0, 0);
+    const [a, b] = addon().streamSocketPair();
+    const tx = new (addon().BatchConn)(a);
+    const rx = new (addon().BatchConn)(b);
+    try {
+      const A = BigInt('0x' + (await w.cmd('mmap 8')));
+      const hex = (x: bigint) => x.toString(16);
+      const whole = BigUint64Array.of(A, A + 8n * PG);
+      const before = Buffer.from((await readPages(w.pid, whole)).buffer);
+      await w.cmd(`protect ${hex(A + 2n * PG)} 3 0`);
+      await w.cmd(`munmap ${hex(A + 6n * PG)} 1`);
+      const r = await readPages(w.pid, whole, { zeroMap: true });
+      // From the first PROT_NONE page to the hole: the three, and the readable page after them.
+      assert.equal(r.forcedPages, 4, 'the three PROT_NONE pages were read through /proc/PID/mem');
+      assert.deepEqual([...r.missing], [A + 6n * PG, A + 7n * PG], 'only the unmapped page is missing');
+      const got = Buffer.from(r.buffer.buffer, r.buffer.byteOffset, r.buffer.byteLength);
+      for (const p of [0, 1, 2, 3, 4, 5, 7]) assert.ok(got.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE).equals(before.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)), `page ${p} as it was written`);
+      assert.equal(r.zeroPages, 0);
+
+      const txBuf = Buffer.alloc(8 * PAGE_SIZE);
+      const [sent, batch] = await Promise.all([tx.sendPages(w.pid, 1, whole, txBuf), rx.read(Buffer.alloc(8 * PAGE_SIZE))]);
+      assert.equal(sent.missingPages, 1);
+      assert.equal(sent.forcedPages, 4);
+      assert.equal(sent.zeroPages, 0);
+      assert.ok(!batch.end && batch.ranges);
+      const h = parseHeader(batch.head);
+      const listed = parseRanges(h, batch.ranges).map((x) => [BigInt(x.vaddr), x.nrPages, !!x.zero]);
+      assert.deepEqual(listed, [[A, 6, false], [A + 7n * PG, 1, false]], 'the batch lists every page but the vanished one, none as zeros');
+      assert.equal(h.rawLen, 7 * PAGE_SIZE);
+    } finally {
+      tx.close();
+      rx.close();
       await w.stop();
     }
   });

@@ -323,8 +323,13 @@ export class PrecopySender {
     return { pid, pairs, zeros };
   }
 
-  /** Sends the pages of a plan (announced); returns the pages read. */
-  async send(p: PlannedSet, round: number): Promise<number> {
+  /**
+   * Sends the pages of a plan (announced); returns the pages read. A page
+   * that cannot be read (unmapped since the scan) is not sent; with the tree
+   * stopped (`stopped`) none may be missing: that fails the round rather than
+   * leave the store an older copy.
+   */
+  async send(p: PlannedSet, round: number, stopped = false): Promise<number> {
     const { pid, pairs, zeros } = p;
     let pages = 0;
     // Known-zero anonymous pages: unpopulated (or MADV_DONTNEED'd) under
@@ -350,7 +355,7 @@ export class PrecopySender {
         // Read and written on a libuv thread (batch-sender.ts); its bytes never come into JS.
         const bytes = pairBytes(b);
         // A process that exited since the scan is skipped there (batch-sender.ts), as below.
-        await this.out.sendPages(pid, round, b, bytes, this.pool, true);
+        await this.out.sendPages(pid, round, b, bytes, this.pool, { goneIsSkipped: true, missingFails: stopped });
         pages += bytes / PAGE_SIZE;
         continue;
       }
@@ -366,19 +371,23 @@ export class PrecopySender {
         if (e instanceof DirtyTrackingError && e.reason === 'process-gone') break;
         throw e;
       }
+      if (stopped && res.missing.length) {
+        this.pool.release(buf);
+        throw new PhaulError('failed', `pid ${pid}: pages at 0x${res.missing[0].toString(16)} could not be read with the tree stopped`);
+      }
       const ranges: { vaddr: number; nrPages: number; zero?: boolean }[] = [];
       const chunks: Buffer[] = [];
       let page = 0;
       for (let i = 0; i < b.length; i += 2) {
         const n = Number((b[i + 1] - b[i]) / BigInt(PAGE_SIZE));
+        // 0 data, 1 all zeros, 2 unreadable (unmapped since the scan): not sent, as natively (batch_io.cc).
+        const kind = (p: number) => (res.missingMap && isZeroPage(res.missingMap, p) ? 2 : res.zeroMap && isZeroPage(res.zeroMap, p) ? 1 : 0);
         for (let k = 0; k < n; ) {
-          const zero = !!res.zeroMap && isZeroPage(res.zeroMap, page + k);
+          const what = kind(page + k);
+          const zero = what === 1;
           let run = 1;
-          while (k + run < n) {
-            const z = !!res.zeroMap && isZeroPage(res.zeroMap, page + k + run);
-            if (z !== zero) break;
-            run++;
-          }
+          while (k + run < n && kind(page + k + run) === what) run++;
+          if (what === 2) { k += run; continue; }
           ranges.push({ vaddr: Number(b[i]) + k * PAGE_SIZE, nrPages: run, zero: zero || undefined });
           if (!zero) chunks.push(buf.subarray((page + k) * PAGE_SIZE, (page + k + run) * PAGE_SIZE));
           k += run;
@@ -386,6 +395,7 @@ export class PrecopySender {
         page += n;
       }
       pages += page;
+      if (ranges.length === 0) { this.pool.release(buf); continue; } // nothing readable: nothing to send
       if (this.compress) {
         const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
         const wire = encodeBatch({ pid, round, ranges, data }, { compress: true });
@@ -513,7 +523,7 @@ export class PrecopyRun {
     let pages = 0;
     let late = 0;
     for (let i = 0; i < plans.length; i++) {
-      const n = await this.sender.send(plans[i], this.round);
+      const n = await this.sender.send(plans[i], this.round, kind !== 'live');
       pages += n;
       if (i >= tracked) late += n;
     }

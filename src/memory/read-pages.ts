@@ -1,5 +1,6 @@
 // readPages: copies pages of another process into a buffer with
-// process_vm_readv on the libuv pool (the event loop never blocks).
+// process_vm_readv (and /proc/PID/mem for pages a mapping's protection hides
+// from it) on the libuv pool (the event loop never blocks).
 import { fromNative } from './errors';
 import { addon } from '../native';
 import { pairBytes, PAGE_SIZE } from './ranges';
@@ -17,12 +18,17 @@ export interface ReadPagesResult {
   buffer: Uint8Array;
   /** Bytes laid into the buffer from `offset` (the total length of the ranges). */
   bytes: number;
-  /** [start, end) pairs that could not be read (unmapped since the scan, or
-   *  PROT_NONE); their place in the buffer is zero-filled. */
+  /** [start, end) pairs that could not be read (unmapped since the scan);
+   *  their place in the buffer is zero-filled, but they are no copy of
+   *  anything: never send them as zeros. PROT_NONE pages are read. */
   missing: BigUint64Array;
-  /** Bit i (LSB first) set = page i of the buffer (from offset) is all zeros. */
+  /** Bit i (LSB first) set = page i of the buffer (from offset) is all zeros (never a missing page). */
   zeroMap: Uint8Array | null;
+  /** With zeroMap, when any page is missing: bit i set = page i is missing. */
+  missingMap: Uint8Array | null;
   zeroPages: number;
+  /** Pages read through /proc/PID/mem: from one process_vm_readv could not read (PROT_NONE) to the end of its range or a hole. */
+  forcedPages: number;
   calls: number;
   ms: number;
 }
@@ -37,13 +43,16 @@ export async function readPages(pid: number, ranges: BigUint64Array, opts: ReadP
   const buffer = opts.buffer ?? Buffer.allocUnsafe(bytes);
   try {
     const r = await addon().readPages(pid, ranges, buffer, { offset, zeroMap: !!opts.zeroMap });
-    return { buffer, bytes: r.bytes, missing: r.missing, zeroMap: r.zeroMap, zeroPages: r.zeroPages, calls: r.calls, ms: r.ns / 1e6 };
+    return {
+      buffer, bytes: r.bytes, missing: r.missing, zeroMap: r.zeroMap, missingMap: r.missingMap,
+      zeroPages: r.zeroPages, forcedPages: r.forcedPages, calls: r.calls, ms: r.ns / 1e6,
+    };
   } catch (e) {
     throw fromNative(e, pid);
   }
 }
 
-/** Is page i set in a zeroMap? */
+/** Is page i set in a zeroMap (or a missingMap)? */
 export function isZeroPage(zeroMap: Uint8Array, i: number): boolean {
   return (zeroMap[i >> 3] & (1 << (i & 7))) !== 0;
 }

@@ -5,7 +5,11 @@ export interface NativeRead {
   bytes: number;
   missing: BigUint64Array;
   zeroMap: Uint8Array | null;
+  /** With zeroMap, when a page could not be read: bit i set = page i is missing (zero-filled, no copy of anything). */
+  missingMap: Uint8Array | null;
   zeroPages: number;
+  /** Pages read through /proc/PID/mem: from one process_vm_readv could not read (PROT_NONE) to the end of its range or a hole. */
+  forcedPages: number;
   calls: number;
   ns: number;
 }

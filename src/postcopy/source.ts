@@ -35,13 +35,15 @@ class Lane {
     const pairs = BigUint64Array.of(BigInt(vaddr), BigInt(vaddr + pages * PAGE_SIZE));
     const bytes = pages * PAGE_SIZE;
     if (this.out.native) {
-      await this.out.sendPages(pid, 0, pairs, bytes, this.pool);
+      // The tree is stopped: a page that cannot be read is lost, never sent as zeros.
+      await this.out.sendPages(pid, 0, pairs, bytes, this.pool, { missingFails: true });
       return;
     }
     // TLS: read here, written by Node.
     const buf = await this.pool.acquire();
     try {
-      await readPages(pid, pairs, { buffer: buf });
+      const r = await readPages(pid, pairs, { buffer: buf });
+      if (r.missing.length) throw new PhaulError('failed', `pid ${pid}: pages at 0x${r.missing[0].toString(16)} could not be read (unmapped while it was stopped?)`);
     } catch (e) {
       this.pool.release(buf);
       throw e;

@@ -25,6 +25,8 @@ export class BatchSender {
   bytesSent = 0;
   /** Batches written whole so far: what the destination will count. */
   batchesWritten = 0;
+  /** Pages that could not be read, so were not sent (unmapped since the scan). */
+  missingPages = 0;
 
   /**
    * natives: the connections taken over by BatchConns (data-channel.ts
@@ -83,9 +85,12 @@ export class BatchSender {
    * (a pre-copy child that exited since the scan) is no failure: the batches
    * written before it count in batchesWritten, the one it stopped did not go
    * out (the read comes first). Failing the lane instead would surface at its
-   * next call, for another process or at a flush.
+   * next call, for another process or at a flush. Pages that could not be
+   * read (unmapped since the scan) are not sent; with `missingFails` (a
+   * frozen process, whose pages must all be there) they fail the lane.
    */
-  async sendPages(pid: number, round: number, pairs: BigUint64Array, bytes: number, pool: BufferPool, goneIsSkipped = false): Promise<void> {
+  async sendPages(pid: number, round: number, pairs: BigUint64Array, bytes: number, pool: BufferPool,
+    opts: { goneIsSkipped?: boolean; missingFails?: boolean } = {}): Promise<void> {
     await this.pace(bytes);
     const lane = this.lanes[this.next++ % this.lanes.length];
     await this.settle(lane.busy);
@@ -94,10 +99,14 @@ export class BatchSender {
       (r) => {
         this.bytesSent += r.wireBytes;
         this.batchesWritten += r.batches;
+        this.missingPages += r.missingPages;
+        if (r.missingPages && opts.missingFails) {
+          throw new PhaulError('failed', `pid ${pid}: ${r.missingPages} of its pages could not be read (unmapped while it was stopped?)`);
+        }
       },
       (e) => {
         this.batchesWritten += Number((e as { batches?: number })?.batches) || 0;
-        if (goneIsSkipped && (e as { reason?: string })?.reason === 'process-gone') return;
+        if (opts.goneIsSkipped && (e as { reason?: string })?.reason === 'process-gone') return;
         throw laneError(e, pid);
       },
     ).finally(() => pool.release(buf)));

@@ -6,7 +6,9 @@
 // memory, so a restored copy checks its pages against the state it migrated
 // with. On SIGUSR2 it starts churning: forks a child (which then writes its own
 // private region and its half of a shared mapping), and keeps mapping,
-// unmapping, growing (mremap) and brk-extending regions while writing. On
+// unmapping, growing (mremap) and brk-extending regions while writing. One
+// region holds data behind PROT_NONE (sealed: process_vm_readv cannot read it,
+// /proc/PID/mem can); churning unseals it, writes and seals it again. On
 // SIGUSR1 each process verifies all of its memory and writes
 // REPORT_DIR/report-<role>.json ({"ok", "pages", "bad", "seq", ...}) through a
 // temporary file and rename.
@@ -33,6 +35,7 @@ struct region {
   uint32_t* gen;  // generation per page (private memory of this process)
   uint32_t id;
   int shared_stride;  // shared region: this process owns pages i % 2 == shared_stride
+  int sealed;         // PROT_NONE now (its pages hold data all the same)
 };
 
 static struct region regions[MAX_REGIONS];
@@ -76,6 +79,10 @@ static int check(struct region* r, size_t i) {
   return 1;
 }
 
+static void seal(struct region* r, int on) {
+  if (mprotect(r->base, r->pages * PAGE, on ? PROT_NONE : PROT_READ | PROT_WRITE) == 0) r->sealed = on;
+}
+
 static int owns(struct region* r, size_t i) { return r->shared_stride < 0 || (int)(i % 2) == r->shared_stride; }
 
 static struct region* add_region(uint8_t* base, size_t pages, int shared_stride) {
@@ -87,6 +94,7 @@ static struct region* add_region(uint8_t* base, size_t pages, int shared_stride)
   r->gen = calloc(pages, sizeof(uint32_t));
   r->id = next_id++;
   r->shared_stride = shared_stride;
+  r->sealed = 0;
   for (size_t i = 0; i < pages; i++)
     if (owns(r, i)) fill(r, i);
   return r;
@@ -102,7 +110,7 @@ static void write_some(int n) {
   for (int j = 0; j < n && nregions; j++) {
     struct region* r = &regions[next_rand() % nregions];
     size_t i = next_rand() % r->pages;
-    if (!owns(r, i)) continue;
+    if (!owns(r, i) || r->sealed) continue;
     r->gen[i]++;
     fill(r, i);
   }
@@ -110,12 +118,16 @@ static void write_some(int n) {
 
 static void report(void) {
   size_t pages = 0, bad = 0;
-  for (int k = 0; k < nregions; k++)
+  for (int k = 0; k < nregions; k++) {
+    int sealed = regions[k].sealed;
+    if (sealed) mprotect(regions[k].base, regions[k].pages * PAGE, PROT_READ);  // to check it, then sealed again
     for (size_t i = 0; i < regions[k].pages; i++)
       if (owns(&regions[k], i)) {
         pages++;
         if (!check(&regions[k], i)) bad++;
       }
+    if (sealed) mprotect(regions[k].base, regions[k].pages * PAGE, PROT_NONE);
+  }
   char path[4096], tmp[4200];
   snprintf(path, sizeof(path), "%s/report-%s.json", dir, role);
   snprintf(tmp, sizeof(tmp), "%s.tmp", path);
@@ -170,6 +182,9 @@ int main(int argc, char** argv) {
   add_region(main_region, (64 << 20) / PAGE, -1);
   uint8_t* shared = mmap(NULL, 8 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   add_region(shared, (8 << 20) / PAGE, 0);  // even pages ours; odd pages the child's once it exists
+  uint8_t* hidden = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  struct region* sealed = add_region(hidden, (2 << 20) / PAGE, -1);
+  seal(sealed, 1);
   report();
 
   pid_t child = -1;
@@ -191,9 +206,18 @@ int main(int argc, char** argv) {
         uint8_t* m = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m != MAP_FAILED && !add_region(m, pages, -1)) munmap(m, pages * PAGE);
       }
-      if (it % 20 == 10 && nregions > 4) drop_region(2 + next_rand() % (nregions - 2));  // unmap one (never the first two)
-      if (it % 30 == 5 && nregions > 2) {  // grow one, maybe moving it
-        struct region* r = &regions[2 + next_rand() % (nregions - 2)];
+      if (it % 20 == 10 && nregions > 5) drop_region(3 + next_rand() % (nregions - 3));  // unmap one (never the first three)
+      if (it % 40 == 15) {  // the sealed region opened, written, sealed again
+        seal(sealed, 0);
+        for (int j = 0; j < 16; j++) {
+          size_t i = next_rand() % sealed->pages;
+          sealed->gen[i]++;
+          fill(sealed, i);
+        }
+        seal(sealed, 1);
+      }
+      if (it % 30 == 5 && nregions > 3) {  // grow one, maybe moving it
+        struct region* r = &regions[3 + next_rand() % (nregions - 3)];
         size_t grow = 128;
         uint8_t* m = mremap(r->base, r->pages * PAGE, (r->pages + grow) * PAGE, MREMAP_MAYMOVE);
         if (m != MAP_FAILED) {

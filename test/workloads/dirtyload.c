@@ -23,6 +23,7 @@
  *                write the new tail; "ok <new addr>"
  *   brk N        grow the heap by N pages with sbrk and write them; "ok <addr>"
  *   dontneed A N MADV_DONTNEED N pages at A (they read back as zeros)
+ *   protect A N P mprotect N pages at A: P 0 = PROT_NONE (data kept), 1 = read-write
  *   fork         fork a child that runs its own writers on its copy; "ok <child pid in our ns>"
  *   uffd         create a userfaultfd and register the data region (MISSING mode off: WP)
  *   verify       check every page of every region; "ok <pages>" or "bad <first bad addr>"
@@ -236,6 +237,9 @@ int main(int argc, char **argv) {
       fill(al, 0, n);
       add_region(al, n);
       reply("ok %lx", (unsigned long)al);
+    } else if (!strcmp(cmd, "protect")) {
+      if (mprotect((void *)a1, a2 * PAGE, a3 ? PROT_READ | PROT_WRITE : PROT_NONE)) { reply("err %d", errno); continue; }
+      reply("ok");
     } else if (!strcmp(cmd, "dontneed")) {
       struct region *r = find_region((uint8_t *)a1);
       madvise((void *)a1, a2 * PAGE, MADV_DONTNEED);
