@@ -11,17 +11,17 @@ namespace phaul {
 namespace pages {
 
 struct ReadResult {
-  uint64_t bytes = 0;             // bytes laid into the buffer (= sum of range lengths on success)
-  std::vector<uint64_t> missing;  // [start, end) pairs that could not be read at all (unmapped
-                                  // since the scan): zero-filled in the buffer
-  std::vector<uint8_t> zero_map;  // optional: bit i set = page i (in buffer order) is all zeros
-                                  // (never set for a missing page)
+  uint64_t bytes = 0;                // bytes laid into the buffer (= sum of range lengths on success)
+  std::vector<uint64_t> missing;     // [start, end) pairs that could not be read at all (unmapped
+                                     // since the scan): zero-filled in the buffer
+  std::vector<uint8_t> zero_map;     // optional: bit i set = page i (in buffer order) is all zeros
+                                     // (never set for a missing page)
   std::vector<uint8_t> missing_map;  // with zero_map, when a page is missing: bit i set = page i
                                      // could not be read (its bytes are no copy of anything)
   uint64_t zero_pages = 0;
   uint64_t forced_pages = 0;  // read through /proc/PID/mem: from a page process_vm_readv could
                               // not read (PROT_NONE...) to the end of its range or the next hole
-  uint32_t calls = 0;  // process_vm_readv and pread calls
+  uint32_t calls = 0;         // process_vm_readv and pread calls
   int64_t ns = 0;
   std::string reason, message;  // set on failure ("process-gone", "failed")
   int err = 0;

@@ -8,7 +8,9 @@
 // private region and its half of a shared mapping), and keeps mapping,
 // unmapping, growing (mremap) and brk-extending regions while writing. One
 // region holds data behind PROT_NONE (sealed: process_vm_readv cannot read it,
-// /proc/PID/mem can); churning unseals it, writes and seals it again. On
+// /proc/PID/mem can); churning unseals it, writes and seals it again. Another
+// is a private mapping of a file in REPORT_DIR, written to it first through a
+// shared mapping: its pages are the file's until written, then its own. On
 // SIGUSR1 each process verifies all of its memory and writes
 // REPORT_DIR/report-<role>.json ({"ok", "pages", "bad", "seq", ...}) through a
 // temporary file and rename.
@@ -28,6 +30,7 @@
 #define PAGE 4096
 #define MAGIC 0x43485552u /* CHUR */
 #define MAX_REGIONS 16
+#define FIXED_REGIONS 4 /* main, shared, sealed, file: never unmapped or grown */
 
 struct region {
   uint8_t* base;
@@ -185,6 +188,19 @@ int main(int argc, char** argv) {
   uint8_t* hidden = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   struct region* sealed = add_region(hidden, (2 << 20) / PAGE, -1);
   seal(sealed, 1);
+  // The file's content is the region's generation 0 (written through a shared
+  // mapping), then mapped privately in its place: unwritten pages are the file's.
+  char fpath[4096];
+  snprintf(fpath, sizeof(fpath), "%s/churn-file.bin", dir);
+  int fd = open(fpath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || ftruncate(fd, 1 << 20) != 0) return 3;
+  uint8_t* fshared = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  struct region* filed = fshared == MAP_FAILED ? NULL : add_region(fshared, (1 << 20) / PAGE, -1);
+  if (!filed || msync(fshared, 1 << 20, MS_SYNC) != 0) return 3;
+  munmap(fshared, 1 << 20);
+  filed->base = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (filed->base == MAP_FAILED) return 3;
   report();
 
   pid_t child = -1;
@@ -206,7 +222,7 @@ int main(int argc, char** argv) {
         uint8_t* m = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m != MAP_FAILED && !add_region(m, pages, -1)) munmap(m, pages * PAGE);
       }
-      if (it % 20 == 10 && nregions > 5) drop_region(3 + next_rand() % (nregions - 3));  // unmap one (never the first three)
+      if (it % 20 == 10 && nregions > FIXED_REGIONS + 2) drop_region(FIXED_REGIONS + next_rand() % (nregions - FIXED_REGIONS));  // unmap one
       if (it % 40 == 15) {  // the sealed region opened, written, sealed again
         seal(sealed, 0);
         for (int j = 0; j < 16; j++) {
@@ -216,8 +232,8 @@ int main(int argc, char** argv) {
         }
         seal(sealed, 1);
       }
-      if (it % 30 == 5 && nregions > 3) {  // grow one, maybe moving it
-        struct region* r = &regions[3 + next_rand() % (nregions - 3)];
+      if (it % 30 == 5 && nregions > FIXED_REGIONS) {  // grow one, maybe moving it
+        struct region* r = &regions[FIXED_REGIONS + next_rand() % (nregions - FIXED_REGIONS)];
         size_t grow = 128;
         uint8_t* m = mremap(r->base, r->pages * PAGE, (r->pages + grow) * PAGE, MREMAP_MAYMOVE);
         if (m != MAP_FAILED) {
