@@ -228,6 +228,11 @@ export class PrecopySender {
     return this.out.bytesSent;
   }
 
+  /** Pages not sent because they could not be read (natively; unmapped since the scan). */
+  get missingPages(): number {
+    return this.out.missingPages;
+  }
+
   /** A write blocked on the destination fails now (the migration is being aborted). */
   abort(): void {
     this.out.abort();
@@ -387,7 +392,7 @@ export class PrecopySender {
           const zero = what === 1;
           let run = 1;
           while (k + run < n && kind(page + k + run) === what) run++;
-          if (what === 2) { k += run; continue; }
+          if (what === 2) { this.out.missingPages += run; k += run; continue; }
           ranges.push({ vaddr: Number(b[i]) + k * PAGE_SIZE, nrPages: run, zero: zero || undefined });
           if (!zero) chunks.push(buf.subarray((page + k) * PAGE_SIZE, (page + k + run) * PAGE_SIZE));
           k += run;
@@ -489,6 +494,7 @@ export class PrecopyRun {
     const scan = await this.tracker.scan({ protect: !final, sync: kind !== 'frozen', frozen: final });
     const scanMs = Date.now() - t;
     const before = this.sender.bytesSent;
+    const missingBefore = this.sender.missingPages;
     for (const pid of scan.exited) this.sender.forget(pid);
     const plans: PlannedSet[] = [];
     for (const [pid, set] of scan.sets) {
@@ -534,6 +540,9 @@ export class PrecopyRun {
     await this.acked();
     // The final round's acknowledgement is the caller's to await (finalRound()), a live round's the next round's.
     const { stored } = await this.sender.sendRoundEnd(this.round, final);
+    // Counted as each native call ends: all of this round's have by now (its batches were all written).
+    const missing = this.sender.missingPages - missingBefore;
+    if (missing) this.log(`round ${this.round}: ${missing} pages unmapped since the scan were not sent (the store keeps what it had)`);
     if (kind === 'live') this.unacked = stored;
     else if (kind === 'frozen') await stored;
     return { pages, bytes: this.sender.bytesSent - before, ms: Date.now() - t, scanMs, sendMs, sinceLastMs, stored };
