@@ -19,8 +19,8 @@ struct ReadResult {
   std::vector<uint8_t> missing_map;  // with zero_map, when a page is missing: bit i set = page i
                                      // could not be read (its bytes are no copy of anything)
   uint64_t zero_pages = 0;
-  uint64_t forced_pages = 0;  // read through /proc/PID/mem: from a page process_vm_readv could
-                              // not read (PROT_NONE...) to the end of its range or the next hole
+  uint64_t forced_pages = 0;  // read through /proc/PID/mem: pages process_vm_readv could not
+                              // read (PROT_NONE...), one at a time
   uint32_t calls = 0;         // process_vm_readv and pread calls
   int64_t ns = 0;
   std::string reason, message;  // set on failure ("process-gone", "failed")
@@ -28,8 +28,8 @@ struct ReadResult {
 };
 
 // Reads `n` [start, end) pairs (page-aligned, any order) back to back into
-// buf, which must hold their total length. Pages process_vm_readv cannot
-// read (it stops at a mapping without read access) are read through
+// buf, which must hold their total length. A page process_vm_readv cannot
+// read (it stops at a mapping without read access) is read through
 // /proc/PID/mem, which may (FOLL_FORCE): a PROT_NONE page holds data like any
 // other. Returns false only when the whole read failed (process gone); pages
 // that neither can read (unmapped since the scan) are listed in out->missing.

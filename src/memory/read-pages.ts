@@ -27,7 +27,7 @@ export interface ReadPagesResult {
   /** With zeroMap, when any page is missing: bit i set = page i is missing. */
   missingMap: Uint8Array | null;
   zeroPages: number;
-  /** Pages read through /proc/PID/mem: from one process_vm_readv could not read (PROT_NONE) to the end of its range or a hole. */
+  /** Pages read through /proc/PID/mem, one at a time: those process_vm_readv could not read (PROT_NONE). */
   forcedPages: number;
   calls: number;
   ms: number;

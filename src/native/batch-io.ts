@@ -11,7 +11,7 @@ export interface NativeSentPages {
   zeroPages: number;
   /** Pages that could not be read (unmapped since the scan): not sent at all, neither as data nor as zeros. */
   missingPages: number;
-  /** Pages read through /proc/PID/mem: from one process_vm_readv could not read (PROT_NONE) to the end of its range or a hole. */
+  /** Pages read through /proc/PID/mem, one at a time: those process_vm_readv could not read (PROT_NONE). */
   forcedPages: number;
   /** Bytes on the wire (0: nothing to send). */
   wireBytes: number;

@@ -8,7 +8,7 @@ export interface NativeRead {
   /** With zeroMap, when a page could not be read: bit i set = page i is missing (zero-filled, no copy of anything). */
   missingMap: Uint8Array | null;
   zeroPages: number;
-  /** Pages read through /proc/PID/mem: from one process_vm_readv could not read (PROT_NONE) to the end of its range or a hole. */
+  /** Pages read through /proc/PID/mem, one at a time: those process_vm_readv could not read (PROT_NONE). */
   forcedPages: number;
   calls: number;
   ns: number;
